@@ -1,0 +1,71 @@
+# i6pn — build, test and demo entry points. Run as root on Debian 12.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+CLANG     ?= clang
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I/usr/include/$(shell uname -m)-linux-gnu -Ibpf
+BUILD     := build
+BPF_SRCS  := $(wildcard bpf/*.bpf.c)
+BPF_OBJS  := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRCS))
+BPF_HDRS  := $(wildcard bpf/*.h)
+ABI_TS    := agent/bpf/abi.generated.ts
+
+APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool nats-server prometheus iproute2 \
+            iputils-ping python3-scapy tcpdump util-linux nftables iperf3 procps
+DEPS_STAMP := node_modules/.i6pn-deps
+
+.PHONY: deps build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent clean
+
+## deps: install apt packages and npm modules (idempotent, quick when done)
+deps: $(DEPS_STAMP)
+
+$(DEPS_STAMP): package.json package-lock.json
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing apt packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# Debian starts these as services on install; i6pn runs its own instances.
+	@for s in prometheus nats-server; do systemctl disable --now $$s >/dev/null 2>&1 || true; done
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+## build: BPF objects (BTF kept), the ABI module generated from their BTF, the TypeScript
+build: deps bpf ts
+
+bpf: $(BPF_OBJS) $(ABI_TS)
+
+$(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(ABI_TS): $(BUILD)/bpf/i6pn.bpf.o agent/bpf/gen-abi.ts
+	node --import=tsx agent/bpf/gen-abi.ts $< $@
+
+ts: $(ABI_TS)
+	npx tsc -p tsconfig.json
+	@chmod +x dist/controller/cli.js dist/agent/main.js 2>/dev/null || true
+
+## test: everything, as root (kernel, namespaces, nats-server, prometheus)
+test: build
+	npx ava
+
+demo: build
+	bash test/fabric/demo.sh up
+
+demo-down:
+	bash test/fabric/demo.sh down
+
+demo-shell:
+	bash test/fabric/demo.sh shell $(NODE)
+
+bench: bench-dataplane bench-agent
+
+bench-dataplane: build
+	node --import=tsx bench/dataplane.ts
+
+bench-agent: build
+	node --import=tsx bench/agent.ts
+
+clean:
+	rm -rf $(BUILD) dist $(ABI_TS)

@@ -1,0 +1,151 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * i6pn ABI: the one definition of every type shared by the BPF programs and
+ * the agent. The agent never hand-codes these layouts: `make build` reads the
+ * compiled object's BTF and generates agent/bpf/abi.generated.ts, and the
+ * agent checks the map key and value sizes against it at load time.
+ *
+ * Address plan (fdaa::/16 is private, everything else is not ours):
+ *
+ *   0        16                 48        64                      128
+ *   | fdaa   | workspace id (32) | region  | endpoint id (64)        |
+ */
+#ifndef I6PN_H
+#define I6PN_H
+
+#include <linux/types.h>
+#include <linux/in6.h>
+
+#define I6PN_PREFIX_HI 0xfd
+#define I6PN_PREFIX_LO 0xaa
+
+/* The three enforcement points. */
+enum i6pn_hook {
+	I6PN_HOOK_FROM_FABRIC = 0,   /* XDP on the node's uplink */
+	I6PN_HOOK_FROM_ENDPOINT = 1, /* TC ingress on an endpoint's host-side veth */
+	I6PN_HOOK_TO_ENDPOINT = 2,   /* TC egress on the same veth */
+	I6PN_HOOK_MAX,
+};
+
+/* What happened to the packet. WOULD_DROP is a drop that monitor mode let through. */
+enum i6pn_verdict {
+	I6PN_VERDICT_PASS = 0,
+	I6PN_VERDICT_DROP = 1,
+	I6PN_VERDICT_WOULD_DROP = 2,
+	I6PN_VERDICT_MAX,
+};
+
+/*
+ * Why. Values are stable: the agent exports them as metric labels. Checks run
+ * in the order listed under each hook in bpf/policy.h (cheapest first), and a
+ * packet reports the first check it fails.
+ */
+enum i6pn_reason {
+	I6PN_PASS_PRIVATE = 0,          /* same workspace, same region, live members */
+	I6PN_PASS_NOT_PRIVATE = 1,      /* no fdaa::/16 address: not ours */
+	I6PN_DROP_TRUNCATED = 2,        /* a header ends past the packet */
+	I6PN_DROP_MALFORMED = 3,        /* IPv6 ethertype but not an IPv6 header */
+	I6PN_DROP_VLAN_DEPTH = 4,       /* more VLAN tags than the parser walks */
+	I6PN_DROP_EXT_HDR_LIMIT = 5,    /* longer extension header chain than the bound */
+	I6PN_DROP_EXT_HDR_DENIED = 6,   /* extension header not on the allow-list */
+	I6PN_DROP_ROUTING_HEADER = 7,   /* routing header in private traffic */
+	I6PN_DROP_OUTSIDE = 8,          /* private address paired with a non-private one */
+	I6PN_DROP_CROSS_WORKSPACE = 9,  /* source and destination in different workspaces */
+	I6PN_DROP_CROSS_REGION = 10,    /* same workspace, different regions */
+	I6PN_DROP_NOT_LOCAL = 11,       /* destination is not served by this node / veth */
+	I6PN_DROP_UNKNOWN_IFACE = 12,   /* TC hook on an interface the agent did not register */
+	I6PN_DROP_SPOOFED_SOURCE = 13,  /* source is not the sender's own address */
+	I6PN_DROP_NO_I6PN = 14,         /* endpoint without private networking */
+	I6PN_DROP_UNKNOWN_SOURCE = 15,  /* source is not a live member */
+	I6PN_DROP_UNKNOWN_DEST = 16,    /* destination is not a live member */
+	I6PN_REASON_MAX,
+};
+
+enum i6pn_mode {
+	I6PN_MODE_ENFORCE = 0,
+	I6PN_MODE_MONITOR = 1, /* every drop passes and is counted as WOULD_DROP */
+};
+
+/* Bits of i6pn_endpoint.flags and i6pn_local_iface.flags. */
+enum i6pn_endpoint_flag {
+	I6PN_EP_I6PN = 1 << 0,  /* private networking enabled */
+	I6PN_EP_LOCAL = 1 << 1, /* served by this node (set by the agent) */
+};
+
+/* Parser bounds. A private packet that needs more than this is dropped. */
+#define I6PN_MAX_VLAN_TAGS 2
+#define I6PN_MAX_EXT_HDRS 6
+
+/* endpoints map: struct in6_addr -> struct i6pn_endpoint */
+struct i6pn_endpoint {
+	__u32 workspace; /* bits 16..47 of the address */
+	__u16 region;    /* bits 48..63 of the address */
+	__u16 flags;     /* enum i6pn_endpoint_flag */
+	__u32 node;      /* node id (agent's hash of the node name), for reporting */
+	__u32 ifindex;   /* host-side veth when LOCAL and attached, else 0 */
+};
+
+/* local_ifaces map: host-side veth ifindex -> the endpoint it serves */
+struct i6pn_local_iface {
+	struct in6_addr addr;
+	__u32 flags; /* enum i6pn_endpoint_flag */
+};
+
+/* config map, one entry at index 0 */
+struct i6pn_config {
+	__u32 node;            /* this node's id */
+	__u16 region;          /* this node's region id */
+	__u16 pad;
+	enum i6pn_mode mode;
+	__u32 events_per_sec;  /* drop-event budget per CPU; 0 disables events */
+};
+
+/* counters map (per-CPU array), index i6pn_counter_index(hook, verdict, reason) */
+struct i6pn_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#define I6PN_COUNTERS_MAX (I6PN_HOOK_MAX * I6PN_VERDICT_MAX * I6PN_REASON_MAX)
+
+static inline __u32 i6pn_counter_index(__u32 hook, __u32 verdict, __u32 reason)
+{
+	return (hook * I6PN_VERDICT_MAX + verdict) * I6PN_REASON_MAX + reason;
+}
+
+/* ring buffer record of a sampled drop (or would-drop) */
+struct i6pn_drop_event {
+	__u64 ts_ns;
+	struct in6_addr src;
+	struct in6_addr dst;
+	__u32 ifindex;
+	__u32 len;
+	enum i6pn_hook hook;
+	enum i6pn_verdict verdict;
+	enum i6pn_reason reason;
+	__u32 pad;
+};
+
+/* per-CPU token bucket behind the drop-event rate limit */
+struct i6pn_event_budget {
+	__u64 window_start_ns;
+	__u32 used;
+	__u32 pad;
+};
+
+/*
+ * Carries every enum and the event layout into BTF (the ring buffer and enum
+ * constants are otherwise invisible to it), so the agent's generated ABI module
+ * cannot drift from this header. The map is never read or written.
+ */
+struct i6pn_abi {
+	enum i6pn_hook hook;
+	enum i6pn_verdict verdict;
+	enum i6pn_reason reason;
+	enum i6pn_mode mode;
+	enum i6pn_endpoint_flag flag;
+	struct i6pn_drop_event event;
+	struct i6pn_event_budget budget;
+};
+
+#endif /* I6PN_H */
