@@ -14,7 +14,7 @@ APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool nats-server prometheus iproute
             iputils-ping python3-scapy tcpdump util-linux nftables iperf3 procps
 DEPS_STAMP := node_modules/.i6pn-deps
 
-.PHONY: deps build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent clean
+.PHONY: deps bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent clean
 
 ## deps: install apt packages and npm modules (idempotent, quick when done)
 deps: $(DEPS_STAMP)
@@ -46,11 +46,15 @@ ts: $(ABI_TS)
 	npx tsc -p tsconfig.json
 	@chmod +x dist/controller/cli.js dist/agent/main.js 2>/dev/null || true
 
+## bpffs: pins live here; a fresh machine may not have it mounted
+bpffs:
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
 ## test: everything, as root (kernel, namespaces, nats-server, prometheus)
-test: build
+test: build bpffs
 	npx ava
 
-demo: build
+demo: build bpffs
 	bash test/fabric/demo.sh up
 
 demo-down:
@@ -61,10 +65,10 @@ demo-shell:
 
 bench: bench-dataplane bench-agent
 
-bench-dataplane: build
+bench-dataplane: build bpffs
 	node --import=tsx bench/dataplane.ts
 
-bench-agent: build
+bench-agent: build bpffs
 	node --import=tsx bench/agent.ts
 
 clean:
