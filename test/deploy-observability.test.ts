@@ -68,7 +68,7 @@ const TARGET_LABELS = new Set(["job", "instance", "node", "region", "namespace",
  * strings, label matchers, ranges and grouping clauses, then takes the
  * identifiers that are not functions (followed by "(") or keywords.
  */
-export function metricNames(expr: string): string[] {
+function metricNames(expr: string): string[] {
   const stripped = expr
     .replace(/"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`/g, '""')
     .replace(/\{[^}]*\}/g, " ")
