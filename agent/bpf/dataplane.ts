@@ -1,0 +1,920 @@
+/**
+ * The i6pn dataplane in the project's own terms: load the programs of
+ * build/bpf/i6pn.bpf.o, adopt or pin their maps, attach them to the uplink
+ * (XDP) and to endpoint veths (TC), fill the maps with endpoints and local
+ * interfaces, read counters and drop events, and run packets through the
+ * programs (BPF_PROG_TEST_RUN). Layouts come from abi.generated.ts (the
+ * object's BTF); the FFI is libbpf.ts. No Buffer crosses this module's surface.
+ *
+ * Life cycle (ARCHITECTURE.md): with a pinDir, every map is pinned at
+ * `<pinDir>/<map>` and the uplink's XDP link at `<pinDir>/xdp_uplink_<ifindex>`,
+ * so the dataplane keeps enforcing when the agent exits, and the next
+ * Dataplane.open() on the same pinDir adopts the maps and replaces the
+ * programs atomically (link update for XDP, fixed handle and priority with
+ * replace for TC). Dataplane.teardown(pinDir) removes it all.
+ *
+ * libbpf keeps one global log callback: the last open() with a logger wins.
+ */
+import { existsSync, mkdirSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+
+import * as abi from './abi.generated.js';
+import {
+  BatchError,
+  BpfObject,
+  E2BIG,
+  ENOENT,
+  EOPNOTSUPP,
+  LibbpfError,
+  LinkFd,
+  MapFd,
+  MapType,
+  RingBuffer,
+  TcAction,
+  TcAttachPoint,
+  TestRunFlags,
+  XdpAction,
+  XdpFlags,
+  closeFd,
+  layouts,
+  mapInfoByFd,
+  objGet,
+  perCpuStride,
+  possibleCpus,
+  setLogger,
+  tcAttach,
+  tcDetach,
+  tcHookCreate,
+  tcQuery,
+  watchReadable,
+  type BpfMap,
+  type BpfProgram,
+  type TcFilter,
+} from './libbpf.js';
+
+export { LibbpfError, BatchError } from './libbpf.js';
+
+// ---------------------------------------------------------------- domain types
+
+export type HookName = abi.HookName;
+export type VerdictName = abi.VerdictName;
+export type ReasonName = abi.ReasonName;
+export type ModeName = abi.ModeName;
+
+export interface DataplaneConfig {
+  /** This node's id. */
+  node: number;
+  /** This node's region id. */
+  region: number;
+  mode: ModeName;
+  /** Drop-event budget per CPU per second; 0 disables events. */
+  eventsPerSec: number;
+}
+
+export interface EndpointFlags {
+  /** Private networking enabled. */
+  i6pn: boolean;
+  /** Served by this node. */
+  local: boolean;
+}
+
+export interface Endpoint {
+  /** The 16-byte private address. */
+  addr: Uint8Array;
+  workspace: number;
+  region: number;
+  node: number;
+  flags: EndpointFlags;
+  /** Host-side veth when local and attached, else 0. */
+  ifindex: number;
+}
+
+export interface EndpointFailure {
+  /** Position in the input array. */
+  index: number;
+  addr: Uint8Array;
+  /** E2BIG: the endpoints map is full (the endpoint stays unreachable; nothing was evicted). */
+  error: LibbpfError;
+}
+
+export interface UpsertResult {
+  /** Entries written. */
+  applied: number;
+  /** Entries not written, with why. */
+  failed: EndpointFailure[];
+}
+
+export interface LocalIface {
+  ifindex: number;
+  /** The endpoint address this veth serves. */
+  addr: Uint8Array;
+  i6pn: boolean;
+}
+
+export interface CounterRow {
+  hook: HookName;
+  verdict: VerdictName;
+  reason: ReasonName;
+  packets: bigint;
+  bytes: bigint;
+}
+
+export interface DropEvent {
+  /** bpf_ktime_get_ns() at the drop (monotonic, since boot). */
+  tsNs: bigint;
+  src: Uint8Array;
+  dst: Uint8Array;
+  ifindex: number;
+  len: number;
+  hook: HookName;
+  verdict: VerdictName;
+  reason: ReasonName;
+}
+
+export interface PacketResult {
+  /** What the hook did with the packet (monitor mode passes would-drops). */
+  verdict: 'pass' | 'drop';
+  /** The program's raw return code (XDP_* or TC_ACT_*). */
+  retval: number;
+  /** Average ns per run. */
+  durationNs: number;
+}
+
+export interface RunPacketOptions {
+  /**
+   * The interface the hook runs on: xdp_md.ingress_ifindex for from_fabric,
+   * __sk_buff.ifindex for the TC hooks (from_endpoint also gets it as
+   * ingress_ifindex). The kernel resolves it in the caller's network
+   * namespace, so it must be an existing interface there (ENODEV otherwise);
+   * without it the kernel uses the loopback device (ifindex 1).
+   */
+  ifindex?: number;
+  /** Runs to average over (BPF_PROG_TEST_RUN repeat); default 1. */
+  repeat?: number;
+  /** XDP only: BPF_F_TEST_XDP_LIVE_FRAMES (frames really go out; needs repeat). */
+  liveFrames?: boolean;
+}
+
+/** Pino's Logger fits; so does anything with these three methods. */
+export interface DataplaneLogger {
+  warn(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  debug(obj: object, msg?: string): void;
+}
+
+export interface OpenOptions {
+  /** The compiled object, e.g. build/bpf/i6pn.bpf.o. */
+  object: string;
+  /** bpffs directory for pins (created if absent); none: nothing is pinned and everything dies with close(). */
+  pinDir?: string;
+  /** Capacity of the endpoints map (default: the object's). */
+  maxEndpoints?: number;
+  /** Capacity of the local_ifaces map (default: the object's). */
+  maxLocalIfaces?: number;
+  /** Receives libbpf's log (the verifier's output on a failed load). */
+  logger?: DataplaneLogger;
+}
+
+export interface AttachUplinkOptions {
+  /** native (driver) XDP by default; generic runs after skb allocation, for NICs without XDP. */
+  mode?: 'native' | 'generic';
+}
+
+export class DataplaneError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'DataplaneError';
+  }
+}
+
+// ---------------------------------------------------------------- names, layouts
+
+export const PROGRAMS = { from_fabric: 'from_fabric', from_endpoint: 'from_endpoint', to_endpoint: 'to_endpoint' } as const;
+const HOOK_PROGRAMS: readonly HookName[] = abi.HOOK_NAMES;
+
+/** TC filter slot reserved for i6pn on every endpoint veth: priority 1 runs first. */
+export const TC_HANDLE = 0x1e6;
+export const TC_PRIORITY = 1;
+
+const COUNTERS_MAX = abi.HOOK_MAX * abi.VERDICT_MAX * abi.REASON_MAX;
+
+/** Index of a counter, as i6pn_counter_index() in bpf/i6pn.h. */
+export function counterIndex(hook: number, verdict: number, reason: number): number {
+  return (hook * abi.VERDICT_MAX + verdict) * abi.REASON_MAX + reason;
+}
+
+const S = abi.structs;
+const IN6_ADDR_SIZE = 16;
+
+interface MapSpec {
+  name: string;
+  type: number;
+  keySize: number;
+  valueSize: number;
+  /** Required max_entries, when fixed by the ABI. */
+  maxEntries?: number;
+  pin: boolean;
+}
+
+const MAP_SPECS: MapSpec[] = [
+  { name: 'endpoints', type: MapType.HASH, keySize: IN6_ADDR_SIZE, valueSize: S.i6pn_endpoint.size, pin: true },
+  { name: 'local_ifaces', type: MapType.HASH, keySize: 4, valueSize: S.i6pn_local_iface.size, pin: true },
+  { name: 'config', type: MapType.ARRAY, keySize: 4, valueSize: S.i6pn_config.size, maxEntries: 1, pin: true },
+  {
+    name: 'counters',
+    type: MapType.PERCPU_ARRAY,
+    keySize: 4,
+    valueSize: S.i6pn_counter.size,
+    maxEntries: COUNTERS_MAX,
+    pin: true,
+  },
+  { name: 'drop_events', type: MapType.RINGBUF, keySize: 0, valueSize: 0, pin: true },
+  {
+    name: 'event_budget',
+    type: MapType.PERCPU_ARRAY,
+    keySize: 4,
+    valueSize: S.i6pn_event_budget.size,
+    maxEntries: 1,
+    pin: true,
+  },
+  // BTF carrier only; never pinned, its value layout is i6pn_abi's.
+  { name: 'i6pn_abi', type: MapType.ARRAY, keySize: 4, valueSize: -1, maxEntries: 1, pin: false },
+];
+
+function u32key(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n >>> 0, 0);
+  return b;
+}
+
+function checkAddr(addr: Uint8Array, what: string): void {
+  if (!(addr instanceof Uint8Array) || addr.length !== IN6_ADDR_SIZE) {
+    throw new RangeError(`${what}: an address is 16 bytes, got ${addr instanceof Uint8Array ? addr.length : typeof addr}`);
+  }
+}
+
+function checkUint(n: number, bits: 16 | 32, what: string): void {
+  if (!Number.isInteger(n) || n < 0 || n > (bits === 16 ? 0xffff : 0xffff_ffff)) {
+    throw new RangeError(`${what} must be an unsigned ${bits}-bit integer, got ${n}`);
+  }
+}
+
+function encodeEndpoint(e: Endpoint, into: Buffer, at: number): void {
+  const F = S.i6pn_endpoint.fields;
+  into.writeUInt32LE(e.workspace, at + F.workspace.offset);
+  into.writeUInt16LE(e.region, at + F.region.offset);
+  into.writeUInt16LE((e.flags.i6pn ? abi.EndpointFlag.I6PN : 0) | (e.flags.local ? abi.EndpointFlag.LOCAL : 0), at + F.flags.offset);
+  into.writeUInt32LE(e.node, at + F.node.offset);
+  into.writeUInt32LE(e.ifindex, at + F.ifindex.offset);
+}
+
+function decodeEndpoint(addr: Uint8Array, b: Buffer): Endpoint {
+  const F = S.i6pn_endpoint.fields;
+  const flags = b.readUInt16LE(F.flags.offset);
+  return {
+    addr: new Uint8Array(addr),
+    workspace: b.readUInt32LE(F.workspace.offset),
+    region: b.readUInt16LE(F.region.offset),
+    node: b.readUInt32LE(F.node.offset),
+    flags: { i6pn: (flags & abi.EndpointFlag.I6PN) !== 0, local: (flags & abi.EndpointFlag.LOCAL) !== 0 },
+    ifindex: b.readUInt32LE(F.ifindex.offset),
+  };
+}
+
+function validateEndpoint(e: Endpoint, i: number): void {
+  checkAddr(e.addr, `endpoint ${i}`);
+  checkUint(e.workspace, 32, `endpoint ${i} workspace`);
+  checkUint(e.region, 16, `endpoint ${i} region`);
+  checkUint(e.node, 32, `endpoint ${i} node`);
+  checkUint(e.ifindex, 32, `endpoint ${i} ifindex`);
+}
+
+function decodeDropEvent(b: Buffer): DropEvent {
+  const F = S.i6pn_drop_event.fields;
+  const label = <T extends string>(names: readonly T[], v: number, what: string): T => {
+    const n = names[v];
+    if (n === undefined) throw new DataplaneError(`drop event with unknown ${what} ${v}`);
+    return n;
+  };
+  return {
+    tsNs: b.readBigUInt64LE(F.ts_ns.offset),
+    src: new Uint8Array(b.subarray(F.src.offset, F.src.offset + 16)),
+    dst: new Uint8Array(b.subarray(F.dst.offset, F.dst.offset + 16)),
+    ifindex: b.readUInt32LE(F.ifindex.offset),
+    len: b.readUInt32LE(F.len.offset),
+    hook: label(abi.HOOK_NAMES, b.readUInt32LE(F.hook.offset), 'hook'),
+    verdict: label(abi.VERDICT_NAMES, b.readUInt32LE(F.verdict.offset), 'verdict'),
+    reason: label(abi.REASON_NAMES, b.readUInt32LE(F.reason.offset), 'reason'),
+  };
+}
+
+/** A batch size that keeps each syscall's buffers modest. */
+const BATCH = 4096;
+
+function listInterfaceIndexes(): number[] {
+  try {
+    const out = execFileSync('ip', ['-j', 'link', 'show'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    return (JSON.parse(out) as Array<{ ifindex: number }>).map((l) => l.ifindex);
+  } catch {
+    return [];
+  }
+}
+
+function isGone(err: unknown): boolean {
+  return err instanceof LibbpfError && (err.code === 'ENODEV' || err.code === 'ENOENT' || err.code === 'ENXIO');
+}
+
+// ---------------------------------------------------------------- Dataplane
+
+export class Dataplane {
+  private readonly object: BpfObject;
+  private readonly pinDir: string | undefined;
+  private readonly programs: Map<HookName, BpfProgram>;
+  private readonly endpoints: MapFd;
+  private readonly localIfaces: MapFd;
+  private readonly config: MapFd;
+  private readonly counters: MapFd;
+  private readonly dropEventsFd: number;
+  /** XDP links held by this process (without pinDir they die with close()). */
+  private readonly uplinks = new Map<number, LinkFd>();
+  private readonly readers = new Set<{ close(): void }>();
+  private closed = false;
+
+  private constructor(object: BpfObject, pinDir: string | undefined) {
+    this.object = object;
+    this.pinDir = pinDir;
+    this.programs = new Map(HOOK_PROGRAMS.map((h) => [h, object.program(PROGRAMS[h])]));
+    this.endpoints = object.map('endpoints').handle();
+    this.localIfaces = object.map('local_ifaces').handle();
+    this.config = object.map('config').handle();
+    this.counters = object.map('counters').handle();
+    this.dropEventsFd = object.map('drop_events').fd;
+  }
+
+  /**
+   * Open and load the object. With pinDir, maps already pinned there are
+   * adopted (their contents kept); a pinned map whose type, key or value size
+   * or capacity differs from what this object wants is an error (run
+   * teardown, or keep the old capacity); maps not pinned yet are created and
+   * pinned.
+   */
+  static async open(opts: OpenOptions): Promise<Dataplane> {
+    if (opts.logger) {
+      const l = opts.logger;
+      setLogger({
+        warn: (m) => l.warn({ component: 'libbpf' }, m),
+        info: (m) => l.info({ component: 'libbpf' }, m),
+        debug: (m) => l.debug({ component: 'libbpf' }, m),
+      });
+    }
+    if (opts.maxEndpoints !== undefined) checkUint(opts.maxEndpoints, 32, 'maxEndpoints');
+    if (opts.maxLocalIfaces !== undefined) checkUint(opts.maxLocalIfaces, 32, 'maxLocalIfaces');
+    const object = BpfObject.open(opts.object);
+    try {
+      for (const name of HOOK_PROGRAMS) object.program(PROGRAMS[name]);
+      if (opts.maxEndpoints) object.map('endpoints').setMaxEntries(opts.maxEndpoints);
+      if (opts.maxLocalIfaces) object.map('local_ifaces').setMaxEntries(opts.maxLocalIfaces);
+      for (const spec of MAP_SPECS) checkObjectMap(object.map(spec.name), spec, opts.object);
+      if (opts.pinDir) {
+        mkdirSync(opts.pinDir, { recursive: true });
+        for (const spec of MAP_SPECS) {
+          if (!spec.pin) continue;
+          const map = object.map(spec.name);
+          const path = join(opts.pinDir, spec.name);
+          if (existsSync(path)) checkPinnedMap(path, map);
+          map.setPinPath(path);
+        }
+      }
+      object.load();
+      return new Dataplane(object, opts.pinDir);
+    } catch (err) {
+      object.close();
+      throw err;
+    }
+  }
+
+  // ------------------------------------------------------------ config
+
+  setConfig(cfg: DataplaneConfig): void {
+    checkUint(cfg.node, 32, 'config node');
+    checkUint(cfg.region, 16, 'config region');
+    checkUint(cfg.eventsPerSec, 32, 'config eventsPerSec');
+    const mode = abi.MODE_NAMES.indexOf(cfg.mode);
+    if (mode < 0) throw new RangeError(`config mode must be one of ${abi.MODE_NAMES.join(', ')}, got ${String(cfg.mode)}`);
+    const F = S.i6pn_config.fields;
+    const b = Buffer.alloc(S.i6pn_config.size);
+    b.writeUInt32LE(cfg.node, F.node.offset);
+    b.writeUInt16LE(cfg.region, F.region.offset);
+    b.writeUInt32LE(mode, F.mode.offset);
+    b.writeUInt32LE(cfg.eventsPerSec, F.events_per_sec.offset);
+    this.config.update(u32key(0), b);
+  }
+
+  getConfig(): DataplaneConfig {
+    const F = S.i6pn_config.fields;
+    const b = this.config.lookup(u32key(0));
+    if (!b) throw new DataplaneError('config map has no entry 0');
+    const mode = abi.MODE_NAMES[b.readUInt32LE(F.mode.offset)];
+    if (!mode) throw new DataplaneError(`config map holds unknown mode ${b.readUInt32LE(F.mode.offset)}`);
+    return {
+      node: b.readUInt32LE(F.node.offset),
+      region: b.readUInt16LE(F.region.offset),
+      mode,
+      eventsPerSec: b.readUInt32LE(F.events_per_sec.offset),
+    };
+  }
+
+  // ------------------------------------------------------------ endpoints
+
+  /** Capacity of the endpoints map. */
+  get maxEndpoints(): number {
+    return this.endpoints.maxEntries;
+  }
+
+  /**
+   * Insert or overwrite endpoints, in batches. An entry the kernel refuses
+   * (E2BIG when the map is full) is reported in `failed` and the rest are
+   * still applied; nothing already in the map is evicted.
+   */
+  upsertEndpoints(entries: readonly Endpoint[]): UpsertResult {
+    entries.forEach(validateEndpoint);
+    const ks = this.endpoints.keySize;
+    const vs = this.endpoints.valueBytes;
+    const failed: EndpointFailure[] = [];
+    let applied = 0;
+    for (let start = 0; start < entries.length; start += BATCH) {
+      const chunk = entries.slice(start, start + BATCH);
+      const keys = Buffer.alloc(chunk.length * ks);
+      const values = Buffer.alloc(chunk.length * vs);
+      chunk.forEach((e, i) => {
+        keys.set(e.addr, i * ks);
+        encodeEndpoint(e, values, i * vs);
+      });
+      let i = 0;
+      while (i < chunk.length) {
+        try {
+          applied += this.endpoints.updateBatch(keys.subarray(i * ks), values.subarray(i * vs), chunk.length - i);
+          i = chunk.length;
+        } catch (err) {
+          if (!(err instanceof BatchError)) throw err;
+          if (err.done === 0 && (err.errno === EOPNOTSUPP || err.errno === 524 /* ENOTSUPP */)) {
+            // A kernel without batch ops for this map: one by one.
+            for (; i < chunk.length; i++) {
+              try {
+                this.endpoints.update(keys.subarray(i * ks, (i + 1) * ks), values.subarray(i * vs, (i + 1) * vs));
+                applied++;
+              } catch (e) {
+                if (!(e instanceof LibbpfError)) throw e;
+                failed.push({ index: start + i, addr: new Uint8Array(chunk[i]!.addr), error: e });
+              }
+            }
+            break;
+          }
+          applied += err.done;
+          const at = i + err.done;
+          failed.push({
+            index: start + at,
+            addr: new Uint8Array(chunk[at]!.addr),
+            error: new LibbpfError('bpf_map_update_batch', err.errno, 'endpoints', err.errno === E2BIG ? 'map full' : undefined),
+          });
+          i = at + 1;
+        }
+      }
+    }
+    return { applied, failed };
+  }
+
+  /** Remove endpoints; absent ones are skipped. Returns how many were removed. */
+  deleteEndpoints(addrs: readonly Uint8Array[]): number {
+    addrs.forEach((a, i) => checkAddr(a, `deleteEndpoints[${i}]`));
+    const ks = this.endpoints.keySize;
+    let deleted = 0;
+    for (let start = 0; start < addrs.length; start += BATCH) {
+      const chunk = addrs.slice(start, start + BATCH);
+      const keys = Buffer.alloc(chunk.length * ks);
+      chunk.forEach((a, i) => keys.set(a, i * ks));
+      let i = 0;
+      while (i < chunk.length) {
+        try {
+          deleted += this.endpoints.deleteBatch(keys.subarray(i * ks), chunk.length - i);
+          i = chunk.length;
+        } catch (err) {
+          if (!(err instanceof BatchError) || err.errno !== ENOENT) throw err;
+          deleted += err.done;
+          i += err.done + 1; // the absent one
+        }
+      }
+    }
+    return deleted;
+  }
+
+  getEndpoint(addr: Uint8Array): Endpoint | null {
+    checkAddr(addr, 'getEndpoint');
+    const b = this.endpoints.lookup(addr);
+    return b ? decodeEndpoint(addr, b) : null;
+  }
+
+  listEndpoints(): Endpoint[] {
+    const out: Endpoint[] = [];
+    for (const [k, v] of this.endpoints.entriesBatch(BATCH)) out.push(decodeEndpoint(k, v));
+    return out;
+  }
+
+  // ------------------------------------------------------------ local interfaces
+
+  setLocalIface(ifindex: number, iface: { addr: Uint8Array; i6pn: boolean }): void {
+    checkUint(ifindex, 32, 'ifindex');
+    checkAddr(iface.addr, 'setLocalIface');
+    const F = S.i6pn_local_iface.fields;
+    const b = Buffer.alloc(S.i6pn_local_iface.size);
+    b.set(iface.addr, F.addr.offset);
+    b.writeUInt32LE(iface.i6pn ? abi.EndpointFlag.I6PN : 0, F.flags.offset);
+    this.localIfaces.update(u32key(ifindex), b);
+  }
+
+  /** false if it was not there. */
+  deleteLocalIface(ifindex: number): boolean {
+    checkUint(ifindex, 32, 'ifindex');
+    return this.localIfaces.delete(u32key(ifindex));
+  }
+
+  listLocalIfaces(): LocalIface[] {
+    const F = S.i6pn_local_iface.fields;
+    const out: LocalIface[] = [];
+    for (const [k, v] of this.localIfaces.entriesBatch()) {
+      out.push({
+        ifindex: k.readUInt32LE(0),
+        addr: new Uint8Array(v.subarray(F.addr.offset, F.addr.offset + 16)),
+        i6pn: (v.readUInt32LE(F.flags.offset) & abi.EndpointFlag.I6PN) !== 0,
+      });
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------ counters
+
+  /**
+   * Every counter, summed over CPUs, one row per (hook, verdict, reason);
+   * `nonZero` leaves out rows that never counted.
+   */
+  readCounters(opts: { nonZero?: boolean } = {}): CounterRow[] {
+    const F = S.i6pn_counter.fields;
+    const stride = perCpuStride(S.i6pn_counter.size);
+    const cpus = possibleCpus();
+    const rows: CounterRow[] = [];
+    for (const [k, v] of this.counters.entriesBatch(COUNTERS_MAX)) {
+      const idx = k.readUInt32LE(0);
+      let packets = 0n;
+      let bytes = 0n;
+      for (let c = 0; c < cpus; c++) {
+        packets += v.readBigUInt64LE(c * stride + F.packets.offset);
+        bytes += v.readBigUInt64LE(c * stride + F.bytes.offset);
+      }
+      if (opts.nonZero && packets === 0n && bytes === 0n) continue;
+      const reason = idx % abi.REASON_MAX;
+      const verdict = Math.floor(idx / abi.REASON_MAX) % abi.VERDICT_MAX;
+      const hook = Math.floor(idx / (abi.REASON_MAX * abi.VERDICT_MAX));
+      rows.push({
+        hook: abi.HOOK_NAMES[hook]!,
+        verdict: abi.VERDICT_NAMES[verdict]!,
+        reason: abi.REASON_NAMES[reason]!,
+        packets,
+        bytes,
+      });
+    }
+    return rows;
+  }
+
+  /** One counter, summed over CPUs. */
+  readCounter(hook: HookName, verdict: VerdictName, reason: ReasonName): { packets: bigint; bytes: bigint } {
+    const idx = counterIndex(abi.HOOK_NAMES.indexOf(hook), abi.VERDICT_NAMES.indexOf(verdict), abi.REASON_NAMES.indexOf(reason));
+    if (idx < 0) throw new RangeError(`no counter ${hook}/${verdict}/${reason}`);
+    const v = this.counters.lookup(u32key(idx));
+    const F = S.i6pn_counter.fields;
+    const stride = perCpuStride(S.i6pn_counter.size);
+    let packets = 0n;
+    let bytes = 0n;
+    for (let c = 0; v && c < possibleCpus(); c++) {
+      packets += v.readBigUInt64LE(c * stride + F.packets.offset);
+      bytes += v.readBigUInt64LE(c * stride + F.bytes.offset);
+    }
+    return { packets, bytes };
+  }
+
+  /** Zero every counter on every CPU (tests; the agent exports monotonic counters). */
+  resetCounters(): void {
+    const keys = Buffer.alloc(COUNTERS_MAX * 4);
+    for (let i = 0; i < COUNTERS_MAX; i++) keys.writeUInt32LE(i, i * 4);
+    this.counters.updateBatch(keys, Buffer.alloc(COUNTERS_MAX * this.counters.valueBytes), COUNTERS_MAX);
+  }
+
+  // ------------------------------------------------------------ drop events
+
+  /**
+   * Stream drop events as they arrive (the event loop wakes on the ring
+   * buffer's epoll fd). Returns a handle whose close() stops the stream.
+   */
+  watchDropEvents(onEvent: (e: DropEvent) => void, opts: { keepAlive?: boolean } = {}): { close(): void } {
+    const rb = new RingBuffer(this.dropEventsFd, (b) => onEvent(decodeDropEvent(b)), 'drop_events');
+    const watch = watchReadable(rb.epollFd, () => {
+      try {
+        rb.consume();
+      } catch {
+        // A closed ring buffer between wake-up and read: nothing to deliver.
+      }
+    });
+    if (!opts.keepAlive) watch.unref();
+    const handle = {
+      close: () => {
+        watch.stop();
+        rb.close();
+        this.readers.delete(handle);
+      },
+    };
+    this.readers.add(handle);
+    return handle;
+  }
+
+  /** The drop events waiting in the ring buffer now (consumes them). */
+  drainDropEvents(): DropEvent[] {
+    const events: DropEvent[] = [];
+    const rb = new RingBuffer(this.dropEventsFd, (b) => events.push(decodeDropEvent(b)), 'drop_events');
+    try {
+      rb.consume();
+    } finally {
+      rb.close();
+    }
+    return events;
+  }
+
+  // ------------------------------------------------------------ running packets
+
+  /** Run one packet through a hook's program with BPF_PROG_TEST_RUN. */
+  runPacket(hook: HookName, packet: Uint8Array, opts: RunPacketOptions = {}): PacketResult {
+    const prog = this.programs.get(hook);
+    if (!prog) throw new RangeError(`no hook ${String(hook)}; hooks are ${HOOK_PROGRAMS.join(', ')}`);
+    let ctx: Buffer | undefined;
+    if (hook === 'from_fabric') {
+      if (opts.ifindex !== undefined) {
+        const L = layouts.xdp_md;
+        ctx = Buffer.alloc(L.size);
+        ctx.writeUInt32LE(packet.length, 4); // data_end must equal the packet length
+        ctx.writeUInt32LE(opts.ifindex, L.ingress_ifindex);
+      }
+    } else if (opts.ifindex !== undefined) {
+      const L = layouts.__sk_buff;
+      ctx = Buffer.alloc(L.size);
+      ctx.writeUInt32LE(opts.ifindex, L.ifindex);
+      if (hook === 'from_endpoint') ctx.writeUInt32LE(opts.ifindex, L.ingress_ifindex);
+    }
+    const r = prog.testRun({
+      data: packet,
+      ...(ctx ? { ctx } : {}),
+      repeat: opts.repeat ?? 1,
+      flags: opts.liveFrames ? TestRunFlags.XDP_LIVE_FRAMES : 0,
+    });
+    return { verdict: retvalVerdict(hook, r.retval), retval: r.retval, durationNs: r.durationNs };
+  }
+
+  /** Instructions the verifier processed for each program (growth shows up in the build and bench). */
+  verifiedInstructions(): Record<HookName, number> {
+    const out = {} as Record<HookName, number>;
+    for (const [hook, prog] of this.programs) out[hook] = prog.info().verifiedInsns;
+    return out;
+  }
+
+  // ------------------------------------------------------------ attach
+
+  /**
+   * XDP from_fabric on the uplink, as a bpf_link pinned at
+   * `<pinDir>/xdp_uplink_<ifindex>`. A link already pinned there for this
+   * interface gets the new program atomically (bpf_link_update), in the mode
+   * it was created with.
+   */
+  attachUplink(ifindex: number, opts: AttachUplinkOptions = {}): void {
+    checkUint(ifindex, 32, 'ifindex');
+    const progFd = this.program('from_fabric').fd;
+    const held = this.uplinks.get(ifindex);
+    if (held) {
+      held.update(progFd, 'from_fabric');
+      return;
+    }
+    const path = this.pinDir ? join(this.pinDir, `xdp_uplink_${ifindex}`) : undefined;
+    if (path && existsSync(path)) {
+      const link = LinkFd.open(path);
+      if (link.info().xdpIfindex === ifindex) {
+        try {
+          link.update(progFd, 'from_fabric');
+        } catch (err) {
+          link.close();
+          throw err;
+        }
+        this.uplinks.set(ifindex, link);
+        return;
+      }
+      // The device went away (and its index may be reused): the old link is defunct.
+      link.close();
+      unlinkSync(path);
+    }
+    const flags = opts.mode === 'generic' ? XdpFlags.SKB_MODE : XdpFlags.DRV_MODE;
+    const link = LinkFd.createXdp(progFd, ifindex, flags, `from_fabric on ifindex ${ifindex}`);
+    try {
+      if (path) link.pin(path);
+    } catch (err) {
+      link.close();
+      throw err;
+    }
+    this.uplinks.set(ifindex, link);
+  }
+
+  /** Detach from_fabric from the uplink and remove its pin; false if it was not attached. */
+  detachUplink(ifindex: number): boolean {
+    let link = this.uplinks.get(ifindex);
+    this.uplinks.delete(ifindex);
+    const path = this.pinDir ? join(this.pinDir, `xdp_uplink_${ifindex}`) : undefined;
+    if (!link && path && existsSync(path)) link = LinkFd.open(path);
+    if (!link) return false;
+    try {
+      link.detach();
+    } catch (err) {
+      if (!isGone(err) && !(err instanceof LibbpfError && err.code === 'ENOLINK')) throw err;
+    } finally {
+      link.close();
+      if (path && existsSync(path)) unlinkSync(path);
+    }
+    return true;
+  }
+
+  /**
+   * TC on an endpoint's host-side veth: ingress → from_endpoint, egress →
+   * to_endpoint, at i6pn's fixed handle and priority, replacing whatever
+   * program was there (an upgrade is atomic per direction).
+   */
+  attachEndpoint(ifindex: number): void {
+    checkUint(ifindex, 32, 'ifindex');
+    tcHookCreate(ifindex);
+    tcAttach(tcFilter(ifindex, 'ingress'), this.program('from_endpoint').fd, `from_endpoint on ifindex ${ifindex}`);
+    tcAttach(tcFilter(ifindex, 'egress'), this.program('to_endpoint').fd, `to_endpoint on ifindex ${ifindex}`);
+  }
+
+  /** Remove i6pn's TC filters from a veth (the clsact qdisc stays); false if none were there. */
+  detachEndpoint(ifindex: number): boolean {
+    return detachTc(ifindex);
+  }
+
+  /** Which i6pn programs (kernel prog ids) sit on a veth's TC hooks. */
+  endpointAttachment(ifindex: number): { ingress: number | null; egress: number | null } {
+    try {
+      return { ingress: tcQuery(tcFilter(ifindex, 'ingress')), egress: tcQuery(tcFilter(ifindex, 'egress')) };
+    } catch (err) {
+      if (isGone(err)) return { ingress: null, egress: null };
+      throw err;
+    }
+  }
+
+  /** Kernel ids of the loaded programs (to compare with endpointAttachment). */
+  programIds(): Record<HookName, number> {
+    const out = {} as Record<HookName, number>;
+    for (const [hook, prog] of this.programs) out[hook] = prog.info().id;
+    return out;
+  }
+
+  // ------------------------------------------------------------ life cycle
+
+  /**
+   * Release this process's handles. Pinned maps and links keep enforcing;
+   * without a pinDir the uplink link is detached with its fd, while TC
+   * filters stay on their veths until detachEndpoint or the veth goes.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const r of [...this.readers]) r.close();
+    for (const link of this.uplinks.values()) link.close();
+    this.uplinks.clear();
+    this.object.close();
+  }
+
+  /**
+   * Remove everything pinned under pinDir: detach the XDP links, detach the
+   * TC filters from every veth registered in the pinned local_ifaces map
+   * (and, with allInterfaces, from every interface of this network namespace
+   * at i6pn's handle and priority), unpin the maps, remove the directory.
+   */
+  static teardown(pinDir: string, opts: { allInterfaces?: boolean } = {}): void {
+    if (!existsSync(pinDir)) {
+      if (opts.allInterfaces) for (const ifindex of listInterfaceIndexes()) detachTc(ifindex);
+      return;
+    }
+    const ifindexes = new Set<number>();
+    const localPath = join(pinDir, 'local_ifaces');
+    if (existsSync(localPath)) {
+      const m = MapFd.fromPin(localPath, 'local_ifaces');
+      try {
+        for (const k of m.keys()) ifindexes.add(k.readUInt32LE(0));
+      } finally {
+        m.close();
+      }
+    }
+    if (opts.allInterfaces) for (const i of listInterfaceIndexes()) ifindexes.add(i);
+    for (const ifindex of ifindexes) detachTc(ifindex);
+    for (const name of readdirSync(pinDir)) {
+      const path = join(pinDir, name);
+      if (name.startsWith('xdp_uplink_')) {
+        try {
+          const link = LinkFd.open(path);
+          try {
+            link.detach();
+          } catch (err) {
+            if (!isGone(err) && !(err instanceof LibbpfError && err.code === 'ENOLINK')) throw err;
+          } finally {
+            link.close();
+          }
+        } catch (err) {
+          if (!isGone(err)) throw err;
+        }
+      }
+      unlinkSync(path);
+    }
+    rmdirSync(pinDir);
+  }
+
+  private program(name: HookName): BpfProgram {
+    if (this.closed) throw new DataplaneError('dataplane is closed');
+    return this.programs.get(name)!;
+  }
+}
+
+function tcFilter(ifindex: number, dir: 'ingress' | 'egress'): TcFilter {
+  return {
+    ifindex,
+    attachPoint: dir === 'ingress' ? TcAttachPoint.INGRESS : TcAttachPoint.EGRESS,
+    handle: TC_HANDLE,
+    priority: TC_PRIORITY,
+  };
+}
+
+function detachTc(ifindex: number): boolean {
+  let any = false;
+  for (const dir of ['ingress', 'egress'] as const) {
+    try {
+      any = tcDetach(tcFilter(ifindex, dir)) || any;
+    } catch (err) {
+      if (!isGone(err)) throw err;
+    }
+  }
+  return any;
+}
+
+function retvalVerdict(hook: HookName, retval: number): 'pass' | 'drop' {
+  if (hook === 'from_fabric') {
+    if (retval === XdpAction.PASS) return 'pass';
+    if (retval === XdpAction.DROP || retval === XdpAction.ABORTED) return 'drop';
+  } else {
+    const r = retval | 0; // TC_ACT_UNSPEC is -1
+    if (r === TcAction.OK || r === TcAction.UNSPEC) return 'pass';
+    if (r === TcAction.SHOT) return 'drop';
+  }
+  throw new DataplaneError(`${hook} returned ${retval}, which is neither pass nor drop`);
+}
+
+function checkObjectMap(map: BpfMap, spec: MapSpec, object: string): void {
+  const problems: string[] = [];
+  if (map.type !== spec.type) problems.push(`type ${map.type}, expected ${spec.type}`);
+  if (spec.type !== MapType.RINGBUF) {
+    if (map.keySize !== spec.keySize) problems.push(`key size ${map.keySize}, ABI says ${spec.keySize}`);
+    if (spec.valueSize >= 0 && map.valueSize !== spec.valueSize) {
+      problems.push(`value size ${map.valueSize}, ABI says ${spec.valueSize}`);
+    }
+  }
+  if (spec.maxEntries !== undefined && map.maxEntries !== spec.maxEntries) {
+    problems.push(`max_entries ${map.maxEntries}, ABI says ${spec.maxEntries}`);
+  }
+  if (problems.length) {
+    throw new DataplaneError(
+      `${object}: map ${spec.name} does not match agent/bpf/abi.generated.ts (${problems.join('; ')}); rebuild with \`make bpf\``,
+    );
+  }
+}
+
+function checkPinnedMap(path: string, map: BpfMap): void {
+  const fd = objGet(path);
+  try {
+    const pinned = mapInfoByFd(fd, path);
+    const problems: string[] = [];
+    if (pinned.type !== map.type) problems.push(`type ${pinned.type} vs ${map.type}`);
+    if (pinned.keySize !== map.keySize) problems.push(`key size ${pinned.keySize} vs ${map.keySize}`);
+    if (pinned.valueSize !== map.valueSize) problems.push(`value size ${pinned.valueSize} vs ${map.valueSize}`);
+    if (pinned.maxEntries !== map.maxEntries) problems.push(`max_entries ${pinned.maxEntries} vs ${map.maxEntries}`);
+    if (problems.length) {
+      throw new DataplaneError(
+        `pinned map ${path} cannot be reused: pinned ${problems.join(', ')} wanted. ` +
+          `Keep the old capacity (--max-endpoints ${map.name === 'endpoints' ? pinned.maxEntries : '…'}) or remove the ` +
+          `pinned state first (Dataplane.teardown / the agent's teardown command), which stops enforcement until reload.`,
+      );
+    }
+  } finally {
+    closeFd(fd);
+  }
+}
