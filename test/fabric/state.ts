@@ -1,0 +1,236 @@
+/**
+ * The record of everything a fabric run creates, and its removal.
+ *
+ * Every run has a short random id; every network namespace is named
+ * `i6pn-<id>-…`, the one link in the root namespace `i6pn<id>`, pins live under
+ * `/sys/fs/bpf/i6pn-<id>-<node>`, and files under `/run/i6pn-fabric/<id>/`,
+ * where `state.json` lists what exists (written as each thing is made). Removal
+ * is synchronous on purpose: it runs from `exit` and signal handlers too, and
+ * it is idempotent, so a half-built run is removed as well as a whole one.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+
+export const STATE_ROOT = '/run/i6pn-fabric';
+export const NETNS_PREFIX = 'i6pn-';
+
+export interface RecordedProcess {
+  pid: number;
+  what: string;
+  /** A string that /proc/<pid>/cmdline must contain before we signal it (guards against pid reuse). */
+  cmdlineMark: string;
+}
+
+export interface RunState {
+  runId: string;
+  /** The process that owns the run; a run whose owner died is a leftover, unless detached. */
+  ownerPid: number;
+  /** Left running on purpose (the demo) until `demo.sh down`. */
+  detached: boolean;
+  createdAt: string;
+  netns: string[];
+  rootLinks: string[];
+  processes: RecordedProcess[];
+  bpffsDirs: string[];
+  /** Free-form facts for `demo.sh` and people (addresses, URLs, topology). */
+  info: Record<string, unknown>;
+}
+
+export function newRunId(): string {
+  for (;;) {
+    const id = randomBytes(2).toString('hex');
+    if (!existsSync(join(STATE_ROOT, id)) && !listNetns().some((n) => n.startsWith(`${NETNS_PREFIX}${id}-`))) return id;
+  }
+}
+
+export function runDir(runId: string): string {
+  return join(STATE_ROOT, runId);
+}
+
+export class RunRecord {
+  readonly state: RunState;
+  readonly dir: string;
+
+  constructor(runId: string, detached = false) {
+    this.dir = runDir(runId);
+    mkdirSync(this.dir, { recursive: true });
+    this.state = {
+      runId,
+      ownerPid: process.pid,
+      detached,
+      createdAt: new Date().toISOString(),
+      netns: [],
+      rootLinks: [],
+      processes: [],
+      bpffsDirs: [],
+      info: {},
+    };
+    this.save();
+  }
+
+  save(): void {
+    writeFileSync(join(this.dir, 'state.json'), JSON.stringify(this.state, null, 2) + '\n');
+  }
+
+  addNetns(name: string): void {
+    this.state.netns.push(name);
+    this.save();
+  }
+  addRootLink(name: string): void {
+    this.state.rootLinks.push(name);
+    this.save();
+  }
+  addProcess(p: RecordedProcess): void {
+    this.state.processes.push(p);
+    this.save();
+  }
+  removeProcess(pid: number): void {
+    this.state.processes = this.state.processes.filter((p) => p.pid !== pid);
+    this.save();
+  }
+  addBpffsDir(path: string): void {
+    if (!this.state.bpffsDirs.includes(path)) this.state.bpffsDirs.push(path);
+    this.save();
+  }
+  setInfo(key: string, value: unknown): void {
+    this.state.info[key] = value;
+    this.save();
+  }
+}
+
+export function listNetns(): string[] {
+  try {
+    return readdirSync('/run/netns');
+  } catch {
+    return [];
+  }
+}
+
+export function readRunState(runId: string): RunState | undefined {
+  try {
+    return JSON.parse(readFileSync(join(runDir(runId), 'state.json'), 'utf8')) as RunState;
+  } catch {
+    return undefined;
+  }
+}
+
+export function listRuns(): string[] {
+  try {
+    return readdirSync(STATE_ROOT).filter((d) => /^[0-9a-f]{4}$/.test(d));
+  } catch {
+    return [];
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function cmdline(pid: number): string | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Pids of every process whose network namespace is `netns` (what `ip netns pids` reports). */
+function netnsPids(netns: string): number[] {
+  try {
+    return execFileSync('ip', ['netns', 'pids', netns], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number)
+      .filter((p) => p !== process.pid);
+  } catch {
+    return [];
+  }
+}
+
+function killAndWait(pids: number[]): void {
+  const live = pids.filter(alive);
+  for (const p of live) {
+    try {
+      process.kill(p, 'SIGTERM');
+    } catch {
+      /* gone */
+    }
+  }
+  const deadline = Date.now() + 3000;
+  while (live.some(alive) && Date.now() < deadline) execFileSync('sleep', ['0.05']);
+  for (const p of live.filter(alive)) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+}
+
+/**
+ * Remove everything of one run: its processes (recorded ones whose cmdline
+ * still matches, and any process inside its namespaces), its namespaces (which
+ * takes their veths with them), its root-namespace link, its pins and files.
+ * Namespaces named with the run's prefix are found even if the record missed them.
+ */
+export function destroyRunSync(runId: string): void {
+  const state = readRunState(runId);
+  const prefix = `${NETNS_PREFIX}${runId}-`;
+  const netns = [...new Set([...(state?.netns ?? []), ...listNetns().filter((n) => n.startsWith(prefix))])];
+
+  const pids = new Set<number>();
+  for (const p of state?.processes ?? []) {
+    const cl = cmdline(p.pid);
+    if (cl !== undefined && cl.includes(p.cmdlineMark)) pids.add(p.pid);
+  }
+  for (const n of netns) for (const p of netnsPids(n)) pids.add(p);
+  killAndWait([...pids]);
+
+  if (netns.length > 0) {
+    execFileSync('ip', ['-force', '-batch', '-'], {
+      input: netns.map((n) => `netns del ${n}`).join('\n') + '\n',
+      stdio: ['pipe', 'ignore', 'ignore'],
+    });
+  }
+  for (const link of [...(state?.rootLinks ?? []), `i6pn${runId}`]) {
+    try {
+      execFileSync('ip', ['link', 'del', link], { stdio: 'ignore' });
+    } catch {
+      /* already gone with its peer's namespace */
+    }
+  }
+  const bpffs = new Set(state?.bpffsDirs ?? []);
+  try {
+    for (const d of readdirSync('/sys/fs/bpf')) if (d.startsWith(prefix)) bpffs.add(join('/sys/fs/bpf', d));
+  } catch {
+    /* no bpffs mounted */
+  }
+  for (const d of bpffs) rmSync(d, { recursive: true, force: true });
+  rmSync(runDir(runId), { recursive: true, force: true });
+}
+
+/**
+ * Runs that nobody owns any more: the owner died and the run was not detached,
+ * or the record is gone but namespaces with the prefix remain. `includeDetached`
+ * adds the demo's runs (what `demo.sh down` removes).
+ */
+export function leftoverRuns(includeDetached: boolean): string[] {
+  const ids = new Set<string>(listRuns());
+  for (const n of listNetns()) {
+    const m = /^i6pn-([0-9a-f]{4})-/.exec(n);
+    if (m?.[1]) ids.add(m[1]);
+  }
+  return [...ids].filter((id) => {
+    const s = readRunState(id);
+    if (!s) return true;
+    if (s.detached) return includeDetached;
+    return !alive(s.ownerPid);
+  });
+}
