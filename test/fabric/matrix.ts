@@ -56,7 +56,7 @@ export async function runMatrix(
   };
   const t0 = Date.now();
   let done = 0;
-  const cells = await mapLimit(pairs, opts.concurrency ?? 12, async ({ src, dst }) => {
+  const cells = await mapLimit(pairs, opts.concurrency ?? 24, async ({ src, dst }) => {
     const probes = await Promise.all(
       kinds.map((k): Promise<ProbeResult> => {
         switch (k) {

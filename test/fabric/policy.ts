@@ -4,14 +4,17 @@
  * the BPF policy can replace the interim rule below without touching the
  * matrix code.
  */
+import { Address6 } from 'ip-address';
+import { type ModelState, decide, isPass } from '../policy-model.js';
 import type { Endpoint } from './topology.js';
 
 /** Enforcement points, named as the agent labels them in metrics. */
-export type Hook = 'from_endpoint' | 'from_fabric' | 'to_endpoint';
+export type { Hook } from '../policy-model.js';
+import type { Hook } from '../policy-model.js';
 
 export interface Expectation {
   allowed: boolean;
-  /** The drop reason (metric label) a forbidden pair should be counted under; 'private' when allowed. */
+  /** The drop reason (metric label) a forbidden pair should be counted under; 'pass_private' when allowed. */
   reason: string;
   /** Where the first drop happens, and on which node's agent its counter moves. */
   hook?: Hook;
@@ -32,7 +35,7 @@ export const interimOracle: PolicyOracle = (src, dst) => {
   if (src.workspace !== dst.workspace) return drop('cross_workspace');
   if (src.region !== dst.region) return drop('cross_region');
   if (!dst.i6pn) return drop('no_i6pn');
-  return { allowed: true, reason: 'private' };
+  return { allowed: true, reason: 'pass_private' };
 };
 
 /** Short codes for matrix cells, so a 10×10 table fits a terminal. */
@@ -62,4 +65,66 @@ export const REASON_LEGEND: Record<string, string> = {
 
 export function reasonCode(reason: string): string {
   return REASON_CODES[reason] ?? reason.slice(0, 3);
+}
+
+/**
+ * The oracle from the reference model of the BPF policy (test/policy-model.ts):
+ * a UDP packet from `src` to `dst` walks the hooks it would meet — the
+ * sender's from-endpoint, the receiving node's from-fabric when it crosses
+ * nodes, the receiver's to-endpoint — each node holding what its agent holds
+ * (the live members of its region, its own veths), and the first hook that
+ * does not pass gives the expected drop.
+ */
+export function modelOracle(endpoints: readonly Endpoint[]): PolicyOracle {
+  const regionIds = new Map<string, number>();
+  for (const e of endpoints) regionIds.set(e.region, addressBytes(e.address).readUInt16BE(6));
+  const ifindex = new Map(endpoints.map((e, i) => [e.name, i + 1] as const));
+  const states = new Map<string, ModelState>();
+  const stateOf = (node: string): ModelState => {
+    let s = states.get(node);
+    if (s) return s;
+    const region = endpoints.find((e) => e.node === node)?.region;
+    if (region === undefined) throw new Error(`modelOracle: no endpoint on node ${node}`);
+    s = { endpoints: new Map(), ifaces: new Map(), region: regionIds.get(region)! };
+    for (const e of endpoints) {
+      if (e.region !== region) continue;
+      const b = addressBytes(e.address);
+      s.endpoints.set(b.toString('hex'), { workspace: b.readUInt32BE(2), region: b.readUInt16BE(6), i6pn: e.i6pn, local: e.node === node });
+      if (e.node === node) s.ifaces.set(ifindex.get(e.name)!, { addr: b.toString('hex'), i6pn: e.i6pn });
+    }
+    states.set(node, s);
+    return s;
+  };
+  return (src, dst) => {
+    const pkt = udpPacket(src.address, dst.address);
+    const path: Array<[Hook, string, number]> = [['from_endpoint', src.node, ifindex.get(src.name) ?? 0]];
+    if (dst.node !== src.node) path.push(['from_fabric', dst.node, 0]);
+    path.push(['to_endpoint', dst.node, ifindex.get(dst.name) ?? 0]);
+    for (const [hook, node, ifi] of path) {
+      const reason = decide(hook, pkt, stateOf(node), ifi);
+      if (!isPass(reason)) return { allowed: false, reason, hook, node };
+    }
+    return { allowed: true, reason: 'pass_private' };
+  };
+}
+
+/** The 16 bytes of an IPv6 address. */
+export function addressBytes(address: string): Buffer {
+  return Buffer.from(new Address6(address).canonicalForm().replaceAll(':', ''), 'hex');
+}
+
+/** Ethernet + IPv6 + UDP header, as a probe would put on the wire. */
+function udpPacket(src: string, dst: string): Uint8Array {
+  const p = Buffer.alloc(14 + 40 + 8);
+  p.writeUInt16BE(0x86dd, 12);
+  p[14] = 0x60;
+  p.writeUInt16BE(8, 14 + 4);
+  p[14 + 6] = 17;
+  p[14 + 7] = 64;
+  addressBytes(src).copy(p, 14 + 8);
+  addressBytes(dst).copy(p, 14 + 24);
+  p.writeUInt16BE(40001, 54);
+  p.writeUInt16BE(7001, 56);
+  p.writeUInt16BE(8, 58);
+  return p;
 }

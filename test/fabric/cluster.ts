@@ -1,0 +1,161 @@
+/**
+ * A whole i6pn installation on the test fabric: the fabric, NATS, the
+ * provisioning, the containers, a dataplane per node, Prometheus, and a probe
+ * daemon per container. The demo and the end-to-end tests build it the same
+ * way, so that what the demo shows is what the tests prove.
+ *
+ * Dataplanes:
+ *   none    nothing enforces (the fabric's control: everything delivers)
+ *   static  the BPF programs loaded and filled by the harness (no agent, no NATS membership)
+ *   agent   one i6pn-agent per node, following NATS (the product)
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { mapLimit, run } from './exec.js';
+import { Fabric, type FabricEndpoint, type FabricNode } from './fabric.js';
+import { type PolicyOracle, addressBytes, modelOracle } from './policy.js';
+import { ProbeDaemon } from './probes.js';
+import { planAddresses } from './provision.js';
+import { type Nats, type Prometheus, startNats } from './services.js';
+import type { StaticLoad } from './static-dataplane.js';
+import { type Endpoint, type Topology, defaultTopology, validateTopology } from './topology.js';
+
+export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const BPF_OBJECT = join(REPO_ROOT, 'build/bpf/i6pn.bpf.o');
+const STATIC_DATAPLANE = fileURLToPath(new URL('./static-dataplane.ts', import.meta.url));
+
+export type DataplaneKind = 'none' | 'static' | 'agent';
+export type EnforcementMode = 'enforce' | 'monitor';
+
+export interface ClusterOptions {
+  topology?: Topology;
+  dataplane: DataplaneKind;
+  mode?: EnforcementMode;
+  /** Start nats-server even without agents (default: only for the agent dataplane). */
+  nats?: boolean;
+  /** Start a probe daemon in every container (default true). */
+  probes?: boolean;
+  log?: (msg: string) => void;
+  /** Called at the start of each step (the demo's progress lines). */
+  step?: (title: string) => void;
+}
+
+export class Cluster {
+  readonly daemons = new Map<string, ProbeDaemon>();
+  nats?: Nats;
+  prometheus?: Prometheus;
+  oracle: PolicyOracle;
+
+  private constructor(
+    readonly fabric: Fabric,
+    readonly topology: Topology,
+    readonly dataplane: DataplaneKind,
+    public mode: EnforcementMode,
+  ) {
+    this.oracle = modelOracle([]);
+  }
+
+  get endpoints(): FabricEndpoint[] {
+    return [...this.fabric.endpoints.values()];
+  }
+
+  static async up(opts: ClusterOptions): Promise<Cluster> {
+    const topology = opts.topology ?? defaultTopology;
+    validateTopology(topology);
+    const step = opts.step ?? (() => {});
+    const log = opts.log ?? (() => {});
+    if (opts.dataplane !== 'none') ensureBpffs();
+    step(`fabric: ${topology.nodes.length} nodes in ${topology.regions.length} regions`);
+    const fabric = await Fabric.create({ nodes: topology.nodes, routeLocal: opts.dataplane !== 'agent', log });
+    const c = new Cluster(fabric, topology, opts.dataplane, opts.mode ?? 'enforce');
+    try {
+      if (opts.nats ?? opts.dataplane === 'agent') {
+        step('nats-server with JetStream');
+        c.nats = await startNats(fabric);
+        log(`nats at ${c.nats.url}`);
+      }
+      step(`provisioning: ${topology.regions.length} regions, ${topology.workspaces.length} workspaces, ${topology.endpoints.length} endpoints`);
+      const endpoints = c.provision();
+      step(`containers: ${endpoints.length} namespaces with a veth pair and an fdaa address each`);
+      for (const e of endpoints) await fabric.addEndpoint(e);
+      c.oracle = modelOracle(endpoints);
+      if (opts.dataplane === 'static') {
+        step(`dataplane: BPF programs loaded on ${fabric.nodes.size} nodes, ${c.mode} mode (no agent)`);
+        await c.loadStatic();
+      } else if (opts.dataplane === 'agent') {
+        throw new Error('the agent dataplane is not wired yet (agent/main.ts has not landed)');
+      }
+      if (opts.probes ?? true) {
+        step('probe daemons in every container');
+        await Promise.all(c.endpoints.map(async (e) => c.daemons.set(e.name, await ProbeDaemon.start(e, fabric.record))));
+      }
+    } catch (err) {
+      await c.down();
+      throw err;
+    }
+    return c;
+  }
+
+  /** Addresses from the address plan (i6pnctl takes over when the controller lands). */
+  private provision(): Endpoint[] {
+    return planAddresses(this.topology);
+  }
+
+  node(name: string): FabricNode {
+    return this.fabric.node(name);
+  }
+
+  /** The static dataplane of one node: members of its region, its own veths. */
+  private staticLoad(node: FabricNode, mode: EnforcementMode): StaticLoad {
+    const members = this.endpoints.filter((e) => e.region === node.region);
+    const regionOf = members[0] ? addressBytes(members[0].address).readUInt16BE(6) : 0xffff;
+    return {
+      object: BPF_OBJECT,
+      pinDir: node.bpffs,
+      node: [...this.fabric.nodes.keys()].indexOf(node.name) + 1,
+      region: regionOf,
+      mode,
+      uplink: node.uplink,
+      members: members.map((e) => ({ address: e.address, i6pn: e.i6pn, ...(e.node === node.name ? { ifname: e.ifname } : {}) })),
+    };
+  }
+
+  async loadStatic(mode: EnforcementMode = this.mode): Promise<void> {
+    this.mode = mode;
+    await mapLimit([...this.fabric.nodes.values()], 2, async (node) => {
+      this.fabric.record.addBpffsDir(node.bpffs);
+      await run(['node', '--import=tsx', STATIC_DATAPLANE, 'load', JSON.stringify(this.staticLoad(node, mode))], {
+        netns: node.netns,
+        timeoutMs: 60_000,
+        env: { ...process.env },
+      });
+    });
+  }
+
+  /** Counters of one node's dataplane, read from its pinned maps: `hook/verdict/reason` → packets. */
+  async staticCounters(nodeName: string): Promise<Map<string, number>> {
+    const node = this.node(nodeName);
+    const r = await run(['node', '--import=tsx', STATIC_DATAPLANE, 'counters', node.bpffs, BPF_OBJECT], { netns: node.netns });
+    const rows = JSON.parse(r.stdout) as Array<{ hook: string; verdict: string; reason: string; packets: number }>;
+    return new Map(rows.map((x) => [`${x.hook}/${x.verdict}/${x.reason}`, x.packets] as const));
+  }
+
+  async down(): Promise<void> {
+    await Promise.all([...this.daemons.values()].map((d) => d.stop()));
+    await this.prometheus?.stop();
+    await this.nats?.stop();
+    await this.fabric.destroy();
+  }
+}
+
+/** Pins need a bpffs at /sys/fs/bpf (a fresh machine may not have it mounted). */
+export function ensureBpffs(): void {
+  try {
+    execFileSync('mountpoint', ['-q', '/sys/fs/bpf']);
+  } catch {
+    execFileSync('mount', ['-t', 'bpf', 'bpf', '/sys/fs/bpf']);
+  }
+  if (!existsSync('/sys/fs/bpf')) throw new Error('no /sys/fs/bpf');
+}
