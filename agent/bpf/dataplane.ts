@@ -659,7 +659,7 @@ export class Dataplane {
       if (opts.ifindex !== undefined) {
         const L = layouts.xdp_md;
         ctx = Buffer.alloc(L.size);
-        ctx.writeUInt32LE(packet.length, 4); // data_end must equal the packet length
+        ctx.writeUInt32LE(packet.length, L.data_end); // the kernel wants data_end == packet length
         ctx.writeUInt32LE(opts.ifindex, L.ingress_ifindex);
       }
     } else if (opts.ifindex !== undefined) {

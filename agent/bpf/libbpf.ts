@@ -262,7 +262,7 @@ export const layouts = {
   bpf_map_info: { size: 88, type: 0, id: 4, key_size: 8, value_size: 12, max_entries: 16, map_flags: 20, name: 24 },
   bpf_link_info: { size: 48, type: 0, id: 4, prog_id: 8, xdp_ifindex: 16 },
   __sk_buff: { size: 192, len: 0, mark: 8, ingress_ifindex: 36, ifindex: 40, cb: 48 },
-  xdp_md: { size: 24, ingress_ifindex: 12, rx_queue_index: 16 },
+  xdp_md: { size: 24, data: 0, data_end: 4, ingress_ifindex: 12, rx_queue_index: 16 },
 } as const;
 
 function optsBuffer(size: number): Buffer {
