@@ -1,0 +1,269 @@
+/**
+ * The agent's command line: the one module that knows commander. Every flag
+ * has an environment variable (a DaemonSet sets those), and every value is
+ * validated once, here, into a typed AgentConfig; the rest of the agent trusts
+ * it.
+ */
+import { existsSync, readFileSync, statfsSync, statSync } from 'node:fs';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Command, Option } from 'commander';
+import { z } from 'zod';
+import { assertIfname, assertName, assertNodeName } from '../lib/schema.js';
+import { LOG_LEVELS, type LogLevel } from './log.js';
+
+/** The package root (holds package.json), from agent/ or dist/agent/. */
+export const PACKAGE_ROOT: string = (() => {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    dir = dirname(dir);
+  }
+  return resolve(dirname(fileURLToPath(import.meta.url)), '..');
+})();
+
+export const AGENT_VERSION: string = (() => {
+  try {
+    return (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version?: string }).version ?? '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+})();
+
+export const DEFAULT_BPFFS = '/sys/fs/bpf/i6pn';
+export const DEFAULT_METRICS_ADDR = '0.0.0.0:9465';
+export const DEFAULT_OBJECT = 'build/bpf/i6pn.bpf.o';
+export const DEFAULT_MAX_ENDPOINTS = 65536;
+/** Hash maps above this size cost more memory than a node should give (about 100 B per entry in the kernel). */
+export const MAX_MAX_ENDPOINTS = 16 * 1024 * 1024;
+const BPF_FS_MAGIC = 0xcafe4a11;
+
+export type Mode = 'enforce' | 'monitor';
+
+export interface AgentConfig {
+  /** NATS server URLs. */
+  nats: string[];
+  creds: string | undefined;
+  node: string;
+  region: string;
+  uplink: string;
+  bpffs: string;
+  metricsHost: string;
+  metricsPort: number;
+  mode: Mode;
+  maxEndpoints: number;
+  object: string;
+  reconcileIntervalMs: number;
+  heartbeatIntervalMs: number;
+  rescanIntervalMs: number;
+  eventsPerSec: number;
+  logLevel: LogLevel;
+}
+
+export interface TeardownConfig {
+  bpffs: string;
+  logLevel: LogLevel;
+}
+
+export type Command_ = { command: 'run'; config: AgentConfig } | { command: 'teardown'; config: TeardownConfig };
+
+/** A configuration error: the message names the flag and its variable, and says what is expected. */
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+const seconds = (what: string, min: number, max: number) =>
+  z.coerce
+    .number({ error: `${what} must be a number of seconds` })
+    .refine((n) => Number.isFinite(n) && n >= min && n <= max, `${what} must be between ${min} and ${max} seconds`)
+    .transform((n) => Math.round(n * 1000));
+
+const natsUrl = z.string().refine((u) => {
+  try {
+    const url = new URL(u.includes('://') ? u : `nats://${u}`);
+    return ['nats:', 'tls:', 'ws:', 'wss:'].includes(url.protocol) && url.hostname !== '';
+  } catch {
+    return false;
+  }
+}, 'expected nats://HOST:PORT (several separated by commas)');
+
+/** HOST:PORT or [V6]:PORT. */
+export function parseHostPort(s: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(s.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 0 && port <= 65535)) throw new Error(`expected HOST:PORT or [IPV6]:PORT, got ${JSON.stringify(s)}`);
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}
+
+function isOnBpffs(dir: string): boolean {
+  // The pin directory may not exist yet: its nearest existing ancestor decides.
+  let d = dir;
+  while (!existsSync(d)) {
+    const up = dirname(d);
+    if (up === d) return false;
+    d = up;
+  }
+  try {
+    return statfsSync(d).type === BPF_FS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+const bpffsDir = z
+  .string()
+  .refine(isAbsolute, 'must be an absolute path')
+  .refine(isOnBpffs, 'is not on a bpf filesystem (mount one: `mount -t bpf bpf /sys/fs/bpf`, or `make bpffs`)');
+
+const runSchema = z.object({
+  nats: z
+    .string({ error: 'is required' })
+    .min(1, 'is required')
+    .transform((s) => s.split(',').map((u) => u.trim()).filter(Boolean))
+    .pipe(z.array(natsUrl).min(1, 'is required')),
+  creds: z
+    .string()
+    .optional()
+    .refine((p) => p === undefined || (existsSync(p) && statSync(p).isFile()), 'no such credentials file'),
+  node: z.string({ error: 'is required' }).transform((s, ctx) => tryCheck(() => assertNodeName(s), ctx)),
+  region: z.string({ error: 'is required' }).transform((s, ctx) => tryCheck(() => assertName('region', s), ctx)),
+  uplink: z.string({ error: 'is required' }).transform((s, ctx) => tryCheck(() => assertIfname(s), ctx)),
+  bpffs: bpffsDir,
+  metricsAddr: z.string().transform((s, ctx) => tryCheck(() => parseHostPort(s), ctx)),
+  mode: z.enum(['enforce', 'monitor'], { error: 'must be enforce or monitor' }),
+  maxEndpoints: z.coerce
+    .number({ error: 'must be a number' })
+    .int('must be an integer')
+    .min(1, 'must be at least 1')
+    .max(MAX_MAX_ENDPOINTS, `must be at most ${MAX_MAX_ENDPOINTS}`),
+  object: z
+    .string()
+    .transform((p) => resolve(PACKAGE_ROOT, p))
+    .refine((p) => existsSync(p), 'no such file (build it with `make build`)'),
+  reconcileInterval: seconds('the reconcile interval', 1, 86400),
+  heartbeatInterval: seconds('the heartbeat interval', 0.1, 3600),
+  rescanInterval: seconds('the interface rescan interval', 0.1, 3600),
+  eventsPerSec: z.coerce.number({ error: 'must be a number' }).int('must be an integer').min(0).max(1_000_000),
+  logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }),
+});
+
+function tryCheck<T>(f: () => T, ctx: z.RefinementCtx): T {
+  try {
+    return f();
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    return z.NEVER;
+  }
+}
+
+/** Flag name and environment variable of each option, for error messages. */
+const FLAGS: Record<string, { flag: string; env: string }> = {};
+
+function opt(flags: string, env: string, description: string, defaultValue?: string): Option {
+  const o = new Option(flags, description).env(env);
+  if (defaultValue !== undefined) o.default(defaultValue);
+  FLAGS[o.attributeName()] = { flag: o.long ?? flags, env };
+  return o;
+}
+
+function problemsOf(error: z.ZodError): string[] {
+  return error.issues.map((i) => {
+    const key = String(i.path[0] ?? '');
+    const f = FLAGS[key];
+    const where = f ? `${f.flag} (${f.env})` : key || 'configuration';
+    return `${where}: ${i.message}`;
+  });
+}
+
+function buildProgram(onRun: (o: Record<string, unknown>) => void, onTeardown: (o: Record<string, unknown>) => void): Command {
+  const program = new Command('i6pn-agent')
+    .description(
+      'i6pn node agent: loads the i6pn eBPF dataplane, keeps its maps equal to the region\'s membership in NATS ' +
+        'JetStream KV, attaches XDP to the uplink and TC to every local endpoint\'s veth, routes local endpoints ' +
+        '(/128 to the veth) and serves Prometheus metrics. Every flag can be given by its environment variable.',
+    )
+    .version(AGENT_VERSION)
+    .enablePositionalOptions()
+    .showHelpAfterError()
+    .addOption(opt('--nats <urls>', 'I6PN_NATS_URL', 'NATS server URL(s), comma-separated (required)'))
+    .addOption(opt('--creds <file>', 'I6PN_NATS_CREDS', 'NATS credentials file (JWT + nkey seed)'))
+    .addOption(opt('--node <name>', 'I6PN_NODE', 'this node\'s name, as endpoints are registered (the Kubernetes node name) (required)'))
+    .addOption(opt('--region <name>', 'I6PN_REGION', 'the region this node serves (required)'))
+    .addOption(opt('--uplink <ifname>', 'I6PN_UPLINK', 'the node\'s fabric-facing interface: XDP from_fabric is attached to it (required)'))
+    .addOption(opt('--bpffs <dir>', 'I6PN_BPFFS', 'bpffs directory where maps and links are pinned', DEFAULT_BPFFS))
+    .addOption(opt('--metrics-addr <host:port>', 'I6PN_METRICS_ADDR', 'listen address of /metrics, /healthz and /readyz', DEFAULT_METRICS_ADDR))
+    .addOption(opt('--mode <mode>', 'I6PN_MODE', 'enforce (drop) or monitor (count would-drops, deliver everything)', 'enforce'))
+    .addOption(
+      opt('--max-endpoints <n>', 'I6PN_MAX_ENDPOINTS', 'capacity of the endpoints map (set at creation; a pinned map keeps its size)', String(DEFAULT_MAX_ENDPOINTS)),
+    )
+    .addOption(opt('--object <path>', 'I6PN_OBJECT', 'the compiled BPF object, relative to the package root', DEFAULT_OBJECT))
+    .addOption(
+      opt('--reconcile-interval <seconds>', 'I6PN_RECONCILE_INTERVAL', 'period of the full reconcile (mark and sweep) of the maps against the store', '300'),
+    )
+    .addOption(opt('--heartbeat-interval <seconds>', 'I6PN_HEARTBEAT_INTERVAL', 'period of the node heartbeat in the nodes bucket', '5'))
+    .addOption(
+      opt('--rescan-interval <seconds>', 'I6PN_RESCAN_INTERVAL', 'period of the full interface rescan (besides `ip monitor link` events)', '10'),
+    )
+    .addOption(opt('--events-per-sec <n>', 'I6PN_EVENTS_PER_SEC', 'sampled drop events per second and CPU (0: none)', '100'))
+    .addOption(opt('--log-level <level>', 'I6PN_LOG_LEVEL', `log level: ${LOG_LEVELS.join(', ')}`, 'info'))
+    .action((o: Record<string, unknown>) => onRun(o));
+
+  program
+    .command('teardown')
+    .description(
+      'remove everything the agent made on this node: the uplink\'s XDP link, the TC filters and /128 routes of the ' +
+        'endpoints in the local_ifaces map, and every pin under --bpffs. The dataplane stops enforcing.',
+    )
+    .addOption(new Option('--bpffs <dir>', 'bpffs directory of the pins').env('I6PN_BPFFS').default(DEFAULT_BPFFS))
+    .addOption(new Option('--log-level <level>', 'log level').env('I6PN_LOG_LEVEL').default('info'))
+    .action((o: Record<string, unknown>) => onTeardown(o));
+  return program;
+}
+
+/**
+ * Parse argv (without node and script) into a command and its validated
+ * configuration. Throws ConfigError listing every problem. --help and
+ * --version print and exit, as commander does.
+ */
+export function parseCommandLine(argv: string[]): Command_ {
+  let result: Command_ | null = null;
+  const program = buildProgram(
+    (o) => {
+      const r = runSchema.safeParse(o);
+      if (!r.success) throw new ConfigError(problemsOf(r.error));
+      const d = r.data;
+      result = {
+        command: 'run',
+        config: {
+          nats: d.nats,
+          creds: d.creds,
+          node: d.node,
+          region: d.region,
+          uplink: d.uplink,
+          bpffs: d.bpffs,
+          metricsHost: d.metricsAddr.host,
+          metricsPort: d.metricsAddr.port,
+          mode: d.mode,
+          maxEndpoints: d.maxEndpoints,
+          object: d.object,
+          reconcileIntervalMs: d.reconcileInterval,
+          heartbeatIntervalMs: d.heartbeatInterval,
+          rescanIntervalMs: d.rescanInterval,
+          eventsPerSec: d.eventsPerSec,
+          logLevel: d.logLevel,
+        },
+      };
+    },
+    (o) => {
+      const r = z.object({ bpffs: bpffsDir, logLevel: z.enum(LOG_LEVELS) }).safeParse(o);
+      if (!r.success) throw new ConfigError(problemsOf(r.error));
+      result = { command: 'teardown', config: r.data };
+    },
+  );
+  program.parse(argv, { from: 'user' });
+  if (!result) throw new ConfigError(['no command']);
+  return result;
+}

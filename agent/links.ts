@@ -1,0 +1,184 @@
+/**
+ * The node's interfaces and routes, through iproute2 (`ip`): the one module
+ * that runs it. It runs in the agent's network namespace, which is the node's.
+ *
+ * Interfaces: a full scan (`ip -j link show`) at start, again after every
+ * `ip -o monitor link` event (debounced) and periodically, so a lost event or a
+ * monitor that died cannot hide an interface for long. Listeners learn when the
+ * name → ifindex table changed.
+ *
+ * Routes: the /128 of each local endpoint to its veth, tagged with the agent's
+ * own route protocol number so that the agent (and teardown) can find exactly
+ * the routes it made.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import type { Logger } from './log.js';
+
+/** rtnetlink protocol of the agent's routes (`proto 105` in `ip route`), unused by routing daemons. */
+export const ROUTE_PROTO = 105;
+
+export class IpError extends Error {
+  constructor(
+    readonly args: readonly string[],
+    readonly stderr: string,
+    readonly code: number | string | null,
+  ) {
+    super(`ip ${args.join(' ')}: ${stderr.trim() || `exit ${code}`}`);
+    this.name = 'IpError';
+  }
+}
+
+/** Run `ip ARGS`; resolves with stdout. */
+export function ip(args: readonly string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile('ip', args, { maxBuffer: 256 * 1024 * 1024, timeout: 30_000 }, (err, stdout, stderr) => {
+      if (err) reject(new IpError(args, stderr, (err as NodeJS.ErrnoException).code ?? null));
+      else resolve(stdout);
+    });
+  });
+}
+
+/** `ip -6 route replace ADDR/128 dev IFNAME proto 105`. */
+export async function replaceRoute(addr: string, ifname: string): Promise<void> {
+  await ip(['-6', 'route', 'replace', `${addr}/128`, 'dev', ifname, 'proto', String(ROUTE_PROTO)]);
+}
+
+/** Remove the agent's /128 to `addr`; false when there was none. */
+export async function deleteRoute(addr: string): Promise<boolean> {
+  try {
+    await ip(['-6', 'route', 'del', `${addr}/128`, 'proto', String(ROUTE_PROTO)]);
+    return true;
+  } catch (err) {
+    if (err instanceof IpError && /No such process|not found|Cannot find device/i.test(err.stderr)) return false;
+    throw err;
+  }
+}
+
+export interface AgentRoute {
+  /** The endpoint address (no prefix length). */
+  addr: string;
+  dev: string;
+}
+
+/** The routes the agent made (proto 105) in this namespace. */
+export async function listAgentRoutes(): Promise<AgentRoute[]> {
+  const out = await ip(['-j', '-6', 'route', 'show', 'proto', String(ROUTE_PROTO)]);
+  const rows = JSON.parse(out || '[]') as Array<{ dst?: string; dev?: string }>;
+  return rows.filter((r) => r.dst && r.dev).map((r) => ({ addr: r.dst!.replace(/\/128$/, ''), dev: r.dev! }));
+}
+
+/** Remove every route the agent made (teardown). */
+export async function flushAgentRoutes(): Promise<void> {
+  await ip(['-6', 'route', 'flush', 'proto', String(ROUTE_PROTO)]);
+}
+
+/** The ifindex of one interface, or null. */
+export async function ifindexOf(name: string): Promise<number | null> {
+  try {
+    const rows = JSON.parse(await ip(['-j', 'link', 'show', 'dev', name])) as Array<{ ifindex: number }>;
+    return rows[0]?.ifindex ?? null;
+  } catch (err) {
+    if (err instanceof IpError) return null;
+    throw err;
+  }
+}
+
+/**
+ * The interfaces of this namespace by name, kept current. `onChange` runs
+ * after each scan that changed the table.
+ */
+export class Interfaces {
+  private byName = new Map<string, number>();
+  private monitor: ChildProcess | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private debounce: NodeJS.Timeout | null = null;
+  private scanning: Promise<void> | null = null;
+  private again = false;
+  private stopped = false;
+  private readonly listeners: Array<() => void> = [];
+
+  constructor(
+    private readonly log: Logger,
+    private readonly rescanMs: number,
+  ) {}
+
+  onChange(listener: () => void): void {
+    this.listeners.push(listener);
+  }
+
+  /** First scan, then the monitor and the periodic rescan. */
+  async start(): Promise<void> {
+    await this.rescan();
+    this.startMonitor();
+    this.timer = setInterval(() => void this.rescan(), this.rescanMs);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    if (this.debounce) clearTimeout(this.debounce);
+    this.monitor?.kill('SIGTERM');
+    this.monitor = null;
+  }
+
+  ifindex(name: string): number | undefined {
+    return this.byName.get(name);
+  }
+
+  nameOf(ifindex: number): string | undefined {
+    for (const [n, i] of this.byName) if (i === ifindex) return n;
+    return undefined;
+  }
+
+  /** Scan now (coalesced with a scan in flight). */
+  rescan(): Promise<void> {
+    if (this.scanning) {
+      this.again = true;
+      return this.scanning;
+    }
+    this.scanning = (async () => {
+      do {
+        this.again = false;
+        await this.scanOnce();
+      } while (this.again && !this.stopped);
+    })().finally(() => {
+      this.scanning = null;
+    });
+    return this.scanning;
+  }
+
+  private async scanOnce(): Promise<void> {
+    let rows: Array<{ ifindex: number; ifname: string }>;
+    try {
+      rows = JSON.parse(await ip(['-j', 'link', 'show'])) as Array<{ ifindex: number; ifname: string }>;
+    } catch (err) {
+      this.log.error({ err }, 'interface scan failed');
+      return;
+    }
+    const next = new Map(rows.map((r) => [r.ifname, r.ifindex]));
+    let changed = next.size !== this.byName.size;
+    if (!changed) for (const [n, i] of next) if (this.byName.get(n) !== i) changed = true;
+    this.byName = next;
+    if (changed) for (const l of this.listeners) l();
+  }
+
+  private startMonitor(): void {
+    if (this.stopped) return;
+    const p = spawn('ip', ['-o', 'monitor', 'link'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    this.monitor = p;
+    createInterface({ input: p.stdout! }).on('line', () => {
+      if (this.debounce) return;
+      this.debounce = setTimeout(() => {
+        this.debounce = null;
+        void this.rescan();
+      }, 20);
+    });
+    p.on('error', (err) => this.log.warn({ err }, '`ip monitor link` failed; relying on the periodic rescan'));
+    p.on('exit', (code, signal) => {
+      if (this.stopped) return;
+      this.log.warn({ code, signal }, '`ip monitor link` exited; restarting it');
+      setTimeout(() => this.startMonitor(), 1000).unref();
+    });
+  }
+}

@@ -1,0 +1,228 @@
+#!/usr/bin/env node
+/**
+ * i6pn-agent: one per node. Loads (or adopts) the pinned dataplane, attaches
+ * it, follows the region's membership into its maps, routes local endpoints
+ * and serves metrics. `i6pn-agent teardown` removes it all.
+ *
+ * Start order is chosen so the dataplane never opens: maps and programs are
+ * loaded (adopting pinned maps, never clearing them), the uplink is attached,
+ * and only then does membership change the maps; SIGTERM leaves everything in
+ * place and enforcing.
+ */
+import { join } from 'node:path';
+import type { Server } from 'node:http';
+import { Dataplane } from './bpf/dataplane.js';
+import { MapFd } from './bpf/libbpf.js';
+import { formatAddress } from '../lib/address.js';
+import { Attacher } from './attach.js';
+import { AGENT_VERSION, ConfigError, parseCommandLine, type AgentConfig, type TeardownConfig } from './config.js';
+import { Heartbeat } from './heartbeat.js';
+import { startHttp } from './http.js';
+import { Interfaces, flushAgentRoutes } from './links.js';
+import { createLogger, type Logger } from './log.js';
+import { AgentMetrics } from './metrics.js';
+import { AgentStore } from './store-client.js';
+import { MembershipSync, nodeId } from './sync.js';
+import { MembershipFollower } from './watch.js';
+
+/** Every address in a pinned endpoints map, 4096 at a time. */
+function* addressChunks(map: MapFd): Generator<Uint8Array[]> {
+  let chunk: Uint8Array[] = [];
+  for (const [k] of map.entriesBatch(4096)) {
+    chunk.push(new Uint8Array(k));
+    if (chunk.length === 4096) {
+      yield chunk;
+      chunk = [];
+    }
+  }
+  if (chunk.length) yield chunk;
+}
+
+async function run(cfg: AgentConfig): Promise<void> {
+  const log = createLogger(cfg.logLevel, { node: cfg.node, region: cfg.region });
+  log.info({ version: AGENT_VERSION, config: { ...cfg, creds: cfg.creds ? '(set)' : undefined } }, 'i6pn-agent starting');
+  const metrics = new AgentMetrics({ version: AGENT_VERSION, node: cfg.node, region: cfg.region, mode: cfg.mode }, log.child({ component: 'metrics' }));
+
+  const state = { mapsLoaded: false, initialSyncDone: false };
+  let attacher: Attacher | null = null;
+  const server: Server = await startHttp({
+    host: cfg.metricsHost,
+    port: cfg.metricsPort,
+    metrics,
+    readiness: () => ({ ...state, uplinkAttached: attacher?.uplinkAttached ?? false }),
+    log: log.child({ component: 'http' }),
+  });
+  log.info({ addr: `${cfg.metricsHost}:${cfg.metricsPort}` }, 'serving /metrics, /healthz, /readyz');
+
+  // The dataplane: pinned maps are adopted as they are (never cleared), programs replaced.
+  const dp = await Dataplane.open({
+    object: cfg.object,
+    pinDir: cfg.bpffs,
+    maxEndpoints: cfg.maxEndpoints,
+    logger: log.child({ component: 'dataplane' }),
+  });
+  const endpointsMap = MapFd.fromPin(join(cfg.bpffs, 'endpoints'), 'endpoints');
+  const localIfacesMap = MapFd.fromPin(join(cfg.bpffs, 'local_ifaces'), 'local_ifaces');
+  state.mapsLoaded = true;
+  metrics.mapCapacity.set({ map: 'endpoints' }, dp.maxEndpoints);
+  metrics.mapCapacity.set({ map: 'local_ifaces' }, localIfacesMap.maxEntries);
+  metrics.setCounterSource(() => dp.readCounters());
+  const dropLog = log.child({ component: 'drop' });
+  const drops = dp.watchDropEvents((e) => {
+    metrics.dropEvents.inc();
+    dropLog.info(
+      { hook: e.hook, verdict: e.verdict, reason: e.reason, src: formatAddress(e.src), dst: formatAddress(e.dst), ifindex: e.ifindex, len: e.len },
+      'sampled drop',
+    );
+  });
+  log.info({ bpffs: cfg.bpffs, capacity: dp.maxEndpoints }, 'dataplane loaded (pinned maps adopted or created)');
+
+  // Interfaces, then the uplink and the adopted local interfaces.
+  const interfaces = new Interfaces(log.child({ component: 'links' }), cfg.rescanIntervalMs);
+  await interfaces.start();
+
+  let sync: MembershipSync | null = null;
+  attacher = new Attacher({
+    dp,
+    interfaces,
+    uplink: cfg.uplink,
+    locals: () => sync?.localEndpoints() ?? new Map(),
+    rewriteIfindex: (key, ifindex) => sync?.rewriteLocal(key, ifindex),
+    metrics,
+    log: log.child({ component: 'attach' }),
+  });
+  attacher.adopt();
+  interfaces.onChange(() => void attacher!.schedule());
+  await attacher.schedule();
+
+  // Membership.
+  let follower: MembershipFollower | null = null;
+  let heartbeat: Heartbeat | null = null;
+  let store: AgentStore | null = null;
+  let stopping = false;
+
+  const shutdown = async (signal: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping; the dataplane stays attached and enforcing');
+    const force = setTimeout(() => process.exit(0), 5000);
+    force.unref();
+    heartbeat?.stop();
+    await follower?.stop().catch(() => {});
+    attacher?.stop();
+    interfaces.stop();
+    drops.close();
+    await store?.close().catch(() => {});
+    server.close();
+    endpointsMap.close();
+    localIfacesMap.close();
+    dp.close();
+    log.info('stopped');
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void shutdown('SIGTERM'));
+  process.once('SIGINT', () => void shutdown('SIGINT'));
+
+  const storeLog = log.child({ component: 'store' });
+  store = await AgentStore.connect({
+    servers: cfg.nats,
+    creds: cfg.creds,
+    name: `i6pn-agent@${cfg.node}`,
+    log: storeLog,
+    onConnected: (up) => metrics.natsConnected.set(up ? 1 : 0),
+    onReconnect: () => follower?.resume(),
+  });
+  if (stopping) return;
+
+  heartbeat = new Heartbeat({
+    node: cfg.node,
+    region: cfg.region,
+    version: AGENT_VERSION,
+    intervalMs: cfg.heartbeatIntervalMs,
+    put: (r) => store!.putNode(r),
+    metrics,
+    log: storeLog,
+  });
+  heartbeat.start();
+
+  // The region's id: the config map needs it, and every address carries it.
+  let regionId: number | null = null;
+  for (let attempt = 0; regionId === null && !stopping; attempt++) {
+    try {
+      regionId = await store.regionId(cfg.region);
+      if (regionId === null) storeLog.error({ region: cfg.region }, 'region is not registered in the store (i6pnctl region create); waiting');
+    } catch (err) {
+      storeLog.warn({ err }, 'looking up the region failed; retrying');
+    }
+    if (regionId === null) await new Promise((r) => setTimeout(r, Math.min(10_000, 500 * 2 ** Math.min(attempt, 5))));
+  }
+  if (stopping || regionId === null) return;
+  dp.setConfig({ node: nodeId(cfg.node), region: regionId, mode: cfg.mode, eventsPerSec: cfg.eventsPerSec });
+  log.info({ regionId, nodeId: nodeId(cfg.node), mode: cfg.mode }, 'dataplane configured');
+
+  sync = new MembershipSync({
+    map: dp,
+    listAddresses: () => addressChunks(endpointsMap),
+    node: cfg.node,
+    region: cfg.region,
+    regionId,
+    ifindexOf: (ifname) => interfaces.ifindex(ifname),
+    onLocalsChanged: () => void attacher!.schedule(),
+    metrics,
+    log: log.child({ component: 'sync' }),
+  });
+  follower = new MembershipFollower({
+    js: store.js,
+    region: cfg.region,
+    sync,
+    metrics,
+    log: log.child({ component: 'sync' }),
+    reconcileIntervalMs: cfg.reconcileIntervalMs,
+    onInitialSync: () => {
+      state.initialSyncDone = true;
+      attacher!.enableRemoval();
+    },
+  });
+  follower.start();
+}
+
+async function teardown(cfg: TeardownConfig): Promise<void> {
+  const log = createLogger(cfg.logLevel, { command: 'teardown' });
+  await flushAgentRoutes().catch((err: unknown) => log.warn({ err }, 'removing the agent\'s routes failed'));
+  Dataplane.teardown(cfg.bpffs);
+  log.info({ bpffs: cfg.bpffs }, 'removed the i6pn dataplane: XDP link, TC filters, routes and pins');
+}
+
+function fail(log: Logger | null, message: string, err?: unknown): never {
+  if (log) log.fatal({ err }, message);
+  process.stderr.write(`i6pn-agent: ${message}${err instanceof Error ? `: ${err.message}` : ''}\n`);
+  process.exit(1);
+}
+
+async function main(): Promise<void> {
+  let cmd;
+  try {
+    cmd = parseCommandLine(process.argv.slice(2));
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`i6pn-agent: ${err.message}\nRun i6pn-agent --help for the flags.\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  if (cmd.command === 'teardown') {
+    try {
+      await teardown(cmd.config);
+    } catch (err) {
+      fail(null, 'teardown failed', err);
+    }
+    return;
+  }
+  try {
+    await run(cmd.config);
+  } catch (err) {
+    fail(createLogger(cmd.config.logLevel), 'cannot start', err);
+  }
+}
+
+await main();

@@ -1,0 +1,282 @@
+/**
+ * The agent's Prometheus metrics: the one module that knows prom-client. Its
+ * own Registry (nothing global), exactly the catalogue of
+ * deploy/metrics.json (dashboards and alerts are built on these names), every
+ * labelled series created at zero at start so that rate() and the alerts work
+ * from the first scrape.
+ *
+ * The BPF counters are not pushed: `collect()` reads the per-CPU counters map
+ * at scrape time (one read serves both packets and bytes), and a failed read
+ * is logged and leaves the last values in place.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import * as abi from './bpf/abi.generated.js';
+import type { Logger } from './log.js';
+
+/** Every metric this module registers, besides prom-client's default metrics. */
+export const METRIC_NAMES = [
+  'i6pn_packets_total',
+  'i6pn_bytes_total',
+  'i6pn_endpoints',
+  'i6pn_map_entries',
+  'i6pn_map_capacity',
+  'i6pn_membership_updates_total',
+  'i6pn_membership_rejected_total',
+  'i6pn_membership_last_revision',
+  'i6pn_membership_apply_latency_seconds',
+  'i6pn_reconcile_total',
+  'i6pn_reconcile_removed_total',
+  'i6pn_nats_connected',
+  'i6pn_attached_hooks',
+  'i6pn_map_full_total',
+  'i6pn_drop_events_total',
+  'i6pn_heartbeat_last_success_timestamp_seconds',
+  'i6pn_agent_info',
+] as const;
+export type MetricName = (typeof METRIC_NAMES)[number];
+
+/** Prefix of prom-client's process and Node.js metrics. */
+export const DEFAULT_METRICS_PREFIX = 'i6pn_agent_';
+
+/**
+ * prom-client default metrics left out: gauges whose names end in `_total`,
+ * which `promtool check metrics` rejects ("non-counter metrics should not have
+ * _total suffix"). Each is the sum over the `type` label of the gauge of the
+ * same name without `_total` (e.g. sum(i6pn_agent_nodejs_active_handles)).
+ */
+export const OMITTED_DEFAULT_METRICS = [
+  `${'i6pn_agent_'}nodejs_active_handles_total`,
+  `${'i6pn_agent_'}nodejs_active_requests_total`,
+  `${'i6pn_agent_'}nodejs_active_resources_total`,
+] as const;
+
+export const HOOK_LABELS = abi.HOOK_NAMES;
+export const VERDICT_LABELS = abi.VERDICT_NAMES;
+
+/**
+ * The `reason` label of each reason value: the C enumerator's name without the
+ * I6PN_ and DROP_ prefixes (I6PN_PASS_PRIVATE → pass_private,
+ * I6PN_DROP_CROSS_REGION → cross_region), the spelling of deploy/metrics.json.
+ */
+export const REASON_LABELS: readonly string[] = (() => {
+  const out: string[] = [];
+  for (const [key, value] of Object.entries(abi.Reason)) out[value] = key.replace(/^DROP_/, '').toLowerCase();
+  return out;
+})();
+
+const REASON_LABEL_BY_NAME: ReadonlyMap<string, string> = new Map(abi.REASON_NAMES.map((n, i) => [n, REASON_LABELS[i]!]));
+
+export const MEMBERSHIP_RESULTS = ['applied', 'rejected', 'failed'] as const;
+export type MembershipResult = (typeof MEMBERSHIP_RESULTS)[number];
+export const REJECT_REASONS = ['json', 'schema', 'address', 'key'] as const;
+export type RejectReason = (typeof REJECT_REASONS)[number];
+export const RECONCILE_RESULTS = ['ok', 'failed'] as const;
+export const MAPS = ['endpoints', 'local_ifaces'] as const;
+export type MapLabel = (typeof MAPS)[number];
+export const SCOPES = ['local', 'region'] as const;
+export const APPLY_LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+/** One row of the BPF counters, summed over CPUs (Dataplane.readCounters()). */
+export interface CounterRow {
+  hook: string;
+  verdict: string;
+  reason: string;
+  packets: bigint;
+  bytes: bigint;
+}
+
+export interface AgentInfo {
+  version: string;
+  node: string;
+  region: string;
+  mode: 'enforce' | 'monitor';
+}
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+  readonly endpoints: Gauge<'scope'>;
+  readonly mapEntries: Gauge<'map'>;
+  readonly mapCapacity: Gauge<'map'>;
+  readonly membershipUpdates: Counter<'result'>;
+  readonly membershipRejected: Counter<'reason'>;
+  readonly lastRevision: Gauge;
+  readonly applyLatency: Histogram;
+  readonly reconciles: Counter<'result'>;
+  readonly reconcileRemoved: Counter;
+  readonly natsConnected: Gauge;
+  readonly attachedHooks: Gauge<'hook'>;
+  readonly mapFull: Counter;
+  readonly dropEvents: Counter;
+  readonly heartbeatLastSuccess: Gauge;
+  readonly info: Gauge<'version' | 'node' | 'region' | 'mode'>;
+
+  private counterSource: (() => CounterRow[]) | null = null;
+  private cached: { at: number; rows: CounterRow[] } | null = null;
+  private lastReadError = 0;
+
+  constructor(info: AgentInfo, private readonly log: Logger) {
+    const registers = [this.registry];
+    const self = this;
+    const bpfLabels = ['hook', 'verdict', 'reason'] as const;
+
+    new Counter({
+      name: 'i6pn_packets_total',
+      help: 'Packets seen by the BPF programs, by hook, verdict and reason (per-CPU counters summed).',
+      labelNames: bpfLabels,
+      registers,
+      collect() {
+        self.fillCounter(this, 'packets');
+      },
+    });
+    new Counter({
+      name: 'i6pn_bytes_total',
+      help: 'Bytes seen by the BPF programs, by hook, verdict and reason.',
+      labelNames: bpfLabels,
+      registers,
+      collect() {
+        self.fillCounter(this, 'bytes');
+      },
+    });
+    this.endpoints = new Gauge({
+      name: 'i6pn_endpoints',
+      help: 'Endpoints known to this agent: local = served by this node, region = every live member of its region.',
+      labelNames: ['scope'],
+      registers,
+    });
+    this.mapEntries = new Gauge({ name: 'i6pn_map_entries', help: 'Entries in a BPF map.', labelNames: ['map'], registers });
+    this.mapCapacity = new Gauge({ name: 'i6pn_map_capacity', help: 'max_entries of a BPF map.', labelNames: ['map'], registers });
+    this.membershipUpdates = new Counter({
+      name: 'i6pn_membership_updates_total',
+      help:
+        'Membership KV updates by outcome: applied to the maps; rejected (invalid entry, see i6pn_membership_rejected_total); failed (valid, but the map update failed).',
+      labelNames: ['result'],
+      registers,
+    });
+    this.membershipRejected = new Counter({
+      name: 'i6pn_membership_rejected_total',
+      help: 'Invalid membership entries, by what was wrong.',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.lastRevision = new Gauge({
+      name: 'i6pn_membership_last_revision',
+      help: 'KV revision of the last membership update applied (endpoints bucket); the agents of one region converge on the same value.',
+      registers,
+    });
+    this.applyLatency = new Histogram({
+      name: 'i6pn_membership_apply_latency_seconds',
+      help: "Time from the KV write (the message's server timestamp) to the map update.",
+      buckets: APPLY_LATENCY_BUCKETS,
+      registers,
+    });
+    this.reconciles = new Counter({
+      name: 'i6pn_reconcile_total',
+      help: 'Periodic full reconciliations (mark and sweep) of the maps against the store, by outcome.',
+      labelNames: ['result'],
+      registers,
+    });
+    this.reconcileRemoved = new Counter({
+      name: 'i6pn_reconcile_removed_total',
+      help: 'Map entries removed by reconciliation because the store no longer had them (a lost delete).',
+      registers,
+    });
+    this.natsConnected = new Gauge({ name: 'i6pn_nats_connected', help: '1 while connected to NATS, else 0.', registers });
+    this.attachedHooks = new Gauge({
+      name: 'i6pn_attached_hooks',
+      help: 'Programs attached, by hook: from_fabric is 1 when the uplink XDP program is attached; the TC hooks count endpoint veths.',
+      labelNames: ['hook'],
+      registers,
+    });
+    this.mapFull = new Counter({
+      name: 'i6pn_map_full_total',
+      help: 'Map updates refused because the map was full (the endpoint stays unreachable).',
+      registers,
+    });
+    this.dropEvents = new Counter({
+      name: 'i6pn_drop_events_total',
+      help: 'Sampled drop events read from the ring buffer.',
+      registers,
+    });
+    this.heartbeatLastSuccess = new Gauge({
+      name: 'i6pn_heartbeat_last_success_timestamp_seconds',
+      help: "Unix time of the last successful write of this node's heartbeat key (i6pn_nodes.<node>).",
+      registers,
+    });
+    this.info = new Gauge({
+      name: 'i6pn_agent_info',
+      help: "Always 1; the agent's build and settings as labels.",
+      labelNames: ['version', 'node', 'region', 'mode'],
+      registers,
+    });
+
+    // Every series at zero from the start.
+    for (const scope of SCOPES) this.endpoints.set({ scope }, 0);
+    for (const map of MAPS) {
+      this.mapEntries.set({ map }, 0);
+      this.mapCapacity.set({ map }, 0);
+    }
+    for (const result of MEMBERSHIP_RESULTS) this.membershipUpdates.inc({ result }, 0);
+    for (const reason of REJECT_REASONS) this.membershipRejected.inc({ reason }, 0);
+    for (const result of RECONCILE_RESULTS) this.reconciles.inc({ result }, 0);
+    for (const hook of HOOK_LABELS) this.attachedHooks.set({ hook }, 0);
+    this.lastRevision.set(0);
+    this.natsConnected.set(0);
+    this.heartbeatLastSuccess.set(0);
+    this.reconcileRemoved.inc(0);
+    this.mapFull.inc(0);
+    this.dropEvents.inc(0);
+    this.info.set({ ...info }, 1);
+
+    collectDefaultMetrics({ register: this.registry, prefix: DEFAULT_METRICS_PREFIX });
+    for (const name of OMITTED_DEFAULT_METRICS) this.registry.removeSingleMetric(name);
+  }
+
+  /** Where the BPF counters come from (the dataplane, once open); null: export zeros. */
+  setCounterSource(read: (() => CounterRow[]) | null): void {
+    this.counterSource = read;
+    this.cached = null;
+  }
+
+  /** Prometheus text exposition of the registry. */
+  async render(): Promise<{ contentType: string; body: string }> {
+    this.cached = null;
+    const body = await this.registry.metrics();
+    return { contentType: this.registry.contentType, body };
+  }
+
+  private rows(): CounterRow[] | null {
+    const now = Date.now();
+    if (this.cached && now - this.cached.at < 500) return this.cached.rows;
+    if (!this.counterSource) return [];
+    try {
+      const rows = this.counterSource();
+      this.cached = { at: now, rows };
+      return rows;
+    } catch (err) {
+      // A scrape must not fail because of the map; say so, at most every minute.
+      if (now - this.lastReadError > 60_000) {
+        this.lastReadError = now;
+        this.log.warn({ err }, 'reading the BPF counters failed; keeping the last values');
+      }
+      return null;
+    }
+  }
+
+  private fillCounter(c: Counter<'hook' | 'verdict' | 'reason'>, field: 'packets' | 'bytes'): void {
+    const rows = this.rows();
+    if (rows === null) return; // keep the last values
+    const values = new Map<string, number>();
+    for (const r of rows) {
+      const reason = REASON_LABEL_BY_NAME.get(r.reason) ?? r.reason;
+      values.set(`${r.hook}\0${r.verdict}\0${reason}`, Number(r[field]));
+    }
+    c.reset();
+    for (const hook of HOOK_LABELS) {
+      for (const verdict of VERDICT_LABELS) {
+        for (const reason of REASON_LABELS) {
+          c.inc({ hook, verdict, reason }, values.get(`${hook}\0${verdict}\0${reason}`) ?? 0);
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,116 @@
+/**
+ * The agent's side of the membership store: a NATS connection that reconnects
+ * forever, the region lookup (regions bucket), the node heartbeat (nodes
+ * bucket), and the JetStream client the endpoint follower reads with. Only
+ * the subjects the agent's NATS identity may use (deploy/nats): reads of the
+ * i6pn_* buckets and its own heartbeat key.
+ */
+import { readFileSync } from 'node:fs';
+import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
+import { Kvm, type KV } from '@nats-io/kv';
+import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import { NODES_BUCKET, REGIONS_BUCKET, decodeRecord, nodeKey, regionNameKey, regionRecord, type NodeRecord } from '../lib/schema.js';
+import type { Logger } from './log.js';
+
+export interface AgentStoreOptions {
+  servers: string[];
+  creds: string | undefined;
+  /** Connection name shown by the server (monitoring, logs). */
+  name: string;
+  log: Logger;
+  /** Connection state changes (true: connected). */
+  onConnected: (connected: boolean) => void;
+  /** The connection came back after a loss. */
+  onReconnect: () => void;
+}
+
+export class AgentStore {
+  readonly js: JetStreamClient;
+  private readonly kvm: Kvm;
+  private readonly buckets = new Map<string, Promise<KV>>();
+
+  private constructor(readonly nc: NatsConnection) {
+    this.js = jetstream(nc);
+    this.kvm = new Kvm(this.js);
+  }
+
+  /**
+   * Connect; retries until the first connection succeeds (the agent serves
+   * metrics and the dataplane keeps enforcing meanwhile), then reconnects
+   * forever.
+   */
+  static async connect(o: AgentStoreOptions): Promise<AgentStore> {
+    const nc = await connect({
+      servers: o.servers,
+      name: o.name,
+      ...(o.creds ? { authenticator: credsAuthenticator(readFileSync(o.creds)) } : {}),
+      waitOnFirstConnect: true,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 1000,
+      pingInterval: 10_000,
+      maxPingOut: 3,
+    });
+    o.onConnected(true);
+    o.log.info({ server: nc.getServer() }, 'connected to NATS');
+    void (async () => {
+      for await (const s of nc.status()) {
+        switch (s.type) {
+          case 'disconnect':
+            o.onConnected(false);
+            o.log.warn({ server: s.server }, 'NATS connection lost; reconnecting (the dataplane keeps its last state)');
+            break;
+          case 'reconnect':
+            o.onConnected(true);
+            o.log.info({ server: s.server }, 'reconnected to NATS');
+            o.onReconnect();
+            break;
+          case 'error':
+            o.log.warn({ err: s.error }, 'NATS error');
+            break;
+          default:
+            break;
+        }
+      }
+    })();
+    void nc.closed().then((err) => {
+      o.onConnected(false);
+      if (err) o.log.error({ err }, 'NATS connection closed');
+    });
+    return new AgentStore(nc);
+  }
+
+  private bucket(name: string): Promise<KV> {
+    let b = this.buckets.get(name);
+    if (!b) {
+      b = this.kvm.open(name);
+      b.catch(() => this.buckets.delete(name));
+      this.buckets.set(name, b);
+    }
+    return b;
+  }
+
+  /** The region's 16-bit id, or null when the region is not registered (or its record is invalid). */
+  async regionId(region: string): Promise<number | null> {
+    const kv = await this.bucket(REGIONS_BUCKET);
+    const e = await kv.get(regionNameKey(region));
+    if (!e || e.operation !== 'PUT') return null;
+    const d = decodeRecord(regionRecord, e.value);
+    if (!d.ok) throw new Error(`region ${region}: invalid record in ${REGIONS_BUCKET}: ${d.message}`);
+    if (d.record.name !== region) throw new Error(`region ${region}: record names ${d.record.name}`);
+    return d.record.id;
+  }
+
+  /** Write this node's record (its heartbeat). */
+  async putNode(record: NodeRecord): Promise<void> {
+    const kv = await this.bucket(NODES_BUCKET);
+    await kv.put(nodeKey(record.name), JSON.stringify(record));
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.nc.drain();
+    } catch {
+      await this.nc.close();
+    }
+  }
+}
