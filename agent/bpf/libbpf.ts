@@ -1031,9 +1031,13 @@ export function tcQuery(filter: TcFilter): number | null {
 export class RingBuffer {
   private ptr: bigint | null;
   private readonly callback: bigint;
+  /** Inside poll()/consume(): a close() from a callback must wait until libbpf returns. */
+  private busy = false;
+  private closeRequested = false;
 
   constructor(mapFd: number, onSample: (data: Buffer) => void, subject?: string) {
     this.callback = koffi.register((_ctx: bigint | null, data: bigint, size: number | bigint): number => {
+      if (this.closeRequested) return 0;
       try {
         onSample(Buffer.from(koffi.view(data, Number(size))));
       } catch {
@@ -1050,25 +1054,42 @@ export class RingBuffer {
   }
 
   private get p(): bigint {
-    if (this.ptr === null) throw new Error('ring buffer is closed');
+    if (this.ptr === null || this.closeRequested) throw new Error('ring buffer is closed');
     return this.ptr;
+  }
+
+  private run(call: string, fn: (p: bigint) => number): number {
+    const p = this.p;
+    this.busy = true;
+    try {
+      return checkInt(fn(p), call);
+    } finally {
+      this.busy = false;
+      if (this.closeRequested) this.free();
+    }
   }
 
   /** Wait up to timeoutMs for records and deliver them; returns how many. Blocks the thread. */
   poll(timeoutMs: number): number {
-    return checkInt(f.ring_buffer_poll(this.p, timeoutMs) as number, 'ring_buffer__poll');
+    return this.run('ring_buffer__poll', (p) => f.ring_buffer_poll(p, timeoutMs) as number);
   }
 
   /** Deliver the records available now, without waiting. */
   consume(): number {
-    return checkInt(f.ring_buffer_consume(this.p) as number, 'ring_buffer__consume');
+    return this.run('ring_buffer__consume', (p) => f.ring_buffer_consume(p) as number);
   }
 
   get epollFd(): number {
     return f.ring_buffer_epoll_fd(this.p) as number;
   }
 
+  /** Free the reader; safe from inside the sample callback (takes effect when libbpf returns). */
   close(): void {
+    this.closeRequested = true;
+    if (!this.busy) this.free();
+  }
+
+  private free(): void {
     if (this.ptr !== null) {
       f.ring_buffer_free(this.ptr);
       this.ptr = null;
