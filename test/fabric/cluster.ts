@@ -13,6 +13,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { type Counters, scrapeMetrics } from './counters.js';
 import { mapLimit, run } from './exec.js';
 import { Fabric, type FabricEndpoint, type FabricNode } from './fabric.js';
 import { type PolicyOracle, addressBytes, modelOracle } from './policy.js';
@@ -25,6 +26,8 @@ import { type Endpoint, type Topology, defaultTopology, validateTopology } from 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BPF_OBJECT = join(REPO_ROOT, 'build/bpf/i6pn.bpf.o');
 const STATIC_DATAPLANE = fileURLToPath(new URL('./static-dataplane.ts', import.meta.url));
+
+export const AGENT_METRICS_PORT = 9465;
 
 export type DataplaneKind = 'none' | 'static' | 'agent';
 export type EnforcementMode = 'enforce' | 'monitor';
@@ -140,6 +143,18 @@ export class Cluster {
     const r = await run(['node', '--import=tsx', STATIC_DATAPLANE, 'counters', node.bpffs, BPF_OBJECT], { netns: node.netns });
     const rows = JSON.parse(r.stdout) as Array<{ hook: string; verdict: string; reason: string; packets: number }>;
     return new Map(rows.map((x) => [`${x.hook}/${x.verdict}/${x.reason}`, x.packets] as const));
+  }
+
+  /** Where this cluster's counters come from: the pinned maps, or the agents' /metrics. */
+  counters = async (node: string): Promise<Counters> => {
+    if (this.dataplane === 'static') return this.staticCounters(node);
+    if (this.dataplane === 'agent') return scrapeMetrics(this.metricsUrl(node));
+    return new Map();
+  };
+
+  /** An agent's /metrics URL (reachable from the root namespace over the management link). */
+  metricsUrl(node: string): string {
+    return `http://[${this.node(node).underlay}]:${AGENT_METRICS_PORT}/metrics`;
   }
 
   async down(): Promise<void> {

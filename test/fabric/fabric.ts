@@ -252,6 +252,18 @@ export class Fabric {
     this.record.setInfo('endpoints', [...this.endpoints.values()]);
   }
 
+  /**
+   * Leave the fabric running after this process exits (the demo): no more
+   * clean-up on exit or signals; `demo.sh down` removes it.
+   */
+  detach(): void {
+    process.off('exit', this.onExit);
+    process.off('SIGINT', this.onSignal);
+    process.off('SIGTERM', this.onSignal);
+    this.record.state.detached = true;
+    this.record.save();
+  }
+
   /** Remove everything this run made. Safe to call twice, and from exit/signal handlers. */
   destroySync(): void {
     if (this.destroyed) return;

@@ -1,0 +1,145 @@
+/**
+ * `make demo`: builds the two-region fabric, NATS, the provisioning, the
+ * dataplane on every node, Prometheus, then runs the isolation matrix and
+ * prints it, with where to look next. Leaves everything running until
+ * `make demo-down`. Driven by test/fabric/demo.sh.
+ *
+ *   node --import=tsx test/fabric/demo.ts up [--dataplane agent|static|none] [--mode enforce|monitor]
+ *   node --import=tsx test/fabric/demo.ts down
+ *   node --import=tsx test/fabric/demo.ts netns NAME     (prints the namespace of a node or container)
+ */
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Cluster, type DataplaneKind, type EnforcementMode, REPO_ROOT } from './cluster.js';
+import { type Counters, delta, snapshot } from './counters.js';
+import { renderMatrix, runMatrix } from './matrix.js';
+import { STATE_ROOT, destroyRunSync, leftoverRuns, readRunState } from './state.js';
+
+const DEMO_FILE = join(STATE_ROOT, 'demo');
+const t0 = Date.now();
+let stepNo = 0;
+const STEPS = 8;
+
+function say(msg: string): void {
+  process.stdout.write(`${msg}\n`);
+}
+
+function step(title: string): void {
+  stepNo += 1;
+  say(`[${String(stepNo).padStart(2)}/${STEPS}] ${title}  (+${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+}
+
+function currentDemo(): string | undefined {
+  try {
+    return readFileSync(DEMO_FILE, 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** What can run on this checkout: the agent needs the controller to provision it. */
+function availableDataplane(): DataplaneKind {
+  const agent = existsSync(join(REPO_ROOT, 'agent/main.ts'));
+  const ctl = existsSync(join(REPO_ROOT, 'controller/cli.ts'));
+  return agent && ctl ? 'agent' : 'static';
+}
+
+function down(): void {
+  const ids = new Set(leftoverRuns(true));
+  const demo = currentDemo();
+  if (demo) ids.add(demo);
+  for (const id of ids) {
+    say(`removing fabric ${id}`);
+    destroyRunSync(id);
+  }
+  rmSync(DEMO_FILE, { force: true });
+  say(ids.size ? 'demo: down' : 'demo: nothing to remove');
+}
+
+function countersTable(moved: Map<string, number>): string {
+  const rows = [...moved].filter(([k]) => /\/(drop|would_drop)\//.test(k)).sort(([a], [b]) => a.localeCompare(b));
+  if (rows.length === 0) return '  (no drops counted)';
+  return rows.map(([k, n]) => `  ${k.padEnd(52)} ${String(n).padStart(6)}`).join('\n');
+}
+
+async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('run as root (namespaces, BPF and bpffs need it)');
+  const old = currentDemo();
+  if (old && readRunState(old)) {
+    say(`a demo is already running (fabric ${old}); replacing it`);
+    destroyRunSync(old);
+  }
+  step(`checking the machine: Linux ${readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()}, dataplane: ${dataplane}, mode: ${mode}`);
+  if (dataplane === 'static') say('        (controller/cli.ts has not landed: the harness loads the BPF programs itself, no agent)');
+  const cluster = await Cluster.up({ dataplane, mode, nats: true, step });
+  writeFileSync(DEMO_FILE, cluster.fabric.runId + '\n');
+  const nodes = [...cluster.fabric.nodes.keys()];
+
+  step(`isolation matrix: ${cluster.endpoints.length * (cluster.endpoints.length - 1)} ordered pairs × ICMPv6, TCP, UDP`);
+  const before = await snapshot(nodes, cluster.counters);
+  const result = await runMatrix(cluster.endpoints, cluster.daemons, {
+    oracle: cluster.oracle,
+    expect: mode === 'enforce' && dataplane !== 'none' ? 'policy' : 'all',
+  });
+  const after = await snapshot(nodes, cluster.counters);
+  await Promise.all([...cluster.daemons.values()].map((d) => d.stop()));
+  cluster.daemons.clear();
+
+  const f = cluster.fabric;
+  say('');
+  say(renderMatrix(result, { title: `Who reaches whom (rows: from, columns: to; ${mode} mode, policy model as the expectation):` }));
+  say('');
+  say('Dataplane counters moved by the matrix (node/hook/verdict/reason, packets):');
+  say(countersTable(delta(before, after) as Map<string, number>));
+  say('');
+  say('Endpoints:');
+  for (const e of cluster.endpoints) say(`  ${e.name.padEnd(4)} ${e.address.padEnd(40)} ${e.workspace.padEnd(8)} ${e.node.padEnd(6)} ${e.ifname}${e.i6pn ? '' : '  (no i6pn)'}`);
+  say('');
+  say(`Explore (fabric ${f.runId}, state in ${f.record.dir}):`);
+  say(`  make demo-shell NODE=${nodes[0]}          a shell in a node (or NODE=a1 for a container)`);
+  say(`  ip netns exec ${f.node(nodes[0]!).netns} ip -6 route`);
+  say(`  ip netns exec ${cluster.fabric.endpoint('a1').netns} ping -6 -c1 ${cluster.fabric.endpoint('a3').address}`);
+  if (cluster.nats) say(`  NATS:        ${cluster.nats.url}`);
+  if (dataplane === 'agent') for (const n of nodes) say(`  metrics:     ${cluster.metricsUrl(n)}   (${n})`);
+  if (cluster.prometheus) say(`  Prometheus:  ${cluster.prometheus.url}/graph?g0.expr=${encodeURIComponent('sum by (node, reason) (i6pn_packets_total{verdict="drop"})')}`);
+  say(`  logs:        ${join(f.record.dir, 'logs')}`);
+  say(`  make demo-down                  removes everything`);
+  f.detach();
+  if (result.unexpected.length > 0) {
+    throw new Error(`${result.unexpected.length} matrix cells are not what the policy expects (marked !)`);
+  }
+}
+
+function usage(): never {
+  process.stderr.write('usage: demo.ts up [--dataplane agent|static|none] [--mode enforce|monitor] | down | netns NAME\n');
+  process.exit(2);
+}
+
+const [cmd, ...rest] = process.argv.slice(2);
+try {
+  if (cmd === 'up') {
+    let dataplane = availableDataplane();
+    let mode: EnforcementMode = 'enforce';
+    for (let i = 0; i < rest.length; i += 2) {
+      const v = rest[i + 1];
+      if (rest[i] === '--dataplane' && (v === 'agent' || v === 'static' || v === 'none')) dataplane = v;
+      else if (rest[i] === '--mode' && (v === 'enforce' || v === 'monitor')) mode = v;
+      else usage();
+    }
+    await up(dataplane, mode);
+    say(`demo: up in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  } else if (cmd === 'down') {
+    down();
+  } else if (cmd === 'netns' && rest[0]) {
+    const id = currentDemo();
+    if (!id) throw new Error('no demo is running (make demo)');
+    const s = readRunState(id);
+    const name = rest[0];
+    const ns = [`i6pn-${id}-${name}`, `i6pn-${id}-c-${name}`].find((n) => s?.netns.includes(n));
+    if (!ns) throw new Error(`no node or container ${name} in the demo; nodes: ${(s?.info['nodes'] as Array<{ name: string }> | undefined)?.map((n) => n.name).join(', ')}`);
+    say(ns);
+  } else usage();
+} catch (err) {
+  process.stderr.write(`\ndemo: FAILED${stepNo ? ` at step ${stepNo}` : ''}: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+}
