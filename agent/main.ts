@@ -55,11 +55,17 @@ async function run(cfg: AgentConfig): Promise<void> {
   log.info({ addr: `${cfg.metricsHost}:${cfg.metricsPort}` }, 'serving /metrics, /healthz, /readyz');
 
   // The dataplane: pinned maps are adopted as they are (never cleared), programs replaced.
+  const dpLog = log.child({ component: 'dataplane' });
   const dp = await Dataplane.open({
     object: cfg.object,
     pinDir: cfg.bpffs,
     maxEndpoints: cfg.maxEndpoints,
-    logger: log.child({ component: 'dataplane' }),
+    logger: {
+      // libbpf warns when the clsact qdisc it would create exists: expected on every re-attach.
+      warn: (obj, msg) => (msg?.includes('Exclusivity flag on') ? dpLog.debug(obj, msg) : dpLog.warn(obj, msg)),
+      info: (obj, msg) => dpLog.info(obj, msg),
+      debug: (obj, msg) => dpLog.debug(obj, msg),
+    },
   });
   const endpointsMap = MapFd.fromPin(join(cfg.bpffs, 'endpoints'), 'endpoints');
   const localIfacesMap = MapFd.fromPin(join(cfg.bpffs, 'local_ifaces'), 'local_ifaces');

@@ -75,7 +75,7 @@ export interface SyncOptions {
 }
 
 type Op =
-  | { kind: 'put'; key: string; addr: Uint8Array; record: EndpointRecord; revision: number; created: Date }
+  | { kind: 'put'; key: string; addr: Uint8Array; record: EndpointRecord; revision: number; created: Date; live: boolean }
   | { kind: 'del'; key: string; addr: Uint8Array | null; revision: number; created: Date };
 
 /** FNV-1a, 32 bits, of the UTF-8 bytes: a node's id in map values and the config map. */
@@ -95,6 +95,8 @@ function isMapFull(code: string): boolean {
 export class MembershipSync {
   /** key → revision applied to the map. */
   private readonly known = new Map<string, number>();
+  /** key → revision of an invalid entry, so a reconcile re-reading it does not count it again. */
+  private readonly rejected = new Map<string, number>();
   private readonly locals = new Map<string, LocalEndpoint>();
   private pending = new Map<string, Op>();
   private seen: Set<string> | null = null;
@@ -156,6 +158,7 @@ export class MembershipSync {
 
   private classify(e: StoreEntry): Op | null {
     if (e.operation !== 'PUT') {
+      this.rejected.delete(e.key);
       return { kind: 'del', key: e.key, addr: this.addressOfKey(e.key), revision: e.revision, created: e.created };
     }
     if (this.seen && !this.forceFull && this.known.get(e.key) === e.revision) {
@@ -174,14 +177,19 @@ export class MembershipSync {
       message = `endpoint of region ${v.record.region} (id ${regionIdHex(v.record.regionId)}) in the watch of region ${this.o.region} (id ${regionIdHex(this.o.regionId)})`;
     }
     if (reason !== null || !v.ok) {
-      this.o.metrics.membershipUpdates.inc({ result: 'rejected' });
-      this.o.metrics.membershipRejected.inc({ reason: reason! });
-      this.o.log.warn({ key: e.key, revision: e.revision, reason, problem: message }, 'invalid endpoint entry rejected');
+      if (this.rejected.get(e.key) !== e.revision) {
+        this.rejected.set(e.key, e.revision);
+        this.o.metrics.membershipUpdates.inc({ result: 'rejected' });
+        this.o.metrics.membershipRejected.inc({ reason: reason! });
+        this.o.log.warn({ key: e.key, revision: e.revision, reason, problem: message }, 'invalid endpoint entry rejected');
+      }
       // Not applied; a valid endpoint the key held before goes (fail closed).
       return { kind: 'del', key: e.key, addr: this.addressOfKey(e.key), revision: e.revision, created: e.created };
     }
+    this.rejected.delete(e.key);
     this.seen?.add(e.key);
-    return { kind: 'put', key: e.key, addr: v.addr, record: v.record, revision: e.revision, created: e.created };
+    // Apply latency is measured on updates; a snapshot re-reads entries written long ago.
+    return { kind: 'put', key: e.key, addr: v.addr, record: v.record, revision: e.revision, created: e.created, live: this.seen === null };
   }
 
   /** The address a key names in this region, or null when the key is not an endpoint key of it. */
@@ -279,7 +287,7 @@ export class MembershipSync {
           continue;
         }
         m.membershipUpdates.inc({ result: 'applied' });
-        m.applyLatency.observe(Math.max(0, (now - p.created.getTime()) / 1000));
+        if (p.live) m.applyLatency.observe(Math.max(0, (now - p.created.getTime()) / 1000));
         this.known.set(p.key, p.revision);
         if (p.record.node === this.o.node) {
           const prev = this.locals.get(p.key);
