@@ -145,6 +145,9 @@ static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, __u32 
 			len = nh == IPPROTO_AH ? ((__u32)h[1] + 2) * 4 : ((__u32)h[1] + 1) * 8;
 			nh = h[0];
 			off += len;
+			/* The whole header must be there, not just its first bytes. */
+			if (data + off > data_end)
+				return I6PN_DROP_TRUNCATED;
 			break;
 		case IPPROTO_FRAGMENT:
 			if (off > I6PN_MAX_HDR_OFFSET)

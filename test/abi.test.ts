@@ -80,7 +80,7 @@ test('labels are snake_case names indexed by value', (t) => {
   t.deepEqual(abi.VERDICT_NAMES, ['pass', 'drop', 'would_drop']);
   t.is(abi.REASON_NAMES.length, abi.REASON_MAX);
   t.is(abi.REASON_NAMES[abi.Reason.DROP_CROSS_WORKSPACE], 'cross_workspace');
-  t.is(abi.REASON_NAMES[abi.Reason.PASS_PRIVATE], 'private');
+  t.is(abi.REASON_NAMES[abi.Reason.PASS_PRIVATE], 'pass_private');
   for (const n of abi.REASON_NAMES) t.regex(n, /^[a-z][a-z0-9_]*$/);
 });
 

@@ -86,7 +86,7 @@ test('a second open on the same pinDir adopts the maps and their contents; a cap
   t.deepEqual(second.getConfig(), { node: NODE, region: REGION, mode: 'monitor', eventsPerSec: 5 });
   t.deepEqual(second.listEndpoints().map((e) => Buffer.from(e.addr).toString('hex')).sort(), [A1, A2].map((a) => Buffer.from(a).toString('hex')).sort());
   t.deepEqual(second.listLocalIfaces(), [{ ifindex: 9, addr: A1, i6pn: true }]);
-  t.is(second.readCounter('from_fabric', 'pass', 'not_private').packets, 1n, 'counters survive too');
+  t.is(second.readCounter('from_fabric', 'pass', 'pass_not_private').packets, 1n, 'counters survive too');
 
   const err = await t.throwsAsync(Dataplane.open({ object: I6PN_OBJECT, pinDir, maxEndpoints: 256 }), { instanceOf: DataplaneError });
   t.regex(err!.message, /pinned map .*\/endpoints cannot be reused: pinned max_entries 128 vs 256/);
@@ -159,8 +159,8 @@ test('runPacket: verdicts and counters per hook; monitor passes what enforce dro
   for (const hook of ['from_fabric', 'from_endpoint', 'to_endpoint'] as const) {
     const r = dp.runPacket(hook, v4);
     t.is(r.verdict, 'pass', `${hook} passes IPv4`);
-    t.is(dp.readCounter(hook, 'pass', 'not_private').packets, 1n);
-    t.is(dp.readCounter(hook, 'pass', 'not_private').bytes, BigInt(v4.length));
+    t.is(dp.readCounter(hook, 'pass', 'pass_not_private').packets, 1n);
+    t.is(dp.readCounter(hook, 'pass', 'pass_not_private').bytes, BigInt(v4.length));
   }
   t.is(dp.runPacket('from_fabric', ipv4Packet({ src: '192.0.2.1', dst: '192.0.2.2' })).retval, 2 /* XDP_PASS */);
 
@@ -171,7 +171,7 @@ test('runPacket: verdicts and counters per hook; monitor passes what enforce dro
   t.is(dp.readCounter('from_fabric', 'drop', 'cross_workspace').packets, 1n);
   // Same workspace, from a remote member, to the local one: passes.
   t.is(dp.runPacket('from_fabric', udp(A2, A1)).verdict, 'pass');
-  t.is(dp.readCounter('from_fabric', 'pass', 'private').packets, 1n);
+  t.is(dp.readCounter('from_fabric', 'pass', 'pass_private').packets, 1n);
 
   dp.setConfig({ ...dp.getConfig(), mode: 'monitor' });
   t.is(dp.runPacket('from_fabric', cross).verdict, 'pass', 'monitor lets the would-drop through');

@@ -102,6 +102,7 @@ function walkExtHeaders(p: Uint8Array, off: number, nh: number): Reason | null {
       const len = nh === 51 ? (p[off + 1]! + 2) * 4 : (p[off + 1]! + 1) * 8;
       nh = p[off]!;
       off += len;
+      if (p.length < off) return 'truncated';
     } else if (nh === 44) {
       if (off > MAX_HDR_OFFSET) return 'ext_hdr_limit';
       if (p.length < off + 8) return 'truncated';

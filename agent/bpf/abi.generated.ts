@@ -47,8 +47,8 @@ export const Reason = {
 export type ReasonValue = (typeof Reason)[keyof typeof Reason];
 export const REASON_MAX = 17;
 export const REASON_NAMES = [
-  'private',
-  'not_private',
+  'pass_private',
+  'pass_not_private',
   'truncated',
   'malformed',
   'vlan_depth',

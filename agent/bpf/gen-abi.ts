@@ -55,7 +55,7 @@ const ENUMS: EnumSpec[] = [
     prefix: 'I6PN_',
     max: 'I6PN_REASON_MAX',
     labels: 'REASON_NAMES',
-    labelStrip: ['PASS_', 'DROP_'],
+    labelStrip: ['DROP_'],
   },
   { c: 'i6pn_mode', ts: 'Mode', prefix: 'I6PN_MODE_', labels: 'MODE_NAMES' },
   { c: 'i6pn_endpoint_flag', ts: 'EndpointFlag', prefix: 'I6PN_EP_' },
