@@ -194,6 +194,14 @@ test('runPacket: verdicts and counters per hook; monitor passes what enforce dro
   t.deepEqual(dp.readCounters({ nonZero: true }), []);
 });
 
+test('runLiveFrames: real xdp_frames through from_fabric, counted', async (t) => {
+  const { dp } = await openTemp(t, { pin: false });
+  dp.upsertEndpoints([endpoint(A1, { flags: { i6pn: true, local: true } }), endpoint(B1)]);
+  const r = dp.runLiveFrames(udp(B1, A1), { repeat: 500 });
+  t.true(r.durationNs >= 0);
+  t.is(dp.readCounter('from_fabric', 'drop', 'cross_workspace').packets, 500n);
+});
+
 test('runPacket on TC hooks takes the veth ifindex (a real interface of this namespace)', async (t) => {
   const { dp } = await openTemp(t, { pin: false });
   const veth = createVethPair('r');

@@ -187,6 +187,19 @@ test.serial('batch update and lookup: count in/out, ENOENT at the end, partial f
   t.deepEqual([...empty.map('pairs').handle().entriesBatch()], []);
 });
 
+test.serial('batch lookup grows its buffers when a hash bucket holds more than a chunk (ENOSPC)', (t) => {
+  const obj = BpfObject.open(MINI);
+  t.teardown(() => obj.close());
+  obj.map('pairs').setMaxEntries(64);
+  obj.load();
+  const pairs = obj.map('pairs').handle();
+  // 64 keys in 64 buckets: some bucket surely holds two, more than a chunk of one.
+  for (let i = 0; i < 64; i++) pairs.update(u32(i * 64 + 1), u64(i));
+  const got = [...pairs.entriesBatch(1)].map(([k]) => k.readUInt32LE(0));
+  t.is(got.length, 64);
+  t.is(new Set(got).size, 64);
+});
+
 test.serial('per-CPU values: one slot per possible CPU, stride rounded to 8 bytes', (t) => {
   const obj = loadMini();
   t.teardown(() => obj.close());

@@ -152,8 +152,6 @@ export interface RunPacketOptions {
   ifindex?: number;
   /** Runs to average over (BPF_PROG_TEST_RUN repeat); default 1. */
   repeat?: number;
-  /** XDP only: BPF_F_TEST_XDP_LIVE_FRAMES (frames really go out; needs repeat). */
-  liveFrames?: boolean;
 }
 
 /** Pino's Logger fits; so does anything with these three methods. */
@@ -517,7 +515,13 @@ export class Dataplane {
 
   listEndpoints(): Endpoint[] {
     const out: Endpoint[] = [];
-    for (const [k, v] of this.endpoints.entriesBatch(BATCH)) out.push(decodeEndpoint(k, v));
+    const ks = this.endpoints.keySize;
+    const vs = this.endpoints.valueBytes;
+    for (const { keys, values, count } of this.endpoints.lookupBatchChunks(BATCH)) {
+      for (let i = 0; i < count; i++) {
+        out.push(decodeEndpoint(keys.subarray(i * ks, (i + 1) * ks), values.subarray(i * vs, (i + 1) * vs)));
+      }
+    }
     return out;
   }
 
@@ -672,9 +676,30 @@ export class Dataplane {
       data: packet,
       ...(ctx ? { ctx } : {}),
       repeat: opts.repeat ?? 1,
-      flags: opts.liveFrames ? TestRunFlags.XDP_LIVE_FRAMES : 0,
     });
     return { verdict: retvalVerdict(hook, r.retval), retval: r.retval, durationNs: r.durationNs };
+  }
+
+  /**
+   * Run from_fabric on `repeat` live frames (BPF_F_TEST_XDP_LIVE_FRAMES):
+   * each frame is a real xdp_frame, and what passes goes up the stack of the
+   * loopback device (or `ifindex`). The kernel reports no verdict in this
+   * mode, only the time; read the counters for what happened.
+   */
+  runLiveFrames(packet: Uint8Array, opts: { repeat: number; ifindex?: number; batchSize?: number }): { durationNs: number } {
+    const prog = this.program('from_fabric');
+    const L = layouts.xdp_md;
+    const ctx = Buffer.alloc(L.size);
+    ctx.writeUInt32LE(packet.length, L.data_end);
+    ctx.writeUInt32LE(opts.ifindex ?? 1, L.ingress_ifindex);
+    const r = prog.testRun({
+      data: packet,
+      ctx,
+      repeat: opts.repeat,
+      flags: TestRunFlags.XDP_LIVE_FRAMES,
+      ...(opts.batchSize ? { batchSize: opts.batchSize } : {}),
+    });
+    return { durationNs: r.durationNs };
   }
 
   /** Instructions the verifier processed for each program (growth shows up in the build and bench). */

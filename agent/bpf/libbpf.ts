@@ -580,14 +580,15 @@ export class MapFd {
   }
 
   /**
-   * Every element through bpf_map_lookup_batch, `chunk` at a time: the kernel
-   * returns ENOENT with the last elements, which ends the walk. Yields
-   * [key, value] copies.
+   * Every element through bpf_map_lookup_batch, `chunk` at a time (the
+   * kernel's ENOENT comes with the last elements and ends the walk). Yields
+   * packed key and value buffers holding `count` elements; they are reused,
+   * valid until the next iteration.
    */
-  *entriesBatch(chunk = 1024): Generator<[Buffer, Buffer]> {
-    const n = Math.max(1, Math.min(chunk, this.maxEntries));
-    const keys = Buffer.alloc(n * this.keySize);
-    const values = Buffer.alloc(n * this.valueBytes);
+  *lookupBatchChunks(chunk = 1024): Generator<{ keys: Buffer; values: Buffer; count: number }> {
+    let n = Math.max(1, Math.min(chunk, this.maxEntries));
+    let keys = Buffer.alloc(n * this.keySize);
+    let values = Buffer.alloc(n * this.valueBytes);
     // The batch token is opaque; hash maps use a u32 bucket, others a key.
     const tokenSize = Math.max(this.keySize, 8);
     let inBatch: Buffer | null = null;
@@ -597,17 +598,30 @@ export class MapFd {
     for (;;) {
       cnt.writeUInt32LE(n, 0);
       const ret = f.map_lookup_batch(this.fd, inBatch, outBatch, keys, values, cnt, opts) as number;
-      if (ret < 0 && ret !== -ENOENT) throw new LibbpfError('bpf_map_lookup_batch', -ret, this.name);
       const got = cnt.readUInt32LE(0);
-      for (let i = 0; i < got; i++) {
-        yield [
-          Buffer.from(keys.subarray(i * this.keySize, (i + 1) * this.keySize)),
-          Buffer.from(values.subarray(i * this.valueBytes, (i + 1) * this.valueBytes)),
-        ];
+      if (ret === -ENOSPC && got === 0) {
+        // A hash bucket holds more elements than fit: retry the same bucket with more room.
+        n *= 2;
+        keys = Buffer.alloc(n * this.keySize);
+        values = Buffer.alloc(n * this.valueBytes);
+        continue;
       }
+      if (ret < 0 && ret !== -ENOENT) throw new LibbpfError('bpf_map_lookup_batch', -ret, this.name);
+      if (got > 0) yield { keys, values, count: got };
       if (ret === -ENOENT) return;
       inBatch = inBatch ?? Buffer.alloc(tokenSize);
       outBatch.copy(inBatch);
+    }
+  }
+
+  /** Every element as [key, value] copies (see lookupBatchChunks). */
+  *entriesBatch(chunk = 1024): Generator<[Buffer, Buffer]> {
+    const ks = this.keySize;
+    const vs = this.valueBytes;
+    for (const { keys, values, count } of this.lookupBatchChunks(chunk)) {
+      for (let i = 0; i < count; i++) {
+        yield [Buffer.from(keys.subarray(i * ks, (i + 1) * ks)), Buffer.from(values.subarray(i * vs, (i + 1) * vs))];
+      }
     }
   }
 }
