@@ -1,0 +1,292 @@
+/**
+ * The membership store's vocabulary: bucket names, keys and the versioned JSON
+ * records stored under them. The controller validates with these schemas
+ * before it writes and the agent validates with them when it reads, so both
+ * programs agree on what a valid entry is.
+ *
+ * Buckets and keys:
+ *
+ *   i6pn_regions     name.<region>                      RegionRecord
+ *                    id.<region id, 4 hex>              RegionRecord
+ *   i6pn_workspaces  name.<workspace>                   WorkspaceRecord (live workspaces only)
+ *                    id.<workspace id, 8 hex>           WorkspaceRecord (kept forever, `deletedAt`
+ *                                                       set on delete, so an id is never reused)
+ *   i6pn_endpoints   <region>.<ws id 8 hex>.<ep id 16 hex>  EndpointRecord (the agent watches `<region>.>`)
+ *   i6pn_addresses   <address, 32 hex>                  AddressRecord (never deleted: an address is
+ *                                                       handed out once; `state` becomes "removed")
+ *   i6pn_ifnames     <node>.<ifname as hex>             IfnameRecord (one endpoint per host-side
+ *                                                       interface name on a node; deleted with the endpoint)
+ *   i6pn_nodes       <node>                             NodeRecord (written by agents)
+ *
+ * Every value carries `v: 1`. A reader that meets another version treats the
+ * entry as invalid rather than guessing.
+ */
+import { z } from 'zod';
+import {
+  addressHex,
+  endpointIdOf,
+  formatAddress,
+  isPrivate,
+  isRegionId,
+  isWorkspaceId,
+  parseAddress,
+  regionIdHex,
+  regionOf,
+  workspaceIdHex,
+  workspaceOf,
+  workspaceSubnet,
+} from './address.js';
+
+export const SCHEMA_VERSION = 1 as const;
+
+export const REGIONS_BUCKET = 'i6pn_regions';
+export const WORKSPACES_BUCKET = 'i6pn_workspaces';
+export const ENDPOINTS_BUCKET = 'i6pn_endpoints';
+export const ADDRESSES_BUCKET = 'i6pn_addresses';
+export const IFNAMES_BUCKET = 'i6pn_ifnames';
+export const NODES_BUCKET = 'i6pn_nodes';
+
+// ---------------------------------------------------------------- names
+
+/**
+ * Region and workspace names: a lowercase letter, then up to 30 lowercase
+ * letters, digits or dashes. Safe as one NATS key token (no dots, no wildcards).
+ */
+export const NAME_PATTERN = /^[a-z][a-z0-9-]{0,30}$/;
+
+/**
+ * Node names follow the Kubernetes node-name rules (lowercase DNS labels joined
+ * by dots, at most 63 characters here) so that `spec.nodeName` can be used as is.
+ * Each label is a NATS key token.
+ */
+export const NODE_NAME_PATTERN = /^(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/;
+
+/**
+ * Host-side interface names: what Linux accepts (1 to 15 bytes, not "." or
+ * "..", no "/", ":" or white space), narrowed to letters, digits, "_", "." and "-".
+ */
+export const IFNAME_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/;
+
+export function isValidName(s: unknown): s is string {
+  return typeof s === 'string' && NAME_PATTERN.test(s);
+}
+export const isValidRegionName = isValidName;
+export const isValidWorkspaceName = isValidName;
+export function isValidNodeName(s: unknown): s is string {
+  return typeof s === 'string' && NODE_NAME_PATTERN.test(s);
+}
+export function isValidIfname(s: unknown): s is string {
+  return typeof s === 'string' && IFNAME_PATTERN.test(s);
+}
+
+const NAME_RULE = 'a lowercase letter followed by up to 30 lowercase letters, digits or dashes';
+const NODE_NAME_RULE = 'lowercase DNS labels (letters, digits, dashes) joined by dots, at most 63 characters';
+const IFNAME_RULE = 'a Linux interface name: 1 to 15 letters, digits, "_", "." or "-", not starting with "." or "-"';
+
+/** Throws an Error that states the rule, for input at the edge (CLI flags). */
+export function assertName(kind: 'region' | 'workspace', s: string): string {
+  if (!isValidName(s)) throw new Error(`invalid ${kind} name ${JSON.stringify(s)}: use ${NAME_RULE}`);
+  return s;
+}
+export function assertNodeName(s: string): string {
+  if (!isValidNodeName(s)) throw new Error(`invalid node name ${JSON.stringify(s)}: use ${NODE_NAME_RULE}`);
+  return s;
+}
+export function assertIfname(s: string): string {
+  if (!isValidIfname(s)) throw new Error(`invalid interface name ${JSON.stringify(s)}: use ${IFNAME_RULE}`);
+  return s;
+}
+
+export const nameSchema = z.string().regex(NAME_PATTERN, `must be ${NAME_RULE}`);
+export const nodeNameSchema = z.string().regex(NODE_NAME_PATTERN, `must be ${NODE_NAME_RULE}`);
+export const ifnameSchema = z.string().regex(IFNAME_PATTERN, `must be ${IFNAME_RULE}`);
+const timestamp = z.iso.datetime();
+const workspaceId = z.number().refine(isWorkspaceId, 'must be a non-zero 32-bit unsigned integer');
+const regionId = z.number().refine(isRegionId, 'must be a non-zero 16-bit unsigned integer');
+const version = z.literal(SCHEMA_VERSION);
+
+// ---------------------------------------------------------------- records
+
+export const regionRecord = z.object({
+  v: version,
+  name: nameSchema,
+  id: regionId,
+});
+export type RegionRecord = z.infer<typeof regionRecord>;
+
+export const workspaceRecord = z
+  .object({
+    v: version,
+    name: nameSchema,
+    id: workspaceId,
+    subnet: z.string(),
+    createdAt: timestamp,
+    /** Set on the id key when the workspace is deleted; the id stays taken. */
+    deletedAt: timestamp.optional(),
+  })
+  .refine((w) => w.subnet === workspaceSubnet(w.id), {
+    message: 'subnet does not match the workspace id',
+    path: ['subnet'],
+  });
+export type WorkspaceRecord = z.infer<typeof workspaceRecord>;
+
+export const endpointRecord = z.object({
+  v: version,
+  /** Canonical (RFC 5952) spelling, in fdaa:W:W:R::/64 of its workspace and region. */
+  address: z.string(),
+  workspace: nameSchema,
+  workspaceId,
+  region: nameSchema,
+  regionId,
+  node: nodeNameSchema,
+  /** Host side of the endpoint's veth on `node`. */
+  ifname: ifnameSchema,
+  /** false: the endpoint has an address but may reach no fdaa:: destination. */
+  i6pn: z.boolean(),
+  createdAt: timestamp,
+});
+export type EndpointRecord = z.infer<typeof endpointRecord>;
+
+export const addressRecord = z.object({
+  v: version,
+  address: z.string(),
+  endpointKey: z.string(),
+  state: z.enum(['active', 'removed']),
+  createdAt: timestamp,
+  removedAt: timestamp.optional(),
+});
+export type AddressRecord = z.infer<typeof addressRecord>;
+
+export const ifnameRecord = z.object({
+  v: version,
+  node: nodeNameSchema,
+  ifname: ifnameSchema,
+  address: z.string(),
+  endpointKey: z.string(),
+  createdAt: timestamp,
+});
+export type IfnameRecord = z.infer<typeof ifnameRecord>;
+
+export const nodeRecord = z.object({
+  v: version,
+  name: nodeNameSchema,
+  region: nameSchema,
+  version: z.string().min(1).max(64),
+  startedAt: timestamp,
+  heartbeatAt: timestamp,
+});
+export type NodeRecord = z.infer<typeof nodeRecord>;
+
+// ---------------------------------------------------------------- keys
+
+export const regionNameKey = (name: string): string => `name.${name}`;
+export const regionIdKey = (id: number): string => `id.${regionIdHex(id)}`;
+export const workspaceNameKey = (name: string): string => `name.${name}`;
+export const workspaceIdKey = (id: number): string => `id.${workspaceIdHex(id)}`;
+export const nodeKey = (name: string): string => name;
+export const addressKey = (addr: Uint8Array): string => addressHex(addr);
+export const ifnameKey = (node: string, ifname: string): string =>
+  `${node}.${Buffer.from(ifname, 'utf8').toString('hex')}`;
+
+/** `<region>.<workspace id, 8 hex>.<endpoint id, 16 hex>`. */
+export function endpointKey(record: Pick<EndpointRecord, 'region' | 'workspaceId' | 'address'>): string {
+  const addr = parseAddress(record.address);
+  return `${record.region}.${workspaceIdHex(record.workspaceId)}.${endpointIdOf(addr)}`;
+}
+
+/** The watch filter an agent uses for its region. */
+export const regionEndpointsFilter = (region: string): string => `${region}.>`;
+
+const ENDPOINT_KEY_PATTERN = /^([a-z][a-z0-9-]{0,30})\.([0-9a-f]{8})\.([0-9a-f]{16})$/;
+
+export function parseEndpointKey(key: string): { region: string; workspaceId: number; endpointId: string } | null {
+  const m = ENDPOINT_KEY_PATTERN.exec(key);
+  if (!m) return null;
+  return { region: m[1]!, workspaceId: parseInt(m[2]!, 16), endpointId: m[3]! };
+}
+
+// ---------------------------------------------------------------- decoding
+
+export type InvalidReason = 'json' | 'schema' | 'address' | 'key';
+export type Invalid = { ok: false; reason: InvalidReason; message: string };
+export type Decoded<T> = { ok: true; record: T } | Invalid;
+
+const decoder = new TextDecoder('utf-8', { fatal: true });
+
+/** A KV value (bytes, string, or an already parsed object) as JSON. */
+export function decodeJson(value: Uint8Array | string | unknown): { ok: true; json: unknown } | Invalid {
+  if (value instanceof Uint8Array || typeof value === 'string') {
+    try {
+      const text = typeof value === 'string' ? value : decoder.decode(value);
+      return { ok: true, json: JSON.parse(text) as unknown };
+    } catch (e) {
+      return { ok: false, reason: 'json', message: `not JSON: ${(e as Error).message}` };
+    }
+  }
+  return { ok: true, json: value };
+}
+
+function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .map((i) => `${i.path.length ? i.path.join('.') : '(value)'}: ${i.message}`)
+    .join('; ');
+}
+
+/** Decode and validate a value against one of the record schemas. */
+export function decodeRecord<S extends z.ZodType>(schema: S, value: Uint8Array | string | unknown): Decoded<z.infer<S>> {
+  const j = decodeJson(value);
+  if (!j.ok) return j;
+  const r = schema.safeParse(j.json);
+  if (!r.success) return { ok: false, reason: 'schema', message: describeIssues(r.error) };
+  return { ok: true, record: r.data as z.infer<S> };
+}
+
+export type EndpointEntry =
+  | { ok: true; record: EndpointRecord; addr: Uint8Array }
+  | Invalid;
+
+/**
+ * Everything the agent must know before it applies an endpoint: the value is
+ * JSON, matches the schema, its address is a canonical private address whose
+ * workspace and region bits equal the record's ids, and the key names the same
+ * region, workspace and endpoint id as the record.
+ */
+export function validateEndpointEntry(key: string, value: Uint8Array | string | unknown): EndpointEntry {
+  const d = decodeRecord(endpointRecord, value);
+  if (!d.ok) return d;
+  const record = d.record;
+  let addr: Uint8Array;
+  try {
+    addr = parseAddress(record.address);
+  } catch (e) {
+    return { ok: false, reason: 'address', message: (e as Error).message };
+  }
+  if (!isPrivate(addr)) {
+    return { ok: false, reason: 'address', message: `address ${record.address} is not in fdaa::/16` };
+  }
+  if (formatAddress(addr) !== record.address) {
+    return { ok: false, reason: 'address', message: `address ${record.address} is not canonical (${formatAddress(addr)})` };
+  }
+  if (workspaceOf(addr) !== record.workspaceId) {
+    return {
+      ok: false,
+      reason: 'address',
+      message: `address ${record.address} carries workspace id ${workspaceIdHex(workspaceOf(addr))}, record says ${workspaceIdHex(record.workspaceId)}`,
+    };
+  }
+  if (regionOf(addr) !== record.regionId) {
+    return {
+      ok: false,
+      reason: 'address',
+      message: `address ${record.address} carries region id ${regionIdHex(regionOf(addr))}, record says ${regionIdHex(record.regionId)}`,
+    };
+  }
+  const k = parseEndpointKey(key);
+  if (!k) {
+    return { ok: false, reason: 'key', message: `key ${JSON.stringify(key)} is not <region>.<workspace id 8 hex>.<endpoint id 16 hex>` };
+  }
+  if (k.region !== record.region || k.workspaceId !== record.workspaceId || k.endpointId !== endpointIdOf(addr)) {
+    return { ok: false, reason: 'key', message: `key ${key} does not match the record (expected ${endpointKey(record)})` };
+  }
+  return { ok: true, record, addr };
+}
