@@ -19,12 +19,14 @@ import { Fabric, type FabricEndpoint, type FabricNode } from './fabric.js';
 import { type PolicyOracle, addressBytes, modelOracle } from './policy.js';
 import { ProbeDaemon } from './probes.js';
 import { planAddresses } from './provision.js';
-import { type Nats, type Prometheus, startNats } from './services.js';
+import { KvProvisioner } from './kvprovision.js';
+import { type Nats, type Prometheus, type Service, httpOk, startNats, startPrometheus, startService, waitUntil } from './services.js';
 import type { StaticLoad } from './static-dataplane.js';
 import { type Endpoint, type Topology, defaultTopology, validateTopology } from './topology.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BPF_OBJECT = join(REPO_ROOT, 'build/bpf/i6pn.bpf.o');
+const AGENT_MAIN = join(REPO_ROOT, 'agent/main.ts');
 const STATIC_DATAPLANE = fileURLToPath(new URL('./static-dataplane.ts', import.meta.url));
 
 export const AGENT_METRICS_PORT = 9465;
@@ -41,12 +43,16 @@ export interface ClusterOptions {
   /** Start a probe daemon in every container (default true). */
   probes?: boolean;
   log?: (msg: string) => void;
+  /** Start Prometheus scraping the agents (default true with agents). */
+  prometheus?: boolean;
   /** Called at the start of each step (the demo's progress lines). */
   step?: (title: string) => void;
 }
 
 export class Cluster {
   readonly daemons = new Map<string, ProbeDaemon>();
+  readonly agents = new Map<string, Service>();
+  kv?: KvProvisioner;
   nats?: Nats;
   prometheus?: Prometheus;
   oracle: PolicyOracle;
@@ -80,7 +86,7 @@ export class Cluster {
         log(`nats at ${c.nats.url}`);
       }
       step(`provisioning: ${topology.regions.length} regions, ${topology.workspaces.length} workspaces, ${topology.endpoints.length} endpoints`);
-      const endpoints = c.provision();
+      const endpoints = await c.provision();
       step(`containers: ${endpoints.length} namespaces with a veth pair and an fdaa address each`);
       for (const e of endpoints) await fabric.addEndpoint(e);
       c.oracle = modelOracle(endpoints);
@@ -88,7 +94,15 @@ export class Cluster {
         step(`dataplane: BPF programs loaded on ${fabric.nodes.size} nodes, ${c.mode} mode (no agent)`);
         await c.loadStatic();
       } else if (opts.dataplane === 'agent') {
-        throw new Error('the agent dataplane is not wired yet (agent/main.ts has not landed)');
+        step(`agents: one i6pn-agent per node, ${c.mode} mode`);
+        await c.startAgents();
+        if (opts.prometheus ?? true) {
+          step('prometheus scraping every agent');
+          c.prometheus = await startPrometheus(
+            fabric,
+            [...fabric.nodes.values()].map((node) => ({ node, metricsAddr: `[${node.underlay}]:${AGENT_METRICS_PORT}` })),
+          );
+        }
       }
       if (opts.probes ?? true) {
         step('probe daemons in every container');
@@ -101,9 +115,65 @@ export class Cluster {
     return c;
   }
 
-  /** Addresses from the address plan (i6pnctl takes over when the controller lands). */
-  private provision(): Endpoint[] {
-    return planAddresses(this.topology);
+  /**
+   * Addresses for every endpoint. With agents, the membership goes into NATS
+   * (through the KV stand-in until i6pnctl lands); otherwise the harness plans them.
+   */
+  private async provision(): Promise<Endpoint[]> {
+    const endpoints = planAddresses(this.topology);
+    if (this.dataplane === 'agent') {
+      if (!this.nats) throw new Error('the agent dataplane needs nats');
+      this.kv = await KvProvisioner.connect(this.nats.url);
+      await this.kv.provision(endpoints);
+    }
+    return endpoints;
+  }
+
+  /** One i6pn-agent per node, inside the node's namespace, as a DaemonSet would run it. */
+  async startAgents(mode: EnforcementMode = this.mode): Promise<void> {
+    this.mode = mode;
+    await Promise.all([...this.fabric.nodes.values()].map((node) => this.startAgent(node.name, mode)));
+  }
+
+  async startAgent(nodeName: string, mode: EnforcementMode = this.mode): Promise<Service> {
+    const node = this.node(nodeName);
+    const nats = this.nats;
+    if (!nats) throw new Error('agents need nats');
+    this.fabric.record.addBpffsDir(node.bpffs);
+    const argv = [
+      process.execPath,
+      '--import=tsx',
+      AGENT_MAIN,
+      '--nats', nats.url,
+      '--node', node.name,
+      '--region', node.region,
+      '--uplink', node.uplink,
+      '--bpffs', node.bpffs,
+      '--metrics-addr', `[${node.underlay}]:${AGENT_METRICS_PORT}`,
+      '--mode', mode,
+      '--log-level', 'debug',
+    ];
+    const svc = startService(this.fabric, `agent-${node.name}`, argv, { netns: node.netns, cmdlineMark: node.bpffs, cwd: REPO_ROOT });
+    this.agents.set(node.name, svc);
+    const local = this.endpoints.filter((e) => e.node === node.name).length;
+    const base = `http://[${node.underlay}]:${AGENT_METRICS_PORT}`;
+    await waitUntil(
+      `agent ${node.name} ready with ${local} endpoint veths attached`,
+      async () => {
+        if (!(await httpOk(`${base}/readyz`))) return false;
+        const text = await (await fetch(`${base}/metrics`, { signal: AbortSignal.timeout(1000) })).text();
+        const m = /^i6pn_attached_hooks\{hook="from_endpoint"\} (\S+)/m.exec(text);
+        return m !== null && Number(m[1]) >= local;
+      },
+      30_000,
+      svc,
+    );
+    return svc;
+  }
+
+  async stopAgent(nodeName: string): Promise<void> {
+    await this.agents.get(nodeName)?.stop();
+    this.agents.delete(nodeName);
   }
 
   node(name: string): FabricNode {
@@ -160,6 +230,8 @@ export class Cluster {
   async down(): Promise<void> {
     await Promise.all([...this.daemons.values()].map((d) => d.stop()));
     await this.prometheus?.stop();
+    await Promise.all([...this.agents.keys()].map((n) => this.stopAgent(n)));
+    await this.kv?.close().catch(() => {});
     await this.nats?.stop();
     await this.fabric.destroy();
   }

@@ -5,6 +5,7 @@
  * with random ids — so that the fabric can be proved before the controller exists.
  */
 import { randomBytes } from 'node:crypto';
+import { Address6 } from 'ip-address';
 import { type Endpoint, type Topology, endpointIfname, regionOf, validateTopology } from './topology.js';
 
 function hex16(buf: Buffer, i: number): string {
@@ -30,7 +31,10 @@ export function planAddresses(t: Topology): Endpoint[] {
     let address: string;
     do {
       const id = nonZero(8);
-      address = ['fdaa', hex16(w, 0), hex16(w, 2), hex16(r, 0), hex16(id, 0), hex16(id, 2), hex16(id, 4), hex16(id, 6)].join(':');
+      // Canonical (RFC 5952) spelling, as the store keeps it.
+      address = new Address6(
+        ['fdaa', hex16(w, 0), hex16(w, 2), hex16(r, 0), hex16(id, 0), hex16(id, 2), hex16(id, 4), hex16(id, 6)].join(':'),
+      ).correctForm();
     } while (used.has(address));
     used.add(address);
     return { ...e, region, address, ifname: endpointIfname(e.name) };

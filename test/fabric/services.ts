@@ -36,14 +36,14 @@ export function startService(
   fabric: Fabric,
   name: string,
   argv: readonly string[],
-  opts: { netns?: string; cmdlineMark: string; env?: NodeJS.ProcessEnv },
+  opts: { netns?: string; cmdlineMark: string; env?: NodeJS.ProcessEnv; cwd?: string },
 ): Service {
   const logDir = join(fabric.record.dir, 'logs');
   mkdirSync(logDir, { recursive: true });
   const log = join(logDir, `${name}.log`);
   const fd = openSync(log, 'a');
   const full = inNetns(opts.netns, argv);
-  const child = spawn(full[0]!, full.slice(1), { detached: true, stdio: ['ignore', fd, fd], env: opts.env ?? process.env });
+  const child = spawn(full[0]!, full.slice(1), { detached: true, stdio: ['ignore', fd, fd], env: opts.env ?? process.env, ...(opts.cwd ? { cwd: opts.cwd } : {}) });
   child.unref();
   const pid = child.pid;
   if (pid === undefined) throw new Error(`could not start ${name}: ${full.join(' ')}`);
