@@ -10,7 +10,7 @@
 import test from 'ava';
 import { existsSync, readdirSync } from 'node:fs';
 
-import { Dataplane, DataplaneError, TC_HANDLE, TC_PRIORITY, type Endpoint } from '../agent/bpf/dataplane.js';
+import { Dataplane, DataplaneError, LibbpfError, TC_HANDLE, TC_PRIORITY, type Endpoint } from '../agent/bpf/dataplane.js';
 import { ipv4Packet, ipv6Packet, privateAddress } from '../agent/bpf/packet.js';
 import { I6PN_OBJECT, createVethPair, pinDirFor, removePinDir, sh, xdpProgIdOf } from './fixtures/binding-helpers.js';
 
@@ -294,6 +294,21 @@ test('uplink XDP: generic mode; without a pinDir the link dies with close()', as
   t.is(link?.xdp?.mode, 2 /* generic (skb) */);
   dp.close();
   t.is(xdpProgIdOf(veth.host), null);
+});
+
+test('uplink XDP: an interface already running someone else’s XDP program is refused with a hint', async (t) => {
+  const veth = createVethPair('b');
+  t.teardown(() => veth.destroy());
+  const other = await Dataplane.open({ object: I6PN_OBJECT });
+  t.teardown(() => other.close());
+  other.attachUplink(veth.hostIfindex);
+  const dp = await Dataplane.open({ object: I6PN_OBJECT });
+  t.teardown(() => dp.close());
+  const err = t.throws(() => dp.attachUplink(veth.hostIfindex), { instanceOf: LibbpfError });
+  t.is(err?.call, 'bpf_link_create');
+  t.is(err?.code, 'EBUSY');
+  t.regex(err!.message, /^bpf_link_create\(from_fabric on ifindex \d+\): EBUSY \(Device or resource busy\): another XDP program is attached/);
+  t.is(xdpProgIdOf(veth.host), other.programIds().from_fabric, 'the existing program is untouched');
 });
 
 test('endpoint TC: attach, replace by a second agent, detach; teardown clears registered veths', async (t) => {

@@ -743,7 +743,19 @@ export class Dataplane {
       unlinkSync(path);
     }
     const flags = opts.mode === 'generic' ? XdpFlags.SKB_MODE : XdpFlags.DRV_MODE;
-    const link = LinkFd.createXdp(progFd, ifindex, flags, `from_fabric on ifindex ${ifindex}`);
+    let link: LinkFd;
+    try {
+      link = LinkFd.createXdp(progFd, ifindex, flags, `from_fabric on ifindex ${ifindex}`);
+    } catch (err) {
+      if (!(err instanceof LibbpfError)) throw err;
+      const hint =
+        err.code === 'EBUSY' || err.code === 'EEXIST'
+          ? 'another XDP program is attached to this interface; remove it (ip link set dev <uplink> xdp off) or tear down its owner'
+          : err.code === 'EOPNOTSUPP' && opts.mode !== 'generic'
+            ? "the driver has no native XDP; attach with mode 'generic'"
+            : undefined;
+      throw hint ? new LibbpfError(err.call, err.errno, err.subject, hint) : err;
+    }
     try {
       if (path) link.pin(path);
     } catch (err) {
