@@ -63,7 +63,7 @@ export async function openFixture(tag: string): Promise<Fixture> {
   if (process.getuid?.() !== 0) throw new Error('the dataplane tests load BPF programs: run them as root');
   // veth pairs stand in for endpoint veths (the dummy module may be absent).
   const names = ['a', 'b', 'c', 'd'].map((s) => `i6g${tag}${s}${process.pid % 100000}`.slice(0, 15));
-  for (const [a, b] of [[names[0]!, names[1]!], [names[2]!, names[3]!]]) {
+  for (const [a, b] of [[names[0]!, names[1]!], [names[2]!, names[3]!]] as const) {
     execFileSync('ip', ['link', 'add', a, 'type', 'veth', 'peer', 'name', b], { stdio: 'pipe' });
   }
   const ifindex = {
