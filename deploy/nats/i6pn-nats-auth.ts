@@ -22,6 +22,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "n
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { nkeys } from "@nats-io/transport-node";
+import { isValidNodeName } from "../../lib/schema.js";
 
 type KeyPair = ReturnType<typeof nkeys.createUser>;
 
@@ -34,12 +35,10 @@ export interface Permissions {
   sub: { allow: string[] };
 }
 
-// Kubernetes node names are DNS subdomains. Checked because the name becomes a
-// subject in a permission: "*" or ">" in it would grant a wildcard.
-const NODE_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
-
+// The node name becomes a subject in a permission: "*" or ">" in it would
+// grant a wildcard. The rule is the agent's own (lib/schema.ts).
 export function assertNodeName(node: string): void {
-  if (node.length > 253 || !NODE_NAME.test(node)) {
+  if (!isValidNodeName(node)) {
     throw new Error(`node name ${JSON.stringify(node)} is not a Kubernetes node name (lowercase DNS subdomain); it becomes a NATS subject and must not hold wildcards or spaces`);
   }
 }
