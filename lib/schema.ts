@@ -45,6 +45,16 @@ export const ENDPOINTS_BUCKET = 'i6pn_endpoints';
 export const ADDRESSES_BUCKET = 'i6pn_addresses';
 export const IFNAMES_BUCKET = 'i6pn_ifnames';
 export const NODES_BUCKET = 'i6pn_nodes';
+/** Every bucket of the store (for permissions, backups, tests). */
+export const BUCKETS = [
+  REGIONS_BUCKET,
+  WORKSPACES_BUCKET,
+  ENDPOINTS_BUCKET,
+  ADDRESSES_BUCKET,
+  IFNAMES_BUCKET,
+  NODES_BUCKET,
+] as const;
+export type BucketName = (typeof BUCKETS)[number];
 
 // ---------------------------------------------------------------- names
 

@@ -1,0 +1,866 @@
+/**
+ * The membership store on NATS JetStream KV: the one module that owns the NATS
+ * connection, for the controller and the agent alike.
+ *
+ * Uniqueness never comes from read-then-write. Every claim is a `kv.create`
+ * (create-if-absent) or a `kv.update` / delete with the revision that was read
+ * (compare-and-set):
+ *
+ *   - a region id, a workspace id and an address are claimed by creating their
+ *     key; a random id that is taken is drawn again, a name that is taken is
+ *     refused;
+ *   - workspace id keys and address keys are never deleted, so neither is ever
+ *     handed out twice (a deleted workspace's id key gets `deletedAt`, a removed
+ *     endpoint's address key gets `state: "removed"`);
+ *   - a workspace name key is deleted with the workspace, so the name can be
+ *     used again, for a new workspace with a new id and subnet;
+ *   - one endpoint per (node, ifname), claimed in the ifnames bucket.
+ *
+ * Writing an endpoint takes four steps (address, ifname, endpoint, then a check
+ * that its workspace still exists). A failed step undoes the earlier ones; a
+ * process killed between steps can leave an address burnt (never reused, by
+ * design) or an ifname claimed, which `endpoint remove ADDRESS` clears.
+ */
+import { readFileSync } from 'node:fs';
+import { jetstream, JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
+import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
+import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import {
+  addressHex,
+  endpointIdOf,
+  formatAddress,
+  isPrivate,
+  isRegionId,
+  makeEndpointAddress,
+  parseAddress,
+  randomEndpointBits,
+  randomRegionId,
+  randomWorkspaceId,
+  regionIdHex,
+  regionOf,
+  workspaceIdHex,
+  workspaceOf,
+  workspaceSubnet,
+} from './address.js';
+import {
+  ADDRESSES_BUCKET,
+  ENDPOINTS_BUCKET,
+  IFNAMES_BUCKET,
+  NODES_BUCKET,
+  REGIONS_BUCKET,
+  SCHEMA_VERSION,
+  WORKSPACES_BUCKET,
+  addressKey,
+  addressRecord,
+  assertIfname,
+  assertName,
+  assertNodeName,
+  decodeRecord,
+  endpointKey,
+  ifnameKey,
+  ifnameRecord,
+  nodeRecord,
+  regionIdKey,
+  regionNameKey,
+  regionRecord,
+  validateEndpointEntry,
+  workspaceIdKey,
+  workspaceNameKey,
+  workspaceRecord,
+  type AddressRecord,
+  type EndpointRecord,
+  type InvalidReason,
+  type NodeRecord,
+  type RegionRecord,
+  type WorkspaceRecord,
+} from './schema.js';
+
+export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
+const CONNECT_HINT = 'is nats-server running? set --nats or I6PN_NATS_URL';
+
+// ---------------------------------------------------------------- errors
+
+export type StoreErrorCode =
+  | 'unreachable' // NATS cannot be reached
+  | 'jetstream' // NATS answers but JetStream is off or refuses
+  | 'invalid' // bad input (a name, an address, a number)
+  | 'not-found' // unknown workspace, region, endpoint
+  | 'exists' // a name or an interface is taken
+  | 'conflict' // a concurrent writer changed the entry first
+  | 'has-endpoints' // workspace delete without --force
+  | 'exhausted' // no free random id after many draws
+  | 'corrupt'; // an entry the command needs breaks the schema
+
+/**
+ * An error a person can act on: `what` went wrong and `hint` says what to do.
+ * `message` is "<what> (<hint>)"; the CLI prints "<what> — <hint>".
+ */
+export class StoreError extends Error {
+  override readonly name = 'StoreError';
+  constructor(
+    readonly code: StoreErrorCode,
+    readonly what: string,
+    readonly hint: string,
+  ) {
+    super(`${what} (${hint})`);
+  }
+}
+
+function isConflict(e: unknown): boolean {
+  return (
+    e instanceof JetStreamApiError &&
+    (e.code === JetStreamApiCodes.StreamWrongLastSequence || e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
+  );
+}
+
+// ---------------------------------------------------------------- connection
+
+/** Where random ids come from; tests replace parts of it to force collisions. */
+export interface RandomSource {
+  workspaceId(): number;
+  regionId(): number;
+  /** 8 bytes: bits 64..127 of an endpoint address. */
+  endpointBits(): Uint8Array;
+}
+
+export const cryptoRandom: RandomSource = {
+  workspaceId: randomWorkspaceId,
+  regionId: randomRegionId,
+  endpointBits: randomEndpointBits,
+};
+
+export interface StoreOptions {
+  servers: string | string[];
+  /** NATS credentials file (JWT + nkey seed). */
+  creds?: string;
+  /** Connection name shown by the server. */
+  name?: string;
+  /** Replicas of each bucket's stream when the store creates it (1, 3 or 5). */
+  replicas?: number;
+  /** Values kept per key when the store creates a bucket. */
+  history?: number;
+  /** Milliseconds to wait for the first connection (default 5000). */
+  timeout?: number;
+  /** Keep trying until the first connection succeeds (the agent), instead of failing fast (the CLI). */
+  waitOnFirstConnect?: boolean;
+  /** Random source for ids and addresses (default: crypto). */
+  random?: Partial<RandomSource>;
+}
+
+export interface Store {
+  nc: NatsConnection;
+  regions: KV;
+  workspaces: KV;
+  endpoints: KV;
+  addresses: KV;
+  ifnames: KV;
+  nodes: KV;
+  random: RandomSource;
+  close(): Promise<void>;
+}
+
+function describeServers(servers: string | string[]): string {
+  return Array.isArray(servers) ? servers.join(',') : servers;
+}
+
+function reasonOf(e: unknown): string {
+  const err = e as { message?: string; code?: string; cause?: { message?: string } };
+  const msg = err?.message ?? String(e);
+  return err?.cause?.message && !msg.includes(err.cause.message) ? `${msg} (${err.cause.message})` : msg;
+}
+
+/**
+ * Connect and open (creating on first use) every bucket. Fails with a
+ * StoreError whose message names the server and says what to do.
+ *
+ * Buckets are file-backed, keep `history` values per key (default 5) and have
+ * `replicas` replicas (default 1; 3 on a NATS cluster). An existing bucket is
+ * opened as it is: its settings are not changed.
+ */
+export async function connectStore(opts: StoreOptions): Promise<Store> {
+  const where = describeServers(opts.servers);
+  let nc: NatsConnection;
+  try {
+    nc = await connect({
+      servers: opts.servers,
+      name: opts.name ?? 'i6pn',
+      timeout: opts.timeout ?? 5000,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 1000,
+      waitOnFirstConnect: opts.waitOnFirstConnect ?? false,
+      ...(opts.creds ? { authenticator: credsAuthenticator(readCreds(opts.creds)) } : {}),
+    });
+  } catch (e) {
+    if (e instanceof StoreError) throw e;
+    throw new StoreError('unreachable', `cannot reach NATS at ${where}: ${reasonOf(e)}`, CONNECT_HINT);
+  }
+  try {
+    const kvm = new Kvm(jetstream(nc));
+    const settings = {
+      history: opts.history ?? 5,
+      replicas: opts.replicas ?? 1,
+      maxValueSize: 16 * 1024,
+    };
+    const open = (bucket: string, description: string): Promise<KV> =>
+      kvm.create(bucket, { ...settings, description });
+    const [regions, workspaces, endpoints, addresses, ifnames, nodes] = await Promise.all([
+      open(REGIONS_BUCKET, 'i6pn regions: name <-> 16-bit id'),
+      open(WORKSPACES_BUCKET, 'i6pn workspaces: name <-> 32-bit id and /48'),
+      open(ENDPOINTS_BUCKET, 'i6pn endpoints: <region>.<workspace id>.<endpoint id>'),
+      open(ADDRESSES_BUCKET, 'i6pn addresses ever handed out (never deleted)'),
+      open(IFNAMES_BUCKET, 'i6pn host-side interface names per node'),
+      open(NODES_BUCKET, 'i6pn nodes: agent heartbeats'),
+    ]);
+    const random: RandomSource = { ...cryptoRandom, ...opts.random };
+    return {
+      nc,
+      regions: regions!,
+      workspaces: workspaces!,
+      endpoints: endpoints!,
+      addresses: addresses!,
+      ifnames: ifnames!,
+      nodes: nodes!,
+      random,
+      close: async () => {
+        if (!nc.isClosed()) await nc.drain().catch(() => nc.close());
+      },
+    };
+  } catch (e) {
+    await nc.close().catch(() => undefined);
+    const msg = reasonOf(e);
+    if (/jetstream not enabled|JetStreamNotEnabled|no responders/i.test(msg) || (e as Error)?.name === 'NoRespondersError') {
+      throw new StoreError(
+        'jetstream',
+        `NATS at ${where} has no JetStream: ${msg}`,
+        'start nats-server with -js (JetStream) or point --nats at one that has it',
+      );
+    }
+    throw new StoreError('jetstream', `cannot open the i6pn buckets on NATS at ${where}: ${msg}`, 'check the NATS account permissions and JetStream limits');
+  }
+}
+
+function readCreds(path: string): Uint8Array {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new StoreError('invalid', `cannot read NATS credentials ${path}: ${(e as Error).message}`, 'set --creds or I6PN_NATS_CREDS to a readable .creds file');
+  }
+}
+
+// ---------------------------------------------------------------- reading
+
+const enc = (v: unknown): string => JSON.stringify(v);
+
+export interface InvalidEntry {
+  bucket: string;
+  key: string;
+  reason: InvalidReason;
+  message: string;
+}
+
+/** A live value (not deleted) or null. */
+async function getLive(kv: KV, key: string): Promise<KvEntry | null> {
+  const e = await kv.get(key);
+  return e && e.operation === 'PUT' ? e : null;
+}
+
+async function keysOf(kv: KV, filter: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const k of await kv.keys(filter)) out.push(k);
+  return out.sort();
+}
+
+/** Every live entry whose key matches `filter` (one NATS wildcard filter). */
+async function readAll(kv: KV, filter: string): Promise<KvEntry[]> {
+  const keys = await keysOf(kv, filter);
+  const out: KvEntry[] = [];
+  const batch = 128;
+  for (let i = 0; i < keys.length; i += batch) {
+    const got = await Promise.all(keys.slice(i, i + batch).map((k) => getLive(kv, k)));
+    for (const e of got) if (e) out.push(e);
+  }
+  return out;
+}
+
+function decodeOrThrow<T>(schema: Parameters<typeof decodeRecord>[0], bucket: string, e: KvEntry): T {
+  const d = decodeRecord(schema, e.value);
+  if (!d.ok) {
+    throw new StoreError(
+      'corrupt',
+      `entry ${bucket}/${e.key} is invalid (${d.reason}: ${d.message})`,
+      'fix or delete it with the nats CLI; only i6pnctl should write the store',
+    );
+  }
+  return d.record as T;
+}
+
+// ---------------------------------------------------------------- regions
+
+export async function getRegion(store: Store, name: string): Promise<RegionRecord | null> {
+  assertNameOrInvalid('region', name);
+  const e = await getLive(store.regions, regionNameKey(name));
+  return e ? decodeOrThrow<RegionRecord>(regionRecord, REGIONS_BUCKET, e) : null;
+}
+
+async function requireRegion(store: Store, name: string): Promise<RegionRecord> {
+  const r = await getRegion(store, name);
+  if (!r) throw new StoreError('not-found', `unknown region ${JSON.stringify(name)}`, 'list regions with `i6pnctl region list` or add it with `i6pnctl region add NAME`');
+  return r;
+}
+
+/**
+ * Register a region under a new 16-bit id (random unless `id` is given). The
+ * id key is claimed first, then the name key; a taken name releases the id.
+ */
+export async function addRegion(store: Store, name: string, opts: { id?: number } = {}): Promise<RegionRecord> {
+  assertNameOrInvalid('region', name);
+  if (opts.id !== undefined && !isRegionId(opts.id)) {
+    throw new StoreError('invalid', `invalid region id ${opts.id}`, 'use a number from 1 to 65535');
+  }
+  const tries = opts.id === undefined ? 64 : 1;
+  for (let i = 0; i < tries; i++) {
+    const id = opts.id ?? store.random.regionId();
+    const record = regionRecord.parse({ v: SCHEMA_VERSION, name, id });
+    let idRevision: number;
+    try {
+      idRevision = await store.regions.create(regionIdKey(id), enc(record));
+    } catch (e) {
+      if (!isConflict(e)) throw e;
+      if (opts.id !== undefined) {
+        const other = await getLive(store.regions, regionIdKey(id));
+        const d = other ? decodeRecord(regionRecord, other.value) : null;
+        const owner = d?.ok ? d.record.name : undefined;
+        throw new StoreError('exists', `region id ${id} (0x${regionIdHex(id)}) is taken${owner ? ` by region ${JSON.stringify(owner)}` : ''}`, 'choose another --id or leave it out for a random one');
+      }
+      continue; // random id taken: draw again
+    }
+    try {
+      await store.regions.create(regionNameKey(name), enc(record));
+    } catch (e) {
+      // The id was never published under a name: give it back.
+      await store.regions.delete(regionIdKey(id), { previousSeq: idRevision }).catch(() => undefined);
+      if (isConflict(e)) throw new StoreError('exists', `region ${JSON.stringify(name)} already exists`, 'choose another name; `i6pnctl region list` shows the taken ones');
+      throw e;
+    }
+    return record;
+  }
+  throw new StoreError('exhausted', 'no free region id after 64 random draws', 'the 16-bit region space is nearly full; pass --id');
+}
+
+export async function listRegions(store: Store): Promise<{ regions: RegionRecord[]; invalid: InvalidEntry[] }> {
+  const regions: RegionRecord[] = [];
+  const invalid: InvalidEntry[] = [];
+  for (const e of await readAll(store.regions, 'name.*')) {
+    const d = decodeRecord(regionRecord, e.value);
+    if (!d.ok) invalid.push({ bucket: REGIONS_BUCKET, key: e.key, reason: d.reason, message: d.message });
+    else if (regionNameKey(d.record.name) !== e.key) invalid.push({ bucket: REGIONS_BUCKET, key: e.key, reason: 'key', message: `key does not match the record's name ${JSON.stringify(d.record.name)}` });
+    else regions.push(d.record);
+  }
+  return { regions: regions.sort((a, b) => a.name.localeCompare(b.name)), invalid };
+}
+
+// ---------------------------------------------------------------- workspaces
+
+function assertNameOrInvalid(kind: 'region' | 'workspace', name: string): void {
+  try {
+    assertName(kind, name);
+  } catch (e) {
+    throw invalidInput(e);
+  }
+}
+
+export async function getWorkspace(store: Store, name: string): Promise<{ record: WorkspaceRecord; revision: number } | null> {
+  assertNameOrInvalid('workspace', name);
+  const e = await getLive(store.workspaces, workspaceNameKey(name));
+  return e ? { record: decodeOrThrow<WorkspaceRecord>(workspaceRecord, WORKSPACES_BUCKET, e), revision: e.revision } : null;
+}
+
+async function requireWorkspace(store: Store, name: string): Promise<{ record: WorkspaceRecord; revision: number }> {
+  const w = await getWorkspace(store, name);
+  if (!w) throw new StoreError('not-found', `unknown workspace ${JSON.stringify(name)}`, 'list workspaces with `i6pnctl workspace list` or create it with `i6pnctl workspace create NAME`');
+  return w;
+}
+
+/**
+ * Create a workspace with a fresh random id. The id key is claimed first
+ * (drawn again while taken), then the name key. When the name is taken the id
+ * key is marked deleted, so the id stays burnt and is never reused.
+ */
+export async function createWorkspace(store: Store, name: string): Promise<WorkspaceRecord> {
+  assertNameOrInvalid('workspace', name);
+  const tries = 64;
+  for (let i = 0; i < tries; i++) {
+    const id = store.random.workspaceId();
+    const record = workspaceRecord.parse({
+      v: SCHEMA_VERSION,
+      name,
+      id,
+      subnet: workspaceSubnet(id),
+      createdAt: new Date().toISOString(),
+    });
+    let idRevision: number;
+    try {
+      idRevision = await store.workspaces.create(workspaceIdKey(id), enc(record));
+    } catch (e) {
+      if (isConflict(e)) continue; // random id taken (live or deleted): draw again
+      throw e;
+    }
+    try {
+      await store.workspaces.create(workspaceNameKey(name), enc(record));
+    } catch (e) {
+      const burnt: WorkspaceRecord = { ...record, deletedAt: new Date().toISOString() };
+      await store.workspaces.update(workspaceIdKey(id), enc(burnt), idRevision).catch(() => undefined);
+      if (isConflict(e)) throw new StoreError('exists', `workspace ${JSON.stringify(name)} already exists`, 'choose another name; `i6pnctl workspace list` shows the taken ones');
+      throw e;
+    }
+    return record;
+  }
+  throw new StoreError('exhausted', `no free workspace id after ${tries} random draws`, 'check the random source; the 32-bit space cannot be full');
+}
+
+export async function listWorkspaces(store: Store): Promise<{ workspaces: WorkspaceRecord[]; invalid: InvalidEntry[] }> {
+  const workspaces: WorkspaceRecord[] = [];
+  const invalid: InvalidEntry[] = [];
+  for (const e of await readAll(store.workspaces, 'name.*')) {
+    const d = decodeRecord(workspaceRecord, e.value);
+    if (!d.ok) invalid.push({ bucket: WORKSPACES_BUCKET, key: e.key, reason: d.reason, message: d.message });
+    else if (workspaceNameKey(d.record.name) !== e.key) invalid.push({ bucket: WORKSPACES_BUCKET, key: e.key, reason: 'key', message: `key does not match the record's name ${JSON.stringify(d.record.name)}` });
+    else workspaces.push(d.record);
+  }
+  return { workspaces: workspaces.sort((a, b) => a.name.localeCompare(b.name)), invalid };
+}
+
+/**
+ * Delete a workspace: its endpoints are removed first (refused while it has
+ * any, unless `force`), then its name key is deleted (compare-and-set) and its
+ * id key marked `deletedAt`, then endpoints are swept once more to catch one
+ * registered concurrently. The name can be used again; the id cannot.
+ */
+export async function deleteWorkspace(
+  store: Store,
+  name: string,
+  opts: { force?: boolean } = {},
+): Promise<{ workspace: WorkspaceRecord; removedEndpoints: EndpointRecord[] }> {
+  const { record, revision } = await requireWorkspace(store, name);
+  const filter = `*.${workspaceIdHex(record.id)}.*`;
+  const before = await keysOf(store.endpoints, filter);
+  if (before.length > 0 && !opts.force) {
+    throw new StoreError(
+      'has-endpoints',
+      `workspace ${JSON.stringify(name)} still has ${before.length} endpoint${before.length === 1 ? '' : 's'}`,
+      'remove them with `i6pnctl endpoint remove ADDRESS`, or pass --force to remove them with the workspace',
+    );
+  }
+  const removed: EndpointRecord[] = [];
+  const sweep = async (): Promise<void> => {
+    const keys = await keysOf(store.endpoints, filter);
+    for (let i = 0; i < keys.length; i += 64) {
+      const done = await Promise.all(keys.slice(i, i + 64).map((k) => removeEndpointByKey(store, k).catch(() => null)));
+      for (const r of done) if (r) removed.push(r);
+    }
+  };
+  await sweep();
+  try {
+    await store.workspaces.delete(workspaceNameKey(name), { previousSeq: revision });
+  } catch (e) {
+    if (isConflict(e)) throw new StoreError('conflict', `workspace ${JSON.stringify(name)} changed while it was being deleted`, 'run the command again');
+    throw e;
+  }
+  const deletedAt = new Date().toISOString();
+  for (let i = 0; i < 8; i++) {
+    const idEntry = await store.workspaces.get(workspaceIdKey(record.id));
+    const current = idEntry && idEntry.operation === 'PUT' ? decodeRecord(workspaceRecord, idEntry.value) : null;
+    const base = current?.ok ? current.record : record;
+    try {
+      const tomb = enc({ ...base, deletedAt });
+      if (idEntry) await store.workspaces.update(workspaceIdKey(record.id), tomb, idEntry.revision);
+      else await store.workspaces.create(workspaceIdKey(record.id), tomb);
+      break;
+    } catch (e) {
+      if (!isConflict(e)) throw e;
+    }
+  }
+  await sweep();
+  return { workspace: { ...record, deletedAt }, removedEndpoints: removed };
+}
+
+// ---------------------------------------------------------------- endpoints
+
+export interface EndpointSpec {
+  workspace: string;
+  region: string;
+  node: string;
+  /** Host-side interface name, or a rule that derives it from the address. */
+  ifname: string | ((address: Uint8Array) => string);
+  /** Default true. */
+  i6pn?: boolean;
+}
+
+/**
+ * The interface name `cluster create` gives each endpoint: "i6p" and the last
+ * 12 hex digits of the endpoint id (15 characters, the Linux maximum). Random,
+ * so unique per node in practice; the ifnames bucket catches the rare clash
+ * and the endpoint then gets another address.
+ */
+export function clusterIfname(address: Uint8Array): string {
+  return `i6p${endpointIdOf(address).slice(4)}`;
+}
+
+function invalidInput(e: unknown): StoreError {
+  const msg = (e as Error).message;
+  const m = /^(.*?): use (.*)$/.exec(msg);
+  return m ? new StoreError('invalid', m[1]!, `use ${m[2]!}`) : new StoreError('invalid', msg, 'see --help');
+}
+
+type Resolved = { workspace: WorkspaceRecord; region: RegionRecord };
+
+async function resolve(store: Store, workspace: string, region: string): Promise<Resolved> {
+  assertNameOrInvalid('workspace', workspace);
+  assertNameOrInvalid('region', region);
+  const [w, r] = await Promise.all([requireWorkspace(store, workspace), requireRegion(store, region)]);
+  return { workspace: w.record, region: r };
+}
+
+/** Steps 1–3 of registration, each undone if a later one fails. */
+async function register(store: Store, at: Resolved, spec: EndpointSpec): Promise<EndpointRecord> {
+  try {
+    assertNodeName(spec.node);
+    if (typeof spec.ifname === 'string') assertIfname(spec.ifname);
+  } catch (e) {
+    throw invalidInput(e);
+  }
+  const tries = 16;
+  for (let i = 0; i < tries; i++) {
+    const addr = makeEndpointAddress(at.workspace.id, at.region.id, store.random.endpointBits());
+    const ifname = typeof spec.ifname === 'string' ? spec.ifname : spec.ifname(addr);
+    const record: EndpointRecord = {
+      v: SCHEMA_VERSION,
+      address: formatAddress(addr),
+      workspace: at.workspace.name,
+      workspaceId: at.workspace.id,
+      region: at.region.name,
+      regionId: at.region.id,
+      node: spec.node,
+      ifname,
+      i6pn: spec.i6pn ?? true,
+      createdAt: new Date().toISOString(),
+    };
+    const key = endpointKey(record);
+    // The same check the agent applies on read.
+    const check = validateEndpointEntry(key, record);
+    if (!check.ok) throw new StoreError('invalid', `endpoint would be invalid (${check.reason}: ${check.message})`, 'check the flags');
+
+    // 1. The address: created once, never deleted.
+    const addrRecord: AddressRecord = { v: SCHEMA_VERSION, address: record.address, endpointKey: key, state: 'active', createdAt: record.createdAt };
+    let addrRevision: number;
+    try {
+      addrRevision = await store.addresses.create(addressKey(addr), enc(addrRecord));
+    } catch (e) {
+      if (isConflict(e)) continue; // handed out before (live or removed): draw again
+      throw e;
+    }
+    const burnAddress = async (): Promise<void> => {
+      const removed: AddressRecord = { ...addrRecord, state: 'removed', removedAt: new Date().toISOString() };
+      await store.addresses.update(addressKey(addr), enc(removed), addrRevision).catch(() => undefined);
+    };
+
+    // 2. The interface name on its node.
+    const ifRecord = ifnameRecord.parse({ v: SCHEMA_VERSION, node: spec.node, ifname, address: record.address, endpointKey: key, createdAt: record.createdAt });
+    let ifRevision: number;
+    try {
+      ifRevision = await store.ifnames.create(ifnameKey(spec.node, ifname), enc(ifRecord));
+    } catch (e) {
+      await burnAddress();
+      if (isConflict(e)) {
+        if (typeof spec.ifname !== 'string') continue; // derived name clashed: new address, new name
+        const other = await getLive(store.ifnames, ifnameKey(spec.node, ifname));
+        const d = other ? decodeRecord(ifnameRecord, other.value) : null;
+        throw new StoreError(
+          'exists',
+          `interface ${ifname} on node ${spec.node} is already used${d?.ok ? ` by endpoint ${d.record.address}` : ''}`,
+          'choose another --ifname, or remove that endpoint first',
+        );
+      }
+      throw e;
+    }
+
+    // 3. The endpoint itself: what agents apply.
+    try {
+      await store.endpoints.create(key, enc(record));
+    } catch (e) {
+      await store.ifnames.delete(ifnameKey(spec.node, ifname), { previousSeq: ifRevision }).catch(() => undefined);
+      await burnAddress();
+      throw e;
+    }
+    return record;
+  }
+  throw new StoreError('exhausted', `no free address in ${workspaceSubnet(at.workspace.id)} region ${at.region.name} after ${tries} random draws`, 'check the random source; 64 random bits cannot run out');
+}
+
+/** Step 4: the workspace must still be the one resolved, or the endpoints are undone. */
+async function confirmWorkspace(store: Store, at: Resolved, records: EndpointRecord[]): Promise<void> {
+  const now = await getLive(store.workspaces, workspaceNameKey(at.workspace.name));
+  const d = now ? decodeRecord(workspaceRecord, now.value) : null;
+  if (d?.ok && d.record.id === at.workspace.id) return;
+  await Promise.all(records.map((r) => removeEndpointByKey(store, endpointKey(r)).catch(() => undefined)));
+  throw new StoreError('not-found', `workspace ${JSON.stringify(at.workspace.name)} was deleted while the endpoint was being added`, 'create the workspace again and retry');
+}
+
+/** Register one endpoint; its address is new, unique and never reused. */
+export async function addEndpoint(store: Store, spec: EndpointSpec): Promise<EndpointRecord> {
+  const at = await resolve(store, spec.workspace, spec.region);
+  const record = await register(store, at, spec);
+  await confirmWorkspace(store, at, [record]);
+  return record;
+}
+
+/**
+ * Register `size` endpoints of one workspace in one region, placed round-robin
+ * over `nodes`, with interface names from `clusterIfname`. All or nothing: if
+ * one fails, those already registered are removed.
+ */
+export async function createCluster(
+  store: Store,
+  opts: { workspace: string; region: string; size: number; nodes: string[]; i6pn?: boolean },
+): Promise<EndpointRecord[]> {
+  if (!Number.isInteger(opts.size) || opts.size < 1 || opts.size > 10_000) {
+    throw new StoreError('invalid', `invalid cluster size ${opts.size}`, 'use --size with a whole number from 1 to 10000');
+  }
+  if (opts.nodes.length === 0) throw new StoreError('invalid', 'no nodes to place the cluster on', 'pass --nodes a,b,c');
+  for (const n of opts.nodes) {
+    try {
+      assertNodeName(n);
+    } catch (e) {
+      throw invalidInput(e);
+    }
+  }
+  const at = await resolve(store, opts.workspace, opts.region);
+  const settled = await Promise.allSettled(
+    Array.from({ length: opts.size }, (_, i) =>
+      register(store, at, { workspace: opts.workspace, region: opts.region, node: opts.nodes[i % opts.nodes.length]!, ifname: clusterIfname, i6pn: opts.i6pn ?? true }),
+    ),
+  );
+  const ok = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed) {
+    await Promise.all(ok.map((r) => removeEndpointByKey(store, endpointKey(r)).catch(() => undefined)));
+    throw failed.reason;
+  }
+  await confirmWorkspace(store, at, ok);
+  return ok;
+}
+
+function parseAddressArg(address: string): Uint8Array {
+  let addr: Uint8Array;
+  try {
+    addr = parseAddress(address);
+  } catch (e) {
+    throw new StoreError('invalid', (e as Error).message, 'pass an endpoint address such as fdaa:1234:5678:a70:1b9d:3a11:71f2:5f0f');
+  }
+  if (!isPrivate(addr)) throw new StoreError('invalid', `address ${address} is not an i6pn address (not in fdaa::/16)`, 'pass an address printed by `i6pnctl endpoint add` or `endpoint list`');
+  return addr;
+}
+
+async function endpointKeyOfAddress(store: Store, address: string): Promise<{ key: string; addr: Uint8Array; state: AddressRecord['state'] }> {
+  const addr = parseAddressArg(address);
+  const e = await getLive(store.addresses, addressKey(addr));
+  if (!e) throw new StoreError('not-found', `no endpoint has address ${formatAddress(addr)}`, 'list endpoints with `i6pnctl endpoint list`');
+  const rec = decodeOrThrow<AddressRecord>(addressRecord, ADDRESSES_BUCKET, e);
+  return { key: rec.endpointKey, addr, state: rec.state };
+}
+
+export async function getEndpoint(store: Store, address: string): Promise<EndpointRecord | null> {
+  const { key, state } = await endpointKeyOfAddress(store, address);
+  if (state === 'removed') return null;
+  const e = await getLive(store.endpoints, key);
+  if (!e) return null;
+  const v = validateEndpointEntry(e.key, e.value);
+  if (!v.ok) throw new StoreError('corrupt', `entry ${ENDPOINTS_BUCKET}/${e.key} is invalid (${v.reason}: ${v.message})`, 'fix or delete it with the nats CLI; only i6pnctl should write the store');
+  return v.record;
+}
+
+/**
+ * Remove an endpoint by key: the endpoint entry (agents stop allowing it),
+ * then its interface claim, then its address is marked removed (kept forever).
+ * Returns the removed record, or null if there was no endpoint under the key.
+ */
+async function removeEndpointByKey(store: Store, key: string): Promise<EndpointRecord | null> {
+  const e = await getLive(store.endpoints, key);
+  if (!e) return null;
+  const v = validateEndpointEntry(e.key, e.value);
+  await store.endpoints.delete(key, { previousSeq: e.revision });
+  if (!v.ok) return null;
+  await finishRemoval(store, v.record, v.addr, key);
+  return v.record;
+}
+
+async function finishRemoval(store: Store, record: Pick<EndpointRecord, 'node' | 'ifname' | 'address'>, addr: Uint8Array, key: string): Promise<void> {
+  const ik = record.node && record.ifname ? ifnameKey(record.node, record.ifname) : null;
+  const claim = ik ? await getLive(store.ifnames, ik) : null;
+  if (ik && claim) {
+    const d = decodeRecord(ifnameRecord, claim.value);
+    if (d.ok && d.record.endpointKey === key) await store.ifnames.delete(ik, { previousSeq: claim.revision }).catch(() => undefined);
+  }
+  for (let i = 0; i < 8; i++) {
+    const a = await getLive(store.addresses, addressKey(addr));
+    if (!a) return;
+    const d = decodeRecord(addressRecord, a.value);
+    if (d.ok && d.record.state === 'removed') return;
+    const removed: AddressRecord = d.ok
+      ? { ...d.record, state: 'removed', removedAt: new Date().toISOString() }
+      : { v: SCHEMA_VERSION, address: formatAddress(addr), endpointKey: key, state: 'removed', createdAt: new Date().toISOString(), removedAt: new Date().toISOString() };
+    try {
+      await store.addresses.update(addressKey(addr), enc(removed), a.revision);
+      return;
+    } catch (err) {
+      if (!isConflict(err)) throw err;
+    }
+  }
+}
+
+/** Remove the endpoint that has `address`. Its address is never handed out again. */
+export async function removeEndpoint(store: Store, address: string): Promise<EndpointRecord> {
+  const { key, addr, state } = await endpointKeyOfAddress(store, address);
+  if (state === 'removed') throw new StoreError('not-found', `endpoint ${formatAddress(addr)} was already removed`, 'list live endpoints with `i6pnctl endpoint list`');
+  const e = await getLive(store.endpoints, key);
+  if (!e) {
+    // Registration or removal died half-way: clear what is left of it.
+    for (const c of await readAll(store.ifnames, '>')) {
+      const d = decodeRecord(ifnameRecord, c.value);
+      if (d.ok && d.record.endpointKey === key) await store.ifnames.delete(c.key, { previousSeq: c.revision }).catch(() => undefined);
+    }
+    await finishRemoval(store, { node: '', ifname: '', address: formatAddress(addr) }, addr, key);
+    throw new StoreError('not-found', `no endpoint has address ${formatAddress(addr)} (a half-finished registration was cleared)`, 'nothing more to do');
+  }
+  const v = validateEndpointEntry(e.key, e.value);
+  try {
+    await store.endpoints.delete(key, { previousSeq: e.revision });
+  } catch (err) {
+    if (isConflict(err)) throw new StoreError('conflict', `endpoint ${formatAddress(addr)} changed while it was being removed`, 'run the command again');
+    throw err;
+  }
+  if (!v.ok) {
+    await finishRemoval(store, { node: '', ifname: '', address: formatAddress(addr) }, addr, key);
+    throw new StoreError('corrupt', `endpoint entry ${ENDPOINTS_BUCKET}/${key} was invalid (${v.reason}: ${v.message}); it has been deleted`, 'nothing more to do');
+  }
+  await finishRemoval(store, v.record, v.addr, key);
+  return v.record;
+}
+
+export interface EndpointFilter {
+  workspace?: string;
+  region?: string;
+  node?: string;
+}
+
+/** Endpoints matching the filter, and the entries under the same keys that break the schema. */
+export async function listEndpoints(store: Store, filter: EndpointFilter = {}): Promise<{ endpoints: EndpointRecord[]; invalid: InvalidEntry[] }> {
+  let wsHex = '*';
+  if (filter.workspace !== undefined) wsHex = workspaceIdHex((await requireWorkspace(store, filter.workspace)).record.id);
+  if (filter.region !== undefined) await requireRegion(store, filter.region);
+  if (filter.node !== undefined) {
+    try {
+      assertNodeName(filter.node);
+    } catch (e) {
+      throw invalidInput(e);
+    }
+  }
+  // One wildcard filter per watch/keys call (nats-server 2.9 takes no more).
+  const subject = filter.region !== undefined ? `${filter.region}.${wsHex}.*` : wsHex === '*' ? '>' : `*.${wsHex}.*`;
+  const endpoints: EndpointRecord[] = [];
+  const invalid: InvalidEntry[] = [];
+  for (const e of await readAll(store.endpoints, subject)) {
+    const v = validateEndpointEntry(e.key, e.value);
+    if (!v.ok) invalid.push({ bucket: ENDPOINTS_BUCKET, key: e.key, reason: v.reason, message: v.message });
+    else if (filter.node === undefined || v.record.node === filter.node) endpoints.push(v.record);
+  }
+  return { endpoints: sortEndpoints(endpoints), invalid };
+}
+
+function sortEndpoints(list: EndpointRecord[]): EndpointRecord[] {
+  return list.sort(
+    (a, b) => a.region.localeCompare(b.region) || a.workspace.localeCompare(b.workspace) || a.node.localeCompare(b.node) || a.address.localeCompare(b.address),
+  );
+}
+
+/**
+ * The endpoints that `address` may reach: live i6pn endpoints of the same
+ * workspace in the same region, itself excluded. An endpoint registered
+ * without i6pn reaches no private address, so it has no peers.
+ */
+export async function peersOf(store: Store, address: string): Promise<{ endpoint: EndpointRecord; peers: EndpointRecord[]; invalid: InvalidEntry[] }> {
+  const endpoint = await getEndpoint(store, address);
+  if (!endpoint) throw new StoreError('not-found', `no live endpoint has address ${formatAddress(parseAddressArg(address))}`, 'list endpoints with `i6pnctl endpoint list`');
+  const addr = parseAddress(endpoint.address);
+  const subject = `${endpoint.region}.${workspaceIdHex(workspaceOf(addr))}.*`;
+  const peers: EndpointRecord[] = [];
+  const invalid: InvalidEntry[] = [];
+  if (endpoint.i6pn) {
+    for (const e of await readAll(store.endpoints, subject)) {
+      const v = validateEndpointEntry(e.key, e.value);
+      if (!v.ok) {
+        invalid.push({ bucket: ENDPOINTS_BUCKET, key: e.key, reason: v.reason, message: v.message });
+        continue;
+      }
+      if (v.record.address === endpoint.address || !v.record.i6pn) continue;
+      if (workspaceOf(v.addr) !== workspaceOf(addr) || regionOf(v.addr) !== regionOf(addr)) continue;
+      peers.push(v.record);
+    }
+  }
+  return { endpoint, peers: sortEndpoints(peers), invalid };
+}
+
+// ---------------------------------------------------------------- nodes
+
+export interface NodeStatus extends NodeRecord {
+  /** Seconds since the last heartbeat (at the time of listing). */
+  heartbeatAgeSeconds: number;
+  /** No heartbeat for longer than the stale threshold. */
+  stale: boolean;
+}
+
+export const DEFAULT_STALE_AFTER_MS = 30_000;
+
+export async function listNodes(
+  store: Store,
+  opts: { staleAfterMs?: number; now?: Date; region?: string } = {},
+): Promise<{ nodes: NodeStatus[]; invalid: InvalidEntry[] }> {
+  const staleAfter = opts.staleAfterMs ?? DEFAULT_STALE_AFTER_MS;
+  const now = (opts.now ?? new Date()).getTime();
+  const nodes: NodeStatus[] = [];
+  const invalid: InvalidEntry[] = [];
+  for (const e of await readAll(store.nodes, '>')) {
+    const d = decodeRecord(nodeRecord, e.value);
+    if (!d.ok) {
+      invalid.push({ bucket: NODES_BUCKET, key: e.key, reason: d.reason, message: d.message });
+      continue;
+    }
+    if (d.record.name !== e.key) {
+      invalid.push({ bucket: NODES_BUCKET, key: e.key, reason: 'key', message: `key does not match the record's name ${JSON.stringify(d.record.name)}` });
+      continue;
+    }
+    if (opts.region !== undefined && d.record.region !== opts.region) continue;
+    const age = Math.max(0, now - Date.parse(d.record.heartbeatAt));
+    nodes.push({ ...d.record, heartbeatAgeSeconds: Math.round(age / 100) / 10, stale: age > staleAfter });
+  }
+  return { nodes: nodes.sort((a, b) => a.region.localeCompare(b.region) || a.name.localeCompare(b.name)), invalid };
+}
+
+/** Counts of a workspace's endpoints per region (for `workspace show`). */
+export async function workspaceEndpointCounts(store: Store, workspace: WorkspaceRecord): Promise<{ total: number; byRegion: Record<string, number>; invalid: InvalidEntry[] }> {
+  const byRegion: Record<string, number> = {};
+  const invalid: InvalidEntry[] = [];
+  let total = 0;
+  for (const e of await readAll(store.endpoints, `*.${workspaceIdHex(workspace.id)}.*`)) {
+    const v = validateEndpointEntry(e.key, e.value);
+    if (!v.ok) {
+      invalid.push({ bucket: ENDPOINTS_BUCKET, key: e.key, reason: v.reason, message: v.message });
+      continue;
+    }
+    total++;
+    byRegion[v.record.region] = (byRegion[v.record.region] ?? 0) + 1;
+  }
+  return { total, byRegion, invalid };
+}
+
+export { addressHex, regionIdHex, workspaceIdHex };
