@@ -15,7 +15,7 @@
  *
  * libbpf keeps one global log callback: the last open() with a logger wins.
  */
-import { existsSync, mkdirSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, rmdirSync, unlinkSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 
@@ -456,6 +456,8 @@ export class Dataplane {
           i = chunk.length;
         } catch (err) {
           if (!(err instanceof BatchError)) throw err;
+          // Not about one entry: the map or the process is the problem.
+          if (['EBADF', 'EPERM', 'EFAULT', 'ENOMEM'].includes(err.code)) throw err;
           if (err.done === 0 && (err.errno === EOPNOTSUPP || err.errno === 524 /* ENOTSUPP */)) {
             // A kernel without batch ops for this map: one by one.
             for (; i < chunk.length; i++) {
@@ -872,7 +874,7 @@ export class Dataplane {
           if (!isGone(err)) throw err;
         }
       }
-      unlinkSync(path);
+      rmSync(path, { recursive: true, force: true });
     }
     rmdirSync(pinDir);
   }
