@@ -288,6 +288,21 @@ test('uplink XDP: pinned link, a second agent replaces the program atomically, d
   t.false(second.detachUplink(veth.hostIfindex));
 });
 
+test('teardown after the uplink vanished: the defunct pinned link is removed', async (t) => {
+  const veth = createVethPair('v');
+  t.teardown(() => veth.destroy());
+  const pinDir = pinDirFor('gone');
+  t.teardown(() => removePinDir(pinDir));
+  const dp = await Dataplane.open({ object: I6PN_OBJECT, pinDir });
+  dp.attachUplink(veth.hostIfindex);
+  dp.close();
+  veth.destroy();
+  t.true(existsSync(`${pinDir}/xdp_uplink_${veth.hostIfindex}`));
+  Dataplane.teardown(pinDir);
+  t.false(existsSync(pinDir));
+  t.notThrows(() => Dataplane.teardown(pinDir), 'teardown of nothing is fine');
+});
+
 test('uplink XDP: generic mode; without a pinDir the link dies with close()', async (t) => {
   const veth = createVethPair('n');
   t.teardown(() => veth.destroy());
