@@ -1,0 +1,96 @@
+/**
+ * What i6pnctl prints: aligned tables and key/value blocks for people, one
+ * JSON document for programs (`--json`), and the one-line error and warning
+ * formats.
+ */
+import { regionIdHex, workspaceIdHex } from '../lib/address.js';
+import type { EndpointRecord, RegionRecord, WorkspaceRecord } from '../lib/schema.js';
+import type { InvalidEntry, NodeStatus } from '../lib/store.js';
+
+export interface Io {
+  out(s: string): void;
+  err(s: string): void;
+}
+
+export const processIo: Io = {
+  out: (s) => process.stdout.write(s),
+  err: (s) => process.stderr.write(s),
+};
+
+export function json(io: Io, value: unknown): void {
+  io.out(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** Columns padded to their widest cell; the last column is not padded. */
+export function table(io: Io, header: string[], rows: string[][]): void {
+  const all = [header, ...rows];
+  const widths = header.map((_, i) => Math.max(...all.map((r) => (r[i] ?? '').length)));
+  for (const r of all) {
+    io.out(`${r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')}\n`);
+  }
+}
+
+export function keyValues(io: Io, pairs: [string, string][]): void {
+  const w = Math.max(...pairs.map(([k]) => k.length));
+  for (const [k, v] of pairs) io.out(`${k.padEnd(w)}  ${v}\n`);
+}
+
+/** One line: "i6pnctl: error: <what> — <what to do>". */
+export function errorLine(what: string, hint?: string): string {
+  const flat = (s: string): string => s.replace(/\s*\n\s*/g, ' ').trim();
+  return `i6pnctl: error: ${flat(what)}${hint ? ` — ${flat(hint)}` : ''}\n`;
+}
+
+/** Entries that break the schema are reported, never applied or crashed on. */
+export function warnInvalid(io: Io, invalid: InvalidEntry[]): void {
+  for (const i of invalid) {
+    io.err(`i6pnctl: warning: invalid entry ${i.bucket}/${i.key} (${i.reason}: ${i.message}) — not listed; fix or delete it, only i6pnctl should write the store\n`);
+  }
+}
+
+export const regionIdText = (id: number): string => `0x${regionIdHex(id)}`;
+export const workspaceIdText = (id: number): string => `0x${workspaceIdHex(id)}`;
+
+export function regionsTable(io: Io, regions: RegionRecord[]): void {
+  if (regions.length === 0) {
+    io.out('no regions (add one with `i6pnctl region add NAME`)\n');
+    return;
+  }
+  table(io, ['NAME', 'ID'], regions.map((r) => [r.name, `${regionIdText(r.id)} (${r.id})`]));
+}
+
+export function workspacesTable(io: Io, workspaces: WorkspaceRecord[]): void {
+  if (workspaces.length === 0) {
+    io.out('no workspaces (create one with `i6pnctl workspace create NAME`)\n');
+    return;
+  }
+  table(
+    io,
+    ['NAME', 'ID', 'SUBNET', 'CREATED'],
+    workspaces.map((w) => [w.name, workspaceIdText(w.id), w.subnet, w.createdAt]),
+  );
+}
+
+export function endpointsTable(io: Io, endpoints: EndpointRecord[]): void {
+  if (endpoints.length === 0) {
+    io.out('no endpoints\n');
+    return;
+  }
+  table(
+    io,
+    ['ADDRESS', 'WORKSPACE', 'REGION', 'NODE', 'IFNAME', 'I6PN', 'CREATED'],
+    endpoints.map((e) => [e.address, e.workspace, e.region, e.node, e.ifname, e.i6pn ? 'yes' : 'no', e.createdAt]),
+  );
+}
+
+export function nodesTable(io: Io, nodes: NodeStatus[]): void {
+  if (nodes.length === 0) {
+    io.out('no nodes (agents register themselves when they start)\n');
+    return;
+  }
+  table(
+    io,
+    ['NAME', 'REGION', 'VERSION', 'HEARTBEAT', 'AGE', 'STATUS'],
+    nodes.map((n) => [n.name, n.region, n.version, n.heartbeatAt, `${n.heartbeatAgeSeconds}s`, n.stale ? 'STALE' : 'ok']),
+  );
+}

@@ -1,0 +1,549 @@
+/**
+ * i6pnctl's command surface: the one module that knows the CLI parser
+ * (commander). Each action parses its flags, calls lib/store.ts and prints
+ * through ./output.ts. `run(argv)` returns the exit code instead of exiting,
+ * so that it can be driven in-process.
+ */
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import {
+  DEFAULT_NATS_URL,
+  DEFAULT_STALE_AFTER_MS,
+  StoreError,
+  addEndpoint,
+  addRegion,
+  connectStore,
+  createCluster,
+  createWorkspace,
+  deleteWorkspace,
+  getWorkspace,
+  listEndpoints,
+  listNodes,
+  listRegions,
+  listWorkspaces,
+  peersOf,
+  removeEndpoint,
+  workspaceEndpointCounts,
+  type Store,
+} from '../lib/store.js';
+import { parseAddress } from '../lib/address.js';
+import { assertIfname, assertName, assertNodeName } from '../lib/schema.js';
+import {
+  type Io,
+  endpointsTable,
+  errorLine,
+  json,
+  keyValues,
+  nodesTable,
+  processIo,
+  regionIdText,
+  regionsTable,
+  warnInvalid,
+  workspaceIdText,
+  workspacesTable,
+} from './output.js';
+
+/**
+ * Exit codes:
+ *   0  success
+ *   1  the store refused or lacks something (unknown name, taken name, endpoints left, conflict)
+ *   2  usage: bad flags, arguments, names or addresses
+ *   3  the store cannot be used: NATS unreachable, no JetStream, no permission, invalid entry in the way
+ */
+export const EXIT = { ok: 0, refused: 1, usage: 2, store: 3 } as const;
+
+const VERSION = readVersion();
+
+function readVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    if (pkg.version) return pkg.version;
+  } catch {
+    // running from dist/ one level deeper
+  }
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: string };
+    if (pkg.version) return pkg.version;
+  } catch {
+    // no package.json next to us
+  }
+  return '0.0.0';
+}
+
+const MANUAL = `
+i6pn gives containers private IPv6 networking, isolated per workspace and per
+region. Every private address lives in fdaa::/16:
+
+  fdaa : workspace id (32 bits) : region id (16) : endpoint id (64, random)
+
+A workspace owns the /48 fdaa:WWWW:WWWW::/48; an endpoint (a container's
+interface) gets fdaa:W:W:R:<random> when it is registered. Endpoints reach each
+other only within one workspace and one region.
+
+i6pnctl writes the membership store (NATS JetStream KV); the node agents follow
+it and enforce it in the kernel. Addresses and workspace ids are never reused.
+
+Environment:
+  I6PN_NATS_URL    NATS server URL(s), comma-separated
+                   (default ${DEFAULT_NATS_URL})
+  I6PN_NATS_CREDS  NATS credentials file
+
+Exit status: 0 success, 1 refused (unknown or taken name, endpoints left),
+2 usage error, 3 store unreachable or unusable. Errors are one line on stderr:
+  i6pnctl: error: <what went wrong> — <what to do>
+
+Every command that prints takes --json for one stable JSON document on stdout.`;
+
+const EXAMPLE = `
+Example: provision a workspace and a four-endpoint cluster
+  $ i6pnctl region add eu-west
+  $ i6pnctl workspace create acme
+  $ i6pnctl cluster create --workspace acme --region eu-west --size 4 --nodes node-a,node-b
+  $ i6pnctl endpoint list --workspace acme
+  $ i6pnctl peers fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f`;
+
+interface GlobalOpts {
+  nats: string;
+  creds?: string;
+}
+
+interface Ctx {
+  io: Io;
+  /** Set by an action that wants a non-zero exit without an error line. */
+  exitCode: number;
+}
+
+function examples(lines: string[]): string {
+  return `\nExamples:\n${lines.map((l) => `  $ ${l}`).join('\n')}\n`;
+}
+
+function commandPath(cmd: Command): string {
+  const names: string[] = [];
+  for (let c: Command | null = cmd; c; c = c.parent) names.unshift(c.name());
+  return names.join(' ');
+}
+
+/** Commander's own errors (bad flags) also come out as one line. */
+function oneLineErrors(cmd: Command, io: Io): Command {
+  return cmd.configureOutput({
+    writeOut: (s) => io.out(s),
+    writeErr: (s) => io.err(s),
+    outputError: (s, write) => write(errorLine(s.replace(/^error: /, ''), `see \`${commandPath(cmd)} --help\``)),
+  });
+}
+
+/**
+ * Input is checked before connecting, so that a typo is reported as a usage
+ * error (exit 2) even when NATS is down. lib/store.ts checks again.
+ */
+function check(input: { region?: string | undefined; workspace?: string | undefined; node?: string | undefined; nodes?: string[]; ifname?: string | undefined; address?: string | undefined }): void {
+  try {
+    if (input.region !== undefined) assertName('region', input.region);
+    if (input.workspace !== undefined) assertName('workspace', input.workspace);
+    if (input.node !== undefined) assertNodeName(input.node);
+    for (const n of input.nodes ?? []) assertNodeName(n);
+    if (input.ifname !== undefined) assertIfname(input.ifname);
+    if (input.address !== undefined) parseAddress(input.address);
+  } catch (e) {
+    const msg = (e as Error).message;
+    const m = /^(.*?): use (.*)$/.exec(msg);
+    if (m) throw new StoreError('invalid', m[1]!, `use ${m[2]!}`);
+    throw new StoreError('invalid', msg, 'pass an endpoint address such as fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f');
+  }
+}
+
+function parsePositiveInt(what: string, max: number) {
+  return (v: string): number => {
+    if (!/^[0-9]+$/.test(v)) throw new InvalidArgumentError(`${what} must be a whole number from 1 to ${max}.`);
+    const n = Number(v);
+    if (n < 1 || n > max) throw new InvalidArgumentError(`${what} must be a whole number from 1 to ${max}.`);
+    return n;
+  };
+}
+
+function parseList(v: string): string[] {
+  return v
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
+}
+
+export function buildProgram(ctx: Ctx): Command {
+  const { io } = ctx;
+  const program = new Command('i6pnctl');
+  program
+    .description('Provision i6pn: regions, workspaces, endpoints and clusters of private IPv6 networking.')
+    .version(VERSION, '-V, --version', 'print the version')
+    .helpOption('-h, --help', 'show help for a command')
+    .addOption(new Option('--nats <url>', 'NATS server URL; several, comma-separated, for a cluster').env('I6PN_NATS_URL').default(DEFAULT_NATS_URL))
+    .addOption(new Option('--creds <file>', 'NATS credentials file (JWT and nkey seed)').env('I6PN_NATS_CREDS'))
+    .showSuggestionAfterError(true)
+    .exitOverride()
+    .addHelpText('after', `${MANUAL}\n${EXAMPLE}\n`);
+  oneLineErrors(program, io);
+
+  const withStore = async <T>(cmd: Command, fn: (store: Store) => Promise<T>): Promise<T> => {
+    const g = cmd.optsWithGlobals<GlobalOpts>();
+    const servers = parseList(g.nats);
+    if (servers.length === 0) throw new StoreError('invalid', 'no NATS server given', 'set --nats or I6PN_NATS_URL, e.g. nats://127.0.0.1:4222');
+    const store = await connectStore({ servers, ...(g.creds ? { creds: g.creds } : {}), name: 'i6pnctl' });
+    try {
+      return await fn(store);
+    } finally {
+      await store.close();
+    }
+  };
+
+  const leaf = (parent: Command, nameAndArgs: string, summary: string, help: string, ex: string[]): Command => {
+    const c = parent.command(nameAndArgs).description(summary);
+    // Preformatted (help text after the options is not re-wrapped).
+    c.addHelpText('after', `\n${help}\n${examples(ex)}`);
+    c.exitOverride();
+    oneLineErrors(c, io);
+    return c;
+  };
+  const group = (name: string, summary: string): Command => {
+    const c = program.command(name).description(summary);
+    c.exitOverride();
+    oneLineErrors(c, io);
+    return c;
+  };
+  const jsonOption = (c: Command): Command => c.option('--json', 'print one JSON document instead of text');
+
+  // ------------------------------------------------------------ region
+  const region = group('region', 'Regions: named 16-bit ids, the fourth group of every address');
+  jsonOption(
+    leaf(
+      region,
+      'add <name>',
+      'Register a region under a new 16-bit region id.',
+      `The id is random unless --id is given, and never shared by two regions. It
+becomes bits 48-63 of every address in the region, so that two addresses can be
+compared by region before any lookup. Names: a lowercase letter, then up to 30
+lowercase letters, digits or dashes. A region cannot be renamed or removed.
+
+Prints the region's name and id. --json: {"v":1,"name":"eu-west","id":2672}`,
+      ['i6pnctl region add eu-west', 'i6pnctl region add us-east --id 0x0a70', 'i6pnctl region add eu-west --json'],
+    ),
+  )
+    .option('--id <id>', 'a fixed region id, 1-65535 (decimal or 0x hex)', (v: string) => {
+      const n = /^0x[0-9a-f]{1,4}$/i.test(v) ? parseInt(v, 16) : /^[0-9]+$/.test(v) ? Number(v) : NaN;
+      if (!(n >= 1 && n <= 0xffff)) throw new InvalidArgumentError('region id must be 1-65535 (decimal or 0x hex).');
+      return n;
+    })
+    .action(async (name: string, o: { json?: boolean; id?: number }, cmd: Command) => {
+      check({ region: name });
+      const r = await withStore(cmd, (s) => addRegion(s, name, o.id !== undefined ? { id: o.id } : {}));
+      if (o.json) json(io, r);
+      else keyValues(io, [['region', r.name], ['id', `${regionIdText(r.id)} (${r.id})`]]);
+    });
+
+  jsonOption(
+    leaf(
+      region,
+      'list',
+      'List regions and their ids.',
+      `--json: {"regions":[{"v":1,"name":"eu-west","id":2672}], "invalid":[...]}
+"invalid" lists entries of the regions bucket that break the schema.`,
+      ['i6pnctl region list', 'i6pnctl region list --json'],
+    ),
+  ).action(async (o: { json?: boolean }, cmd: Command) => {
+    const r = await withStore(cmd, (s) => listRegions(s));
+    warnInvalid(io, r.invalid);
+    if (o.json) json(io, r);
+    else regionsTable(io, r.regions);
+  });
+
+  // ------------------------------------------------------------ workspace
+  const workspace = group('workspace', 'Workspaces: the unit of isolation, one /48 each');
+  jsonOption(
+    leaf(
+      workspace,
+      'create <name>',
+      'Create a workspace with a new random 32-bit id and its /48.',
+      `The id comes from a cryptographic source, is never zero and is never reused,
+not even after the workspace is deleted. The subnet is fdaa:WWWW:WWWW::/48.
+Names: a lowercase letter, then up to 30 lowercase letters, digits or dashes; a
+name is free again once its workspace is deleted (the new workspace gets a new id).
+
+Prints the id and the subnet.
+--json: {"v":1,"name":"acme","id":1362575039,"subnet":"fdaa:5137:3ebf::/48","createdAt":"..."}`,
+      ['i6pnctl workspace create acme', 'i6pnctl workspace create acme --json'],
+    ),
+  ).action(async (name: string, o: { json?: boolean }, cmd: Command) => {
+    check({ workspace: name });
+    const w = await withStore(cmd, (s) => createWorkspace(s, name));
+    if (o.json) json(io, w);
+    else keyValues(io, [['workspace', w.name], ['id', `${workspaceIdText(w.id)} (${w.id})`], ['subnet', w.subnet]]);
+  });
+
+  jsonOption(
+    leaf(
+      workspace,
+      'list',
+      'List workspaces with their ids and subnets.',
+      `--json: {"workspaces":[{"v":1,"name":"acme","id":1362575039,"subnet":"fdaa:5137:3ebf::/48","createdAt":"..."}], "invalid":[...]}`,
+      ['i6pnctl workspace list', 'i6pnctl workspace list --json'],
+    ),
+  ).action(async (o: { json?: boolean }, cmd: Command) => {
+    const r = await withStore(cmd, (s) => listWorkspaces(s));
+    warnInvalid(io, r.invalid);
+    if (o.json) json(io, r);
+    else workspacesTable(io, r.workspaces);
+  });
+
+  jsonOption(
+    leaf(
+      workspace,
+      'show <name>',
+      'Show one workspace and how many endpoints it has per region.',
+      `Exits 1 when there is no such workspace, which makes it a test in scripts:
+  i6pnctl workspace show acme >/dev/null 2>&1 || i6pnctl workspace create acme
+--json: {"workspace":{...},"endpoints":{"total":4,"byRegion":{"eu-west":4}},"invalid":[...]}`,
+      ['i6pnctl workspace show acme', 'i6pnctl workspace show acme --json'],
+    ),
+  ).action(async (name: string, o: { json?: boolean }, cmd: Command) => {
+    check({ workspace: name });
+    const r = await withStore(cmd, async (s) => {
+      const w = await getWorkspace(s, name);
+      if (!w) throw new StoreError('not-found', `unknown workspace ${JSON.stringify(name)}`, 'list workspaces with `i6pnctl workspace list`');
+      const counts = await workspaceEndpointCounts(s, w.record);
+      return { workspace: w.record, endpoints: { total: counts.total, byRegion: counts.byRegion }, invalid: counts.invalid };
+    });
+    warnInvalid(io, r.invalid);
+    if (o.json) return json(io, r);
+    const w = r.workspace;
+    const regions = Object.entries(r.endpoints.byRegion).sort(([a], [b]) => a.localeCompare(b));
+    keyValues(io, [
+      ['workspace', w.name],
+      ['id', `${workspaceIdText(w.id)} (${w.id})`],
+      ['subnet', w.subnet],
+      ['created', w.createdAt],
+      ['endpoints', `${r.endpoints.total}${regions.length ? ` (${regions.map(([k, n]) => `${k}: ${n}`).join(', ')})` : ''}`],
+    ]);
+  });
+
+  jsonOption(
+    leaf(
+      workspace,
+      'delete <name>',
+      'Delete a workspace; with --force, its endpoints first.',
+      `Refuses (exit 1) while the workspace has endpoints, unless --force, which
+removes them first (their addresses are never handed out again). The id stays
+taken forever; the name can be used again by a new workspace.
+--json: {"workspace":{...,"deletedAt":"..."},"removedEndpoints":[{...}]}`,
+      ['i6pnctl workspace delete acme', 'i6pnctl workspace delete acme --force'],
+    ),
+  )
+    .option('--force', 'remove the workspace\'s endpoints, then the workspace')
+    .action(async (name: string, o: { json?: boolean; force?: boolean }, cmd: Command) => {
+      check({ workspace: name });
+      const r = await withStore(cmd, (s) => deleteWorkspace(s, name, { force: o.force === true }));
+      if (o.json) json(io, r);
+      else io.out(`deleted workspace ${r.workspace.name} (${workspaceIdText(r.workspace.id)}, ${r.workspace.subnet}) and ${r.removedEndpoints.length} endpoint${r.removedEndpoints.length === 1 ? '' : 's'}\n`);
+    });
+
+  // ------------------------------------------------------------ endpoint
+  const endpoint = group('endpoint', 'Endpoints: one container interface, one address');
+  jsonOption(
+    leaf(
+      endpoint,
+      'add',
+      'Register an endpoint and print its new address.',
+      `The address is fdaa:<workspace id>:<region id>:<64 random bits>, unique and never
+handed out again, even after the endpoint is removed. --ifname is the host side
+of the container's veth pair on --node, as the runtime names it; one endpoint per
+interface name per node. With --no-i6pn the endpoint gets an address but can reach
+no private address, and none can reach it.
+
+Prints the address alone, for scripts: addr=$(i6pnctl endpoint add ...).
+--json: {"v":1,"address":"fdaa:...","workspace":"acme","workspaceId":...,"region":"eu-west",
+         "regionId":...,"node":"node-a","ifname":"veth1a2b","i6pn":true,"createdAt":"..."}`,
+      [
+        'i6pnctl endpoint add --workspace acme --region eu-west --node node-a --ifname veth1a2b',
+        'i6pnctl endpoint add --workspace acme --region eu-west --node node-a --ifname veth9 --no-i6pn --json',
+      ],
+    ),
+  )
+    .requiredOption('--workspace <name>', 'the workspace')
+    .requiredOption('--region <name>', 'the region of the node')
+    .requiredOption('--node <name>', 'the node the container runs on')
+    .requiredOption('--ifname <ifname>', 'host-side interface name of the endpoint (at most 15 characters)')
+    .option('--no-i6pn', 'register without private networking (reaches no fdaa:: address)')
+    .action(async (o: { json?: boolean; workspace: string; region: string; node: string; ifname: string; i6pn: boolean }, cmd: Command) => {
+      check(o);
+      const e = await withStore(cmd, (s) => addEndpoint(s, { workspace: o.workspace, region: o.region, node: o.node, ifname: o.ifname, i6pn: o.i6pn }));
+      if (o.json) json(io, e);
+      else io.out(`${e.address}\n`);
+    });
+
+  jsonOption(
+    leaf(
+      endpoint,
+      'remove <address>',
+      'Remove the endpoint with this address.',
+      `Agents stop allowing it at once. The address stays recorded as removed and is
+never handed out again. The interface name on its node becomes free.
+--json: the removed endpoint, as in \`endpoint add --json\`.`,
+      ['i6pnctl endpoint remove fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f'],
+    ),
+  ).action(async (address: string, o: { json?: boolean }, cmd: Command) => {
+    check({ address });
+    const e = await withStore(cmd, (s) => removeEndpoint(s, address));
+    if (o.json) json(io, e);
+    else io.out(`removed endpoint ${e.address} (workspace ${e.workspace}, region ${e.region}, node ${e.node}, ${e.ifname})\n`);
+  });
+
+  jsonOption(
+    leaf(
+      endpoint,
+      'list',
+      'List endpoints, optionally of one workspace, region or node.',
+      `Filters combine. Entries that break the schema are reported on stderr (and in
+"invalid" with --json) and not listed.
+--json: {"endpoints":[{...}],"invalid":[{"bucket":"i6pn_endpoints","key":"...","reason":"schema","message":"..."}]}`,
+      ['i6pnctl endpoint list', 'i6pnctl endpoint list --workspace acme --region eu-west', 'i6pnctl endpoint list --node node-a --json'],
+    ),
+  )
+    .option('--workspace <name>', 'only this workspace')
+    .option('--region <name>', 'only this region')
+    .option('--node <name>', 'only this node')
+    .action(async (o: { json?: boolean; workspace?: string; region?: string; node?: string }, cmd: Command) => {
+      check(o);
+      const r = await withStore(cmd, (s) =>
+        listEndpoints(s, {
+          ...(o.workspace !== undefined ? { workspace: o.workspace } : {}),
+          ...(o.region !== undefined ? { region: o.region } : {}),
+          ...(o.node !== undefined ? { node: o.node } : {}),
+        }),
+      );
+      warnInvalid(io, r.invalid);
+      if (o.json) json(io, r);
+      else endpointsTable(io, r.endpoints);
+    });
+
+  // ------------------------------------------------------------ cluster
+  const cluster = group('cluster', 'Clusters: many endpoints of one workspace in one region');
+  jsonOption(
+    leaf(
+      cluster,
+      'create',
+      'Register --size endpoints in one region, placed round-robin over --nodes.',
+      `The way a clustered job is placed: every endpoint is in the same workspace and
+the same region (a cluster never spans regions), so all of them can reach each
+other. Endpoint i goes to node i mod (number of nodes). Each gets the interface
+name "i6p" + the last 12 hex digits of its endpoint id (15 characters), unique on
+its node; the runtime names the host side of the veth accordingly.
+All or nothing: if one registration fails, the others are removed.
+
+Prints one line per endpoint: address, node, interface name.
+--json: {"workspace":"acme","region":"eu-west","endpoints":[{...}, ...]}`,
+      ['i6pnctl cluster create --workspace acme --region eu-west --size 8 --nodes node-a,node-b,node-c,node-d'],
+    ),
+  )
+    .requiredOption('--workspace <name>', 'the workspace')
+    .requiredOption('--region <name>', 'the one region of every endpoint')
+    .requiredOption('--size <n>', 'number of endpoints (1-10000)', parsePositiveInt('--size', 10_000))
+    .requiredOption('--nodes <a,b,...>', 'nodes of that region, comma-separated', parseList)
+    .option('--no-i6pn', 'register without private networking')
+    .action(async (o: { json?: boolean; workspace: string; region: string; size: number; nodes: string[]; i6pn: boolean }, cmd: Command) => {
+      check(o);
+      const eps = await withStore(cmd, (s) => createCluster(s, { workspace: o.workspace, region: o.region, size: o.size, nodes: o.nodes, i6pn: o.i6pn }));
+      // Placement order (round-robin), not storage order.
+      if (o.json) json(io, { workspace: o.workspace, region: o.region, endpoints: eps });
+      else for (const e of eps) io.out(`${e.address}  ${e.node}  ${e.ifname}\n`);
+    });
+
+  // ------------------------------------------------------------ node
+  const node = group('node', 'Nodes: as their agents register them');
+  jsonOption(
+    leaf(
+      node,
+      'list',
+      'List nodes with their region, agent version and last heartbeat.',
+      `A node whose agent has not written a heartbeat for --stale-after seconds
+(default ${DEFAULT_STALE_AFTER_MS / 1000}) is marked STALE: its agent is down or cut off from NATS,
+and its dataplane keeps enforcing the last state it knew.
+--json: {"nodes":[{"v":1,"name":"node-a","region":"eu-west","version":"0.1.0","startedAt":"...",
+          "heartbeatAt":"...","heartbeatAgeSeconds":2.1,"stale":false}],"invalid":[...]}`,
+      ['i6pnctl node list', 'i6pnctl node list --region eu-west --stale-after 60 --json'],
+    ),
+  )
+    .option('--region <name>', 'only nodes of this region')
+    .option('--stale-after <seconds>', 'heartbeat age that marks a node stale', parsePositiveInt('--stale-after', 86_400), DEFAULT_STALE_AFTER_MS / 1000)
+    .action(async (o: { json?: boolean; region?: string; staleAfter: number }, cmd: Command) => {
+      check({ region: o.region });
+      const r = await withStore(cmd, (s) => listNodes(s, { staleAfterMs: o.staleAfter * 1000, ...(o.region !== undefined ? { region: o.region } : {}) }));
+      warnInvalid(io, r.invalid);
+      if (o.json) json(io, r);
+      else nodesTable(io, r.nodes);
+    });
+
+  // ------------------------------------------------------------ peers
+  jsonOption(
+    leaf(
+      program,
+      'peers <address>',
+      'List the endpoints that the endpoint with this address may reach.',
+      `Its peers are the live i6pn endpoints of the same workspace in the same region,
+itself excluded, so that a job can discover its peers without a side store. An
+endpoint registered with --no-i6pn has none.
+
+Prints one address per line.
+--json: {"endpoint":{...},"peers":[{...}],"invalid":[...]}`,
+      ['i6pnctl peers fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f', 'i6pnctl peers fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f --json'],
+    ),
+  ).action(async (address: string, o: { json?: boolean }, cmd: Command) => {
+    check({ address });
+    const r = await withStore(cmd, (s) => peersOf(s, address));
+    warnInvalid(io, r.invalid);
+    if (o.json) json(io, r);
+    else for (const p of r.peers) io.out(`${p.address}\n`);
+  });
+
+  return program;
+}
+
+function exitCodeOf(e: StoreError): number {
+  switch (e.code) {
+    case 'invalid':
+      return EXIT.usage;
+    case 'unreachable':
+    case 'jetstream':
+    case 'corrupt':
+      return EXIT.store;
+    default:
+      return EXIT.refused;
+  }
+}
+
+/** Parse argv (as process.argv: node, script, ...args), run, return the exit code. */
+export async function run(argv: string[], io: Io = processIo): Promise<number> {
+  const ctx: Ctx = { io, exitCode: 0 };
+  const program = buildProgram(ctx);
+  try {
+    await program.parseAsync(argv);
+    return ctx.exitCode;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // Help and version "errors" are successes; the message was printed already.
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return EXIT.ok;
+      if (e.code === 'commander.help' && e.exitCode === 0) return EXIT.ok; // `i6pnctl help region`
+      // A group named without a subcommand prints its help and exits non-zero.
+      return EXIT.usage;
+    }
+    if (e instanceof StoreError) {
+      io.err(errorLine(e.what, e.hint));
+      return exitCodeOf(e);
+    }
+    const err = e as Error;
+    if (process.env.I6PN_DEBUG) io.err(`${err?.stack ?? String(e)}\n`);
+    const name = err?.name && err.name !== 'Error' ? `${err.name}: ` : '';
+    if (/timeout|TimeoutError|disconnect|CLOSED|connection/i.test(`${name}${err?.message ?? ''}`)) {
+      io.err(errorLine(`NATS did not complete the request: ${name}${err?.message ?? String(e)}`, 'check that nats-server is up and reachable, then run the command again'));
+      return EXIT.store;
+    }
+    io.err(errorLine(`unexpected failure: ${name}${err?.message ?? String(e)}`, 'run again with I6PN_DEBUG=1 for details and report it'));
+    return EXIT.store;
+  }
+}
