@@ -1,0 +1,149 @@
+import test from 'ava';
+import { formatAddress, makeEndpointAddress } from '../lib/address.js';
+import {
+  BUCKETS,
+  ENDPOINTS_BUCKET,
+  decodeRecord,
+  endpointKey,
+  ifnameKey,
+  isValidIfname,
+  isValidName,
+  isValidNodeName,
+  nodeRecord,
+  parseEndpointKey,
+  regionEndpointsFilter,
+  regionIdKey,
+  validateEndpointEntry,
+  workspaceIdKey,
+  workspaceRecord,
+  type EndpointRecord,
+} from '../lib/schema.js';
+
+const WS = 0x51373ebf;
+const REGION = 0x0a70;
+const ADDR = makeEndpointAddress(WS, REGION, Uint8Array.from([0x1b, 0x9d, 0x3a, 0x11, 0x71, 0xf2, 0x5f, 0x0f]));
+
+function record(over: Partial<EndpointRecord> = {}): EndpointRecord {
+  return {
+    v: 1,
+    address: formatAddress(ADDR),
+    workspace: 'acme',
+    workspaceId: WS,
+    region: 'eu-west',
+    regionId: REGION,
+    node: 'node-a',
+    ifname: 'veth0',
+    i6pn: true,
+    createdAt: '2026-01-02T03:04:05.000Z',
+    ...over,
+  };
+}
+const KEY = 'eu-west.51373ebf.1b9d3a1171f25f0f';
+
+test('keys', (t) => {
+  t.is(endpointKey(record()), KEY);
+  t.deepEqual(parseEndpointKey(KEY), { region: 'eu-west', workspaceId: WS, endpointId: '1b9d3a1171f25f0f' });
+  t.is(parseEndpointKey('eu-west.51373ebf'), null);
+  t.is(parseEndpointKey('EU.51373ebf.1b9d3a1171f25f0f'), null);
+  t.is(regionEndpointsFilter('eu-west'), 'eu-west.>');
+  t.is(regionIdKey(0xa70), 'id.0a70');
+  t.is(workspaceIdKey(1), 'id.00000001');
+  t.is(ifnameKey('node-a', 'veth0'), 'node-a.7665746830');
+  t.deepEqual([...BUCKETS], ['i6pn_regions', 'i6pn_workspaces', 'i6pn_endpoints', 'i6pn_addresses', 'i6pn_ifnames', 'i6pn_nodes']);
+  t.is(ENDPOINTS_BUCKET, 'i6pn_endpoints');
+});
+
+test('a valid endpoint entry is accepted as bytes, string or object', (t) => {
+  for (const v of [new TextEncoder().encode(JSON.stringify(record())), JSON.stringify(record()), record()]) {
+    const r = validateEndpointEntry(KEY, v);
+    if (!r.ok) return t.fail(r.message);
+    t.deepEqual(r.record, record());
+    t.deepEqual(Array.from(r.addr), Array.from(ADDR));
+  }
+});
+
+test('endpoint entries that are not JSON', (t) => {
+  const r = validateEndpointEntry(KEY, new TextEncoder().encode('{"v":1,'));
+  t.is(r.ok, false);
+  if (!r.ok) {
+    t.is(r.reason, 'json');
+    t.regex(r.message, /^not JSON: /);
+  }
+  const bad = validateEndpointEntry(KEY, Uint8Array.from([0xff, 0xfe]));
+  t.like(bad, { ok: false, reason: 'json' });
+});
+
+test('endpoint entries that break the schema', (t) => {
+  const cases: [unknown, RegExp][] = [
+    [{ ...record(), v: 2 }, /^v: /],
+    [{ ...record(), ifname: 'this-name-is-too-long' }, /^ifname: must be a Linux interface name/],
+    [{ ...record(), ifname: 'a/b' }, /^ifname: /],
+    [{ ...record(), node: 'Node_A' }, /^node: /],
+    [{ ...record(), workspaceId: 0 }, /^workspaceId: must be a non-zero 32-bit/],
+    [{ ...record(), regionId: 70000 }, /^regionId: /],
+    [{ ...record(), i6pn: 'yes' }, /^i6pn: /],
+    [{ ...record(), createdAt: 'yesterday' }, /^createdAt: /],
+    [(({ address: _a, ...rest }) => rest)(record()), /^address: /],
+    [[1, 2, 3], /^\(value\): /],
+    [null, /^\(value\): /],
+  ];
+  for (const [value, message] of cases) {
+    const r = validateEndpointEntry(KEY, JSON.stringify(value));
+    t.like(r, { ok: false, reason: 'schema' }, JSON.stringify(value));
+    if (!r.ok) t.regex(r.message, message);
+  }
+});
+
+test('endpoint entries whose address does not match', (t) => {
+  const cases: [Partial<EndpointRecord>, string][] = [
+    [{ address: 'not-an-address' }, 'invalid IPv6 address "not-an-address"'],
+    [{ address: 'fd00:5137:3ebf:a70:1b9d:3a11:71f2:5f0f' }, 'address fd00:5137:3ebf:a70:1b9d:3a11:71f2:5f0f is not in fdaa::/16'],
+    [{ address: 'FDAA:5137:3ebf:a70:1b9d:3a11:71f2:5f0f' }, 'is not canonical (fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f)'],
+    [{ address: 'fdaa:5137:3ebe:a70:1b9d:3a11:71f2:5f0f' }, 'carries workspace id 51373ebe, record says 51373ebf'],
+    [{ address: 'fdaa:5137:3ebf:a71:1b9d:3a11:71f2:5f0f' }, 'carries region id 0a71, record says 0a70'],
+  ];
+  for (const [over, message] of cases) {
+    const r = validateEndpointEntry(KEY, record(over));
+    t.like(r, { ok: false, reason: 'address' }, JSON.stringify(over));
+    if (!r.ok) t.true(r.message.includes(message), r.message);
+  }
+});
+
+test('endpoint entries whose key does not match the record', (t) => {
+  const cases: [string, RegExp][] = [
+    ['eu-west.51373ebf', /is not <region>\.<workspace id 8 hex>\.<endpoint id 16 hex>/],
+    ['us-east.51373ebf.1b9d3a1171f25f0f', /does not match the record \(expected eu-west\.51373ebf\.1b9d3a1171f25f0f\)/],
+    ['eu-west.51373ebe.1b9d3a1171f25f0f', /does not match/],
+    ['eu-west.51373ebf.1b9d3a1171f25f00', /does not match/],
+  ];
+  for (const [key, message] of cases) {
+    const r = validateEndpointEntry(key, record());
+    t.like(r, { ok: false, reason: 'key' }, key);
+    if (!r.ok) t.regex(r.message, message);
+  }
+});
+
+test('name validators', (t) => {
+  for (const ok of ['a', 'eu-west', 'acme2', 'a'.repeat(31)]) t.true(isValidName(ok), ok);
+  for (const bad of ['', 'A', '1abc', 'eu_west', 'eu.west', 'a'.repeat(32), 'eu*', 'eu>', 'é']) t.false(isValidName(bad), bad);
+  for (const ok of ['node-a', 'n1', 'ip-10-0-0-1.ec2.internal', '1node']) t.true(isValidNodeName(ok), ok);
+  for (const bad of ['', 'Node', 'node..a', '.node', 'node.', 'node-', 'a'.repeat(64), 'node*', 'node a']) t.false(isValidNodeName(bad), bad);
+  for (const ok of ['veth0', 'eth0.10', 'i6p0123456789ab', '_x', 'a'.repeat(15)]) t.true(isValidIfname(ok), ok);
+  for (const bad of ['', '.', '..', '-a', 'a/b', 'a:b', 'a b', 'a'.repeat(16)]) t.false(isValidIfname(bad), bad);
+});
+
+test('workspace records: the subnet must match the id', (t) => {
+  const ok = { v: 1, name: 'acme', id: WS, subnet: 'fdaa:5137:3ebf::/48', createdAt: '2026-01-02T03:04:05.000Z' };
+  t.like(decodeRecord(workspaceRecord, ok), { ok: true });
+  t.like(decodeRecord(workspaceRecord, { ...ok, deletedAt: '2026-01-03T00:00:00.000Z' }), { ok: true });
+  const bad = decodeRecord(workspaceRecord, { ...ok, subnet: 'fdaa:5137:3ebe::/48' });
+  t.deepEqual(bad, { ok: false, reason: 'schema', message: 'subnet: subnet does not match the workspace id' });
+});
+
+test('node records', (t) => {
+  const ok = { v: 1, name: 'node-a', region: 'eu-west', version: '0.1.0', startedAt: '2026-01-02T03:04:05.000Z', heartbeatAt: '2026-01-02T03:04:15.000Z' };
+  t.like(decodeRecord(nodeRecord, JSON.stringify(ok)), { ok: true, record: ok });
+  t.like(decodeRecord(nodeRecord, { ...ok, region: 'EU' }), { ok: false, reason: 'schema' });
+  t.like(decodeRecord(nodeRecord, { ...ok, heartbeatAt: 12 }), { ok: false, reason: 'schema' });
+  t.like(decodeRecord(nodeRecord, 'nope'), { ok: false, reason: 'json' });
+});
