@@ -94,7 +94,8 @@ function waitForInfo(host: string, port: number, deadline: number, child: ChildP
   });
 }
 
-export async function startNats(opts: { host?: string; port?: number } = {}): Promise<NatsServer> {
+/** `jetstream: false` starts a server without JetStream (to test that error). */
+export async function startNats(opts: { host?: string; port?: number; jetstream?: boolean } = {}): Promise<NatsServer> {
   installExitHook();
   const host = opts.host ?? '127.0.0.1';
   const dir = await mkdtemp(join(tmpdir(), 'i6pn-nats-'));
@@ -104,7 +105,8 @@ export async function startNats(opts: { host?: string; port?: number } = {}): Pr
   let stderr = '';
 
   const launch = async (): Promise<void> => {
-    const args = ['--pdeathsig', 'KILL', NATS_SERVER, '-a', host, '-p', String(port), '-js', '-sd', dir];
+    const js = opts.jetstream === false ? [] : ['-js', '-sd', dir];
+    const args = ['--pdeathsig', 'KILL', NATS_SERVER, '-a', host, '-p', String(port), ...js];
     const p = spawn('setpriv', args, { stdio: ['ignore', 'ignore', 'pipe'] });
     stderr = '';
     p.stderr?.on('data', (d: Buffer) => {
