@@ -14,7 +14,7 @@ APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool nats-server prometheus iproute
             iputils-ping python3-scapy tcpdump util-linux nftables iperf3 procps
 DEPS_STAMP := node_modules/.i6pn-deps
 
-.PHONY: deps bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent clean
+.PHONY: deps bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fabric bench-binding clean
 
 ## deps: install apt packages and npm modules (idempotent, quick when done)
 deps: $(DEPS_STAMP)
@@ -63,13 +63,27 @@ demo-down:
 demo-shell:
 	bash test/fabric/demo.sh shell $(NODE)
 
-bench: bench-dataplane bench-agent
+## bench: every benchmark against its baseline; writes bench/results/<date>.json and the table in bench/README.md
+bench: bench-dataplane bench-fabric bench-agent bench-binding
+
+BENCH_OBJS := $(BUILD)/bench/xdp_redirect.bpf.o
+
+# Bench-only programs (the flood generator): not product code, so not in bpf/.
+$(BUILD)/bench/%.bpf.o: bench/bpf/%.bpf.c
+	@mkdir -p $(dir $@)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 bench-dataplane: build bpffs
 	node --import=tsx bench/dataplane.ts
 
+bench-fabric: build bpffs $(BENCH_OBJS)
+	node --import=tsx bench/fabric.ts
+
 bench-agent: build bpffs
 	node --import=tsx bench/agent.ts
+
+bench-binding: build bpffs
+	node --import=tsx bench/binding.ts
 
 clean:
 	rm -rf $(BUILD) dist $(ABI_TS)
