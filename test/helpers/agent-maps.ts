@@ -1,0 +1,73 @@
+/**
+ * The agent's maps as a test sees them: opened from their pins through the
+ * binding (libbpf.ts), decoded with the generated ABI — independently of the
+ * agent process.
+ */
+import { join } from 'node:path';
+import { structs as abiStructs, EndpointFlag } from '../../agent/bpf/abi.generated.js';
+import { MapFd } from '../../agent/bpf/libbpf.js';
+import { formatAddress, parseAddress } from '../../lib/address.js';
+
+export { abiStructs };
+
+export interface PinnedEndpoint {
+  workspace: number;
+  region: number;
+  i6pn: boolean;
+  local: boolean;
+  node: number;
+  ifindex: number;
+}
+
+function withMap<T>(bpffs: string, name: string, f: (m: MapFd) => T): T {
+  const m = MapFd.fromPin(join(bpffs, name), name);
+  try {
+    return f(m);
+  } finally {
+    m.close();
+  }
+}
+
+function decodeEndpoint(v: Buffer): PinnedEndpoint {
+  const F = abiStructs.i6pn_endpoint.fields;
+  const flags = v.readUInt16LE(F.flags.offset);
+  return {
+    workspace: v.readUInt32LE(F.workspace.offset),
+    region: v.readUInt16LE(F.region.offset),
+    i6pn: (flags & EndpointFlag.I6PN) !== 0,
+    local: (flags & EndpointFlag.LOCAL) !== 0,
+    node: v.readUInt32LE(F.node.offset),
+    ifindex: v.readUInt32LE(F.ifindex.offset),
+  };
+}
+
+export function readPinnedEndpoint(bpffs: string, address: string): PinnedEndpoint | null {
+  return withMap(bpffs, 'endpoints', (m) => {
+    const v = m.lookup(parseAddress(address));
+    return v ? decodeEndpoint(v) : null;
+  });
+}
+
+/** Every entry of the pinned endpoints map: address → value. */
+export function readPinnedEndpoints(bpffs: string): Map<string, PinnedEndpoint> {
+  return withMap(bpffs, 'endpoints', (m) => {
+    const out = new Map<string, PinnedEndpoint>();
+    for (const [k, v] of m.entriesBatch()) out.set(formatAddress(new Uint8Array(k)), decodeEndpoint(v));
+    return out;
+  });
+}
+
+/** The pinned local_ifaces map: ifindex → { address, i6pn }. */
+export function readPinnedLocalIfaces(bpffs: string): Map<number, { address: string; i6pn: boolean }> {
+  return withMap(bpffs, 'local_ifaces', (m) => {
+    const F = abiStructs.i6pn_local_iface.fields;
+    const out = new Map<number, { address: string; i6pn: boolean }>();
+    for (const [k, v] of m.entriesBatch()) {
+      out.set(k.readUInt32LE(0), {
+        address: formatAddress(new Uint8Array(v.subarray(F.addr.offset, F.addr.offset + 16))),
+        i6pn: (v.readUInt32LE(F.flags.offset) & EndpointFlag.I6PN) !== 0,
+      });
+    }
+    return out;
+  });
+}
