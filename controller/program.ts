@@ -267,7 +267,8 @@ Names: a lowercase letter, then up to 30 lowercase letters, digits or dashes; a
 name is free again once its workspace is deleted (the new workspace gets a new id).
 
 Prints the id and the subnet.
---json: {"v":1,"name":"acme","id":1362575039,"subnet":"fdaa:5137:3ebf::/48","createdAt":"..."}`,
+--json: {"v":1,"name":"acme","id":1362575039,"subnet":"fdaa:5137:3ebf::/48",
+         "createdAt":"2026-01-02T03:04:05.678Z"}`,
       ['i6pnctl workspace create acme', 'i6pnctl workspace create acme --json'],
     ),
   ).action(async (name: string, o: { json?: boolean }, cmd: Command) => {
@@ -282,7 +283,9 @@ Prints the id and the subnet.
       workspace,
       'list',
       'List workspaces with their ids and subnets.',
-      `--json: {"workspaces":[{"v":1,"name":"acme","id":1362575039,"subnet":"fdaa:5137:3ebf::/48","createdAt":"..."}], "invalid":[...]}`,
+      `Workspaces are listed by name; a deleted one is not listed.
+--json: {"workspaces":[<as in \`workspace create --json\`>, ...],"invalid":[...]}
+"invalid" lists entries of the workspaces bucket that break the schema.`,
       ['i6pnctl workspace list', 'i6pnctl workspace list --json'],
     ),
   ).action(async (o: { json?: boolean }, cmd: Command) => {
@@ -361,7 +364,7 @@ Prints the address alone, for scripts: addr=$(i6pnctl endpoint add ...).
          "regionId":...,"node":"node-a","ifname":"veth1a2b","i6pn":true,"createdAt":"..."}`,
       [
         'i6pnctl endpoint add --workspace acme --region eu-west --node node-a --ifname veth1a2b',
-        'i6pnctl endpoint add --workspace acme --region eu-west --node node-a --ifname veth9 --no-i6pn --json',
+        'i6pnctl endpoint add --workspace acme --region eu-west --node node-b --ifname veth9 --no-i6pn',
       ],
     ),
   )
@@ -401,7 +404,8 @@ never handed out again. The interface name on its node becomes free.
       'List endpoints, optionally of one workspace, region or node.',
       `Filters combine. Entries that break the schema are reported on stderr (and in
 "invalid" with --json) and not listed.
---json: {"endpoints":[{...}],"invalid":[{"bucket":"i6pn_endpoints","key":"...","reason":"schema","message":"..."}]}`,
+--json: {"endpoints":[<as in \`endpoint add --json\`>, ...],
+         "invalid":[{"bucket":"i6pn_endpoints","key":"...","reason":"schema","message":"..."}]}`,
       ['i6pnctl endpoint list', 'i6pnctl endpoint list --workspace acme --region eu-west', 'i6pnctl endpoint list --node node-a --json'],
     ),
   )
@@ -438,7 +442,7 @@ All or nothing: if one registration fails, the others are removed.
 
 Prints one line per endpoint: address, node, interface name.
 --json: {"workspace":"acme","region":"eu-west","endpoints":[{...}, ...]}`,
-      ['i6pnctl cluster create --workspace acme --region eu-west --size 8 --nodes node-a,node-b,node-c,node-d'],
+      ['i6pnctl cluster create --workspace acme --region eu-west --size 8 --nodes node-a,node-b,node-c'],
     ),
   )
     .requiredOption('--workspace <name>', 'the workspace')

@@ -11,7 +11,7 @@ import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, connect as tcpConnect } from 'node:net';
-import { tmpdir } from 'node:os';
+import { constants as osConstants, tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -181,24 +181,50 @@ export interface CtlResult {
 }
 
 /**
+ * Subprocesses at once: `node --import=tsx` costs a second or more of CPU, and
+ * dozens of them at once only thrash a small machine.
+ */
+const CTL_PARALLEL = Math.max(2, Number(process.env.I6PN_TEST_CTL_PARALLEL) || 3);
+let ctlRunning = 0;
+const ctlQueue: (() => void)[] = [];
+
+async function ctlSlot<T>(fn: () => Promise<T>): Promise<T> {
+  if (ctlRunning >= CTL_PARALLEL) await new Promise<void>((resolve) => ctlQueue.push(resolve));
+  ctlRunning++;
+  try {
+    return await fn();
+  } finally {
+    ctlRunning--;
+    ctlQueue.shift()?.();
+  }
+}
+
+/**
  * Run `i6pnctl` from source as a subprocess (cwd: the repository root).
  * `env` is merged over the current environment; I6PN_NATS_URL and
  * I6PN_NATS_CREDS are dropped from the inherited one so that a test only sees
- * what it passes.
+ * what it passes. A child killed by a signal (the 120 s timeout) reports code
+ * 128 + signal number and says so on stderr.
  */
 export function ctl(args: string[], env: Record<string, string | undefined> = {}): Promise<CtlResult> {
   const base = { ...process.env };
   delete base.I6PN_NATS_URL;
   delete base.I6PN_NATS_CREDS;
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ['--import=tsx', join('controller', 'cli.ts'), ...args],
-      { cwd: REPO_ROOT, env: { ...base, NO_COLOR: '1', ...env }, maxBuffer: 64 * 1024 * 1024, timeout: 60_000 },
-      (err, stdout, stderr) => {
-        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
+  return ctlSlot(
+    () =>
+      new Promise<CtlResult>((resolve) => {
+        execFile(
+          process.execPath,
+          ['--import=tsx', join('controller', 'cli.ts'), ...args],
+          { cwd: REPO_ROOT, env: { ...base, NO_COLOR: '1', ...env }, maxBuffer: 64 * 1024 * 1024, timeout: 120_000 },
+          (err, stdout, stderr) => {
+            if (!err) return resolve({ code: 0, stdout, stderr });
+            if (typeof err.code === 'number') return resolve({ code: err.code, stdout, stderr });
+            const signal = err.signal ?? 'SIGKILL';
+            const num = osConstants.signals[signal as keyof typeof osConstants.signals] ?? 9;
+            resolve({ code: 128 + num, stdout, stderr: `${stderr}[ctl: i6pnctl killed by ${signal}${err.killed ? ' (timeout)' : ''}]\n` });
+          },
+        );
+      }),
+  );
 }
