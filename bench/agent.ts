@@ -1,0 +1,474 @@
+/**
+ * `make bench-agent`: the control plane, i6pn-agent against a real
+ * nats-server.
+ *
+ * 1. Initial sync: a region of N endpoints (1 million by default) is written
+ *    to the endpoints bucket first, then the agent starts; the time until its
+ *    pinned endpoints map holds all of them, and its peak RSS (VmHWM).
+ * 2. Churn: updates at a steady rate (5 thousand a second, half new
+ *    endpoints, half deletes) for a while; the latency from the KV write to
+ *    the map entry, measured by polling the pinned map for every 5th new
+ *    endpoint (a marker), and from the agent's own
+ *    i6pn_membership_apply_latency_seconds histogram; whether it keeps up.
+ *
+ * Everything runs in a namespace of its own (i6b<pid>-agent: nats-server on
+ * its loopback, the agent with a veth as its uplink), entered by re-running
+ * this file under nsenter; pins live in /sys/fs/bpf/i6b<pid>-agent. Both are
+ * removed at exit, on error and on SIGINT.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
+
+import { MapFd } from '../agent/bpf/libbpf.js';
+import { formatAddress, workspaceIdHex, endpointIdOf } from '../lib/address.js';
+import { ENDPOINTS_BUCKET, NODES_BUCKET, REGIONS_BUCKET } from '../lib/schema.js';
+import { startNats, freePort } from '../test/helpers/nats.js';
+import { PREFIX, addNs, addVeth, cleanup, onCleanup, sh, sleep, spawnIn, sweepStale } from './lib/netns.js';
+import { REPO_DIR, log, percentile, printTable, ratio, saveSection, secondsSince, type Goal, type Table } from './lib/results.js';
+
+const N = Number(process.env.I6PN_BENCH_AGENT_N ?? 1_000_000);
+const CHURN_RATE = Number(process.env.I6PN_BENCH_CHURN_RATE ?? 5000);
+const CHURN_SECONDS = Number(process.env.I6PN_BENCH_CHURN_SECONDS ?? 60);
+const REGION = 'bench';
+const REGION_ID = 0x0b0b;
+const NODE = 'bench-node';
+const WORKSPACES = 64;
+const MARKER_EVERY = 5;
+
+interface SyncResult {
+  endpoints: number;
+  writeSeconds: number;
+  writeRate: number;
+  /** Agent spawn → pinned endpoints map exists (node start-up, load, attach). */
+  startSeconds: number;
+  /** Agent spawn → the map holds every endpoint. */
+  syncSeconds: number;
+  /** Map exists → the map holds every endpoint. */
+  fillSeconds: number;
+  peakRssMB: number;
+  rssAfterSyncMB: number;
+}
+
+interface ChurnResult {
+  targetRate: number;
+  seconds: number;
+  writes: number;
+  achievedRate: number;
+  markers: number;
+  markersSeen: number;
+  latencyMs: { p50: number; p99: number; max: number };
+  agentHistogram: { p50: string; p99: string; count: number };
+  /** Last write → every marker in the map. */
+  drainMs: number;
+  keptUp: boolean;
+  peakRssMB: number;
+}
+
+// ---------------------------------------------------------------- records
+
+function workspaceId(i: number): number {
+  return 0x5000_0000 + i;
+}
+
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16));
+
+/**
+ * RFC 5952 text of an address, as lib/address.ts formatAddress spells it
+ * (checked against it on a sample at start): formatAddress costs about 20 µs
+ * through ip-address, 20 s for a million records, which would make this
+ * bench measure its own writer.
+ */
+export function canonicalAddress(a: Uint8Array): string {
+  const g: number[] = new Array(8);
+  for (let i = 0; i < 8; i++) g[i] = (a[2 * i]! << 8) | a[2 * i + 1]!;
+  // Longest run of zero groups (length ≥ 2, first one on a tie) becomes "::".
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (g[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && g[j] === 0) j++;
+    if (j - i > bestLen) {
+      best = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const part = (from: number, to: number): string => g.slice(from, to).map((x) => (x < 256 ? HEX[x]! : x.toString(16))).join(':');
+  return best < 0 ? part(0, 8) : `${part(0, best)}::${part(best + bestLen, 8)}`;
+}
+
+function record(addr: Uint8Array, ws: number, node: string, createdAt: string): { key: string; json: string } {
+  const address = canonicalAddress(addr);
+  const rec = {
+    v: 1,
+    address,
+    workspace: `ws-${ws.toString(16)}`,
+    workspaceId: ws,
+    region: REGION,
+    regionId: REGION_ID,
+    node,
+    ifname: `v${endpointIdOf(addr).slice(0, 12)}`,
+    i6pn: true,
+    createdAt,
+  };
+  return { key: `${REGION}.${workspaceIdHex(ws)}.${endpointIdOf(addr)}`, json: JSON.stringify(rec) };
+}
+
+/** `count` random endpoint addresses of the region, in one buffer. */
+function addresses(count: number): { buf: Uint8Array; ws: number[] } {
+  const buf = new Uint8Array(count * 16);
+  randomFillSync(buf);
+  const v = new DataView(buf.buffer);
+  const ws: number[] = new Array(count);
+  for (let i = 0; i < count; i++) {
+    ws[i] = workspaceId(i % WORKSPACES);
+    v.setUint16(i * 16, 0xfdaa);
+    v.setUint32(i * 16 + 2, ws[i]!);
+    v.setUint16(i * 16 + 6, REGION_ID);
+  }
+  return { buf, ws };
+}
+
+// ---------------------------------------------------------------- the agent
+
+function rssMB(pid: number, field: 'VmHWM' | 'VmRSS'): number {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+function startAgent(natsUrl: string, bpffs: string, metricsPort: number): ChildProcess {
+  const argv = [
+    process.execPath,
+    '--import=tsx',
+    join(REPO_DIR, 'agent/main.ts'),
+    '--nats', natsUrl,
+    '--node', NODE,
+    '--region', REGION,
+    '--uplink', 'up0',
+    '--bpffs', bpffs,
+    '--metrics-addr', `127.0.0.1:${metricsPort}`,
+    '--mode', 'enforce',
+    '--max-endpoints', String(Math.ceil((N + CHURN_RATE * CHURN_SECONDS) * 1.1) + 1024),
+    '--log-level', 'warn',
+  ];
+  const p = spawnIn(null, argv, { stdio: 'pipe' });
+  p.stdout!.on('data', (d: Buffer) => process.stderr.write(`[agent] ${d.toString().slice(0, 2000)}`));
+  p.stderr!.on('data', (d: Buffer) => process.stderr.write(`[agent] ${d.toString().slice(0, 2000)}`));
+  return p;
+}
+
+async function metricsText(port: number): Promise<string> {
+  const r = await fetch(`http://127.0.0.1:${port}/metrics`);
+  return r.text();
+}
+
+/** Cumulative buckets of the apply-latency histogram. */
+function histogram(text: string): { le: number; count: number }[] {
+  const out: { le: number; count: number }[] = [];
+  for (const m of text.matchAll(/^i6pn_membership_apply_latency_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} (\d+)/gm)) {
+    out.push({ le: m[1] === '+Inf' ? Infinity : Number(m[1]), count: Number(m[2]) });
+  }
+  return out;
+}
+
+/** The bucket bound under which a quantile of the observations between two scrapes falls. */
+function histQuantile(before: { le: number; count: number }[], after: { le: number; count: number }[], q: number): { bound: string; count: number } {
+  const d = after.map((b, i) => ({ le: b.le, count: b.count - (before[i]?.count ?? 0) }));
+  const total = d.at(-1)?.count ?? 0;
+  const hit = d.find((b) => b.count >= q * total);
+  return { bound: hit ? (hit.le === Infinity ? '> largest bucket' : `≤ ${hit.le * 1000} ms`) : 'n/a', count: total };
+}
+
+// ---------------------------------------------------------------- inside the namespace
+
+async function inside(): Promise<void> {
+  const t0 = process.hrtime.bigint();
+  const bpffs = process.env.I6PN_BENCH_BPFFS!;
+  const nats = await startNats({ host: '127.0.0.1' });
+  onCleanup(() => void nats.destroy());
+  const nc = await connect({ servers: nats.url });
+  const kvm = new Kvm(jetstream(nc));
+  const regions = await kvm.create(REGIONS_BUCKET);
+  const endpoints = await kvm.create(ENDPOINTS_BUCKET, { history: 1 });
+  await kvm.create(NODES_BUCKET);
+  const region = JSON.stringify({ v: 1, name: REGION, id: REGION_ID });
+  await regions.put(`name.${REGION}`, region);
+  await regions.put(`id.${REGION_ID.toString(16).padStart(4, '0')}`, region);
+
+  const sample = addresses(1000).buf;
+  for (let i = 0; i < 1000; i++) {
+    const a = sample.subarray(i * 16, i * 16 + 16);
+    if (i % 100 === 0) a.fill(0, 8, 8 + (i % 7)); // some zero groups
+    if (canonicalAddress(a) !== formatAddress(a)) throw new Error(`canonicalAddress disagrees with formatAddress on ${formatAddress(a)}`);
+  }
+  // 1. The region, written before the agent starts.
+  log(`writing ${N.toLocaleString('en')} endpoints to the ${ENDPOINTS_BUCKET} bucket`);
+  const { buf, ws } = addresses(N);
+  const createdAt = new Date().toISOString();
+  const tw = process.hrtime.bigint();
+  await publishAll(nc, N, (i) => record(buf.subarray(i * 16, i * 16 + 16), ws[i]!, `node-${i % 100}`, createdAt));
+  const stored = await waitStored(nc, N);
+  const writeSeconds = secondsSince(tw);
+  if (stored !== N) throw new Error(`the stream holds ${stored} messages, expected ${N}`);
+  log(`wrote ${N} in ${writeSeconds.toFixed(1)} s (${Math.round(N / writeSeconds)}/s)`);
+
+  const metricsPort = await freePort();
+  const last = buf.subarray((N - 1) * 16, N * 16);
+  const ts = process.hrtime.bigint();
+  const agent = startAgent(nats.url, bpffs, metricsPort);
+  const exited = new Promise<number>((res) => agent.on('exit', (c) => res(c ?? 1)));
+  let peak = 0;
+  const peakTimer = setInterval(() => (peak = Math.max(peak, rssMB(agent.pid!, 'VmHWM') || 0)), 200);
+
+  // Wait for the pinned map, then for the last endpoint written (the snapshot arrives in stream order), then count.
+  const pin = join(bpffs, 'endpoints');
+  while (!existsSync(pin)) {
+    if (agent.exitCode !== null) throw new Error(`the agent exited with ${agent.exitCode}`);
+    if (secondsSince(ts) > 120) throw new Error('no pinned endpoints map after 120 s');
+    await sleep(20);
+  }
+  const startSeconds = secondsSince(ts);
+  const map = MapFd.fromPin(pin, 'endpoints');
+  const value = map.newValue();
+  let syncSeconds = 0;
+  for (;;) {
+    if (agent.exitCode !== null) throw new Error(`the agent exited with ${agent.exitCode}`);
+    if (secondsSince(ts) > 600) throw new Error('the map did not fill in 600 s');
+    if (map.lookup(last, value)) {
+      const at = secondsSince(ts);
+      const n = countEntries(map);
+      if (n >= N) {
+        syncSeconds = at;
+        break;
+      }
+      log(`last endpoint present but map holds ${n}`);
+    }
+    await sleep(10);
+  }
+  const peakAfterSync = Math.max(peak, rssMB(agent.pid!, 'VmHWM'));
+  const sync: SyncResult = {
+    endpoints: N,
+    writeSeconds,
+    writeRate: N / writeSeconds,
+    startSeconds,
+    syncSeconds,
+    fillSeconds: syncSeconds - startSeconds,
+    peakRssMB: peakAfterSync,
+    rssAfterSyncMB: rssMB(agent.pid!, 'VmRSS'),
+  };
+  log(`initial sync: ${N} endpoints in ${syncSeconds.toFixed(2)} s from spawn (${sync.fillSeconds.toFixed(2)} s after the map was pinned); peak RSS ${peakAfterSync.toFixed(0)} MB`);
+  // Let the agent settle (initial-sync sweep, attach) before the churn.
+  await sleep(2000);
+
+  // 2. Churn.
+  const churn = await runChurn(nc, map, metricsPort, agent.pid!, buf, ws);
+  churn.peakRssMB = Math.max(peak, rssMB(agent.pid!, 'VmHWM'));
+  clearInterval(peakTimer);
+  log(`churn: ${churn.writes} writes at ${churn.achievedRate.toFixed(0)}/s; marker latency p50 ${churn.latencyMs.p50.toFixed(1)} ms p99 ${churn.latencyMs.p99.toFixed(1)} ms; agent histogram p50 ${churn.agentHistogram.p50} p99 ${churn.agentHistogram.p99}; kept up: ${churn.keptUp}`);
+
+  agent.kill('SIGTERM');
+  await Promise.race([exited, sleep(10_000)]);
+  map.close();
+  await nc.close();
+  await nats.destroy();
+  report(sync, churn, secondsSince(t0));
+}
+
+function countEntries(map: MapFd): number {
+  let n = 0;
+  for (const { count } of map.lookupBatchChunks(65_536)) n += count;
+  return n;
+}
+
+/**
+ * Publish straight to the bucket's subjects (what kv.put sends), without
+ * waiting for each acknowledgement: a flush every chunk bounds what is in
+ * flight, and the stream's message count is checked afterwards, so nothing
+ * is lost unnoticed.
+ */
+async function publishAll(nc: NatsConnection, n: number, at: (i: number) => { key: string; json: string }): Promise<void> {
+  const CHUNK = 5000;
+  const enc = new TextEncoder();
+  for (let i = 0; i < n; i += CHUNK) {
+    for (let j = i; j < Math.min(n, i + CHUNK); j++) {
+      const r = at(j);
+      nc.publish(`$KV.${ENDPOINTS_BUCKET}.${r.key}`, enc.encode(r.json));
+    }
+    await nc.flush();
+  }
+}
+
+/** Wait until the endpoints stream holds `n` messages (it stores what was published asynchronously). */
+async function waitStored(nc: NatsConnection, n: number): Promise<number> {
+  const jsm = await jetstreamManager(nc);
+  let last = -1;
+  let stable = 0;
+  for (;;) {
+    const m = (await jsm.streams.info(`KV_${ENDPOINTS_BUCKET}`)).state.messages;
+    if (m >= n) return m;
+    stable = m === last ? stable + 1 : 0;
+    if (stable >= 20) return m; // 2 s without progress: lost
+    last = m;
+    await sleep(100);
+  }
+}
+
+async function runChurn(nc: NatsConnection, map: MapFd, metricsPort: number, pid: number, initial: Uint8Array, initialWs: number[]): Promise<ChurnResult> {
+  const enc = new TextEncoder();
+  const before = histogram(await metricsText(metricsPort));
+  const total = Math.round(CHURN_RATE * CHURN_SECONDS);
+  const fresh = addresses(Math.ceil(total / 2) + 1);
+  const markers: { addr: Uint8Array; written: number; seen: number }[] = [];
+  const pending = new Set<number>();
+  const value = map.newValue();
+  const delHeaders = headers();
+  delHeaders.set('KV-Operation', 'DEL');
+  const TICK_MS = 10;
+  const perTick = (CHURN_RATE * TICK_MS) / 1000;
+  let writes = 0;
+  let puts = 0;
+  let dels = 0;
+  let behind = 0;
+  const start = performance.now();
+  log(`churn: ${CHURN_RATE}/s for ${CHURN_SECONDS} s (half new endpoints, half deletes); every ${MARKER_EVERY}th new endpoint is polled in the map`);
+  while (writes < total) {
+    // Writes due by now, on a fixed schedule (a late tick catches up, never skips).
+    const due = Math.min(total, Math.floor(((performance.now() - start) / TICK_MS + 1) * perTick));
+    if (due - writes > CHURN_RATE) behind++;
+    for (; writes < due; writes++) {
+      if (writes % 2 === 0) {
+        const i = puts++;
+        const addr = fresh.buf.subarray(i * 16, i * 16 + 16);
+        const r = record(addr, fresh.ws[i]!, `node-${i % 100}`, new Date().toISOString());
+        nc.publish(`$KV.${ENDPOINTS_BUCKET}.${r.key}`, enc.encode(r.json));
+        if (i % MARKER_EVERY === 0) {
+          markers.push({ addr, written: performance.now(), seen: 0 });
+          pending.add(markers.length - 1);
+        }
+      } else {
+        const i = dels++;
+        const addr = initial.subarray(i * 16, i * 16 + 16);
+        nc.publish(`$KV.${ENDPOINTS_BUCKET}.${REGION}.${workspaceIdHex(initialWs[i]!)}.${endpointIdOf(addr)}`, undefined, { headers: delHeaders });
+      }
+    }
+    pollMarkers(map, value, markers, pending);
+    await sleep(1);
+  }
+  const lastWrite = performance.now();
+  await nc.flush();
+  while (pending.size && performance.now() - lastWrite < 30_000) {
+    pollMarkers(map, value, markers, pending);
+    await sleep(1);
+  }
+  const drainMs = performance.now() - lastWrite;
+  const seconds = (lastWrite - start) / 1000;
+  const after = histogram(await metricsText(metricsPort));
+  const lat = markers.filter((m) => m.seen).map((m) => m.seen - m.written);
+  const p50 = histQuantile(before, after, 0.5);
+  const p99 = histQuantile(before, after, 0.99);
+  return {
+    targetRate: CHURN_RATE,
+    seconds,
+    writes,
+    achievedRate: writes / seconds,
+    markers: markers.length,
+    markersSeen: lat.length,
+    latencyMs: { p50: percentile(lat, 50), p99: percentile(lat, 99), max: Math.max(...lat) },
+    agentHistogram: { p50: p50.bound, p99: p99.bound, count: p99.count },
+    drainMs,
+    // Kept up: every marker arrived, the backlog drained within a second of the last write, and the writer held its rate.
+    keptUp: lat.length === markers.length && drainMs < 1000 && behind === 0,
+    peakRssMB: rssMB(pid, 'VmHWM'),
+  };
+}
+
+function pollMarkers(map: MapFd, value: Buffer, markers: { addr: Uint8Array; written: number; seen: number }[], pending: Set<number>): void {
+  for (const i of pending) {
+    const m = markers[i]!;
+    if (map.lookup(m.addr, value)) {
+      m.seen = performance.now();
+      pending.delete(i);
+    }
+  }
+}
+
+function report(sync: SyncResult, churn: ChurnResult, seconds: number): void {
+  const fmtN = N >= 1e6 ? `${N / 1e6} million` : N.toLocaleString('en');
+  const syncTable: Table = {
+    title: `Agent: initial sync of a region of ${fmtN} endpoints`,
+    note: `The bucket is written first (${Math.round(sync.writeRate).toLocaleString('en')} puts/s, acknowledged, ${sync.writeSeconds.toFixed(1)} s), then i6pn-agent starts; done when its pinned endpoints map holds every entry (counted through the pin). Baseline for the rate: the raw batch update rate of the same map (bench-binding).`,
+    columns: ['figure', 'measured', 'goal', 'ratio to goal'],
+    rows: [
+      ['spawn → map pinned (start-up, load, attach)', `${sync.startSeconds.toFixed(2)} s`, '', ''],
+      ['spawn → map holds every endpoint', `${sync.syncSeconds.toFixed(2)} s`, '≤ 5 s', ratio(sync.syncSeconds, 5)],
+      ['map pinned → map holds every endpoint', `${sync.fillSeconds.toFixed(2)} s (${Math.round(N / sync.fillSeconds).toLocaleString('en')} endpoints/s)`, '', ''],
+      ['agent peak RSS (VmHWM) through the sync', `${sync.peakRssMB.toFixed(0)} MB`, '≤ 250 MB', ratio(sync.peakRssMB, 250)],
+      ['agent RSS after the sync', `${sync.rssAfterSyncMB.toFixed(0)} MB`, '', ''],
+    ],
+  };
+  const churnTable: Table = {
+    title: `Agent: churn at ${churn.targetRate.toLocaleString('en')} updates/s`,
+    note: `${churn.seconds.toFixed(0)} s${CHURN_SECONDS < 60 ? ' (shorter than the minute of issue 7)' : ''}; half new endpoints, half deletes, published on a 10 ms schedule; ${churn.markers} markers (every ${MARKER_EVERY}th new endpoint) polled in the pinned map by the bench (a bound that includes the bench's own polling delay), beside the agent's i6pn_membership_apply_latency_seconds histogram (bucket bounds).`,
+    columns: ['figure', 'measured', 'goal'],
+    rows: [
+      ['writes (achieved rate)', `${churn.writes} (${churn.achievedRate.toFixed(0)}/s)`, `${churn.targetRate}/s`],
+      ['KV write → map entry, p50 (markers)', `${churn.latencyMs.p50.toFixed(1)} ms`, ''],
+      ['KV write → map entry, p99 (markers)', `${churn.latencyMs.p99.toFixed(1)} ms`, '≤ 20 ms'],
+      ['KV write → map entry, max (markers)', `${churn.latencyMs.max.toFixed(1)} ms`, ''],
+      ['agent histogram p50 / p99', `${churn.agentHistogram.p50} / ${churn.agentHistogram.p99} (${churn.agentHistogram.count} observations)`, ''],
+      ['markers seen', `${churn.markersSeen} of ${churn.markers}`, 'all'],
+      ['last write → last marker in the map', `${churn.drainMs.toFixed(0)} ms`, ''],
+      ['kept up', churn.keptUp ? 'yes' : 'no', 'yes'],
+      ['agent peak RSS (VmHWM), whole run', `${churn.peakRssMB.toFixed(0)} MB`, ''],
+    ],
+  };
+  const goals: Goal[] = [
+    { goal: `${fmtN} endpoints synced ≤ 5 s`, measured: `${sync.syncSeconds.toFixed(2)} s from agent spawn (${sync.fillSeconds.toFixed(2)} s after its maps were pinned)`, met: sync.syncSeconds <= 5 },
+    { goal: 'agent RSS ≤ 250 MB during the sync', measured: `${sync.peakRssMB.toFixed(0)} MB peak`, met: sync.peakRssMB <= 250 },
+    { goal: `p99 apply latency ≤ 20 ms at ${churn.targetRate}/s`, measured: `${churn.latencyMs.p99.toFixed(1)} ms (markers), agent histogram ${churn.agentHistogram.p99}; kept up: ${churn.keptUp ? 'yes' : 'no'}`, met: churn.latencyMs.p99 <= 20 && churn.keptUp },
+  ];
+  for (const t of [syncTable, churnTable]) printTable(t);
+  for (const g of goals) console.log(`goal: ${g.goal}: ${g.measured} — ${g.met ? 'met' : 'NOT met'}`);
+  const file = saveSection('agent', { at: new Date().toISOString(), seconds, tables: [syncTable, churnTable], goals, data: { sync, churn } });
+  log(`wrote ${file}`);
+}
+
+// ---------------------------------------------------------------- outside: namespace and pins
+
+async function outside(): Promise<void> {
+  sweepStale();
+  const ns = addNs('agent');
+  addVeth(ns, 'up0', ns, 'up0p');
+  const bpffs = `/sys/fs/bpf/${PREFIX}-agent`;
+  onCleanup(() => {
+    sh(['nsenter', `--net=/run/netns/${ns}`, '--', process.execPath, '--import=tsx', join(REPO_DIR, 'agent/main.ts'), 'teardown', '--bpffs', bpffs], { allowFail: true });
+    rmSync(bpffs, { recursive: true, force: true });
+  });
+  const child = spawnIn(ns, [process.execPath, '--import=tsx', join(REPO_DIR, 'bench/agent.ts')], {
+    stdio: 'inherit',
+    env: { ...process.env, I6PN_BENCH_IN_NS: '1', I6PN_BENCH_BPFFS: bpffs },
+  });
+  const code = await new Promise<number>((res) => child.on('exit', (c) => res(c ?? 1)));
+  cleanup();
+  if (code !== 0) process.exit(code);
+}
+
+(process.env.I6PN_BENCH_IN_NS ? inside() : outside()).catch((err: unknown) => {
+  console.error(err);
+  cleanup();
+  process.exit(1);
+});
