@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { endpointIdOf, formatAddress, makeEndpointAddress, workspaceIdHex } from '../lib/address.js';
+import { endpointIdOf, formatAddress, makeEndpointAddress, parseAddress, workspaceIdHex } from '../lib/address.js';
 import { nodeId } from '../agent/sync.js';
 import { validateEndpointEntry } from '../lib/schema.js';
 import { METRIC_NAMES, OMITTED_DEFAULT_METRICS } from '../agent/metrics.js';
@@ -34,12 +34,10 @@ import {
   type AgentProcess,
   type Sample,
 } from './helpers/agent-env.js';
-import { REPO_ROOT, startNats, type NatsServer } from './helpers/nats.js';
+import { REPO_ROOT, ctl, startNats, type NatsServer } from './helpers/nats.js';
 
 const REGION = 'ams';
 const REGION_ID = 0x0a01;
-const W1 = 0x1a2b3c4d;
-const W2 = 0x5e6f7a8b;
 const NODE = 'n1';
 
 const env = new AgentEnv('a');
@@ -56,44 +54,80 @@ interface Ep {
   node: string;
   ifname: string;
   i6pn: boolean;
+  /** The record as i6pnctl wrote it. */
+  record: Record<string, unknown>;
 }
 
-function ep(name: string, ws: number, low: number, node: string, ifname: string, i6pn = true): Ep {
+const workspaceIds = new Map<string, number>();
+
+async function i6pnctl(args: string[]): Promise<string> {
+  const r = await ctl(args, { I6PN_NATS_URL: nats.url });
+  if (r.code !== 0) throw new Error(`i6pnctl ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Register an endpoint with i6pnctl (the address is the controller's choice). */
+async function register(workspace: string, node: string, ifname: string): Promise<Ep> {
+  const rec = JSON.parse(
+    await i6pnctl(['endpoint', 'add', '--json', '--workspace', workspace, '--region', REGION, '--node', node, '--ifname', ifname]),
+  ) as { address: string; workspaceId: number; i6pn: boolean };
+  const addr = parseAddress(rec.address);
+  return {
+    key: `${REGION}.${workspaceIdHex(rec.workspaceId)}.${endpointIdOf(addr)}`,
+    address: rec.address,
+    ws: rec.workspaceId,
+    node,
+    ifname,
+    i6pn: rec.i6pn,
+    record: rec,
+  };
+}
+
+async function unregister(e: Ep): Promise<void> {
+  await i6pnctl(['endpoint', 'remove', e.address]);
+}
+
+/** A record for a raw write (an update i6pnctl has no command for, or a broken entry). */
+function record(e: Ep, over: Record<string, unknown> = {}): string {
+  return JSON.stringify({ ...e.record, ...over });
+}
+
+/** Rewrite an endpoint's entry directly in the bucket (what no i6pnctl command does: an in-place update). */
+async function put(e: Ep, over: Record<string, unknown> = {}): Promise<void> {
+  await endpoints.put(e.key, record(e, over));
+}
+
+/** An endpoint that is never registered, for broken entries. */
+function unregistered(ws: number, low: number, node: string, ifname: string): Ep {
   const rand = Buffer.alloc(8);
   rand.writeUInt32BE(process.pid, 0);
   rand.writeUInt32BE(low, 4);
   const addr = makeEndpointAddress(ws, REGION_ID, new Uint8Array(rand));
-  return { key: `${REGION}.${workspaceIdHex(ws)}.${endpointIdOf(addr)}`, address: formatAddress(addr), ws, node, ifname, i6pn };
+  const address = formatAddress(addr);
+  return {
+    key: `${REGION}.${workspaceIdHex(ws)}.${endpointIdOf(addr)}`,
+    address,
+    ws,
+    node,
+    ifname,
+    i6pn: true,
+    record: {
+      v: 1,
+      address,
+      workspace: 'one',
+      workspaceId: ws,
+      region: REGION,
+      regionId: REGION_ID,
+      node,
+      ifname,
+      i6pn: true,
+      createdAt: new Date().toISOString(),
+    },
+  };
 }
 
-// Local endpoints on n1 (containers a, b: workspace 1; e: workspace 2; d comes later), remote ones on n2.
-const A = ep('a', W1, 0xa, NODE, 'ep-a');
-const B = ep('b', W1, 0xb, NODE, 'ep-b');
-const C = ep('c', W1, 0xc, 'n2', 'ep-c');
-const D = ep('d', W1, 0xd, NODE, 'ep-d');
-const E = ep('e', W2, 0xe, NODE, 'ep-e');
-const F = ep('f', W1, 0xf, 'n2', 'ep-f');
-const G = ep('g', W1, 0x10, 'n2', 'ep-g');
-
-function record(e: Ep, over: Record<string, unknown> = {}): string {
-  return JSON.stringify({
-    v: 1,
-    address: e.address,
-    workspace: e.ws === W1 ? 'one' : 'two',
-    workspaceId: e.ws,
-    region: REGION,
-    regionId: REGION_ID,
-    node: e.node,
-    ifname: e.ifname,
-    i6pn: e.i6pn,
-    createdAt: new Date().toISOString(),
-    ...over,
-  });
-}
-
-async function put(e: Ep, over: Record<string, unknown> = {}): Promise<void> {
-  await endpoints.put(e.key, record(e, over));
-}
+// Local endpoints on n1 (containers a, b: workspace one; e: workspace two; d comes later), remote ones on n2.
+let A: Ep, B: Ep, C: Ep, E: Ep;
 
 async function scrape(): Promise<{ text: string; samples: Sample[]; types: Map<string, string> }> {
   const res = await fetch(`${env.metricsUrl}/metrics`, { signal: AbortSignal.timeout(5000) });
@@ -139,16 +173,15 @@ test.before(async () => {
   await env.create();
   nats = await startNats({ host: '::' });
   nc = await connect({ servers: nats.url });
+  await i6pnctl(['region', 'add', REGION, '--id', String(REGION_ID)]);
+  for (const w of ['one', 'two']) workspaceIds.set(w, (JSON.parse(await i6pnctl(['workspace', 'create', '--json', w])) as { id: number }).id);
   const kvm = new Kvm(jetstream(nc));
-  const regions = await kvm.create('i6pn_regions');
-  endpoints = await kvm.create('i6pn_endpoints');
-  nodes = await kvm.create('i6pn_nodes');
-  await regions.put(`name.${REGION}`, JSON.stringify({ v: 1, name: REGION, id: REGION_ID }));
-  await regions.put(`id.${REGION_ID.toString(16).padStart(4, '0')}`, JSON.stringify({ v: 1, name: REGION, id: REGION_ID }));
-  // Containers whose veth exists before their entry.
-  await env.addContainer('a', A.ifname, A.address);
-  await env.addContainer('b', B.ifname, B.address);
-  await env.addContainer('e', E.ifname, E.address);
+  endpoints = await kvm.open('i6pn_endpoints');
+  nodes = await kvm.open('i6pn_nodes');
+  // Containers whose veth exists before their entry (their address comes with it).
+  await env.addContainer('a', 'ep-a');
+  await env.addContainer('b', 'ep-b');
+  await env.addContainer('e', 'ep-e');
 });
 
 test.after.always(async () => {
@@ -201,40 +234,47 @@ test.serial('--help documents every flag with its variable; invalid flags fail w
 });
 
 test.serial('entries appear in the maps, updates replace, deletes remove; invalid entries are counted and absent', async (t) => {
-  for (const e of [A, B, C, E]) await put(e);
+  A = await register('one', NODE, 'ep-a');
+  B = await register('one', NODE, 'ep-b');
+  C = await register('one', 'n2', 'ep-c');
+  E = await register('two', NODE, 'ep-e');
+  await env.setAddress('a', A.address);
+  await env.setAddress('b', B.address);
+  await env.setAddress('e', E.address);
   startAgent();
   await eventually(ready, '/readyz 200', 20_000);
   await agent!.waitLog((l) => l.msg === 'initial sync done');
 
   const a = readPinnedEndpoint(env.bpffs, A.address);
-  t.deepEqual(a, { workspace: W1, region: REGION_ID, i6pn: true, local: true, node: nodeId(NODE), ifindex: (await env.ifindex('ep-a'))! });
-  t.deepEqual(readPinnedEndpoint(env.bpffs, C.address), { workspace: W1, region: REGION_ID, i6pn: true, local: false, node: nodeId('n2'), ifindex: 0 });
-  t.is(readPinnedEndpoint(env.bpffs, E.address)?.workspace, W2);
+  t.deepEqual(a, { workspace: workspaceIds.get('one'), region: REGION_ID, i6pn: true, local: true, node: nodeId(NODE), ifindex: (await env.ifindex('ep-a'))! });
+  t.deepEqual(readPinnedEndpoint(env.bpffs, C.address), { workspace: workspaceIds.get('one'), region: REGION_ID, i6pn: true, local: false, node: nodeId('n2'), ifindex: 0 });
+  t.is(readPinnedEndpoint(env.bpffs, E.address)?.workspace, workspaceIds.get('two'));
 
   // An update replaces the value.
   await put(C, { i6pn: false });
   await eventually(() => readPinnedEndpoint(env.bpffs, C.address)?.i6pn === false, 'C without i6pn');
   t.false(readPinnedEndpoint(env.bpffs, C.address)!.local);
   // A delete removes it; so does a purge.
-  await endpoints.delete(C.key);
+  await unregister(C);
   await eventually(() => readPinnedEndpoint(env.bpffs, C.address) === null, 'C deleted');
-  await put(F);
+  const F = await register('one', 'n2', 'ep-f');
   await eventually(() => readPinnedEndpoint(env.bpffs, F.address) !== null, 'F applied');
   await endpoints.purge(F.key);
   await eventually(() => readPinnedEndpoint(env.bpffs, F.address) === null, 'F purged');
 
   // Invalid entries: never applied, counted by reason, the agent keeps running.
   const before = (await scrape()).samples;
-  const bad1 = ep('x1', W1, 0x101, NODE, 'ep-x1');
-  const bad2 = ep('x2', W1, 0x102, 'n2', 'ep-x2');
-  const bad3 = ep('x3', W1, 0x103, 'n2', 'ep-x3');
-  const bad4 = ep('x4', W1, 0x104, 'n2', 'ep-x4');
+  const W1 = workspaceIds.get('one')!;
+  const bad1 = unregistered(W1, 0x101, NODE, 'ep-x1');
+  const bad2 = unregistered(W1, 0x102, 'n2', 'ep-x2');
+  const bad3 = unregistered(W1, 0x103, 'n2', 'ep-x3');
+  const bad4 = unregistered(W1, 0x104, 'n2', 'ep-x4');
   await endpoints.put(bad1.key, '{not json');
   await endpoints.put(bad2.key, record(bad2, { i6pn: 'yes' }));
   await endpoints.put(bad3.key, record(bad3, { regionId: REGION_ID + 1 })); // address bits disagree with the record
-  await endpoints.put(`${REGION}.${workspaceIdHex(W2)}.${bad4.key.split('.')[2]}`, record(bad4)); // key names another workspace
+  await endpoints.put(`${REGION}.${workspaceIdHex(workspaceIds.get('two')!)}.${bad4.key.split('.')[2]}`, record(bad4)); // key names another workspace
   // A valid entry written after them proves they were all processed.
-  await put(G);
+  const G = await register('one', 'n2', 'ep-g');
   await eventually(() => readPinnedEndpoint(env.bpffs, G.address) !== null, 'G applied after the invalid ones');
   const after = (await scrape()).samples;
   const delta = (name: string, labels: Record<string, string>) => metricValue(after, name, labels) - metricValue(before, name, labels);
@@ -274,11 +314,12 @@ test.serial('local endpoints: a veth before or after its entry ends attached wit
   t.is((await env.routes()).get(A.address), 'ep-a');
 
   // After: D's entry first, then the runtime makes the veth.
-  await put(D);
+  const D = await register('one', NODE, 'ep-d');
   await eventually(() => readPinnedEndpoint(env.bpffs, D.address) !== null, 'D in the map');
   t.is(readPinnedEndpoint(env.bpffs, D.address)!.ifindex, 0, 'no veth yet: ifindex 0');
   t.false((await env.routes()).has(D.address));
-  await env.addContainer('d', D.ifname, D.address);
+  await env.addContainer('d', D.ifname);
+  await env.setAddress('d', D.address);
   const id = (await env.ifindex('ep-d'))!;
   await eventually(async () => (await env.tcPrograms('ep-d')).ingress === 'from_endpoint', 'TC on ep-d');
   t.deepEqual(await env.tcPrograms('ep-d'), { ingress: 'from_endpoint', egress: 'to_endpoint' });
@@ -288,7 +329,7 @@ test.serial('local endpoints: a veth before or after its entry ends attached wit
   t.true((await env.ping('a', D.address)).ok, 'A reaches D');
 
   // The endpoint goes: hooks, map entry and route go; the veth stays (it is the runtime's).
-  await endpoints.delete(D.key);
+  await unregister(D);
   await eventually(async () => (await env.tcPrograms('ep-d')).ingress === null, 'TC removed from ep-d');
   t.deepEqual(await env.tcPrograms('ep-d'), { ingress: null, egress: null });
   await eventually(() => !readPinnedLocalIfaces(env.bpffs).has(id), 'local_ifaces entry removed');
@@ -298,13 +339,13 @@ test.serial('local endpoints: a veth before or after its entry ends attached wit
   t.false((await env.ping('a', D.address)).ok, 'D unreachable');
 
   // The container goes (veth deleted by the runtime) while its entry stays: the stale ifindex is dropped.
-  await put(D);
-  await eventually(async () => (await env.routes()).get(D.address) === 'ep-d', 'D routed again');
+  const D2 = await register('one', NODE, 'ep-d');
+  await eventually(async () => (await env.routes()).get(D2.address) === 'ep-d', 'D2 routed on the same veth');
   await env.removeContainer('d');
   await eventually(() => !readPinnedLocalIfaces(env.bpffs).has(id), 'local_ifaces entry of the gone veth removed');
-  await eventually(() => readPinnedEndpoint(env.bpffs, D.address)?.ifindex === 0, 'D ifindex back to 0');
-  t.true(readPinnedEndpoint(env.bpffs, D.address)!.local);
-  await endpoints.delete(D.key);
+  await eventually(() => readPinnedEndpoint(env.bpffs, D2.address)?.ifindex === 0, 'D2 ifindex back to 0');
+  t.true(readPinnedEndpoint(env.bpffs, D2.address)!.local);
+  await unregister(D2);
 });
 
 test.serial('/metrics is exactly the catalogue, passes promtool, and counts real packets', async (t) => {
@@ -369,7 +410,7 @@ test.serial('/metrics is exactly the catalogue, passes promtool, and counts real
 });
 
 test.serial('SIGKILL: the dataplane keeps enforcing; a restarted agent adopts it without a gap and sweeps what was deleted meanwhile', async (t) => {
-  await put(F);
+  const F = await register('one', 'n2', 'ep-f2');
   await eventually(() => readPinnedEndpoint(env.bpffs, F.address) !== null, 'F applied');
   const progBefore = await env.tcPrograms('ep-a');
 
@@ -387,7 +428,7 @@ test.serial('SIGKILL: the dataplane keeps enforcing; a restarted agent adopts it
   t.false((await env.ping('a', E.address)).ok, 'still enforcing with no agent');
   // A delete the dead agent misses entirely: the key's messages, delete marker included, are gone from the stream.
   const jsm = await jetstreamManager(nc);
-  await endpoints.delete(F.key);
+  await unregister(F);
   await jsm.streams.purge('KV_i6pn_endpoints', { filter: `$KV.i6pn_endpoints.${F.key}` });
   t.truthy(readPinnedEndpoint(env.bpffs, F.address), 'frozen, not opened or cleared');
 
@@ -415,12 +456,12 @@ test.serial('NATS outage: the dataplane stays frozen, and the agent catches up w
   t.log('nats started');
   // Changes the agent cannot see yet: one delete, one update, two new entries.
   await eventually(async () => {
-    await endpoints.delete(E.key);
+    await unregister(E);
     return true;
-  }, 'store writable again');
+  }, 'store writable again', 30_000, 500);
   await put(B, { i6pn: false });
-  await put(C);
-  await put(G);
+  const C2 = await register('one', 'n2', 'ep-c2');
+  const G = await register('two', 'n2', 'ep-g2');
   t.log('store changed');
   t.truthy(readPinnedEndpoint(env.bpffs, E.address), 'the agent has not seen the changes');
 
@@ -434,10 +475,12 @@ test.serial('NATS outage: the dataplane stays frozen, and the agent catches up w
   t.is(readPinnedEndpoint(env.bpffs, E.address), null);
   t.false(readPinnedEndpoint(env.bpffs, B.address)!.i6pn);
   t.truthy(readPinnedEndpoint(env.bpffs, G.address));
+  t.truthy(readPinnedEndpoint(env.bpffs, C2.address));
   // E's veth lost its hooks with its entry.
   await eventually(async () => (await env.tcPrograms('ep-e')).ingress === null, 'E detached');
   await put(B);
-  await put(E);
+  E = await register('two', NODE, 'ep-e');
+  await env.setAddress('e', E.address);
   await eventually(() => readPinnedEndpoint(env.bpffs, B.address)?.i6pn === true && readPinnedEndpoint(env.bpffs, E.address) !== null, 'B and E back');
   await eventually(async () => (await env.tcPrograms('ep-e')).ingress === 'from_endpoint', 'E attached again');
 });

@@ -106,19 +106,27 @@ export class AgentEnv {
     await this.blockNats(false);
   }
 
-  /** Play the runtime: a container namespace, its veth pair, the address on the container side. */
-  async addContainer(name: string, ifname: string, address: string): Promise<Container> {
+  /** Play the runtime: a container namespace and its veth pair (the address comes with setAddress). */
+  async addContainer(name: string, ifname: string): Promise<Container> {
     const netns = `i6pn-at-${this.id}-${this.tag}-c${name}`;
     await this.addNs(netns);
     await sh(['ip', 'link', 'add', ifname, 'netns', this.nodeNs, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns]);
     await sh(['ip', '-n', this.nodeNs, 'addr', 'add', 'fe80::1/64', 'dev', ifname, 'nodad']);
     await sh(['ip', '-n', this.nodeNs, 'link', 'set', ifname, 'up']);
-    await sh(['ip', '-n', netns, 'addr', 'add', `${address}/128`, 'dev', 'eth0', 'nodad']);
     await sh(['ip', '-n', netns, 'link', 'set', 'eth0', 'up']);
     await sh(['ip', '-n', netns, '-6', 'route', 'replace', 'default', 'via', 'fe80::1', 'dev', 'eth0']);
-    const c = { name, netns, ifname, address };
+    const c = { name, netns, ifname, address: '' };
     this.containers.set(name, c);
     return c;
+  }
+
+  /** The container's private address (replacing the one it had). */
+  async setAddress(name: string, address: string): Promise<void> {
+    const c = this.containers.get(name)!;
+    if (c.address) await sh(['ip', '-n', c.netns, 'addr', 'del', `${c.address}/128`, 'dev', 'eth0'], { allowFail: true });
+    await sh(['ip', '-n', c.netns, 'addr', 'add', `${address}/128`, 'dev', 'eth0', 'nodad']);
+    await sh(['ip', '-n', c.netns, '-6', 'route', 'replace', 'default', 'via', 'fe80::1', 'dev', 'eth0']);
+    c.address = address;
   }
 
   /** The container goes: its namespace, and with it the veth pair. */
