@@ -54,18 +54,15 @@ export const EXIT = { ok: 0, refused: 1, usage: 2, store: 3 } as const;
 
 const VERSION = readVersion();
 
+/** The package's version: package.json is one level up from controller/, two from dist/controller/. */
 function readVersion(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
-    if (pkg.version) return pkg.version;
-  } catch {
-    // running from dist/ one level deeper
-  }
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: string };
-    if (pkg.version) return pkg.version;
-  } catch {
-    // no package.json next to us
+  for (const rel of ['../package.json', '../../package.json']) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'i6pn' && pkg.version) return pkg.version;
+    } catch {
+      // not there: try the next
+    }
   }
   return '0.0.0';
 }
@@ -87,6 +84,10 @@ Environment:
   I6PN_NATS_URL    NATS server URL(s), comma-separated
                    (default ${DEFAULT_NATS_URL})
   I6PN_NATS_CREDS  NATS credentials file
+  I6PN_KV_REPLICAS, I6PN_KV_HISTORY, I6PN_KV_STORAGE
+                   bucket settings, used when i6pnctl creates the buckets
+                   (the first command against a new NATS); existing buckets
+                   are left as they are
 
 Exit status: 0 success, 1 refused (unknown or taken name, endpoints left),
 2 usage error, 3 store unreachable or unusable. Errors are one line on stderr:
@@ -105,6 +106,14 @@ Example: provision a workspace and a four-endpoint cluster
 interface GlobalOpts {
   nats: string;
   creds?: string;
+  kvReplicas?: number;
+  kvHistory?: number;
+  kvStorage?: 'file' | 'memory';
+}
+
+function parseReplicas(v: string): number {
+  if (!['1', '3', '5'].includes(v)) throw new InvalidArgumentError('replicas must be 1, 3 or 5.');
+  return Number(v);
 }
 
 interface Ctx {
@@ -177,6 +186,17 @@ export function buildProgram(ctx: Ctx): Command {
     .helpOption('-h, --help', 'show help for a command')
     .addOption(new Option('--nats <url>', 'NATS server URL; several, comma-separated, for a cluster').env('I6PN_NATS_URL').default(DEFAULT_NATS_URL))
     .addOption(new Option('--creds <file>', 'NATS credentials file (JWT and nkey seed)').env('I6PN_NATS_CREDS'))
+    .addOption(
+      new Option('--kv-replicas <n>', 'replicas of each bucket when i6pnctl creates it (1, 3 or 5; a NATS cluster wants 3)')
+        .env('I6PN_KV_REPLICAS')
+        .argParser(parseReplicas),
+    )
+    .addOption(
+      new Option('--kv-history <n>', 'values kept per key when i6pnctl creates a bucket (default 5)')
+        .env('I6PN_KV_HISTORY')
+        .argParser(parsePositiveInt('--kv-history', 64)),
+    )
+    .addOption(new Option('--kv-storage <type>', 'storage of a bucket i6pnctl creates').choices(['file', 'memory']).env('I6PN_KV_STORAGE'))
     .showSuggestionAfterError(true)
     .exitOverride()
     .addHelpText('after', `${MANUAL}\n${EXAMPLE}\n`);
@@ -186,7 +206,14 @@ export function buildProgram(ctx: Ctx): Command {
     const g = cmd.optsWithGlobals<GlobalOpts>();
     const servers = parseList(g.nats);
     if (servers.length === 0) throw new StoreError('invalid', 'no NATS server given', 'set --nats or I6PN_NATS_URL, e.g. nats://127.0.0.1:4222');
-    const store = await connectStore({ servers, ...(g.creds ? { creds: g.creds } : {}), name: 'i6pnctl' });
+    const store = await connectStore({
+      servers,
+      name: 'i6pnctl',
+      ...(g.creds ? { creds: g.creds } : {}),
+      ...(g.kvReplicas !== undefined ? { replicas: g.kvReplicas } : {}),
+      ...(g.kvHistory !== undefined ? { history: g.kvHistory } : {}),
+      ...(g.kvStorage !== undefined ? { storage: g.kvStorage } : {}),
+    });
     try {
       return await fn(store);
     } finally {

@@ -22,7 +22,7 @@
  * design) or an ifname claimed, which `endpoint remove ADDRESS` clears.
  */
 import { readFileSync } from 'node:fs';
-import { jetstream, JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
+import { jetstream, JetStreamApiCodes, JetStreamApiError, StorageType } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import {
@@ -139,6 +139,8 @@ export interface StoreOptions {
   replicas?: number;
   /** Values kept per key when the store creates a bucket. */
   history?: number;
+  /** Storage of a bucket the store creates (default "file"; "memory" loses it with the server). */
+  storage?: 'file' | 'memory';
   /** Milliseconds to wait for the first connection (default 5000). */
   timeout?: number;
   /** Keep trying until the first connection succeeds (the agent), instead of failing fast (the CLI). */
@@ -173,8 +175,8 @@ function reasonOf(e: unknown): string {
  * Connect and open (creating on first use) every bucket. Fails with a
  * StoreError whose message names the server and says what to do.
  *
- * Buckets are file-backed, keep `history` values per key (default 5) and have
- * `replicas` replicas (default 1; 3 on a NATS cluster). An existing bucket is
+ * Buckets are file-backed (or `storage`), keep `history` values per key
+ * (default 5) and have `replicas` replicas (default 1; 3 on a NATS cluster). An existing bucket is
  * opened as it is: its settings are not changed.
  */
 export async function connectStore(opts: StoreOptions): Promise<Store> {
@@ -199,6 +201,7 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
     const settings = {
       history: opts.history ?? 5,
       replicas: opts.replicas ?? 1,
+      storage: opts.storage === 'memory' ? StorageType.Memory : StorageType.File,
       maxValueSize: 16 * 1024,
     };
     const open = (bucket: string, description: string): Promise<KV> =>

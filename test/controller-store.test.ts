@@ -521,3 +521,34 @@ test('node list: heartbeats, stale marking, invalid records', async (t) => {
   const strict = await listNodes(store, { now, region, staleAfterMs: 1000 });
   t.true(strict.nodes.every((n) => n.stale));
 });
+
+test('bucket settings apply when the store creates the buckets, and existing buckets are left alone', async (t) => {
+  const nats = await startNats();
+  try {
+    const s1 = await connectStore({ servers: nats.url, history: 3, storage: 'memory' });
+    const st = await s1.endpoints.status();
+    t.is(st.history, 3);
+    t.is(st.storage, 'memory');
+    t.is(st.replicas, 1);
+    t.is(st.bucket, 'i6pn_endpoints');
+    await s1.close();
+    const s2 = await connectStore({ servers: nats.url, history: 10 });
+    t.is((await s2.endpoints.status()).history, 3);
+    t.is((await s2.workspaces.status()).history, 3);
+    await s2.close();
+  } finally {
+    await nats.destroy();
+  }
+  const fresh = await startNats();
+  try {
+    const s = await connectStore({ servers: fresh.url });
+    for (const kv of [s.regions, s.workspaces, s.endpoints, s.addresses, s.ifnames, s.nodes]) {
+      const st = await kv.status();
+      t.is(st.history, 5);
+      t.is(st.storage, 'file');
+    }
+    await s.close();
+  } finally {
+    await fresh.destroy();
+  }
+});
