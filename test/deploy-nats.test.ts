@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { connect, credsAuthenticator, nkeys, type NatsConnection } from "@nats-io/transport-node";
 import { Kvm, type KV } from "@nats-io/kv";
-import { agentPermissions, assertNodeName, BUCKETS, credsFile, init, issueAgent, issueController } from "../deploy/nats/i6pn-nats-auth.js";
+import { AGENT_BUCKETS, agentPermissions, assertNodeName, BUCKETS, credsFile, init, issueAgent, issueController } from "../deploy/nats/i6pn-nats-auth.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const prodConf = join(root, "deploy/nats/nats-server.conf");
@@ -94,7 +94,7 @@ async function connectAs(t: ExecutionContext, ep: Endpoint, creds: string, name:
     authenticator: credsAuthenticator(readFileSync(creds)),
     ...(ep.tls ? { tls: ep.tls } : {}),
     maxReconnectAttempts: 0,
-    timeout: 5000,
+    timeout: 20_000,
   });
   t.teardown(() => nc.close().catch(() => undefined));
   return nc;
@@ -144,7 +144,12 @@ async function checkPermissions(t: ExecutionContext, dir: string, controllerEp: 
   const keys: string[] = [];
   for await (const k of await aEndpoints.keys("r1.>")) keys.push(k);
   t.deepEqual(keys, ["r1.w1.e1"]);
-  for (const b of BUCKETS) t.truthy(await (await akvm.open(b)).status(), `agent opens ${b}`);
+  for (const b of AGENT_BUCKETS) t.truthy(await (await akvm.open(b)).status(), `agent opens ${b}`);
+  // The controller's ledgers are closed to agents, even for reading.
+  for (const b of BUCKETS.filter((x) => !(AGENT_BUCKETS as readonly string[]).includes(x))) {
+    const message = await outcome(() => akvm.open(b).then((kv) => kv.status()));
+    t.is(PERMISSION.exec(message)?.[1], `$JS.API.STREAM.INFO.KV_${b}`, `agent reads ${b}: ${message}`);
+  }
 
   // Its own heartbeat: allowed.
   t.is(await outcome(() => aNodes.put("node-a", "alive")), "ok");
@@ -193,6 +198,15 @@ test("agent permissions: node names with wildcards or spaces are refused", (t) =
   t.false([...perms.pub.allow, ...perms.sub.allow].some((s) => s === ">" || s.startsWith("$KV.") && s.endsWith(">")));
 });
 
+test("an agent's JWT fits the server's default 4 KB CONNECT line with room to spare", (t) => {
+  const dir = tempDir(t);
+  init(dir);
+  const longest = `${"n".repeat(30)}.${"m".repeat(32)}`; // 63 characters, the longest node name
+  const jwt = /-----\n(\S+)\n------END NATS USER JWT/.exec(readFileSync(issueAgent(dir, longest), "utf8"))?.[1] ?? "";
+  t.true(jwt.length > 500, "no JWT found");
+  t.true(jwt.length < 3000, `agent JWT is ${jwt.length} bytes; the CONNECT line (JWT, signature, options) must stay under max_control_line 4096`);
+});
+
 test("init refuses to replace existing keys and writes secrets mode 0600", (t) => {
   const dir = tempDir(t);
   init(dir);
@@ -214,7 +228,7 @@ test("single server: an agent reads membership, writes its heartbeat, and cannot
   writeFileSync(join(dir, "server.conf"), `listen: 127.0.0.1:${port}\njetstream { store_dir: "${join(dir, "js")}" }\ninclude ./auth.conf\n`);
   const proc = startServer(t, join(dir, "server.conf"), dir, join(dir, "server.log"));
   const ep = { servers: `nats://127.0.0.1:${port}` };
-  await until("nats-server up", () => connectAs(t, ep, join(dir, "controller.creds"), "probe").then((nc) => nc.close()));
+  await until("nats-server up", () => connectAs(t, ep, join(dir, "controller.creds"), "probe").then((nc) => nc.close()), 90_000);
   await checkPermissions(t, dir, ep, ep, 1);
 
   // No creds, or creds of another operator: not even connected.
@@ -244,6 +258,7 @@ test("three-server production config (TLS, JetStream R3): the same permissions h
   issueAgent(dir, "node-a");
   issueController(dir);
   // A CA and one server certificate for 127.0.0.1, used by clients and routes.
+  if (spawnSync("sh", ["-c", "command -v openssl"]).status !== 0) return t.fail("openssl is needed to make the test certificates: apt-get install openssl");
   const ssl = (args: string[]) => {
     const r = spawnSync("openssl", args, { cwd: dir, encoding: "utf8" });
     if (r.status !== 0) throw new Error(`openssl ${args.join(" ")}: ${r.stderr}`);
@@ -278,7 +293,7 @@ test("three-server production config (TLS, JetStream R3): the same permissions h
   // The controller talks to server 0, the agent to server 2.
   const ctlEp = { servers: `tls://127.0.0.1:${client[0]}`, tls };
   const agentEp = { servers: `tls://127.0.0.1:${client[2]}`, tls };
-  await until("cluster up", () => connectAs(t, agentEp, join(dir, "agents/node-a.creds"), "probe").then((nc) => nc.close()));
+  await until("cluster up", () => connectAs(t, agentEp, join(dir, "agents/node-a.creds"), "probe").then((nc) => nc.close()), 90_000);
   await checkPermissions(t, dir, ctlEp, agentEp, 3);
 
   // The buckets really are replicated on three servers, and TLS is required.

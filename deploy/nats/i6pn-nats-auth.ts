@@ -2,9 +2,10 @@
 // system account and the i6pn account (decentralized JWT auth), then one
 // credentials file per agent and one for the controller. Least privilege:
 //
-//   agent <node>  reads every i6pn_* KV bucket (get, watch, keys) and writes
-//                 one key only, its heartbeat $KV.i6pn_nodes.<node>;
-//   controller    reads and writes every i6pn_* bucket and creates them.
+//   agent <node>  reads the buckets it follows (regions, endpoints, nodes: get,
+//                 watch, keys) and writes one key only, its heartbeat
+//                 $KV.i6pn_nodes.<node>;
+//   controller    reads, writes and creates every i6pn_* bucket.
 //
 // The server never holds user secrets: it trusts the operator JWT, preloads
 // the two account JWTs (auth.conf), and verifies each user JWT's signature by
@@ -22,13 +23,29 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "n
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { nkeys } from "@nats-io/transport-node";
-import { isValidNodeName } from "../../lib/schema.js";
+import {
+  ADDRESSES_BUCKET,
+  ENDPOINTS_BUCKET,
+  IFNAMES_BUCKET,
+  isValidNodeName,
+  NODES_BUCKET,
+  nodeKey,
+  REGIONS_BUCKET,
+  WORKSPACES_BUCKET,
+} from "../../lib/schema.js";
 
 type KeyPair = ReturnType<typeof nkeys.createUser>;
 
-/** The KV buckets of the membership store (lib/ owns their schemas). */
-export const BUCKETS = ["i6pn_regions", "i6pn_workspaces", "i6pn_endpoints", "i6pn_nodes"] as const;
-export const HEARTBEAT_BUCKET = "i6pn_nodes";
+/** The KV buckets of the membership store, as lib/schema.ts names them. */
+export const BUCKETS = [REGIONS_BUCKET, WORKSPACES_BUCKET, ENDPOINTS_BUCKET, ADDRESSES_BUCKET, IFNAMES_BUCKET, NODES_BUCKET] as const;
+/**
+ * The buckets an agent reads (agent/: its region's id, the endpoints, the
+ * nodes); the workspace, address and interface-name ledgers are the
+ * controller's alone. A bucket added here costs ~9 subjects in every agent's
+ * JWT, which travels in the CONNECT line (max_control_line, 4 KB by default).
+ */
+export const AGENT_BUCKETS = [REGIONS_BUCKET, ENDPOINTS_BUCKET, NODES_BUCKET] as const;
+export const HEARTBEAT_BUCKET = NODES_BUCKET;
 
 export interface Permissions {
   pub: { allow: string[] };
@@ -65,8 +82,8 @@ export function agentPermissions(node: string): Permissions {
     pub: {
       allow: [
         "$JS.API.INFO",
-        ...BUCKETS.flatMap(kvReadSubjects),
-        `$KV.${HEARTBEAT_BUCKET}.${node}`, // its own heartbeat key, nothing else
+        ...AGENT_BUCKETS.flatMap(kvReadSubjects),
+        `$KV.${HEARTBEAT_BUCKET}.${nodeKey(node)}`, // its own heartbeat key, nothing else
       ],
     },
     // Replies (API responses, put acks, watch deliveries) arrive on inboxes.
@@ -74,23 +91,13 @@ export function agentPermissions(node: string): Permissions {
   };
 }
 
+/**
+ * The controller owns the store: every JetStream API call and every KV subject
+ * of the account. The i6pn account holds nothing else, so this is the store.
+ */
 export function controllerPermissions(): Permissions {
   return {
-    pub: {
-      allow: [
-        "$JS.API.INFO",
-        "$JS.API.STREAM.NAMES",
-        "$JS.API.STREAM.LIST",
-        ...BUCKETS.flatMap((b) => [
-          `$JS.API.STREAM.CREATE.KV_${b}`,
-          `$JS.API.STREAM.UPDATE.KV_${b}`,
-          `$JS.API.STREAM.PURGE.KV_${b}`,
-          `$JS.API.STREAM.MSG.DELETE.KV_${b}`,
-          ...kvReadSubjects(b),
-          `$KV.${b}.>`,
-        ]),
-      ],
-    },
+    pub: { allow: ["$JS.API.>", "$KV.>", "$JS.FC.>"] },
     sub: { allow: ["_INBOX.>"] },
   };
 }
