@@ -165,7 +165,7 @@ async function checkPermissions(t: ExecutionContext, dir: string, controllerEp: 
     ["write a key below its own", () => aNodes.put("node-a.x", "x"), "$KV.i6pn_nodes.node-a.x"],
     ["write a region", () => akvm.open("i6pn_regions").then((kv) => kv.put("r9", "{}")), "$KV.i6pn_regions.r9"],
     ["purge the endpoints bucket", () => agent.request("$JS.API.STREAM.PURGE.KV_i6pn_endpoints", "{}", { timeout: 2000 }), "$JS.API.STREAM.PURGE.KV_i6pn_endpoints"],
-    ["delete the endpoints bucket", () => akvm.destroy?.("i6pn_endpoints") ?? agent.request("$JS.API.STREAM.DELETE.KV_i6pn_endpoints", "", { timeout: 2000 }), "$JS.API.STREAM.DELETE.KV_i6pn_endpoints"],
+    ["delete the endpoints bucket", () => agent.request("$JS.API.STREAM.DELETE.KV_i6pn_endpoints", "", { timeout: 2000 }), "$JS.API.STREAM.DELETE.KV_i6pn_endpoints"],
     ["create a bucket", () => akvm.create("i6pn_rogue"), "$JS.API.STREAM.INFO.KV_i6pn_rogue"],
   ];
   for (const [what, op, subject] of denied) {
