@@ -64,10 +64,11 @@ export function mac(ns: string, dev: string): Uint8Array {
   return Uint8Array.from(j[0]!.address.split(':').map((h) => parseInt(h, 16)));
 }
 
-/** Start a long-lived process in a namespace; killed at exit. */
+/** Start a long-lived process (in a namespace, unless ns is null); killed at exit and when this process dies. */
 export function spawnIn(ns: string | null, argv: readonly string[], opts: { stdio?: 'pipe' | 'inherit' | 'ignore'; env?: NodeJS.ProcessEnv } = {}): ChildProcess {
   hookExit();
-  const full = ns ? inNs(ns, argv) : [...argv];
+  // The parent-death signal takes the child (and what it execs) down with this process, even on SIGKILL.
+  const full = ['setpriv', '--pdeathsig', 'KILL', ...(ns ? inNs(ns, argv) : argv)];
   const child = spawn(full[0]!, full.slice(1), { stdio: opts.stdio ?? 'pipe', env: opts.env ?? process.env });
   children.add(child);
   child.on('exit', () => children.delete(child));
