@@ -178,7 +178,11 @@ test("the catalogue is well formed: unique i6pn_ names, known types, counters en
       if (values) t.is(new Set(values).size, values.length, `${m.name}{${label}} has duplicates`);
     }
   }
-  for (const m of catalogue.defaultMetrics.metrics) t.true(m.name.startsWith(catalogue.defaultMetrics.prefix), m.name);
+  for (const m of catalogue.defaultMetrics.metrics) {
+    t.true(m.name.startsWith(catalogue.defaultMetrics.prefix), m.name);
+    // promtool check metrics rejects a non-counter named *_total
+    t.is(m.type === "counter", m.name.endsWith("_total"), `${m.name}: only counters end in _total`);
+  }
   // The reasons are the BPF ABI's enum, lower-cased (bpf/i6pn.h is the source).
   const header = readFileSync(join(root, "bpf/i6pn.h"), "utf8");
   const enumBody = /enum i6pn_reason \{([\s\S]*?)\};/.exec(header)?.[1] ?? "";
