@@ -143,6 +143,12 @@ export interface StoreOptions {
   storage?: 'file' | 'memory';
   /** Milliseconds to wait for the first connection (default 5000). */
   timeout?: number;
+  /**
+   * Milliseconds to wait for each JetStream/KV answer (default 20000). Long
+   * on purpose: a loaded server answering late is not a failure; a dead one
+   * is found by the connection, not by this.
+   */
+  requestTimeout?: number;
   /** Keep trying until the first connection succeeds (the agent), instead of failing fast (the CLI). */
   waitOnFirstConnect?: boolean;
   /** Random source for ids and addresses (default: crypto). */
@@ -197,12 +203,14 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
     throw new StoreError('unreachable', `cannot reach NATS at ${where}: ${reasonOf(e)}`, CONNECT_HINT);
   }
   try {
-    const kvm = new Kvm(jetstream(nc));
+    const requestTimeout = opts.requestTimeout ?? 20_000;
+    const kvm = new Kvm(jetstream(nc, { timeout: requestTimeout }));
     const settings = {
       history: opts.history ?? 5,
       replicas: opts.replicas ?? 1,
       storage: opts.storage === 'memory' ? StorageType.Memory : StorageType.File,
       maxValueSize: 16 * 1024,
+      timeout: requestTimeout,
     };
     const open = (bucket: string, description: string): Promise<KV> =>
       kvm.create(bucket, { ...settings, description });
@@ -251,6 +259,24 @@ function readCreds(path: string): Uint8Array {
 }
 
 // ---------------------------------------------------------------- reading
+
+/** `fn` over `items` with at most `limit` in flight; results in input order, as Promise.allSettled. */
+async function settleLimited<T, R>(items: T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<PromiseSettledResult<R>[]> {
+  const out: PromiseSettledResult<R>[] = new Array(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      try {
+        out[i] = { status: 'fulfilled', value: await fn(items[i]!, i) };
+      } catch (reason) {
+        out[i] = { status: 'rejected', reason };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
 
 const enc = (v: unknown): string => JSON.stringify(v);
 
@@ -638,10 +664,9 @@ export async function createCluster(
     }
   }
   const at = await resolve(store, opts.workspace, opts.region);
-  const settled = await Promise.allSettled(
-    Array.from({ length: opts.size }, (_, i) =>
-      register(store, at, { workspace: opts.workspace, region: opts.region, node: opts.nodes[i % opts.nodes.length]!, ifname: clusterIfname, i6pn: opts.i6pn ?? true }),
-    ),
+  // Bounded, so that a 10000-endpoint cluster does not flood the server.
+  const settled = await settleLimited(Array.from({ length: opts.size }, (_, i) => i), 64, (i) =>
+    register(store, at, { workspace: opts.workspace, region: opts.region, node: opts.nodes[i % opts.nodes.length]!, ifname: clusterIfname, i6pn: opts.i6pn ?? true }),
   );
   const ok = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
   const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');

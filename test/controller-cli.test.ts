@@ -276,12 +276,13 @@ test('node list marks stale nodes', async (t) => {
   const old = name('node');
   const rec = (n: string, agoMs: number) =>
     JSON.stringify({ v: 1, name: n, region, version: '0.1.0', startedAt: new Date(Date.now() - 3_600_000).toISOString(), heartbeatAt: new Date(Date.now() - agoMs).toISOString() });
-  await store.nodes.put(fresh, rec(fresh, 1000));
-  await store.nodes.put(old, rec(old, 120_000));
+  // Fresh: a heartbeat now; old: two hours ago. The threshold is an hour, so a slow machine cannot blur them.
+  await store.nodes.put(fresh, rec(fresh, 0));
+  await store.nodes.put(old, rec(old, 7_200_000));
   const [json, text, lenient] = await Promise.all([
-    cli(['node', 'list', '--region', region, '--json'], env),
-    ctl(['node', 'list', '--region', region], env),
-    cli(['node', 'list', '--region', region, '--stale-after', '600', '--json'], env),
+    cli(['node', 'list', '--region', region, '--stale-after', '3600', '--json'], env),
+    ctl(['node', 'list', '--region', region, '--stale-after', '3600'], env),
+    cli(['node', 'list', '--region', region, '--stale-after', '86400', '--json'], env),
   ]);
   t.is(json.code, 0, json.stderr);
   const n = JSON.parse(json.stdout) as { nodes: { name: string; stale: boolean; heartbeatAgeSeconds: number }[]; invalid: unknown[] };

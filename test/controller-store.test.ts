@@ -38,6 +38,8 @@ import {
 import { startNats, type NatsServer } from './helpers/nats.js';
 
 const test = anyTest as TestFn<{ nats: NatsServer; store: Store }>;
+// The heavy concurrency tests are serial (ava runs them first, one at a time):
+// each is concurrent inside, and they should not starve one another.
 
 test.before(async (t) => {
   const nats = await startNats();
@@ -151,7 +153,7 @@ test('regions: add, list, duplicate name, fixed id taken, invalid name', async (
   t.deepEqual(listed, [ra]);
 });
 
-test('regions: a taken random id is drawn again; a lost name race frees the id', async (t) => {
+test.serial('regions: a taken random id is drawn again; a lost name race frees the id', async (t) => {
   const first = await addRegion(t.context.store, name('r'));
   const other = (first.id % 0xfffe) + 1;
   const s = await scriptedStore(t, { regionId: [first.id, other, other] });
@@ -175,7 +177,7 @@ test('regions: a taken random id is drawn again; a lost name race frees the id',
 
 // ---------------------------------------------------------------- workspaces
 
-test('100 concurrent workspace creates get 100 unique ids and subnets, none lost', async (t) => {
+test.serial('100 concurrent workspace creates get 100 unique ids and subnets, none lost', async (t) => {
   const { store } = t.context;
   const names = Array.from({ length: 100 }, () => name('w'));
   const created = await Promise.all(names.map((n) => createWorkspace(store, n)));
@@ -194,7 +196,7 @@ test('100 concurrent workspace creates get 100 unique ids and subnets, none lost
   }
 });
 
-test('100 concurrent creates of one name: exactly one wins, the rest are refused', async (t) => {
+test.serial('100 concurrent creates of one name: exactly one wins, the rest are refused', async (t) => {
   const { store } = t.context;
   const n = name('w');
   const results = await Promise.allSettled(Array.from({ length: 100 }, () => createWorkspace(store, n)));
@@ -276,7 +278,7 @@ async function setup(store: Store): Promise<{ ws: string; wsId: number; region: 
   return { ws: w.name, wsId: w.id, region: r.name, regionId: r.id, nodeA: name('node'), nodeB: name('node') };
 }
 
-test('1000 concurrent endpoint registrations: unique addresses, none lost, each decodes to its workspace and region', async (t) => {
+test.serial('1000 concurrent endpoint registrations: unique addresses, none lost, each decodes to its workspace and region', async (t) => {
   const { store } = t.context;
   const a = await setup(store);
   const b = await setup(store);
@@ -417,7 +419,7 @@ test('cluster create is all or nothing', async (t) => {
   t.deepEqual((await listEndpoints(t.context.store, { workspace: at.ws })).endpoints, []);
 });
 
-test('an endpoint racing its workspace\'s deletion is undone', async (t) => {
+test.serial('an endpoint racing its workspace\'s deletion is undone', async (t) => {
   const { store } = t.context;
   const at = await setup(store);
   // Registrations and a forced delete at once: afterwards no endpoint of the deleted workspace remains.
