@@ -56,6 +56,7 @@ export class Attacher {
   private readonly o: AttachOptions;
   private readonly attached = new Map<number, Attachment>();
   private uplinkIfindex: number | null = null;
+  private uplinkMissingSaid = false;
   private running: Promise<void> | null = null;
   private again = false;
   private allowRemoval = false;
@@ -175,11 +176,14 @@ export class Attacher {
   private convergeUplink(): void {
     const ifindex = this.o.interfaces.ifindex(this.o.uplink);
     if (ifindex === undefined) {
-      if (this.uplinkIfindex !== null) this.o.log.error({ uplink: this.o.uplink }, 'the uplink is gone: from_fabric is not attached');
-      else this.o.log.warn({ uplink: this.o.uplink }, 'the uplink does not exist (yet): from_fabric is not attached');
+      if (!this.uplinkMissingSaid) {
+        this.o.log.error({ uplink: this.o.uplink }, 'the uplink does not exist: from_fabric is not attached (not ready) until it appears');
+        this.uplinkMissingSaid = true;
+      }
       this.uplinkIfindex = null;
       return;
     }
+    this.uplinkMissingSaid = false;
     if (this.uplinkIfindex === ifindex) return;
     try {
       this.o.dp.attachUplink(ifindex);

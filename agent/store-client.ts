@@ -12,6 +12,9 @@ import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/trans
 import { NODES_BUCKET, REGIONS_BUCKET, decodeRecord, nodeKey, regionNameKey, regionRecord, type NodeRecord } from '../lib/schema.js';
 import type { Logger } from './log.js';
 
+/** JetStream API requests (consumer creation, KV get/put). */
+const JS_API_TIMEOUT_MS = 60_000;
+
 export interface AgentStoreOptions {
   servers: string[];
   creds: string | undefined;
@@ -30,7 +33,9 @@ export class AgentStore {
   private readonly buckets = new Map<string, Promise<KV>>();
 
   private constructor(readonly nc: NatsConnection) {
-    this.js = jetstream(nc);
+    // A snapshot consumer over a large region takes nats-server seconds to create (it finds the last
+    // message of every key): a short API timeout would retry and pile up consumers.
+    this.js = jetstream(nc, { timeout: JS_API_TIMEOUT_MS });
     this.kvm = new Kvm(this.js);
   }
 

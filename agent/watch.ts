@@ -57,7 +57,10 @@ export class MembershipFollower {
 
   start(): void {
     this.loop = this.run();
-    this.timer = setInterval(() => this.requestReconcile(), this.o.reconcileIntervalMs);
+    // A snapshot still being read is a reconcile already.
+    this.timer = setInterval(() => {
+      if (!this.o.sync.inSnapshot) this.requestReconcile();
+    }, this.o.reconcileIntervalMs);
     this.timer.unref();
   }
 
