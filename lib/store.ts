@@ -580,7 +580,7 @@ async function register(store: Store, at: Resolved, spec: EndpointSpec): Promise
     if (!check.ok) throw new StoreError('invalid', `endpoint would be invalid (${check.reason}: ${check.message})`, 'check the flags');
 
     // 1. The address: created once, never deleted.
-    const addrRecord: AddressRecord = { v: SCHEMA_VERSION, address: record.address, endpointKey: key, state: 'active', createdAt: record.createdAt };
+    const addrRecord = addressRecord.parse({ v: SCHEMA_VERSION, address: record.address, endpointKey: key, state: 'active', createdAt: record.createdAt });
     let addrRevision: number;
     try {
       addrRevision = await store.addresses.create(addressKey(addr), enc(addrRecord));
@@ -692,7 +692,12 @@ function parseAddressArg(address: string): Uint8Array {
 async function endpointKeyOfAddress(store: Store, address: string): Promise<{ key: string; addr: Uint8Array; state: AddressRecord['state'] }> {
   const addr = parseAddressArg(address);
   const e = await getLive(store.addresses, addressKey(addr));
-  if (!e) throw new StoreError('not-found', `no endpoint has address ${formatAddress(addr)}`, 'list endpoints with `i6pnctl endpoint list`');
+  if (!e) {
+    // No claim: only an entry written past i6pnctl can have this address. Find it by its key.
+    const keys = await keysOf(store.endpoints, `*.${workspaceIdHex(workspaceOf(addr))}.${endpointIdOf(addr)}`);
+    if (keys.length === 0) throw new StoreError('not-found', `no endpoint has address ${formatAddress(addr)}`, 'list endpoints with `i6pnctl endpoint list`');
+    return { key: keys[0]!, addr, state: 'active' };
+  }
   const rec = decodeOrThrow<AddressRecord>(addressRecord, ADDRESSES_BUCKET, e);
   return { key: rec.endpointKey, addr, state: rec.state };
 }
@@ -731,7 +736,18 @@ async function finishRemoval(store: Store, record: Pick<EndpointRecord, 'node' |
   }
   for (let i = 0; i < 8; i++) {
     const a = await getLive(store.addresses, addressKey(addr));
-    if (!a) return;
+    if (!a) {
+      // An endpoint that was never claimed (written by hand): claim its address as removed, so it is never handed out.
+      const now = new Date().toISOString();
+      const removed = addressRecord.parse({ v: SCHEMA_VERSION, address: formatAddress(addr), endpointKey: key, state: 'removed', createdAt: now, removedAt: now });
+      try {
+        await store.addresses.create(addressKey(addr), enc(removed));
+        return;
+      } catch (err) {
+        if (!isConflict(err)) throw err;
+        continue;
+      }
+    }
     const d = decodeRecord(addressRecord, a.value);
     if (d.ok && d.record.state === 'removed') return;
     const removed: AddressRecord = d.ok

@@ -430,6 +430,9 @@ test('input is checked before connecting: a typo is exit 2 even with NATS down',
   const p = await runCaptured(['--nats', `nats://127.0.0.1:${closed}`, 'peers', 'fdaa::1::2']);
   t.is(p.code, 2);
   t.regex(p.err, /^i6pnctl: error: invalid IPv6 address "fdaa::1::2": /);
+  const c = await runCaptured(['--nats', t.context.nats.url, '--creds', '/nonexistent/i6pnctl.creds', 'region', 'list']);
+  t.is(c.code, 2);
+  t.regex(c.err, /^i6pnctl: error: cannot read NATS credentials \/nonexistent\/i6pnctl\.creds: ENOENT.* — set --creds or I6PN_NATS_CREDS to a readable \.creds file\n$/);
   const n = await runCaptured(['--nats', `nats://127.0.0.1:${closed}`, 'endpoint', 'add', '--workspace', 'a', '--region', 'b', '--node', 'n', '--ifname', 'way-too-long-ifname']);
   t.is(n.code, 2);
   t.is(n.err, 'i6pnctl: error: invalid interface name "way-too-long-ifname" — use a Linux interface name: 1 to 15 letters, digits, "_", "." or "-", not starting with "." or "-"\n');

@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import anyTest, { type TestFn } from 'ava';
-import { formatAddress, isPrivate, parseAddress, regionOf, workspaceOf, workspaceSubnet } from '../lib/address.js';
+import { formatAddress, isPrivate, makeEndpointAddress as makeEndpointAddressFor, parseAddress, regionOf, workspaceOf, workspaceSubnet } from '../lib/address.js';
 import {
   ADDRESSES_BUCKET,
   addressKey,
@@ -552,5 +552,24 @@ test('bucket settings apply when the store creates the buckets, and existing buc
     await s.close();
   } finally {
     await fresh.destroy();
+  }
+});
+
+test('an endpoint written past i6pnctl (no address claim) can still be removed, and its address is then never handed out', async (t) => {
+  const { store } = t.context;
+  const at = await setup(store);
+  const bits = Uint8Array.from([0xab, 0xcd, 0, 0, 0, 0, 0, 1]);
+  const addr = formatAddress(makeEndpointAddressFor(at.wsId, at.regionId, bits));
+  const record = { v: 1, address: addr, workspace: at.ws, workspaceId: at.wsId, region: at.region, regionId: at.regionId, node: at.nodeA, ifname: 'hand0', i6pn: true, createdAt: new Date().toISOString() };
+  await store.endpoints.put(endpointKey(record), JSON.stringify(record));
+  t.deepEqual((await peersOf(store, addr)).endpoint, record);
+  t.deepEqual(await removeEndpoint(store, addr), record);
+  t.like(decodeRecord(addressRecord, (await store.addresses.get(addressKey(parseAddress(addr))))?.value), { ok: true, record: { state: 'removed', address: addr } });
+  const s = await scriptedStore(t, { endpointBits: [bits] });
+  try {
+    const e = await t.throwsAsync(addEndpoint(s, { workspace: at.ws, region: at.region, node: at.nodeA, ifname: 'hand0' }), { instanceOf: StoreError });
+    t.is(e?.code, 'exhausted');
+  } finally {
+    await s.close();
   }
 });
