@@ -20,7 +20,8 @@
  */
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { endpointIdOf, formatAddress, regionIdHex, workspaceIdHex, workspaceOf, regionOf } from '../lib/address.js';
-import { parseEndpointKey, validateEndpointEntry, type EndpointRecord, type InvalidReason } from '../lib/schema.js';
+import { parseEndpointKey, type EndpointRecord, type InvalidReason } from '../lib/schema.js';
+import { validateEndpoint } from './validate.js';
 import type { Endpoint, UpsertResult } from './bpf/dataplane.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics } from './metrics.js';
@@ -166,7 +167,7 @@ export class MembershipSync {
       this.seen.add(e.key);
       return null;
     }
-    const v = validateEndpointEntry(e.key, e.value);
+    const v = validateEndpoint(e.key, e.value);
     let reason: InvalidReason | null = null;
     let message = '';
     if (!v.ok) {
