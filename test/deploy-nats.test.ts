@@ -4,6 +4,7 @@
 // once on a single server and once on the three-server production
 // configuration (deploy/nats/nats-server.conf, TLS on clients and routes).
 import test, { type ExecutionContext } from "ava";
+import { parseAllDocuments } from "yaml";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, closeSync, statSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
@@ -11,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { connect, credsAuthenticator, nkeys, type NatsConnection } from "@nats-io/transport-node";
+import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { AGENT_BUCKETS, agentPermissions, assertNodeName, BUCKETS, credsFile, init, issueAgent, issueController } from "../deploy/nats/i6pn-nats-auth.js";
 
@@ -144,6 +146,19 @@ async function checkPermissions(t: ExecutionContext, dir: string, controllerEp: 
   const keys: string[] = [];
   for await (const k of await aEndpoints.keys("r1.>")) keys.push(k);
   t.deepEqual(keys, ["r1.w1.e1"]);
+  // The agent's own reader (agent/watch.ts): an ordered push consumer on the
+  // bucket's stream, filtered to its region, last value per key.
+  const consumer = await jetstream(agent).consumers.getPushConsumer("KV_i6pn_endpoints", {
+    filter_subjects: "$KV.i6pn_endpoints.r1.>",
+    deliver_policy: DeliverPolicy.LastPerSubject,
+  });
+  t.is((await consumer.info(true)).num_pending, 1);
+  const messages = await consumer.consume();
+  for await (const m of messages) {
+    t.is(`${m.subject}=${m.string()}`, `$KV.i6pn_endpoints.r1.w1.e1=${entry}`);
+    break;
+  }
+  messages.stop();
   for (const b of AGENT_BUCKETS) t.truthy(await (await akvm.open(b)).status(), `agent opens ${b}`);
   // The controller's ledgers are closed to agents, even for reading.
   for (const b of BUCKETS.filter((x) => !(AGENT_BUCKETS as readonly string[]).includes(x))) {
@@ -186,7 +201,7 @@ async function checkPermissions(t: ExecutionContext, dir: string, controllerEp: 
 
 // ---------------------------------------------------------------- tests
 
-test("agent permissions: node names with wildcards or spaces are refused", (t) => {
+test.serial("agent permissions: node names with wildcards or spaces are refused", (t) => {
   for (const bad of ["node-*", ">", "a.>", "a b", "Node-A", "", "-a", "a.", "a..b", "$SYS"]) {
     t.throws(() => assertNodeName(bad), { message: /not a Kubernetes node name/ }, JSON.stringify(bad));
   }
@@ -198,7 +213,7 @@ test("agent permissions: node names with wildcards or spaces are refused", (t) =
   t.false([...perms.pub.allow, ...perms.sub.allow].some((s) => s === ">" || s.startsWith("$KV.") && s.endsWith(">")));
 });
 
-test("an agent's JWT fits the server's default 4 KB CONNECT line with room to spare", (t) => {
+test.serial("an agent's JWT fits the server's default 4 KB CONNECT line with room to spare", (t) => {
   const dir = tempDir(t);
   init(dir);
   const longest = `${"n".repeat(30)}.${"m".repeat(32)}`; // 63 characters, the longest node name
@@ -207,7 +222,7 @@ test("an agent's JWT fits the server's default 4 KB CONNECT line with room to sp
   t.true(jwt.length < 3000, `agent JWT is ${jwt.length} bytes; the CONNECT line (JWT, signature, options) must stay under max_control_line 4096`);
 });
 
-test("init refuses to replace existing keys and writes secrets mode 0600", (t) => {
+test.serial("init refuses to replace existing keys and writes secrets mode 0600", (t) => {
   const dir = tempDir(t);
   init(dir);
   t.throws(() => init(dir), { message: /refusing to replace/ });
@@ -219,7 +234,7 @@ test("init refuses to replace existing keys and writes secrets mode 0600", (t) =
   t.regex(cli.stderr, /not a Kubernetes node name/);
 });
 
-test("single server: an agent reads membership, writes its heartbeat, and cannot write membership or other nodes' keys", async (t) => {
+test.serial("single server: an agent reads membership, writes its heartbeat, and cannot write membership or other nodes' keys", async (t) => {
   const dir = tempDir(t);
   init(dir);
   issueAgent(dir, "node-a");
@@ -252,7 +267,7 @@ test("single server: an agent reads membership, writes its heartbeat, and cannot
   t.regex(readFileSync(join(dir, "server.log"), "utf8"), /Publish Violation/);
 });
 
-test("three-server production config (TLS, JetStream R3): the same permissions hold across the cluster", async (t) => {
+test.serial("three-server production config (TLS, JetStream R3): the same permissions hold across the cluster", async (t) => {
   const dir = tempDir(t);
   init(dir);
   issueAgent(dir, "node-a");
@@ -304,4 +319,47 @@ test("three-server production config (TLS, JetStream R3): the same permissions h
   t.regex(await serverInfo(client[1] ?? 0), /"tls_required":true/, "the server requires TLS of every client");
   t.regex(await outcome(() => connect(plain)), /certificate/i, "a client that does not trust the CA is refused");
   for (const p of procs) t.is(p.exitCode, null, "nats-server still running");
+});
+
+test.serial("the provisioning Job's script, with the real i6pnctl and the controller's creds, provisions once however often it runs", async (t) => {
+  const dir = tempDir(t);
+  init(dir);
+  issueAgent(dir, "node-a");
+  issueController(dir);
+  const port = await freePort();
+  writeFileSync(join(dir, "server.conf"), `listen: 127.0.0.1:${port}\njetstream { store_dir: "${join(dir, "js")}" }\ninclude ./auth.conf\n`);
+  startServer(t, join(dir, "server.conf"), dir, join(dir, "server.log"));
+  const ep = { servers: `nats://127.0.0.1:${port}` };
+  await until("nats-server up", () => connectAs(t, ep, join(dir, "controller.creds"), "probe").then((nc) => nc.close()), 90_000);
+
+  // i6pnctl from source, as the image's /usr/local/bin/i6pnctl runs dist/.
+  writeFileSync(join(dir, "i6pnctl"), `#!/bin/sh\nexec "${process.execPath}" --import=tsx "${join(root, "controller/cli.ts")}" "$@"\n`, { mode: 0o755 });
+  const job = parseAllDocuments(readFileSync(join(root, "deploy/kubernetes/controller-job.yaml"), "utf8")).map((d) => d.toJS());
+  const script = job.find((o) => o.kind === "ConfigMap").data["provision.sh"] as string;
+  const container = job.find((o) => o.kind === "Job").spec.template.spec.containers[0];
+  const jobEnv = Object.fromEntries((container.env as { name: string; value?: string }[]).filter((e) => e.value !== undefined).map((e) => [e.name, e.value as string]));
+  t.is(jobEnv["I6PN_KV_REPLICAS"], "3");
+  const provision = (creds: string) =>
+    spawnSync("sh", ["-c", script], {
+      cwd: root,
+      encoding: "utf8",
+      timeout: 240_000,
+      env: { ...process.env, PATH: `${dir}:${process.env["PATH"]}`, I6PN_NATS_URL: ep.servers, I6PN_NATS_CREDS: creds, I6PN_KV_REPLICAS: "1" },
+    });
+
+  // An agent's creds cannot provision: the first write is refused.
+  const refused = provision(join(dir, "agents/node-a.creds"));
+  t.not(refused.status, 0);
+  t.regex(`${refused.stdout}${refused.stderr}`, /ermission/);
+
+  const first = provision(join(dir, "controller.creds"));
+  t.is(first.status, 0, `${first.stdout}${first.stderr}`);
+  for (const name of ["eu-west", "eu-central", "acme"]) t.regex(first.stdout, new RegExp(`\\b${name}\\b`));
+  const second = provision(join(dir, "controller.creds"));
+  t.is(second.status, 0, `${second.stdout}${second.stderr}`);
+  t.is(second.stdout, first.stdout.slice(first.stdout.length - second.stdout.length), "the second run adds nothing, and lists the same");
+  const ctl = await connectAs(t, ep, join(dir, "controller.creds"), "check");
+  const regions: string[] = [];
+  for await (const k of await (await new Kvm(ctl).open("i6pn_regions")).keys("name.>")) regions.push(k);
+  t.deepEqual(regions.sort(), ["name.eu-central", "name.eu-west"]);
 });
