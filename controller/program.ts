@@ -198,6 +198,8 @@ export function buildProgram(ctx: Ctx): Command {
     )
     .addOption(new Option('--kv-storage <type>', 'storage of a bucket i6pnctl creates').choices(['file', 'memory']).env('I6PN_KV_STORAGE'))
     .showSuggestionAfterError(true)
+    // Every command's help also lists --nats and --creds.
+    .configureHelp({ showGlobalOptions: true })
     .exitOverride()
     .addHelpText('after', `${MANUAL}\n${EXAMPLE}\n`);
   oneLineErrors(program, io);

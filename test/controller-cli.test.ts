@@ -408,6 +408,7 @@ test('--help on every command reads like a manual, with examples and --json', as
     t.true(h.out.startsWith(`Usage: i6pnctl ${leaf} `), leaf);
     t.true(h.out.includes('--json'), `${leaf} has --json`);
     t.true(h.out.includes('Examples:'), `${leaf} has examples`);
+    t.true(h.out.includes('--nats <url>'), `${leaf} shows the global options`);
     t.true(h.out.includes(`$ i6pnctl ${leaf}`), `${leaf} example uses the command`);
     for (const line of h.out.split('\n')) t.true(line.length <= 100, `${leaf}: ${line}`);
   }
