@@ -40,6 +40,7 @@ const REGION_ID = 0x0b0b;
 const NODE = 'bench-node';
 const WORKSPACES = 64;
 const MARKER_EVERY = 5;
+const STEADY_AFTER_MS = 3000;
 /** Seconds after the agent's start before the initial sync counts as failed (keeps `make bench` bounded). */
 const SYNC_DEADLINE = Number(process.env.I6PN_BENCH_SYNC_DEADLINE ?? 120);
 /** Region size for the churn when the full region does not sync in time. */
@@ -69,6 +70,9 @@ interface ChurnResult {
   markers: number;
   markersSeen: number;
   latencyMs: { p50: number; p99: number; max: number };
+  p50BySecondMs: number[];
+  /** Markers written after the first STEADY_AFTER_MS of the churn (the start of a burst is slower). */
+  steadyMs: { p50: number; p99: number; max: number };
   agentHistogram: { p50: string; p99: string; count: number };
   /** Last write → every marker in the map. */
   drainMs: number;
@@ -303,10 +307,13 @@ async function runRegion(n: number, tag: string, withChurn: boolean): Promise<Re
     log(`initial sync of ${n}: ${Number.isNaN(syncSeconds) ? 'not complete' : `${syncSeconds.toFixed(2)} s from spawn (${sync.fillSeconds.toFixed(2)} s after the map was pinned)`}; peak RSS ${peakAfterSync.toFixed(0)} MB`);
     let churn: ChurnResult | null = null;
     if (withChurn && !Number.isNaN(syncSeconds)) {
-      // Let the agent settle (initial-sync sweep, attach) before the churn.
-      await sleep(2000);
+      // Start the churn on a settled agent: ready (initial sync swept), then its CPU idle.
+      const ready = await waitReady(metricsPort, 120);
+      const settled = await waitIdle(agent.pid!, 30);
+      log(`agent ready ${ready ? 'yes' : 'no'}, idle after ${settled.toFixed(1)} s`);
       churn = await runChurn(nc, map, metricsPort, agent.pid!, buf, ws);
       churn.peakRssMB = Math.max(peak, rssMB(agent.pid!, 'VmHWM'));
+      log(`churn p50 by second (ms): ${churn.p50BySecondMs.join(' ')}`);
       log(`churn: ${churn.writes} writes at ${churn.achievedRate.toFixed(0)}/s; marker latency p50 ${churn.latencyMs.p50.toFixed(1)} ms p99 ${churn.latencyMs.p99.toFixed(1)} ms; agent histogram p50 ${churn.agentHistogram.p50} p99 ${churn.agentHistogram.p99}; kept up: ${churn.keptUp}`);
     }
     return { sync, churn };
@@ -321,6 +328,34 @@ async function runRegion(n: number, tag: string, withChurn: boolean): Promise<Re
     rmSync(bpffs, { recursive: true, force: true });
     await nc.close();
     await nats.destroy();
+  }
+}
+
+/** Poll /readyz until 200 (maps loaded, uplink attached, initial sync done and swept). */
+async function waitReady(port: number, seconds: number): Promise<boolean> {
+  const t0 = Date.now();
+  while (Date.now() - t0 < seconds * 1000) {
+    try {
+      if ((await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200) return true;
+    } catch {
+      /* not listening yet */
+    }
+    await sleep(100);
+  }
+  return false;
+}
+
+/** Wait until the process uses under 10 % of a CPU over half a second (garbage collection after the sync, mostly). */
+async function waitIdle(pid: number, seconds: number): Promise<number> {
+  const ticks = (): number => {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return Number(f[11]) + Number(f[12]); // utime + stime, in clock ticks (100 Hz)
+  };
+  const t0 = Date.now();
+  for (;;) {
+    const a = ticks();
+    await sleep(500);
+    if (ticks() - a < 5 || Date.now() - t0 > seconds * 1000) return (Date.now() - t0) / 1000;
   }
 }
 
@@ -396,7 +431,7 @@ async function runChurn(nc: NatsConnection, map: MapFd, metricsPort: number, pid
           pending.add(markers.length - 1);
         }
       } else {
-        const i = dels++;
+        const i = dels++ % initialWs.length;
         const addr = initial.subarray(i * 16, i * 16 + 16);
         nc.publish(`$KV.${ENDPOINTS_BUCKET}.${REGION}.${workspaceIdHex(initialWs[i]!)}.${endpointIdOf(addr)}`, undefined, { headers: delHeaders });
       }
@@ -414,6 +449,16 @@ async function runChurn(nc: NatsConnection, map: MapFd, metricsPort: number, pid
   const seconds = (lastWrite - start) / 1000;
   const after = histogram(await metricsText(metricsPort));
   const lat = markers.filter((m) => m.seen).map((m) => m.seen - m.written);
+  // p50 of the markers written in each second: shows a backlog building, or a warm-up.
+  const bySecond = new Map<number, number[]>();
+  for (const m of markers) {
+    if (!m.seen) continue;
+    const sec = Math.floor((m.written - start) / 1000);
+    const xs = bySecond.get(sec) ?? [];
+    xs.push(m.seen - m.written);
+    bySecond.set(sec, xs);
+  }
+  const p50BySecond = [...bySecond.entries()].sort((a, b) => a[0] - b[0]).map(([, xs]) => Math.round(percentile(xs, 50)));
   const p50 = histQuantile(before, after, 0.5);
   const p99 = histQuantile(before, after, 0.99);
   return {
@@ -424,6 +469,11 @@ async function runChurn(nc: NatsConnection, map: MapFd, metricsPort: number, pid
     markers: markers.length,
     markersSeen: lat.length,
     latencyMs: { p50: percentile(lat, 50), p99: percentile(lat, 99), max: Math.max(...lat) },
+    p50BySecondMs: p50BySecond,
+    steadyMs: (() => {
+      const xs = markers.filter((m) => m.seen && m.written - start >= STEADY_AFTER_MS).map((m) => m.seen - m.written);
+      return { p50: percentile(xs, 50), p99: percentile(xs, 99), max: xs.length ? Math.max(...xs) : NaN };
+    })(),
     agentHistogram: { p50: p50.bound, p99: p99.bound, count: p99.count },
     drainMs,
     // Kept up: every marker arrived, the backlog drained within a second of the last write, and the writer held its rate.
@@ -475,6 +525,8 @@ function report(first: RegionRun, second: RegionRun | null, seconds: number): vo
         ['KV write → map entry, p50 (markers)', `${churn.latencyMs.p50.toFixed(1)} ms`, ''],
         ['KV write → map entry, p99 (markers)', `${churn.latencyMs.p99.toFixed(1)} ms (${ratio(churn.latencyMs.p99, 20, 0)} the goal)`, '≤ 20 ms'],
         ['KV write → map entry, max (markers)', `${churn.latencyMs.max.toFixed(1)} ms`, ''],
+        [`steady state (after the first ${STEADY_AFTER_MS / 1000} s): p50 / p99 / max`, `${churn.steadyMs.p50.toFixed(1)} / ${churn.steadyMs.p99.toFixed(1)} / ${churn.steadyMs.max.toFixed(1)} ms`, 'p99 ≤ 20 ms'],
+        ['p50 per second of churn', `${churn.p50BySecondMs.join(' ')} ms`, ''],
         ['agent histogram p50 / p99', `${churn.agentHistogram.p50} / ${churn.agentHistogram.p99} (${churn.agentHistogram.count} observations)`, ''],
         ['markers seen', `${churn.markersSeen} of ${churn.markers}`, 'all'],
         ['last write → last marker in the map', `${churn.drainMs.toFixed(0)} ms`, ''],
@@ -494,7 +546,9 @@ function report(first: RegionRun, second: RegionRun | null, seconds: number): vo
     { goal: 'agent RSS ≤ 250 MB during the sync', measured: `${first.sync.peakRssMB.toFixed(0)} MB peak${Number.isNaN(first.sync.syncSeconds) ? ' (sync incomplete)' : ''}`, met: first.sync.peakRssMB <= 250 && !Number.isNaN(first.sync.syncSeconds) },
     {
       goal: `p99 apply latency ≤ 20 ms at ${CHURN_RATE}/s`,
-      measured: churn ? `${churn.latencyMs.p99.toFixed(1)} ms (markers), agent histogram ${churn.agentHistogram.p99}; kept up: ${churn.keptUp ? 'yes' : 'no'}` : 'not measured (no region synced)',
+      measured: churn
+        ? `${churn.latencyMs.p99.toFixed(1)} ms over the whole churn (markers; agent histogram ${churn.agentHistogram.p99}), ${churn.steadyMs.p99.toFixed(1)} ms after its first ${STEADY_AFTER_MS / 1000} s; kept up: ${churn.keptUp ? 'yes' : 'no'}`
+        : 'not measured (no region synced)',
       met: churn !== null && churn.latencyMs.p99 <= 20 && churn.keptUp,
     },
   ];
