@@ -462,3 +462,28 @@ test("the i6pn-agent entrypoint exports the region from the file, unless I6PN_RE
   t.is(r.code, 78);
   t.is(r.out, "");
 });
+
+test("mount-bpffs mounts bpffs where /sys/fs/bpf has none, and leaves a mounted one alone", (t) => {
+  if (process.getuid?.() !== 0) return t.fail("needs root (make test runs as root): it mounts bpffs in a private mount namespace");
+  const init = (find("DaemonSet", "i6pn-agent")["spec"]["template"]["spec"]["initContainers"] as Obj[]).find((c) => c["name"] === "mount-bpffs");
+  const [shell, flags, script] = init?.["command"] as string[];
+  t.is(`${shell} ${flags}`, "/bin/sh -ec");
+  // A private mount namespace: the host's bpffs (and every pin on it) is untouched.
+  const hostFs = () => spawnSync("stat", ["-f", "-c", "%T", "/sys/fs/bpf"], { encoding: "utf8" }).stdout.trim();
+  const hostBefore = hostFs();
+  const r = spawnSync(
+    "unshare",
+    ["--mount", "--propagation", "private", "sh", "-ec", `
+      while [ "$(stat -f -c %T /sys/fs/bpf)" = bpf_fs ]; do umount -l /sys/fs/bpf; done
+      echo "before: $(stat -f -c %T /sys/fs/bpf)"
+      sh -ec "$1"
+      echo "after: $(stat -f -c %T /sys/fs/bpf)"
+      sh -ec "$1"
+      echo "mounts: $(grep -c ' /sys/fs/bpf bpf ' /proc/self/mounts)"
+    `, "sh", script ?? ""],
+    { encoding: "utf8", timeout: 30_000 },
+  );
+  t.is(r.status, 0, r.stderr);
+  t.deepEqual(r.stdout.trim().split("\n"), ["before: sysfs", "mounted bpffs on /sys/fs/bpf", "after: bpf_fs", "bpffs already mounted on /sys/fs/bpf", "mounts: 1"]);
+  t.is(hostFs(), hostBefore, "the host's /sys/fs/bpf is as it was");
+});
