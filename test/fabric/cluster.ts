@@ -18,11 +18,11 @@ import { mapLimit, run } from './exec.js';
 import { Fabric, type FabricEndpoint, type FabricNode } from './fabric.js';
 import { type PolicyOracle, addressBytes, modelOracle } from './policy.js';
 import { ProbeDaemon } from './probes.js';
-import { planAddresses } from './provision.js';
+import { addressIn, planAddresses } from './provision.js';
 import { KvProvisioner } from './kvprovision.js';
 import { type Nats, type Prometheus, type Service, httpOk, startNats, startPrometheus, startService, waitUntil } from './services.js';
 import type { StaticLoad } from './static-dataplane.js';
-import { type Endpoint, type Topology, defaultTopology, validateTopology } from './topology.js';
+import { type Endpoint, type EndpointSpec, type Topology, defaultTopology, endpointIfname, validateTopology } from './topology.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BPF_OBJECT = join(REPO_ROOT, 'build/bpf/i6pn.bpf.o');
@@ -155,15 +155,18 @@ export class Cluster {
     ];
     const svc = startService(this.fabric, `agent-${node.name}`, argv, { netns: node.netns, cmdlineMark: node.bpffs, cwd: REPO_ROOT });
     this.agents.set(node.name, svc);
-    const local = this.endpoints.filter((e) => e.node === node.name).length;
+    const local = this.endpoints.filter((e) => e.node === node.name);
     const base = `http://[${node.underlay}]:${AGENT_METRICS_PORT}`;
     await waitUntil(
-      `agent ${node.name} ready with ${local} endpoint veths attached`,
+      `agent ${node.name} ready with its ${local.length} endpoint veths attached and routed`,
       async () => {
         if (!(await httpOk(`${base}/readyz`))) return false;
         const text = await (await fetch(`${base}/metrics`, { signal: AbortSignal.timeout(1000) })).text();
         const m = /^i6pn_attached_hooks\{hook="from_endpoint"\} (\S+)/m.exec(text);
-        return m !== null && Number(m[1]) >= local;
+        if (m === null || Number(m[1]) < local.length) return false;
+        // The agent routes its endpoints (a /128 to the veth) after attaching them.
+        const routes = (await run(['ip', '-6', 'route', 'show'], { netns: node.netns })).stdout;
+        return local.every((e) => routes.includes(`${e.address} dev ${e.ifname}`));
       },
       30_000,
       svc,
@@ -213,6 +216,41 @@ export class Cluster {
     const r = await run(['node', '--import=tsx', STATIC_DATAPLANE, 'counters', node.bpffs, BPF_OBJECT], { netns: node.netns });
     const rows = JSON.parse(r.stdout) as Array<{ hook: string; verdict: string; reason: string; packets: number }>;
     return new Map(rows.map((x) => [`${x.hook}/${x.verdict}/${x.reason}`, x.packets] as const));
+  }
+
+  /**
+   * A new endpoint, as in production: registered (store), then its container
+   * made by the runtime (namespace, veth, address), then its probe daemon.
+   */
+  async addEndpoint(spec: EndpointSpec): Promise<FabricEndpoint & { readyAt: number }> {
+    const region = this.node(spec.node).region;
+    const sameWs = this.endpoints.find((e) => e.workspace === spec.workspace);
+    const sameRegion = this.endpoints.find((e) => e.region === region);
+    if (!sameWs || !sameRegion) throw new Error(`addEndpoint: no existing endpoint of workspace ${spec.workspace} or region ${region}`);
+    const ep: Endpoint = { ...spec, region, address: addressIn(sameWs.address, sameRegion.address), ifname: endpointIfname(spec.name) };
+    if (this.dataplane === 'agent') await this.kv!.addEndpoint(ep);
+    const fe = await this.fabric.addEndpoint(ep);
+    if (this.dataplane === 'static') await this.loadStatic();
+    // From here the endpoint exists for the product: registered and its container up.
+    const readyAt = Date.now();
+    this.daemons.set(fe.name, await ProbeDaemon.start(fe, this.fabric.record));
+    this.oracle = modelOracle(this.endpoints);
+    return { ...fe, readyAt };
+  }
+
+  /** Remove an endpoint from the store only: its container keeps running and keeps trying. */
+  async deregister(name: string): Promise<void> {
+    const ep = this.fabric.endpoint(name);
+    if (this.dataplane === 'agent') await this.kv!.removeEndpoint(ep);
+    else throw new Error('deregister needs the agent dataplane');
+  }
+
+  /** The container goes away (after deregister). */
+  async removeContainer(name: string): Promise<void> {
+    await this.daemons.get(name)?.stop();
+    this.daemons.delete(name);
+    await this.fabric.removeEndpoint(name);
+    this.oracle = modelOracle(this.endpoints);
   }
 
   /** Where this cluster's counters come from: the pinned maps, or the agents' /metrics. */

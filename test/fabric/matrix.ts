@@ -10,7 +10,7 @@
 import { mapLimit } from './exec.js';
 import type { FabricEndpoint } from './fabric.js';
 import { type Expectation, type PolicyOracle, REASON_LEGEND, reasonCode } from './policy.js';
-import { PROBE_KINDS, type ProbeDaemon, type ProbeKind, type ProbeResult, ping, udpProbe } from './probes.js';
+import { PROBE_KINDS, type ProbeDaemon, type ProbeKind, type ProbeResult, udpProbe } from './probes.js';
 
 export interface MatrixOptions {
   oracle: PolicyOracle;
@@ -18,7 +18,12 @@ export interface MatrixOptions {
   kinds?: readonly ProbeKind[];
   /** Pairs probed at once (each pair runs its probes in parallel). */
   concurrency?: number;
+  /** ping's -W, in ms (rounded to seconds; default 1 s). */
   timeoutMs?: number;
+  /** TCP connect and exchange (default 1.5 s). */
+  tcpTimeoutMs?: number;
+  /** How long after its send a datagram may still arrive (default 2 s). */
+  udpTimeoutMs?: number;
   onPair?: (cell: MatrixCell, done: number, total: number) => void;
 }
 
@@ -56,28 +61,36 @@ export async function runMatrix(
   };
   const t0 = Date.now();
   let done = 0;
-  const cells = await mapLimit(pairs, opts.concurrency ?? 24, async ({ src, dst }) => {
-    const probes = await Promise.all(
-      kinds.map((k): Promise<ProbeResult> => {
-        switch (k) {
-          case 'icmp':
-            return ping(src, dst.address, Math.max(1, Math.round(timeoutMs / 1000)));
-          case 'tcp':
-            return daemon(src.name).tcp(dst.address, timeoutMs);
-          case 'udp':
-            return udpProbe(daemon(src.name), daemon(dst.name), timeoutMs);
-        }
-      }),
-    );
-    const expected = opts.oracle(src, dst);
-    const delivered = probes.filter((p) => p.delivered).length;
-    const mustDeliver = opts.expect === 'all' || expected.allowed;
-    const ok = mustDeliver ? delivered === probes.length : delivered === 0;
-    const cell: MatrixCell = { src, dst, expected, probes, delivered, mustDeliver, ok };
-    done += 1;
-    opts.onPair?.(cell, done, pairs.length);
-    return cell;
+  // Phase one holds a concurrency slot for what takes time at the sender (ping,
+  // TCP connect, the UDP send); UDP arrivals are awaited outside the slots, so
+  // a generous UDP window costs the matrix its length once, not once per pair.
+  const pending = await mapLimit(pairs, opts.concurrency ?? 24, async ({ src, dst }) => {
+    const probes = kinds.map((k): Promise<ProbeResult> => {
+      switch (k) {
+        case 'icmp':
+          return daemon(src.name).ping(dst.address, Math.max(1, Math.round(timeoutMs / 1000)));
+        case 'tcp':
+          return daemon(src.name).tcp(dst.address, opts.tcpTimeoutMs ?? 1500);
+        case 'udp':
+          return udpProbe(daemon(src.name), daemon(dst.name), opts.udpTimeoutMs ?? 2000);
+      }
+    });
+    await Promise.all(probes.filter((_, i) => kinds[i] !== 'udp'));
+    return { src, dst, probes };
   });
+  const cells = await Promise.all(
+    pending.map(async ({ src, dst, probes: running }) => {
+      const probes = await Promise.all(running);
+      const expected = opts.oracle(src, dst);
+      const delivered = probes.filter((p) => p.delivered).length;
+      const mustDeliver = opts.expect === 'all' || expected.allowed;
+      const ok = mustDeliver ? delivered === probes.length : delivered === 0;
+      const cell: MatrixCell = { src, dst, expected, probes, delivered, mustDeliver, ok };
+      done += 1;
+      opts.onPair?.(cell, done, pairs.length);
+      return cell;
+    }),
+  );
   return { cells, unexpected: cells.filter((c) => !c.ok), durationMs: Date.now() - t0, kinds };
 }
 

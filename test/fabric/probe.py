@@ -5,14 +5,17 @@ on TCP and UDP ports on every address and reports what arrives; it sends TCP
 connections and UDP datagrams when told to on stdin. One JSON object per line
 both ways, so one process per container serves the whole matrix.
 
-  stdin:  {"id": 7, "op": "tcp", "dst": "fdaa:…", "port": 7000, "token": "t7", "timeout": 1.0}
+  stdin:  {"id": 6, "op": "ping", "dst": "fdaa:…", "timeout": 1}
+          {"id": 7, "op": "tcp", "dst": "fdaa:…", "port": 7000, "token": "t7", "timeout": 1.0}
           {"id": 8, "op": "udp", "dst": "fdaa:…", "port": 7001, "token": "t8"}
+          {"id": 9, "op": "sync"}
   stdout: {"ready": true, "tcp": 7000, "udp": 7001}
           {"id": 7, "ok": true} | {"id": 7, "ok": false, "err": "timeout"}
           {"ev": "tcp"|"udp", "src": "fdaa:…", "token": "t8"}   (something arrived here)
 """
 import json
 import socket
+import subprocess
 import sys
 import threading
 
@@ -93,6 +96,29 @@ def do_udp(cmd):
         s.close()
 
 
+def do_ping(cmd):
+    """ICMPv6 echo with iputils ping, from this container (a child of this process, so cheap to start)."""
+    try:
+        r = subprocess.run(
+            ["ping", "-6", "-n", "-q", "-c", "1", "-W", str(int(cmd.get("timeout", 1))), cmd["dst"]],
+            capture_output=True, text=True, timeout=float(cmd.get("timeout", 1)) + 5,
+        )
+    except subprocess.TimeoutExpired:
+        emit({"id": cmd["id"], "ok": False, "err": "timeout"})
+        return
+    if r.returncode == 0:
+        emit({"id": cmd["id"], "ok": True})
+        return
+    text = (r.stdout + r.stderr).lower()
+    err = "unreachable" if "unreachable" in text else "timeout" if "0 received" in text else "exit-%d" % r.returncode
+    emit({"id": cmd["id"], "ok": False, "err": err})
+
+
+def do_sync(cmd):
+    """Answered after every event emitted before it: the caller has seen all arrivals so far."""
+    emit({"id": cmd["id"], "ok": True})
+
+
 def main():
     tcp = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -112,7 +138,10 @@ def main():
         except ValueError:
             emit({"error": "bad command", "line": line})
             continue
-        op = {"tcp": do_tcp, "udp": do_udp}.get(cmd.get("op"))
+        if cmd.get("op") == "sync":
+            do_sync(cmd)
+            continue
+        op = {"tcp": do_tcp, "udp": do_udp, "ping": do_ping}.get(cmd.get("op"))
         if op is None:
             emit({"id": cmd.get("id"), "ok": False, "err": "unknown-op"})
             continue

@@ -40,3 +40,12 @@ export function planAddresses(t: Topology): Endpoint[] {
     return { ...e, region, address, ifname: endpointIfname(e.name) };
   });
 }
+
+/** A new address in the workspace of `workspaceOf` and the region of `regionOf` (both existing addresses). */
+export function addressIn(workspaceOf: string, regionOf: string): string {
+  const w = Buffer.from(new Address6(workspaceOf).canonicalForm().replaceAll(':', ''), 'hex');
+  const r = Buffer.from(new Address6(regionOf).canonicalForm().replaceAll(':', ''), 'hex');
+  const a = Buffer.concat([w.subarray(0, 6), r.subarray(6, 8), nonZero(8)]);
+  const groups = Array.from({ length: 8 }, (_, i) => hex16(a, i * 2));
+  return new Address6(groups.join(':')).correctForm();
+}

@@ -191,7 +191,7 @@ export async function startPrometheus(
   const url = `http://${listen}`;
   await waitUntil(`prometheus on ${url}`, () => httpOk(`${url}/-/ready`), 30_000, svc);
   fabric.record.setInfo('prometheus', url);
-  return {
+  const prom: Prometheus = {
     ...svc,
     url,
     async query(promql: string): Promise<PromSample[]> {
@@ -201,4 +201,12 @@ export async function startPrometheus(
       return body.data.result;
     },
   };
+  // Ready means every target scraped once (and Prometheus's start-up work is behind it).
+  await waitUntil(
+    `prometheus scraping all ${targets.length} targets`,
+    async () => (await prom.query('up == 1')).length === targets.length,
+    30_000,
+    svc,
+  );
+  return prom;
 }

@@ -1,0 +1,138 @@
+/**
+ * i6pn end to end: the two-region fabric, a real nats-server, one i6pn-agent
+ * per node (inside its namespace), membership provisioned through the store,
+ * a real Prometheus. The isolation matrix in enforce mode (with every drop
+ * counted under its reason by the agent that should see it), the same matrix
+ * in monitor mode as its control, spoofing, endpoints coming and going within
+ * a second, and Prometheus's query API returning the drop counters.
+ */
+import test from 'ava';
+import { Cluster } from './fabric/cluster.js';
+import { checkCounters, delta, expectedDrops, snapshot } from './fabric/counters.js';
+import { describeUnexpected, renderMatrix, runMatrix, type MatrixResult } from './fabric/matrix.js';
+import { spoofUdp, timeUntilDelivery, udpProbe } from './fabric/probes.js';
+
+let c: Cluster;
+let enforced: MatrixResult;
+const nodes = (): string[] => [...c.fabric.nodes.keys()];
+const counters = () => snapshot(nodes(), c.counters);
+
+test.before(async () => {
+  c = await Cluster.up({ dataplane: 'agent', mode: 'enforce' });
+});
+
+test.after.always(async () => {
+  await c?.down();
+});
+
+test.serial('enforce: allowed pairs deliver, every forbidden pair is stopped and its agent counts the reason', async (t) => {
+  const before = await counters();
+  enforced = await runMatrix(c.endpoints, c.daemons, { oracle: c.oracle, expect: 'policy' });
+  const moved = delta(before, await counters());
+  t.log('\n' + renderMatrix(enforced));
+  t.deepEqual(enforced.unexpected, [], describeUnexpected(enforced));
+  t.true(enforced.cells.filter((x) => x.expected.allowed).length >= 10);
+  t.deepEqual(checkCounters(enforced, moved, 'enforce'), []);
+});
+
+test.serial('prometheus scrapes every agent and its query API returns the drop counters by reason', async (t) => {
+  const prom = c.prometheus!;
+  const up = await prom.query('up{job="i6pn-agent"}');
+  t.deepEqual(up.map((s) => s.metric['node']).sort(), nodes().sort());
+  t.true(up.every((s) => s.value[1] === '1'));
+  // Every (node, reason) the matrix had to drop is there, at least as large as the matrix made it.
+  const want = new Map<string, number>();
+  for (const [k, n] of expectedDrops(enforced, 'drop')) {
+    const [node, , , reason] = k.split('/');
+    const key = `${node ?? ''}/${reason ?? ''}`;
+    want.set(key, (want.get(key) ?? 0) + n);
+  }
+  let missing: string[] = [];
+  const deadline = Date.now() + 15_000;
+  do {
+    const got = new Map<string, number>(
+      (await prom.query('sum by (node, reason) (i6pn_packets_total{verdict="drop"})')).map(
+        (s) => [`${s.metric['node']}/${s.metric['reason']}`, Number(s.value[1])] as const,
+      ),
+    );
+    missing = [...want].filter(([k, n]) => (got.get(k) ?? 0) < n).map(([k, n]) => `${k} < ${n} (${got.get(k) ?? 'absent'})`);
+    if (missing.length === 0) break;
+    await new Promise((r) => setTimeout(r, 500));
+  } while (Date.now() < deadline);
+  t.deepEqual(missing, []);
+  t.true(want.size >= 8, `drops expected on ${want.size} node/reason pairs`);
+});
+
+test.serial('enforce: a spoofed source from inside a container is dropped and counted', async (t) => {
+  const a1 = c.fabric.endpoint('a1');
+  const before = await counters();
+  for (const [posingAs, dst] of [
+    ['a3', 'a2'],
+    ['g1', 'g2'],
+  ] as const) {
+    const got = await spoofUdp(a1, c.fabric.endpoint(posingAs).address, c.daemons.get(dst)!);
+    t.is(got.arrivedFrom, undefined, `a1 posing as ${posingAs} reached ${dst}`);
+  }
+  const moved = delta(before, await counters());
+  t.true((moved.get('ams-1/from_endpoint/drop/spoofed_source') ?? 0) >= 2, JSON.stringify([...moved]));
+  const honest = await spoofUdp(a1, a1.address, c.daemons.get('a3')!);
+  t.is(honest.arrivedFrom, a1.address, 'the same tool with the true source gets through');
+});
+
+test.serial('an endpoint added becomes reachable within a second, and only to its workspace', async (t) => {
+  const a5 = await c.addEndpoint({ name: 'a5', workspace: 'acme', node: 'ams-2', i6pn: true });
+  // Polling starts once a5's probe daemon runs, a little after a5 existed: the bound is an upper one.
+  const pollStart = Date.now();
+  const took = await timeUntilDelivery(c.daemons.get('a1')!, c.daemons.get('a5')!, true, 1000);
+  t.not(took, undefined, 'a1 → a5 not delivered within a second');
+  const sinceReady = pollStart + (took ?? 0) - a5.readyAt;
+  t.log(`a1 → a5 delivered at most ${sinceReady} ms after a5 was registered and its container up`);
+  t.true(sinceReady <= 1000, `${sinceReady} ms`);
+  t.true((await udpProbe(c.daemons.get('a5')!, c.daemons.get('a3')!)).delivered, 'a5 → a3 (same workspace, same node)');
+  t.false((await udpProbe(c.daemons.get('g1')!, c.daemons.get('a5')!)).delivered, 'g1 → a5 (other workspace)');
+  const r = await runMatrix([c.fabric.endpoint('a1'), a5, c.fabric.endpoint('g2'), c.fabric.endpoint('a4')], c.daemons, {
+    oracle: c.oracle,
+    expect: 'policy',
+  });
+  t.deepEqual(r.unexpected, [], describeUnexpected(r));
+});
+
+test.serial('an endpoint removed stops being reachable within a second, though its container still runs', async (t) => {
+  const before = await counters();
+  await c.deregister('a5');
+  const took = await timeUntilDelivery(c.daemons.get('a1')!, c.daemons.get('a5')!, false, 1000);
+  t.not(took, undefined, 'a1 → a5 still delivered a second after the removal');
+  t.log(`a1 → a5 stopped ${took} ms after i6pnctl returned`);
+  for (const [s, d] of [
+    ['a1', 'a5'],
+    ['a5', 'a3'],
+    ['a3', 'a5'],
+  ] as const) {
+    t.false((await udpProbe(c.daemons.get(s)!, c.daemons.get(d)!, 500)).delivered, `${s} → ${d} after removal`);
+  }
+  const moved = delta(before, await counters());
+  t.true((moved.get('ams-1/from_endpoint/drop/unknown_dest') ?? 0) >= 1, JSON.stringify([...moved]));
+  await c.removeContainer('a5');
+  // The others are untouched.
+  t.true((await udpProbe(c.daemons.get('a1')!, c.daemons.get('a3')!)).delivered);
+});
+
+test.serial('monitor: the same matrix delivers every pair and the agents count what enforce would drop', async (t) => {
+  await Promise.all(nodes().map((n) => c.stopAgent(n)));
+  await c.startAgents('monitor');
+  const before = await counters();
+  const r = await runMatrix(c.endpoints, c.daemons, { oracle: c.oracle, expect: 'all' });
+  const moved = delta(before, await counters());
+  t.deepEqual(r.unexpected, [], describeUnexpected(r));
+  t.deepEqual(checkCounters(r, moved, 'monitor'), []);
+  const spoof = await spoofUdp(c.fabric.endpoint('a1'), c.fabric.endpoint('a3').address, c.daemons.get('a2')!);
+  t.is(spoof.arrivedFrom, c.fabric.endpoint('a3').address, 'monitor lets a spoofed packet through');
+});
+
+test.serial('back to enforce: an agent restart in enforce mode stops forbidden pairs again', async (t) => {
+  await Promise.all(nodes().map((n) => c.stopAgent(n)));
+  await c.startAgents('enforce');
+  const eps = ['a1', 'g1', 'a3', 'a4', 'x1', 'i2'].map((n) => c.fabric.endpoint(n));
+  const r = await runMatrix(eps, c.daemons, { oracle: c.oracle, expect: 'policy' });
+  t.deepEqual(r.unexpected, [], describeUnexpected(r));
+});
