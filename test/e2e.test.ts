@@ -102,7 +102,7 @@ test.serial('an endpoint removed stops being reachable within a second, though i
   await c.deregister('a5');
   const took = await timeUntilDelivery(c.daemons.get('a1')!, c.daemons.get('a5')!, false, 1000);
   t.not(took, undefined, 'a1 → a5 still delivered a second after the removal');
-  t.log(`a1 → a5 stopped ${took} ms after i6pnctl returned`);
+  t.log(`a1 → a5 stopped ${took} ms after i6pnctl endpoint remove returned`);
   for (const [s, d] of [
     ['a1', 'a5'],
     ['a5', 'a3'],

@@ -19,7 +19,7 @@ import { Fabric, type FabricEndpoint, type FabricNode } from './fabric.js';
 import { type PolicyOracle, addressBytes, modelOracle } from './policy.js';
 import { ProbeDaemon } from './probes.js';
 import { addressIn, planAddresses } from './provision.js';
-import { KvProvisioner } from './kvprovision.js';
+import { Ctl } from './ctl.js';
 import { type Nats, type Prometheus, type Service, httpOk, startNats, startPrometheus, startService, waitUntil } from './services.js';
 import type { StaticLoad } from './static-dataplane.js';
 import { type Endpoint, type EndpointSpec, type Topology, defaultTopology, endpointIfname, validateTopology } from './topology.js';
@@ -52,7 +52,7 @@ export interface ClusterOptions {
 export class Cluster {
   readonly daemons = new Map<string, ProbeDaemon>();
   readonly agents = new Map<string, Service>();
-  kv?: KvProvisioner;
+  ctl?: Ctl;
   nats?: Nats;
   prometheus?: Prometheus;
   oracle: PolicyOracle;
@@ -116,17 +116,14 @@ export class Cluster {
   }
 
   /**
-   * Addresses for every endpoint. With agents, the membership goes into NATS
-   * (through the KV stand-in until i6pnctl lands); otherwise the harness plans them.
+   * Addresses for every endpoint. With agents, provisioning is i6pnctl's, as an
+   * operator runs it (it hands out the addresses); otherwise the harness plans them.
    */
   private async provision(): Promise<Endpoint[]> {
-    const endpoints = planAddresses(this.topology);
-    if (this.dataplane === 'agent') {
-      if (!this.nats) throw new Error('the agent dataplane needs nats');
-      this.kv = await KvProvisioner.connect(this.nats.url);
-      await this.kv.provision(endpoints);
-    }
-    return endpoints;
+    if (this.dataplane !== 'agent') return planAddresses(this.topology);
+    if (!this.nats) throw new Error('the agent dataplane needs nats');
+    this.ctl = new Ctl(this.nats.url);
+    return this.ctl.provision(this.topology);
   }
 
   /** One i6pn-agent per node, inside the node's namespace, as a DaemonSet would run it. */
@@ -224,11 +221,15 @@ export class Cluster {
    */
   async addEndpoint(spec: EndpointSpec): Promise<FabricEndpoint & { readyAt: number }> {
     const region = this.node(spec.node).region;
-    const sameWs = this.endpoints.find((e) => e.workspace === spec.workspace);
-    const sameRegion = this.endpoints.find((e) => e.region === region);
-    if (!sameWs || !sameRegion) throw new Error(`addEndpoint: no existing endpoint of workspace ${spec.workspace} or region ${region}`);
-    const ep: Endpoint = { ...spec, region, address: addressIn(sameWs.address, sameRegion.address), ifname: endpointIfname(spec.name) };
-    if (this.dataplane === 'agent') await this.kv!.addEndpoint(ep);
+    let ep: Endpoint;
+    if (this.ctl) {
+      ep = await this.ctl.endpointAdd(spec, region);
+    } else {
+      const sameWs = this.endpoints.find((e) => e.workspace === spec.workspace);
+      const sameRegion = this.endpoints.find((e) => e.region === region);
+      if (!sameWs || !sameRegion) throw new Error(`addEndpoint: no existing endpoint of workspace ${spec.workspace} or region ${region}`);
+      ep = { ...spec, region, address: addressIn(sameWs.address, sameRegion.address), ifname: endpointIfname(spec.name) };
+    }
     const fe = await this.fabric.addEndpoint(ep);
     if (this.dataplane === 'static') await this.loadStatic();
     // From here the endpoint exists for the product: registered and its container up.
@@ -238,11 +239,11 @@ export class Cluster {
     return { ...fe, readyAt };
   }
 
-  /** Remove an endpoint from the store only: its container keeps running and keeps trying. */
+  /** `i6pnctl endpoint remove`: the store forgets the endpoint: its container keeps running and keeps trying. */
   async deregister(name: string): Promise<void> {
     const ep = this.fabric.endpoint(name);
-    if (this.dataplane === 'agent') await this.kv!.removeEndpoint(ep);
-    else throw new Error('deregister needs the agent dataplane');
+    if (!this.ctl) throw new Error('deregister needs the agent dataplane (i6pnctl)');
+    await this.ctl.endpointRemove(ep.address);
   }
 
   /** The container goes away (after deregister). */
@@ -269,7 +270,6 @@ export class Cluster {
     await Promise.all([...this.daemons.values()].map((d) => d.stop()));
     await this.prometheus?.stop();
     await Promise.all([...this.agents.keys()].map((n) => this.stopAgent(n)));
-    await this.kv?.close().catch(() => {});
     await this.nats?.stop();
     await this.fabric.destroy();
   }

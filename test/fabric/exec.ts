@@ -33,6 +33,7 @@ export interface RunOptions {
   /** Resolve with the result instead of throwing on a non-zero exit. */
   allowFail?: boolean;
   env?: NodeJS.ProcessEnv;
+  cwd?: string;
 }
 
 /** The path nsenter needs for a named network namespace. */
@@ -56,7 +57,7 @@ export function run(argv: readonly string[], opts: RunOptions = {}): Promise<Run
     const child = execFile(
       cmd,
       args,
-      { timeout: opts.timeoutMs ?? 30_000, maxBuffer: 64 << 20, env: opts.env ?? process.env, encoding: 'utf8' },
+      { timeout: opts.timeoutMs ?? 30_000, maxBuffer: 64 << 20, env: opts.env ?? process.env, encoding: 'utf8', ...(opts.cwd ? { cwd: opts.cwd } : {}) },
       (err, stdout, stderr) => {
         const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
         const result = { stdout, stderr, code };

@@ -1,0 +1,84 @@
+/**
+ * Provisioning exactly as an operator does it: `i6pnctl` subprocesses with
+ * `--json`, against the run's NATS. `region add`, `workspace create`,
+ * `endpoint add` (which hands out the address), `endpoint remove`.
+ *
+ * The binary: $I6PNCTL if set (e.g. `dist/controller/cli.js` after `make
+ * build`), else controller/cli.ts through tsx, so a test always runs the
+ * controller of the tree it tests.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { mapLimit, run } from './exec.js';
+import { type Endpoint, type EndpointSpec, type Topology, endpointIfname, regionOf } from './topology.js';
+
+const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+export function ctlArgv(): string[] {
+  const bin = process.env.I6PNCTL;
+  if (bin) return bin.endsWith('.js') || bin.endsWith('.ts') ? [process.execPath, ...(bin.endsWith('.ts') ? ['--import=tsx'] : []), bin] : [bin];
+  return [process.execPath, '--import=tsx', join(REPO_ROOT, 'controller/cli.ts')];
+}
+
+export function controllerAvailable(): boolean {
+  return existsSync(join(REPO_ROOT, 'controller/cli.ts')) || Boolean(process.env.I6PNCTL);
+}
+
+interface EndpointJson {
+  address: string;
+  workspace: string;
+  region: string;
+  node: string;
+  ifname: string;
+  i6pn: boolean;
+}
+
+export class Ctl {
+  /** Every command run, for the demo to show and for debugging. */
+  readonly history: string[] = [];
+
+  constructor(readonly natsUrl: string) {}
+
+  async run(args: readonly string[]): Promise<unknown> {
+    const argv = [...ctlArgv(), '--nats', this.natsUrl, ...args, '--json'];
+    this.history.push(`i6pnctl ${args.join(' ')}`);
+    const r = await run(argv, { cwd: REPO_ROOT, timeoutMs: 60_000 });
+    try {
+      return JSON.parse(r.stdout) as unknown;
+    } catch {
+      throw new Error(`i6pnctl ${args.join(' ')}: output is not JSON: ${r.stdout.slice(0, 200)}`);
+    }
+  }
+
+  async regionAdd(name: string): Promise<void> {
+    await this.run(['region', 'add', name]);
+  }
+
+  async workspaceCreate(name: string): Promise<void> {
+    await this.run(['workspace', 'create', name]);
+  }
+
+  /** Registers the endpoint; the address is i6pnctl's. */
+  async endpointAdd(spec: EndpointSpec, region: string): Promise<Endpoint> {
+    const ifname = endpointIfname(spec.name);
+    const args = ['endpoint', 'add', '--workspace', spec.workspace, '--region', region, '--node', spec.node, '--ifname', ifname];
+    if (!spec.i6pn) args.push('--no-i6pn');
+    const e = (await this.run(args)) as EndpointJson;
+    if (typeof e.address !== 'string' || e.ifname !== ifname || e.node !== spec.node || e.i6pn !== spec.i6pn) {
+      throw new Error(`i6pnctl endpoint add returned ${JSON.stringify(e)}`);
+    }
+    return { ...spec, region, address: e.address, ifname };
+  }
+
+  async endpointRemove(address: string): Promise<void> {
+    await this.run(['endpoint', 'remove', address]);
+  }
+
+  /** A whole topology: regions, workspaces, then every endpoint (a few i6pnctl at a time). */
+  async provision(t: Topology): Promise<Endpoint[]> {
+    await mapLimit(t.regions, 4, (r) => this.regionAdd(r));
+    await mapLimit(t.workspaces, 4, (w) => this.workspaceCreate(w));
+    return mapLimit(t.endpoints, 4, (e) => this.endpointAdd(e, regionOf(t, e.node)));
+  }
+}
