@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { run } from './fabric/exec.js';
 import { Fabric } from './fabric/fabric.js';
 import { describeUnexpected, rejudge, runMatrix, type MatrixResult } from './fabric/matrix.js';
-import { interimOracle } from './fabric/policy.js';
+import { modelOracle, type PolicyOracle } from './fabric/policy.js';
 import { ProbeDaemon, spoofUdp } from './fabric/probes.js';
 import { planAddresses } from './fabric/provision.js';
 import { destroyRunSync, leftoverRuns, listNetns, runDir } from './fabric/state.js';
@@ -20,10 +20,12 @@ import { defaultTopology, pairKind } from './fabric/topology.js';
 let fabric: Fabric;
 const daemons = new Map<string, ProbeDaemon>();
 let control: MatrixResult;
+let oracle: PolicyOracle;
 
 test.before(async () => {
   fabric = await Fabric.create({ nodes: defaultTopology.nodes, routeLocal: true });
   for (const e of planAddresses(defaultTopology)) await fabric.addEndpoint(e);
+  oracle = modelOracle([...fabric.endpoints.values()]);
   await Promise.all([...fabric.endpoints.values()].map(async (e) => daemons.set(e.name, await ProbeDaemon.start(e, fabric.record))));
 });
 
@@ -34,7 +36,7 @@ test.after.always(async () => {
 
 test.serial('the fabric delivers forbidden traffic when nothing enforces', async (t) => {
   const eps = [...fabric.endpoints.values()];
-  control = await runMatrix(eps, daemons, { oracle: interimOracle, expect: 'all' });
+  control = await runMatrix(eps, daemons, { oracle: oracle, expect: 'all' });
   t.is(control.cells.length, eps.length * (eps.length - 1));
   t.deepEqual(control.unexpected, [], describeUnexpected(control));
   t.true(control.durationMs < 30_000, `matrix took ${control.durationMs} ms`);
@@ -54,7 +56,7 @@ test.serial('the fabric delivers forbidden traffic when nothing enforces', async
 });
 
 test.serial('read as an enforce run, the control flags exactly the forbidden pairs', (t) => {
-  const asEnforce = rejudge(control, interimOracle, 'policy');
+  const asEnforce = rejudge(control, oracle, 'policy');
   const forbidden = control.cells.filter((c) => !c.expected.allowed).map((c) => `${c.src.name}>${c.dst.name}`);
   t.true(forbidden.length > 0);
   t.deepEqual(
@@ -70,7 +72,7 @@ test.serial('the matrix sees a pair that does not deliver', async (t) => {
   const node = fabric.node(a2.node);
   await run(['ip', '-n', node.netns, 'link', 'set', a2.ifname, 'down']);
   try {
-    const r = await runMatrix([a1, a2, a3], daemons, { oracle: interimOracle, expect: 'all' });
+    const r = await runMatrix([a1, a2, a3], daemons, { oracle: oracle, expect: 'all' });
     const broken = r.unexpected.map((c) => `${c.src.name}>${c.dst.name}`).sort();
     t.deepEqual(broken, ['a1>a2', 'a2>a1', 'a2>a3', 'a3>a2']);
     for (const c of r.unexpected) t.is(c.delivered, 0, `${c.src.name}>${c.dst.name} delivered ${c.delivered}`);
@@ -80,7 +82,7 @@ test.serial('the matrix sees a pair that does not deliver', async (t) => {
     await run(['ip', '-n', node.netns, 'addr', 'replace', 'fe80::1/64', 'dev', a2.ifname, 'nodad']);
     await run(['ip', '-n', node.netns, 'route', 'replace', `${a2.address}/128`, 'dev', a2.ifname]);
   }
-  const again = await runMatrix([a1, a2], daemons, { oracle: interimOracle, expect: 'all' });
+  const again = await runMatrix([a1, a2], daemons, { oracle: oracle, expect: 'all' });
   t.deepEqual(again.unexpected, [], describeUnexpected(again));
 });
 

@@ -18,7 +18,7 @@ import { STATE_ROOT, destroyRunSync, leftoverRuns, readRunState } from './state.
 const DEMO_FILE = join(STATE_ROOT, 'demo');
 const t0 = Date.now();
 let stepNo = 0;
-const STEPS = 8;
+let STEPS = 9;
 
 function say(msg: string): void {
   process.stdout.write(`${msg}\n`);
@@ -69,8 +69,9 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
     say(`a demo is already running (fabric ${old}); replacing it`);
     destroyRunSync(old);
   }
+  STEPS = dataplane === 'agent' ? 9 : dataplane === 'static' ? 8 : 7;
   step(`checking the machine: Linux ${readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()}, dataplane: ${dataplane}, mode: ${mode}`);
-  if (dataplane === 'static') say('        (controller/cli.ts has not landed: the harness loads the BPF programs itself, no agent)');
+  if (dataplane === 'static') say('        (no agent: the harness loads the BPF programs and fills their maps itself)');
   const cluster = await Cluster.up({ dataplane, mode, nats: true, step });
   writeFileSync(DEMO_FILE, cluster.fabric.runId + '\n');
   const nodes = [...cluster.fabric.nodes.keys()];
@@ -92,6 +93,13 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
   say('Dataplane counters moved by the matrix (node/hook/verdict/reason, packets):');
   say(countersTable(delta(before, after) as Map<string, number>));
   say('');
+  if (cluster.ctl) {
+    say(`Provisioned with i6pnctl (${cluster.ctl.history.length} commands), e.g.:`);
+    for (const h of cluster.ctl.history.filter((x, i, a) => i === 0 || x.split(' ')[1] !== a[i - 1]!.split(' ')[1] || x.includes('--no-i6pn')).slice(0, 6)) {
+      say(`  ${h} --nats ${cluster.nats?.url ?? ''}`);
+    }
+    say('');
+  }
   say('Endpoints:');
   for (const e of cluster.endpoints) say(`  ${e.name.padEnd(4)} ${e.address.padEnd(40)} ${e.workspace.padEnd(8)} ${e.node.padEnd(6)} ${e.ifname}${e.i6pn ? '' : '  (no i6pn)'}`);
   say('');
@@ -100,7 +108,11 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
   say(`  ip netns exec ${f.node(nodes[0]!).netns} ip -6 route`);
   say(`  ip netns exec ${cluster.fabric.endpoint('a1').netns} ping -6 -c1 ${cluster.fabric.endpoint('a3').address}`);
   if (cluster.nats) say(`  NATS:        ${cluster.nats.url}`);
-  if (dataplane === 'agent') for (const n of nodes) say(`  metrics:     ${cluster.metricsUrl(n)}   (${n})`);
+  if (dataplane === 'agent') {
+    for (const n of nodes) say(`  metrics:     ${cluster.metricsUrl(n)}   (${n})`);
+    say(`  agent logs:  ${join(f.record.dir, 'logs', 'agent-<node>.log')}`);
+    say(`  i6pnctl:     node --import=tsx controller/cli.ts --nats '${cluster.nats?.url ?? ''}' endpoint list`);
+  }
   if (cluster.prometheus) say(`  Prometheus:  ${cluster.prometheus.url}/graph?g0.expr=${encodeURIComponent('sum by (node, reason) (i6pn_packets_total{verdict="drop"})')}`);
   say(`  logs:        ${join(f.record.dir, 'logs')}`);
   say(`  make demo-down                  removes everything`);
