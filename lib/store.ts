@@ -233,7 +233,16 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
       nodes: nodes!,
       random,
       close: async () => {
-        if (!nc.isClosed()) await nc.drain().catch(() => nc.close());
+        if (nc.isClosed()) return;
+        // Drain flushes what is pending; a connection that cannot drain (server gone) is closed after 5 s.
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, 5000);
+          timer.unref();
+        });
+        await Promise.race([nc.drain().catch(() => undefined), late]);
+        clearTimeout(timer);
+        if (!nc.isClosed()) await nc.close().catch(() => undefined);
       },
     };
   } catch (e) {

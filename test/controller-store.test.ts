@@ -114,24 +114,24 @@ test('an unreadable credentials file is an input error', async (t) => {
 
 test('the store survives a server restart: data kept, client reconnects', async (t) => {
   const nats = await startNats();
+  const store = await connectStore({ servers: nats.url, requestTimeout: 5000 });
   try {
-    const store = await connectStore({ servers: nats.url });
     await addRegion(store, 'eu-west', { id: 0x0a70 });
     const w = await createWorkspace(store, 'acme');
     await nats.stop();
     await nats.start();
     // The same connection reconnects by itself and the data is still there.
-    const deadline = Date.now() + 15_000;
+    const deadline = Date.now() + 60_000;
     let ws: Awaited<ReturnType<typeof getWorkspace>> = null;
     while (Date.now() < deadline) {
       ws = await getWorkspace(store, 'acme').catch(() => null);
       if (ws) break;
-      await new Promise((r) => setTimeout(r, 200));
+      await new Promise((r) => setTimeout(r, 250));
     }
     t.deepEqual(ws?.record, w);
     t.deepEqual((await listRegions(store)).regions, [{ v: 1, name: 'eu-west', id: 0x0a70 }]);
-    await store.close();
   } finally {
+    await store.close();
     await nats.destroy();
   }
 });
