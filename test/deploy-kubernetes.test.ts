@@ -186,6 +186,12 @@ function daemonSetProblems(ds: Obj, configMap: Obj): string[] {
   check(credsVol && credsMount?.["readOnly"] === true, "agent must mount Secret i6pn-nats-agents read-only");
   check(creds === `${credsMount?.["mountPath"]}/$(I6PN_NODE).creds`, "I6PN_NATS_CREDS must be <secret mount>/$(I6PN_NODE).creds");
 
+  // NATS over TLS with a private CA: Node.js trusts it through NODE_EXTRA_CA_CERTS.
+  const ca = envOf(agent, "NODE_EXTRA_CA_CERTS")?.["value"] as string | undefined;
+  const caVol = (pod["volumes"] as Obj[] | undefined)?.find((v) => v["configMap"]?.["name"] === "i6pn-nats-ca");
+  const caMount = (agent["volumeMounts"] as Obj[] | undefined)?.find((m) => m["name"] === caVol?.["name"]);
+  check(caVol && ca === `${caMount?.["mountPath"]}/ca.crt`, "NODE_EXTRA_CA_CERTS must name ca.crt of the mounted ConfigMap i6pn-nats-ca");
+
   // Ports and probes.
   const port = (agent["ports"] as Obj[] | undefined)?.find((x) => x["name"] === "metrics");
   const metricsPort = Number(String(configMap["data"]?.["I6PN_METRICS_ADDR"] ?? "").split(":").pop());
@@ -274,6 +280,7 @@ test("DaemonSet checks fail on each broken setting (they can fail)", (t) => {
     [(o) => (agentOf(o)["env"].find((e: Obj) => e["name"] === "I6PN_REGION_FILE")["value"] = "/tmp/region"), /I6PN_REGION_FILE/],
     [(o) => (agentOf(o)["image"] = "registry.example.com/i6pn:latest"), /image must be/],
     [(o) => (agentOf(o)["ports"][0]["hostPort"] = 19465), /port "metrics"/],
+    [(o) => (agentOf(o)["env"] = agentOf(o)["env"].filter((e: Obj) => e["name"] !== "NODE_EXTRA_CA_CERTS")), /NODE_EXTRA_CA_CERTS/],
   ];
   for (const [mutate, expected] of mutants) {
     const m = structuredClone(ds);
@@ -339,6 +346,8 @@ test("controller Job: non-root i6pnctl with the controller's creds and a script 
   t.is(c["image"], IMAGE);
   t.deepEqual(c["securityContext"]["capabilities"], { drop: ["ALL"] });
   t.is(envOf(c, "I6PN_NATS_CREDS")?.["value"], "/etc/i6pn/nats/controller.creds");
+  t.is(envOf(c, "NODE_EXTRA_CA_CERTS")?.["value"], "/etc/i6pn/nats-ca/ca.crt");
+  t.is(pod["volumes"].find((v: Obj) => v["configMap"]?.["name"] === "i6pn-nats-ca")?.["name"], c["volumeMounts"].find((m: Obj) => m["mountPath"] === "/etc/i6pn/nats-ca")?.["name"]);
   t.is(pod["volumes"].find((v: Obj) => v["secret"])?.["secret"]?.["secretName"], "i6pn-nats-controller");
   const script = find("ConfigMap", "i6pn-provision")["data"]["provision.sh"] as string;
   t.is(c["command"].join(" "), "/bin/sh /etc/i6pn/provision/provision.sh");

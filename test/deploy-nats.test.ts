@@ -318,6 +318,21 @@ test.serial("three-server production config (TLS, JetStream R3): the same permis
   const plain = { servers: `nats://127.0.0.1:${client[1]}`, authenticator: credsAuthenticator(readFileSync(join(dir, "controller.creds"))), maxReconnectAttempts: 0, timeout: 3000 };
   t.regex(await serverInfo(client[1] ?? 0), /"tls_required":true/, "the server requires TLS of every client");
   t.regex(await outcome(() => connect(plain)), /certificate/i, "a client that does not trust the CA is refused");
+  // How the pods reach these servers: tls:// URLs, the CA through
+  // NODE_EXTRA_CA_CERTS (daemonset.yaml, controller-job.yaml), the real i6pnctl.
+  const i6pnctl = (extra: Record<string, string>) =>
+    spawnSync(process.execPath, ["--import=tsx", join(root, "controller/cli.ts"), "region", "list", "--json"], {
+      cwd: root,
+      encoding: "utf8",
+      timeout: 120_000,
+      env: { ...process.env, I6PN_NATS_URL: client.map((p) => `tls://127.0.0.1:${p}`).join(","), I6PN_NATS_CREDS: join(dir, "controller.creds"), ...extra },
+    });
+  const trusted = i6pnctl({ NODE_EXTRA_CA_CERTS: join(dir, "ca.crt") });
+  t.is(trusted.status, 0, trusted.stderr);
+  t.regex(trusted.stdout, /"regions": *\[/);
+  const untrusted = i6pnctl({});
+  t.not(untrusted.status, 0);
+  t.regex(untrusted.stderr, /certificate/i);
   for (const p of procs) t.is(p.exitCode, null, "nats-server still running");
 });
 
