@@ -3,7 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
 CLANG     ?= clang
-BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I/usr/include/$(shell uname -m)-linux-gnu -Ibpf
+ARCH      := $(shell uname -m)
+BPF_ARCH  := $(subst x86_64,x86,$(subst aarch64,arm64,$(ARCH)))
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_$(BPF_ARCH) -I/usr/include/$(ARCH)-linux-gnu -Ibpf
 BUILD     := build
 BPF_SRCS  := $(wildcard bpf/*.bpf.c)
 BPF_OBJS  := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRCS))
@@ -12,7 +14,7 @@ ABI_TS    := agent/bpf/abi.generated.ts
 
 APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool nats-server prometheus iproute2 \
             iputils-ping python3-scapy tcpdump util-linux nftables iperf3 procps \
-            g++ make
+            g++ make openssl
 DEPS_STAMP := node_modules/.i6pn-deps
 
 .PHONY: deps bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fabric bench-binding clean
@@ -87,4 +89,4 @@ bench-binding: build bpffs
 	node --import=tsx bench/binding.ts
 
 clean:
-	rm -rf $(BUILD) dist $(ABI_TS)
+	rm -rf $(BUILD) dist
