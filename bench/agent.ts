@@ -42,7 +42,7 @@ const WORKSPACES = 64;
 const MARKER_EVERY = 5;
 const STEADY_AFTER_MS = 3000;
 /** Seconds after the agent's start before the initial sync counts as failed (keeps `make bench` bounded). */
-const SYNC_DEADLINE = Number(process.env.I6PN_BENCH_SYNC_DEADLINE ?? 120);
+const SYNC_DEADLINE = Number(process.env.I6PN_BENCH_SYNC_DEADLINE ?? 240);
 /** Region size for the churn when the full region does not sync in time. */
 const FALLBACK_N = Number(process.env.I6PN_BENCH_AGENT_FALLBACK_N ?? 100_000);
 
@@ -526,7 +526,11 @@ function report(first: RegionRun, second: RegionRun | null, seconds: number): vo
         ['KV write → map entry, p99 (markers)', `${churn.latencyMs.p99.toFixed(1)} ms (${ratio(churn.latencyMs.p99, 20, 0)} the goal)`, '≤ 20 ms'],
         ['KV write → map entry, max (markers)', `${churn.latencyMs.max.toFixed(1)} ms`, ''],
         [`steady state (after the first ${STEADY_AFTER_MS / 1000} s): p50 / p99 / max`, `${churn.steadyMs.p50.toFixed(1)} / ${churn.steadyMs.p99.toFixed(1)} / ${churn.steadyMs.max.toFixed(1)} ms`, 'p99 ≤ 20 ms'],
-        ['p50 per second of churn', `${churn.p50BySecondMs.join(' ')} ms`, ''],
+        [
+          'seconds of churn whose p50 was over 20 ms',
+          `${churn.p50BySecondMs.filter((x) => x > 20).length} of ${churn.p50BySecondMs.length}${churn.p50BySecondMs.some((x) => x > 20) ? ` (first at second ${churn.p50BySecondMs.findIndex((x) => x > 20)}, worst ${Math.max(...churn.p50BySecondMs)} ms)` : ''}`,
+          '',
+        ],
         ['agent histogram p50 / p99', `${churn.agentHistogram.p50} / ${churn.agentHistogram.p99} (${churn.agentHistogram.count} observations)`, ''],
         ['markers seen', `${churn.markersSeen} of ${churn.markers}`, 'all'],
         ['last write → last marker in the map', `${churn.drainMs.toFixed(0)} ms`, ''],

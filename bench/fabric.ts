@@ -107,10 +107,10 @@ async function measureTraffic(t: Topology): Promise<TrafficSample> {
   return { tcpBitsPerSec: j.end.sum_received.bits_per_second, rttUs };
 }
 
-async function withDataplane<T>(t: Topology, fn: () => Promise<T>): Promise<{ value: T; counters: unknown[] }> {
+async function withDataplane<T>(t: Topology, variant: NodeArgs['variant'], fn: () => Promise<T>): Promise<{ value: T; counters: unknown[] }> {
   const procs = [
-    [t.nA, { node: 1, region: REGION, workspace: WS, uplink: 'up0', veth: 'vethA', local: ADDR_A, remote: { addr: ADDR_B, node: 2 } }],
-    [t.nB, { node: 2, region: REGION, workspace: WS, uplink: 'up0', veth: 'vethB', local: ADDR_B, remote: { addr: ADDR_A, node: 1 } }],
+    [t.nA, { variant, node: 1, region: REGION, workspace: WS, uplink: 'up0', veth: 'vethA', local: ADDR_A, remote: { addr: ADDR_B, node: 2 } }],
+    [t.nB, { variant, node: 2, region: REGION, workspace: WS, uplink: 'up0', veth: 'vethB', local: ADDR_B, remote: { addr: ADDR_A, node: 1 } }],
   ].map(([ns, a]) => {
     const p = spawnIn(ns as string, [...node(), join(REPO_DIR, 'bench/fabric/node.ts'), JSON.stringify(a as NodeArgs)]);
     let out = '';
@@ -138,19 +138,21 @@ async function withDataplane<T>(t: Topology, fn: () => Promise<T>): Promise<{ va
   }
 }
 
-async function allowedTraffic(): Promise<{ without: TrafficSample[]; with: TrafficSample[]; counters: unknown[] }> {
+async function allowedTraffic(): Promise<{ without: TrafficSample[]; xdpPass: TrafficSample[]; with: TrafficSample[]; counters: unknown[] }> {
   const t = twoNodes();
   const server = spawnIn(t.cB, ['iperf3', '-6', '-s', '-B', ADDR_B], { stdio: 'ignore' });
   await sleep(500);
   // Routes and neighbours warm before the first figure.
   nsSh(t.cA, ['ping', '-6', '-c', '3', '-i', '0.2', '-W', '2', ADDR_B]);
-  const res = { without: [] as TrafficSample[], with: [] as TrafficSample[], counters: [] as unknown[] };
+  const res = { without: [] as TrafficSample[], xdpPass: [] as TrafficSample[], with: [] as TrafficSample[], counters: [] as unknown[] };
   for (let r = 0; r < ROUNDS; r++) {
     res.without.push(await measureTraffic(t));
-    const w = await withDataplane(t, () => measureTraffic(t));
+    res.xdpPass.push((await withDataplane(t, 'xdp-pass', () => measureTraffic(t))).value);
+    const w = await withDataplane(t, 'i6pn', () => measureTraffic(t));
     res.with.push(w.value);
     res.counters = w.counters;
-    log(`allowed round ${r + 1}: without ${(res.without.at(-1)!.tcpBitsPerSec / 1e9).toFixed(2)} Gbit/s p50 ${median(res.without.at(-1)!.rttUs)} µs; with ${(w.value.tcpBitsPerSec / 1e9).toFixed(2)} Gbit/s p50 ${median(w.value.rttUs)} µs`);
+    const f = (x: TrafficSample): string => `${(x.tcpBitsPerSec / 1e9).toFixed(2)} Gbit/s p50 ${median(x.rttUs)} µs`;
+    log(`allowed round ${r + 1}: without ${f(res.without.at(-1)!)}; xdp_pass on uplinks ${f(res.xdpPass.at(-1)!)}; i6pn ${f(w.value)}`);
   }
   server.kill('SIGKILL');
   return res;
@@ -190,12 +192,16 @@ async function main(): Promise<void> {
   };
   const trafficTable: Table = {
     title: 'Allowed traffic between two endpoints on two nodes',
-    note: `Container — veth (TC from_endpoint/to_endpoint) — node — uplink veth (XDP from_fabric, native) — node — veth — container; median of ${ROUNDS} rounds (without and with alternating); iperf3 TCP ${IPERF_SECONDS} s, ${PINGS} pings at 2 ms. Overhead: throughput lost and latency added, in percent of the figure without (negative: the run with the dataplane was faster, i.e. within noise).`,
-    columns: ['figure', 'without dataplane', 'with dataplane', 'overhead'],
+    note: `Container — veth (TC from_endpoint/to_endpoint) — node — uplink veth (XDP from_fabric, native) — node — veth — container; median of ${ROUNDS} rounds, the three set-ups alternating; iperf3 TCP ${IPERF_SECONDS} s, ${PINGS} pings at 2 ms. The middle column attaches only an empty XDP program (xdp_pass) to both uplinks: any native XDP program puts a veth on its XDP receive path and turns off the peer's segmentation offload, a cost of veth, not of i6pn. Overhead: throughput lost and latency added, in percent (negative: faster, within noise).`,
+    columns: ['figure', 'nothing attached', 'xdp_pass on uplinks', 'i6pn dataplane', 'i6pn vs nothing', 'i6pn vs xdp_pass'],
     rows: [
-      ['TCP throughput (iperf3)', `${(bw(traffic.without) / 1e9).toFixed(2)} Gbit/s`, `${(bw(traffic.with) / 1e9).toFixed(2)} Gbit/s`, overhead(bw(traffic.with), bw(traffic.without), true)],
-      ['ping RTT p50', `${rtt(traffic.without, 50).toFixed(0)} µs`, `${rtt(traffic.with, 50).toFixed(0)} µs`, overhead(rtt(traffic.with, 50), rtt(traffic.without, 50), false)],
-      ['ping RTT p99', `${rtt(traffic.without, 99).toFixed(0)} µs`, `${rtt(traffic.with, 99).toFixed(0)} µs`, overhead(rtt(traffic.with, 99), rtt(traffic.without, 99), false)],
+      ['TCP throughput (iperf3)', ...[traffic.without, traffic.xdpPass, traffic.with].map((x) => `${(bw(x) / 1e9).toFixed(2)} Gbit/s`), overhead(bw(traffic.with), bw(traffic.without), true), overhead(bw(traffic.with), bw(traffic.xdpPass), true)],
+      ...([50, 99] as const).map((p) => [
+        `ping RTT p${p}`,
+        ...[traffic.without, traffic.xdpPass, traffic.with].map((x) => `${rtt(x, p).toFixed(0)} µs`),
+        overhead(rtt(traffic.with, p), rtt(traffic.without, p), false),
+        overhead(rtt(traffic.with, p), rtt(traffic.xdpPass, p), false),
+      ]),
     ],
   };
   const goals: Goal[] = [{ goal: 'XDP drop ≥ 4× nftables', measured: `${ratio(pps('xdp'), pps('nftables'))} (${(pps('xdp') / 1e6).toFixed(2)} vs ${(pps('nftables') / 1e6).toFixed(2)} Mpps)`, met: pps('xdp') >= 4 * pps('nftables') }];
@@ -210,6 +216,7 @@ async function main(): Promise<void> {
       drop,
       traffic: {
         without: traffic.without.map((x) => ({ tcpBitsPerSec: x.tcpBitsPerSec, rttP50Us: percentile(x.rttUs, 50), rttP99Us: percentile(x.rttUs, 99) })),
+        xdpPass: traffic.xdpPass.map((x) => ({ tcpBitsPerSec: x.tcpBitsPerSec, rttP50Us: percentile(x.rttUs, 50), rttP99Us: percentile(x.rttUs, 99) })),
         with: traffic.with.map((x) => ({ tcpBitsPerSec: x.tcpBitsPerSec, rttP50Us: percentile(x.rttUs, 50), rttP99Us: percentile(x.rttUs, 99) })),
         countersOfLastRound: traffic.counters,
       },

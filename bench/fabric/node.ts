@@ -10,10 +10,18 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 
 import { Dataplane } from '../../agent/bpf/dataplane.js';
+import { BpfObject, LinkFd, XdpFlags } from '../../agent/bpf/libbpf.js';
 import { parseIpv6 } from '../../agent/bpf/packet.js';
 import { REPO_DIR } from '../lib/results.js';
 
 export interface NodeArgs {
+  /**
+   * i6pn: the dataplane. xdp-pass: only the bench's xdp_pass on the uplink,
+   * native, to separate what any XDP program costs on a veth (veth takes the
+   * XDP receive path and turns off the peer's segmentation offload) from
+   * what i6pn's programs cost.
+   */
+  variant: 'i6pn' | 'xdp-pass';
   node: number;
   region: number;
   workspace: number;
@@ -32,6 +40,28 @@ async function main(): Promise<void> {
   const a = JSON.parse(process.argv[2]!) as NodeArgs;
   const veth = ifindexOf(a.veth);
   const uplink = ifindexOf(a.uplink);
+  if (a.variant === 'xdp-pass') {
+    const obj = BpfObject.open(join(REPO_DIR, 'build/bench/xdp_redirect.bpf.o'));
+    obj.program('xdp_redirect_target').setAutoload(false);
+    obj.load();
+    const link = LinkFd.createXdp(obj.program('xdp_pass').fd, uplink, XdpFlags.DRV_MODE, 'xdp_pass');
+    const done = (): void => {
+      link.close();
+      obj.close();
+    };
+    process.stdout.write('ready\n');
+    process.stdin.resume();
+    process.stdin.on('end', () => {
+      done();
+      process.stdout.write(JSON.stringify({ counters: [] }) + '\n');
+      process.exit(0);
+    });
+    process.on('SIGTERM', () => {
+      done();
+      process.exit(0);
+    });
+    return;
+  }
   const dp = await Dataplane.open({ object: join(REPO_DIR, 'build/bpf/i6pn.bpf.o') });
   dp.setConfig({ node: a.node, region: a.region, mode: 'enforce', eventsPerSec: 100 });
   const local = parseIpv6(a.local);
