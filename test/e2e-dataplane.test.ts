@@ -8,20 +8,27 @@
  */
 import test from 'ava';
 import { Cluster } from './fabric/cluster.js';
+import { acquireFabricLock } from './fabric/state.js';
 import { checkCounters, delta, snapshot } from './fabric/counters.js';
 import { describeUnexpected, renderMatrix, runMatrix } from './fabric/matrix.js';
 import { spoofUdp } from './fabric/probes.js';
 
+let releaseLock: (() => void) | undefined;
 let cluster: Cluster;
 const nodes = (): string[] => [...cluster.fabric.nodes.keys()];
 const counters = () => snapshot(nodes(), (n) => cluster.staticCounters(n));
 
 test.before(async () => {
+  releaseLock = await acquireFabricLock();
   cluster = await Cluster.up({ dataplane: 'static', mode: 'enforce' });
 });
 
 test.after.always(async () => {
-  await cluster?.down();
+  try {
+    await cluster?.down();
+  } finally {
+    releaseLock?.();
+  }
 });
 
 test.serial('enforce: allowed pairs deliver, every forbidden pair is stopped and counted under its reason', async (t) => {

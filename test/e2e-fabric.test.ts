@@ -14,15 +14,17 @@ import { describeUnexpected, rejudge, runMatrix, type MatrixResult } from './fab
 import { modelOracle, type PolicyOracle } from './fabric/policy.js';
 import { ProbeDaemon, spoofUdp } from './fabric/probes.js';
 import { planAddresses } from './fabric/provision.js';
-import { destroyRunSync, leftoverRuns, listNetns, runDir } from './fabric/state.js';
+import { acquireFabricLock, destroyRunSync, leftoverRuns, listNetns, runDir } from './fabric/state.js';
 import { defaultTopology, pairKind } from './fabric/topology.js';
 
+let releaseLock: (() => void) | undefined;
 let fabric: Fabric;
 const daemons = new Map<string, ProbeDaemon>();
 let control: MatrixResult;
 let oracle: PolicyOracle;
 
 test.before(async () => {
+  releaseLock = await acquireFabricLock();
   fabric = await Fabric.create({ nodes: defaultTopology.nodes, routeLocal: true });
   for (const e of planAddresses(defaultTopology)) await fabric.addEndpoint(e);
   oracle = modelOracle([...fabric.endpoints.values()]);
@@ -30,13 +32,17 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
-  await Promise.all([...daemons.values()].map((d) => d.stop()));
-  await fabric?.destroy();
+  try {
+    await Promise.all([...daemons.values()].map((d) => d.stop()));
+    await fabric?.destroy();
+  } finally {
+    releaseLock?.();
+  }
 });
 
 test.serial('the fabric delivers forbidden traffic when nothing enforces', async (t) => {
   const eps = [...fabric.endpoints.values()];
-  control = await runMatrix(eps, daemons, { oracle: oracle, expect: 'all' });
+  control = await runMatrix(eps, daemons, { oracle, expect: 'all' });
   t.is(control.cells.length, eps.length * (eps.length - 1));
   t.deepEqual(control.unexpected, [], describeUnexpected(control));
   t.true(control.durationMs < 30_000, `matrix took ${control.durationMs} ms`);
@@ -72,7 +78,7 @@ test.serial('the matrix sees a pair that does not deliver', async (t) => {
   const node = fabric.node(a2.node);
   await run(['ip', '-n', node.netns, 'link', 'set', a2.ifname, 'down']);
   try {
-    const r = await runMatrix([a1, a2, a3], daemons, { oracle: oracle, expect: 'all' });
+    const r = await runMatrix([a1, a2, a3], daemons, { oracle, expect: 'all' });
     const broken = r.unexpected.map((c) => `${c.src.name}>${c.dst.name}`).sort();
     t.deepEqual(broken, ['a1>a2', 'a2>a1', 'a2>a3', 'a3>a2']);
     for (const c of r.unexpected) t.is(c.delivered, 0, `${c.src.name}>${c.dst.name} delivered ${c.delivered}`);
@@ -81,8 +87,11 @@ test.serial('the matrix sees a pair that does not deliver', async (t) => {
     await run(['ip', '-n', node.netns, 'link', 'set', a2.ifname, 'up']);
     await run(['ip', '-n', node.netns, 'addr', 'replace', 'fe80::1/64', 'dev', a2.ifname, 'nodad']);
     await run(['ip', '-n', node.netns, 'route', 'replace', `${a2.address}/128`, 'dev', a2.ifname]);
+    // Neighbours that failed while the cable was out would answer "no route to host" for a while.
+    await run(['ip', '-n', node.netns, 'neigh', 'flush', 'dev', a2.ifname]);
+    await run(['ip', '-n', a2.netns, 'neigh', 'flush', 'dev', 'eth0']);
   }
-  const again = await runMatrix([a1, a2], daemons, { oracle: oracle, expect: 'all' });
+  const again = await runMatrix([a1, a2], daemons, { oracle, expect: 'all' });
   t.deepEqual(again.unexpected, [], describeUnexpected(again));
 });
 

@@ -8,21 +8,28 @@
  */
 import test from 'ava';
 import { Cluster } from './fabric/cluster.js';
+import { acquireFabricLock } from './fabric/state.js';
 import { checkCounters, delta, expectedDrops, snapshot } from './fabric/counters.js';
 import { describeUnexpected, renderMatrix, runMatrix, type MatrixResult } from './fabric/matrix.js';
 import { spoofUdp, timeUntilDelivery, udpProbe } from './fabric/probes.js';
 
+let releaseLock: (() => void) | undefined;
 let c: Cluster;
 let enforced: MatrixResult;
 const nodes = (): string[] => [...c.fabric.nodes.keys()];
 const counters = () => snapshot(nodes(), c.counters);
 
 test.before(async () => {
+  releaseLock = await acquireFabricLock();
   c = await Cluster.up({ dataplane: 'agent', mode: 'enforce' });
 });
 
 test.after.always(async () => {
-  await c?.down();
+  try {
+    await c?.down();
+  } finally {
+    releaseLock?.();
+  }
 });
 
 test.serial('enforce: allowed pairs deliver, every forbidden pair is stopped and its agent counts the reason', async (t) => {

@@ -223,8 +223,9 @@ export function destroyRunSync(runId: string): void {
  */
 export function leftoverRuns(includeDetached: boolean): string[] {
   const ids = new Set<string>(listRuns());
+  // A run's signature is its fabric namespace: other tools' `i6pn-…` namespaces are not ours.
   for (const n of listNetns()) {
-    const m = /^i6pn-([0-9a-f]{4})-/.exec(n);
+    const m = /^i6pn-([0-9a-f]{4})-fabric$/.exec(n);
     if (m?.[1]) ids.add(m[1]);
   }
   return [...ids].filter((id) => {
@@ -233,4 +234,44 @@ export function leftoverRuns(includeDetached: boolean): string[] {
     if (s.detached) return includeDetached;
     return !alive(s.ownerPid);
   });
+}
+
+const LOCK_DIR = join(STATE_ROOT, 'e2e.lock');
+
+/**
+ * One heavy fabric test at a time on this machine: ava runs test files in
+ * parallel, and four agents, Prometheus and a hundred probes per second in
+ * each of three files at once would measure the machine, not i6pn (the
+ * "within a second" checks most of all). A directory is the lock (atomic
+ * mkdir); a lock whose owner died is taken over.
+ */
+export async function acquireFabricLock(timeoutMs = 15 * 60_000): Promise<() => void> {
+  mkdirSync(STATE_ROOT, { recursive: true });
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      mkdirSync(LOCK_DIR);
+      writeFileSync(join(LOCK_DIR, 'pid'), String(process.pid));
+      let held = true;
+      const release = (): void => {
+        if (!held) return;
+        held = false;
+        process.off('exit', release);
+        rmSync(LOCK_DIR, { recursive: true, force: true });
+      };
+      process.once('exit', release);
+      return release;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    let owner = NaN;
+    try {
+      owner = Number(readFileSync(join(LOCK_DIR, 'pid'), 'utf8'));
+    } catch {
+      /* being written or removed */
+    }
+    if (Number.isInteger(owner) && owner > 0 && !alive(owner)) rmSync(LOCK_DIR, { recursive: true, force: true });
+    if (Date.now() > deadline) throw new Error(`waited ${timeoutMs} ms for ${LOCK_DIR} (held by pid ${owner})`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
 }
