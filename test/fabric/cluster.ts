@@ -19,7 +19,7 @@ import { Fabric, type FabricEndpoint, type FabricNode } from './fabric.js';
 import { type PolicyOracle, addressBytes, modelOracle } from './policy.js';
 import { ProbeDaemon } from './probes.js';
 import { addressIn, planAddresses } from './provision.js';
-import { Ctl } from './ctl.js';
+import { Ctl, ctlArgv } from './ctl.js';
 import { type Nats, type Prometheus, type Service, httpOk, startNats, startPrometheus, startService, waitUntil } from './services.js';
 import type { StaticLoad } from './static-dataplane.js';
 import { type Endpoint, type EndpointSpec, type Topology, defaultTopology, endpointIfname, validateTopology } from './topology.js';
@@ -43,6 +43,12 @@ export interface ClusterOptions {
   /** Start a probe daemon in every container (default true). */
   probes?: boolean;
   log?: (msg: string) => void;
+  /**
+   * Which build of the agent and i6pnctl runs: `source` (through tsx, the tree
+   * under test; the tests' default) or `dist` (what `make build` made, as an
+   * operator runs it; the demo's).
+   */
+  binaries?: 'source' | 'dist';
   /** Start Prometheus scraping the agents (default true with agents). */
   prometheus?: boolean;
   /** Called at the start of each step (the demo's progress lines). */
@@ -53,6 +59,7 @@ export class Cluster {
   readonly daemons = new Map<string, ProbeDaemon>();
   readonly agents = new Map<string, Service>();
   ctl?: Ctl;
+  binaries: 'source' | 'dist' = 'source';
   nats?: Nats;
   prometheus?: Prometheus;
   oracle: PolicyOracle;
@@ -79,6 +86,7 @@ export class Cluster {
     step(`fabric: ${topology.nodes.length} nodes in ${topology.regions.length} regions`);
     const fabric = await Fabric.create({ nodes: topology.nodes, routeLocal: opts.dataplane !== 'agent', log });
     const c = new Cluster(fabric, topology, opts.dataplane, opts.mode ?? 'enforce');
+    c.binaries = opts.binaries ?? 'source';
     try {
       if (opts.nats ?? opts.dataplane === 'agent') {
         step('nats-server with JetStream');
@@ -122,7 +130,10 @@ export class Cluster {
   private async provision(): Promise<Endpoint[]> {
     if (this.dataplane !== 'agent') return planAddresses(this.topology);
     if (!this.nats) throw new Error('the agent dataplane needs nats');
-    this.ctl = new Ctl(this.nats.url);
+    this.ctl = new Ctl(
+      this.nats.url,
+      this.binaries === 'dist' ? [process.execPath, join(REPO_ROOT, 'dist/controller/cli.js')] : ctlArgv(),
+    );
     return this.ctl.provision(this.topology);
   }
 
@@ -139,8 +150,7 @@ export class Cluster {
     this.fabric.record.addBpffsDir(node.bpffs);
     const argv = [
       process.execPath,
-      '--import=tsx',
-      AGENT_MAIN,
+      ...(this.binaries === 'dist' ? [join(REPO_ROOT, 'dist/agent/main.js')] : ['--import=tsx', AGENT_MAIN]),
       '--nats', nats.url,
       '--node', node.name,
       '--region', node.region,

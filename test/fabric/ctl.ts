@@ -38,10 +38,13 @@ export class Ctl {
   /** Every command run, for the demo to show and for debugging. */
   readonly history: string[] = [];
 
-  constructor(readonly natsUrl: string) {}
+  constructor(
+    readonly natsUrl: string,
+    private readonly bin: readonly string[] = ctlArgv(),
+  ) {}
 
   async run(args: readonly string[]): Promise<unknown> {
-    const argv = [...ctlArgv(), '--nats', this.natsUrl, ...args, '--json'];
+    const argv = [...this.bin, '--nats', this.natsUrl, ...args, '--json'];
     this.history.push(`i6pnctl ${args.join(' ')}`);
     const r = await run(argv, { cwd: REPO_ROOT, timeoutMs: 60_000 });
     try {

@@ -69,10 +69,13 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
     say(`a demo is already running (fabric ${old}); replacing it`);
     destroyRunSync(old);
   }
+  rmSync(DEMO_FILE, { force: true });
   STEPS = dataplane === 'agent' ? 9 : dataplane === 'static' ? 8 : 7;
   step(`checking the machine: Linux ${readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()}, dataplane: ${dataplane}, mode: ${mode}`);
   if (dataplane === 'static') say('        (no agent: the harness loads the BPF programs and fills their maps itself)');
-  const cluster = await Cluster.up({ dataplane, mode, nats: true, step });
+  // `make demo` builds first: run the built agent and i6pnctl, as an operator would.
+  const built = existsSync(join(REPO_ROOT, 'dist/agent/main.js')) && existsSync(join(REPO_ROOT, 'dist/controller/cli.js'));
+  const cluster = await Cluster.up({ dataplane, mode, nats: true, step, binaries: built ? 'dist' : 'source' });
   writeFileSync(DEMO_FILE, cluster.fabric.runId + '\n');
   const nodes = [...cluster.fabric.nodes.keys()];
 

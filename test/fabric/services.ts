@@ -6,7 +6,7 @@
  * driver and are still found and stopped by the run's clean-up.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { inNetns, sleep } from './exec.js';
@@ -43,8 +43,17 @@ export function startService(
   const log = join(logDir, `${name}.log`);
   const fd = openSync(log, 'a');
   const full = inNetns(opts.netns, argv);
+  const exe = argv[0] ?? '';
+  try {
+    accessSync(exe, constants.X_OK);
+  } catch {
+    throw new Error(`cannot start ${name}: ${exe} is not an executable (is its package installed? make deps)`);
+  }
   const child = spawn(full[0]!, full.slice(1), { detached: true, stdio: ['ignore', fd, fd], env: opts.env ?? process.env, ...(opts.cwd ? { cwd: opts.cwd } : {}) });
   child.unref();
+  child.on('error', () => {
+    /* reported by the readiness wait (the service is not alive) */
+  });
   const pid = child.pid;
   if (pid === undefined) throw new Error(`could not start ${name}: ${full.join(' ')}`);
   fabric.record.addProcess({ pid, what: name, cmdlineMark: opts.cmdlineMark });
