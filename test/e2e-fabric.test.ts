@@ -12,10 +12,10 @@ import { run } from './fabric/exec.js';
 import { Fabric } from './fabric/fabric.js';
 import { describeUnexpected, rejudge, runMatrix, type MatrixResult } from './fabric/matrix.js';
 import { modelOracle, type PolicyOracle } from './fabric/policy.js';
-import { ProbeDaemon, spoofUdp } from './fabric/probes.js';
+import { ProbeDaemon, injectFromFabric, spoofUdp } from './fabric/probes.js';
 import { planAddresses } from './fabric/provision.js';
 import { acquireFabricLock, destroyRunSync, leftoverRuns, listNetns, runDir } from './fabric/state.js';
-import { defaultTopology, pairKind } from './fabric/topology.js';
+import { FABRIC_CASES, defaultTopology, pairKind } from './fabric/topology.js';
 
 let releaseLock: (() => void) | undefined;
 let fabric: Fabric;
@@ -106,6 +106,15 @@ test.serial('a spoofed source from inside a container is delivered when nothing 
   // The probe itself can tell: its own source arrives as itself.
   const honest = await spoofUdp(a1, a1.address, daemons.get('a3')!);
   t.is(honest.arrivedFrom, a1.address);
+});
+
+test.serial('packets injected straight onto the fabric are delivered when nothing enforces', async (t) => {
+  const node = fabric.node('ams-2');
+  for (const [src, dst] of FABRIC_CASES) {
+    const s = fabric.endpoint(src);
+    const got = await injectFromFabric(fabric, node, s.address, daemons.get(dst)!);
+    t.is(got.arrivedFrom, s.address, `${src} → ${dst} injected at ams-2's uplink`);
+  }
 });
 
 const HOLD = fileURLToPath(new URL('./fabric/hold.ts', import.meta.url));

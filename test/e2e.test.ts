@@ -11,7 +11,8 @@ import { Cluster } from './fabric/cluster.js';
 import { acquireFabricLock } from './fabric/state.js';
 import { checkCounters, delta, expectedDrops, snapshot } from './fabric/counters.js';
 import { describeUnexpected, renderMatrix, runMatrix, type MatrixResult } from './fabric/matrix.js';
-import { spoofUdp, timeUntilDelivery, udpProbe } from './fabric/probes.js';
+import { injectFromFabric, spoofUdp, timeUntilDelivery, udpProbe } from './fabric/probes.js';
+import { FABRIC_CASES } from './fabric/topology.js';
 
 let releaseLock: (() => void) | undefined;
 let c: Cluster;
@@ -84,6 +85,26 @@ test.serial('enforce: a spoofed source from inside a container is dropped and co
   t.true((moved.get('ams-1/from_endpoint/drop/spoofed_source') ?? 0) >= 2, JSON.stringify([...moved]));
   const honest = await spoofUdp(a1, a1.address, c.daemons.get('a3')!);
   t.is(honest.arrivedFrom, a1.address, 'the same tool with the true source gets through');
+});
+
+test.serial('from the fabric: the receiving node drops what its XDP hook must, under the model\'s reason', async (t) => {
+  const node = c.node('ams-2');
+  const reasons = new Set<string>();
+  for (const [src, dst] of FABRIC_CASES) {
+    const s = c.fabric.endpoint(src);
+    const expected = c.oracle.fromFabric(node.name, s.address, c.fabric.endpoint(dst).address);
+    reasons.add(expected);
+    const before = await counters();
+    const got = await injectFromFabric(c.fabric, node, s.address, c.daemons.get(dst)!);
+    const moved = delta(before, await counters());
+    if (expected === 'pass_private') {
+      t.is(got.arrivedFrom, s.address, `${src} → ${dst} from the fabric`);
+    } else {
+      t.is(got.arrivedFrom, undefined, `${src} → ${dst} from the fabric (${expected}) was delivered`);
+      t.true((moved.get(`${node.name}/from_fabric/drop/${expected}`) ?? 0) >= 1, `${src} → ${dst}: ${JSON.stringify([...moved])}`);
+    }
+  }
+  t.deepEqual([...reasons].sort(), ['cross_region', 'cross_workspace', 'not_local', 'pass_private', 'spoofed_source']);
 });
 
 test.serial('an endpoint added becomes reachable within a second, and only to its workspace', async (t) => {

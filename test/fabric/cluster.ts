@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { type Counters, scrapeMetrics } from './counters.js';
 import { mapLimit, run } from './exec.js';
 import { Fabric, type FabricEndpoint, type FabricNode } from './fabric.js';
-import { type PolicyOracle, addressBytes, modelOracle } from './policy.js';
+import { addressBytes, modelOracle } from './policy.js';
 import { ProbeDaemon } from './probes.js';
 import { addressIn, planAddresses } from './provision.js';
 import { Ctl, ctlArgv } from './ctl.js';
@@ -62,7 +62,7 @@ export class Cluster {
   binaries: 'source' | 'dist' = 'source';
   nats?: Nats;
   prometheus?: Prometheus;
-  oracle: PolicyOracle;
+  oracle: ReturnType<typeof modelOracle>;
 
   private constructor(
     readonly fabric: Fabric,

@@ -43,6 +43,10 @@ export interface FabricNode extends NodeSpec {
   underlay: string;
   /** Where this node's agent pins its maps and links. */
   bpffs: string;
+  /** MAC of the uplink (for frames injected from the fabric). */
+  uplinkMac: string;
+  /** The node's port on the fabric bridge, in the fabric namespace. */
+  fabricPort: string;
 }
 
 export interface FabricEndpoint extends Endpoint {
@@ -153,6 +157,8 @@ export class Fabric {
         uplink: UPLINK,
         underlay: `${this.underlayPrefix}${i.toString(16)}`,
         bpffs: `/sys/fs/bpf/${NETNS_PREFIX}${this.runId}-${spec.name}`,
+        uplinkMac: '',
+        fabricPort: `n-${spec.name}`,
       };
       this.log(`fabric ${this.runId}: node ${node.name} (${node.region}) at ${node.underlay}`);
       await this.addNetns(node.netns);
@@ -161,6 +167,7 @@ export class Fabric {
       await ipBatch([`link add ${UPLINK} netns ${node.netns} type veth peer name ${port} netns ${this.fabricNetns}`]);
       await ipBatch([`link set ${port} master ${BRIDGE}`, `link set ${port} up`], this.fabricNetns);
       await ipBatch([`addr add ${node.underlay}/64 dev ${UPLINK} nodad`, `link set ${UPLINK} up`], node.netns);
+      node.uplinkMac = await linkMac(node.netns, UPLINK);
       this.nodes.set(node.name, node);
     }
     this.record.setInfo('nodes', [...this.nodes.values()]);
@@ -202,11 +209,7 @@ export class Fabric {
       ],
       netns,
     );
-    const link = JSON.parse((await run(['ip', '-n', node.netns, '-j', 'link', 'show', 'dev', ep.ifname])).stdout) as Array<{
-      address: string;
-    }>;
-    const gatewayMac = link[0]?.address;
-    if (!gatewayMac) throw new Error(`fabric: no MAC on ${ep.ifname} in ${node.netns}`);
+    const gatewayMac = await linkMac(node.netns, ep.ifname);
     const fe: FabricEndpoint = { ...ep, netns, gatewayMac };
     this.endpoints.set(ep.name, fe);
     if (this.routeLocal) await this.routeLocalEndpoint(fe);
@@ -277,4 +280,11 @@ export class Fabric {
   async destroy(): Promise<void> {
     this.destroySync();
   }
+}
+
+async function linkMac(netns: string, ifname: string): Promise<string> {
+  const link = JSON.parse((await run(['ip', '-n', netns, '-j', 'link', 'show', 'dev', ifname])).stdout) as Array<{ address?: string }>;
+  const mac = link[0]?.address;
+  if (!mac) throw new Error(`fabric: no MAC on ${ifname} in ${netns}`);
+  return mac;
 }

@@ -75,7 +75,7 @@ export function reasonCode(reason: string): string {
  * (the live members of its region, its own veths), and the first hook that
  * does not pass gives the expected drop.
  */
-export function modelOracle(endpoints: readonly Endpoint[]): PolicyOracle {
+export function modelOracle(endpoints: readonly Endpoint[]): PolicyOracle & { fromFabric(node: string, src: string, dst: string): string } {
   const regionIds = new Map<string, number>();
   for (const e of endpoints) regionIds.set(e.region, addressBytes(e.address).readUInt16BE(6));
   const ifindex = new Map(endpoints.map((e, i) => [e.name, i + 1] as const));
@@ -95,17 +95,23 @@ export function modelOracle(endpoints: readonly Endpoint[]): PolicyOracle {
     states.set(node, s);
     return s;
   };
-  return (src, dst) => {
-    const pkt = udpPacket(src.address, dst.address);
-    const path: Array<[Hook, string, number]> = [['from_endpoint', src.node, ifindex.get(src.name) ?? 0]];
-    if (dst.node !== src.node) path.push(['from_fabric', dst.node, 0]);
-    path.push(['to_endpoint', dst.node, ifindex.get(dst.name) ?? 0]);
-    for (const [hook, node, ifi] of path) {
-      const reason = decide(hook, pkt, stateOf(node), ifi);
-      if (!isPass(reason)) return { allowed: false, reason, hook, node };
-    }
-    return { allowed: true, reason: 'pass_private' };
-  };
+  return Object.assign(
+    (src: Endpoint, dst: Endpoint): Expectation => {
+      const pkt = udpPacket(src.address, dst.address);
+      const path: Array<[Hook, string, number]> = [['from_endpoint', src.node, ifindex.get(src.name) ?? 0]];
+      if (dst.node !== src.node) path.push(['from_fabric', dst.node, 0]);
+      path.push(['to_endpoint', dst.node, ifindex.get(dst.name) ?? 0]);
+      for (const [hook, node, ifi] of path) {
+        const reason = decide(hook, pkt, stateOf(node), ifi);
+        if (!isPass(reason)) return { allowed: false, reason, hook, node };
+      }
+      return { allowed: true, reason: 'pass_private' };
+    },
+    {
+      /** The reason `node`'s from_fabric hook gives a packet from `src` to `dst` arriving on its uplink. */
+      fromFabric: (node: string, src: string, dst: string): string => decide('from_fabric', udpPacket(src, dst), stateOf(node), 0),
+    },
+  );
 }
 
 /** The 16 bytes of an IPv6 address. */

@@ -8,7 +8,7 @@ import { createInterface } from 'node:readline';
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { run, startProcess } from './exec.js';
-import type { FabricEndpoint } from './fabric.js';
+import type { FabricEndpoint, FabricNode } from './fabric.js';
 import type { RunRecord } from './state.js';
 
 /** Debian's python3, which has scapy (a pyenv shim first in PATH may not). */
@@ -248,4 +248,37 @@ export async function timeUntilDelivery(from: ProbeDaemon, to: ProbeDaemon, want
     if (r.delivered === want) return sentAt;
     if (Date.now() - t0 > withinMs) return undefined;
   }
+}
+
+/**
+ * A UDP datagram put straight onto the fabric, as another node (or anything
+ * plugged into the fabric) could send it: a raw frame from the node's bridge
+ * port, in the fabric namespace, to the node's uplink — so it meets the node's
+ * from_fabric (XDP) hook first. Resolves with the source the receiver saw, or
+ * undefined if nothing arrived.
+ */
+export async function injectFromFabric(
+  fabric: { fabricNetns: string },
+  node: FabricNode,
+  source: string,
+  to: ProbeDaemon,
+  timeoutMs = 1500,
+): Promise<{ token: string; arrivedFrom?: string }> {
+  const token = newToken('inject');
+  const script = [
+    'import sys',
+    'from scapy.all import Ether, IPv6, UDP, Raw, sendp',
+    'mac, iface, src, dst, port, token = sys.argv[1:7]',
+    "sendp(Ether(dst=mac)/IPv6(src=src, dst=dst, hlim=63)/UDP(sport=40002, dport=int(port))/Raw(load=token.encode()), iface=iface, verbose=False)",
+  ].join('\n');
+  await run([PYTHON, '-c', script, node.uplinkMac, node.fabricPort, source, to.endpoint.address, String(UDP_PORT), token], {
+    netns: fabric.fabricNetns,
+    timeoutMs: 30_000,
+  });
+  let a = await to.waitFor(token, timeoutMs);
+  if (!a) {
+    await to.sync();
+    a = await to.waitFor(token, 0);
+  }
+  return { token, ...(a ? { arrivedFrom: a.src } : {}) };
 }

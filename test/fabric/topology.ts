@@ -123,3 +123,18 @@ export function pairKind(src: Endpoint, dst: Endpoint): PairKind {
     dstI6pn: dst.i6pn,
   };
 }
+
+/**
+ * Packets put onto the fabric at ams-2's uplink, as [source, destination] of
+ * the default topology: a member of the workspace on another node of the
+ * region (allowed), another workspace's member, the same workspace from the
+ * other region, a source that is local to ams-2 (a spoof from outside), and a
+ * destination that ams-2 does not serve.
+ */
+export const FABRIC_CASES: ReadonlyArray<readonly [string, string]> = [
+  ['a1', 'a3'],
+  ['g1', 'a3'],
+  ['a4', 'a3'],
+  ['x1', 'a3'],
+  ['a1', 'a2'],
+];
