@@ -163,6 +163,8 @@ function rssMB(pid: number, field: 'VmHWM' | 'VmRSS'): number {
 function startAgent(natsUrl: string, bpffs: string, metricsPort: number, n: number): ChildProcess {
   const argv = [
     process.execPath,
+    // Extra node flags for a diagnosis, e.g. I6PN_BENCH_AGENT_NODE_ARGS=--trace-gc.
+    ...(process.env.I6PN_BENCH_AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean),
     '--import=tsx',
     join(REPO_DIR, 'agent/main.ts'),
     '--nats', natsUrl,
