@@ -25,12 +25,12 @@ import { AgentStore } from './store-client.js';
 import { MembershipSync, nodeId } from './sync.js';
 import { MembershipFollower } from './watch.js';
 
-/** Every address in a pinned endpoints map, 4096 at a time. */
+/** Every address in a pinned endpoints map, 2048 at a time. */
 function* addressChunks(map: MapFd): Generator<Uint8Array[]> {
   let chunk: Uint8Array[] = [];
-  for (const [k] of map.entriesBatch(4096)) {
+  for (const [k] of map.entriesBatch(2048)) {
     chunk.push(new Uint8Array(k));
-    if (chunk.length === 4096) {
+    if (chunk.length === 2048) {
       yield chunk;
       chunk = [];
     }
@@ -100,6 +100,8 @@ async function run(cfg: AgentConfig): Promise<void> {
   attacher.adopt();
   interfaces.onChange(() => void attacher!.schedule());
   await attacher.schedule();
+  // Also periodically, so an attach or route that failed (an interface mid-change) is retried.
+  const converger = setInterval(() => void attacher!.schedule(), cfg.rescanIntervalMs);
 
   // Membership.
   let follower: MembershipFollower | null = null;
@@ -114,6 +116,7 @@ async function run(cfg: AgentConfig): Promise<void> {
     const force = setTimeout(() => process.exit(0), 5000);
     force.unref();
     heartbeat?.stop();
+    clearInterval(converger);
     await follower?.stop().catch(() => {});
     attacher?.stop();
     interfaces.stop();

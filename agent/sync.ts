@@ -71,7 +71,7 @@ export interface SyncOptions {
   onLocalsChanged: () => void;
   metrics: AgentMetrics;
   log: Logger;
-  /** Entries per batch (default 4096). */
+  /** Entries per batch (default 2048). */
   batchSize?: number;
 }
 
@@ -110,7 +110,7 @@ export class MembershipSync {
 
   constructor(o: SyncOptions) {
     this.o = o;
-    this.batchSize = o.batchSize ?? 4096;
+    this.batchSize = o.batchSize ?? 2048;
   }
 
   /** Revision of the last entry processed (applied or rejected). */

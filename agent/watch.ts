@@ -23,6 +23,8 @@ import type { AgentMetrics } from './metrics.js';
 import type { MembershipSync, StoreEntry } from './sync.js';
 
 const KV_OPERATION = 'KV-Operation';
+/** Longest stretch of work between two turns of the event loop. */
+const YIELD_AFTER_MS = 10;
 
 export interface FollowerOptions {
   js: JetStreamClient;
@@ -138,14 +140,20 @@ export class MembershipFollower {
     this.messages = messages;
     if (this.stopped || this.reconcileRequested) messages.stop();
     try {
+      // Queued messages are handed out without a trip through the event loop: give it a turn every
+      // few milliseconds of work, so that scrapes, probes and timers never wait behind a large region.
+      let since = performance.now();
       for await (const m of messages) {
         const wrote = sync.ingest(this.entryOf(m));
         if (sync.inSnapshot && m.info.pending === 0) {
           await this.finishSnapshot();
-        } else if (wrote) {
-          await yieldToLoop();
+          since = performance.now();
         } else {
-          this.scheduleFlush();
+          if (!wrote) this.scheduleFlush();
+          if (wrote || performance.now() - since > YIELD_AFTER_MS) {
+            await yieldToLoop();
+            since = performance.now();
+          }
         }
         if (this.stopped || this.reconcileRequested) break;
       }

@@ -172,7 +172,7 @@ async function storeView(): Promise<Map<string, { local: boolean; i6pn: boolean;
 test.before(async () => {
   await env.create();
   nats = await startNats({ host: '::' });
-  nc = await connect({ servers: nats.url });
+  nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
   await i6pnctl(['region', 'add', REGION, '--id', String(REGION_ID)]);
   for (const w of ['one', 'two']) workspaceIds.set(w, (JSON.parse(await i6pnctl(['workspace', 'create', '--json', w])) as { id: number }).id);
   const kvm = new Kvm(jetstream(nc));
@@ -447,6 +447,7 @@ test.serial('SIGKILL: the dataplane keeps enforcing; a restarted agent adopts it
 
 test.serial('NATS outage: the dataplane stays frozen, and the agent catches up when the store is back', async (t) => {
   await env.blockNats(true);
+  t.teardown(() => env.blockNats(false).catch(() => {}));
   t.log('blocked');
   await nats.stop();
   t.log('nats stopped');
@@ -459,7 +460,11 @@ test.serial('NATS outage: the dataplane stays frozen, and the agent catches up w
     await unregister(E);
     return true;
   }, 'store writable again', 30_000, 500);
-  await put(B, { i6pn: false });
+  // The test's own connection may still be reconnecting: retry the raw write.
+  await eventually(async () => {
+    await put(B, { i6pn: false });
+    return true;
+  }, 'raw write after the restart', 30_000, 500);
   const C2 = await register('one', 'n2', 'ep-c2');
   const G = await register('two', 'n2', 'ep-g2');
   t.log('store changed');
@@ -501,6 +506,106 @@ test.serial('monitor mode: forbidden packets are delivered and counted as would_
   const after = (await scrape()).samples;
   t.true(wouldDrop(after) - wouldDrop(before) >= 2);
   t.is(dropped(after) - dropped(before), 0);
+});
+
+test.serial('a full endpoints map: logged, counted, nothing evicted; the endpoint gets in once there is room', async (t) => {
+  // More endpoints than the small map will hold.
+  for (let i = 0; i < 4; i++) {
+    const e = unregistered(workspaceIds.get('one')!, 0x200 + i, 'n2', `extra${i}`);
+    await endpoints.put(e.key, record(e));
+  }
+  // A second agent on this node with a tiny map, as node "n9" (no local endpoints) on an uplink of its own.
+  await sh(['ip', '-n', env.nodeNs, 'link', 'add', 'up1', 'type', 'veth', 'peer', 'name', 'up1peer']);
+  await sh(['ip', '-n', env.nodeNs, 'link', 'set', 'up1', 'up']);
+  const bpffs = `${env.bpffs}-small`;
+  const small = env.startAgent(
+    env.agentArgs(`nats://[${env.natsAddr}]:${nats.port}`, {
+      '--node': 'n9',
+      '--uplink': 'up1',
+      '--bpffs': bpffs,
+      '--max-endpoints': '4',
+      '--metrics-addr': `[${env.mgmtNodeAddr}]:9466`,
+      '--reconcile-interval': '2',
+    }),
+  );
+  t.teardown(async () => {
+    small.kill('SIGKILL');
+    await small.exited;
+    await sh(inNs(env.nodeNs, [process.execPath, '--import=tsx', join(REPO_ROOT, 'agent', 'main.ts'), 'teardown', '--bpffs', bpffs]), { allowFail: true });
+  });
+  const smallScrape = async () => parseMetrics(await (await fetch(`http://[${env.mgmtNodeAddr}]:9466/metrics`, { signal: AbortSignal.timeout(5000) })).text()).samples;
+  await small.waitLog((l) => l.msg === 'initial sync done', 60_000);
+  const full = await small.waitLog((l) => typeof l.msg === 'string' && l.msg.startsWith('endpoints map is full'));
+  t.is(full.level, 'error');
+  const s = await eventually(smallScrape, 'metrics of the small agent');
+  const view = await storeView();
+  t.true(view.size > 4);
+  t.is(metricValue(s, 'i6pn_map_capacity', { map: 'endpoints' }), 4);
+  t.true(metricValue(s, 'i6pn_map_full_total') >= view.size - 4);
+  t.true(metricValue(s, 'i6pn_membership_updates_total', { result: 'failed' }) >= view.size - 4);
+  const inMap = readPinnedEndpoints(bpffs);
+  t.is(inMap.size, 4, 'full, nothing evicted');
+  for (const a of inMap.keys()) t.true(view.has(a));
+  // The first four stay through the next reconciles (a refused endpoint never displaces one).
+  const before = [...inMap.keys()].sort();
+  await small.waitLog((l) => l.msg === 'reconciled the endpoints map with the store', 20_000);
+  t.deepEqual([...readPinnedEndpoints(bpffs).keys()].sort(), before);
+  // Room appears: one of the four leaves the store; a refused endpoint takes its place at the next reconcile.
+  const gone = before[0]!;
+  const addr = parseAddress(gone);
+  await endpoints.delete(`${REGION}.${workspaceIdHex(new DataView(addr.buffer).getUint32(2))}.${endpointIdOf(addr)}`);
+  await eventually(() => {
+    const m = readPinnedEndpoints(bpffs);
+    return m.size === 4 && !m.has(gone);
+  }, 'a refused endpoint takes the freed slot', 20_000);
+});
+
+test.serial('a large snapshot is applied in batches while the agent keeps answering, and equals the store', async (t) => {
+  await stopAgent('SIGTERM');
+  const N = 10_000;
+  const js = jetstream(nc);
+  const W1 = workspaceIds.get('one')!;
+  let inflight: Promise<unknown>[] = [];
+  for (let i = 0; i < N; i++) {
+    const e = unregistered(W1, 0x100000 + i, 'n2', `bulk${i}`);
+    inflight.push(js.publish(`$KV.i6pn_endpoints.${e.key}`, record(e)));
+    if (inflight.length >= 1000) {
+      await Promise.all(inflight);
+      inflight = [];
+    }
+  }
+  await Promise.all(inflight);
+  startAgent();
+  // While it reads the snapshot, /healthz answers promptly: the event loop is not held.
+  const reading = await agent!.waitLog((l) => l.msg === 'reading every endpoint of the region', 30_000);
+  t.true(Number(reading.pending) >= N);
+  const t0 = Date.now();
+  let done = false;
+  void agent!.waitLog((l) => l.msg === 'initial sync done', 60_000).then(() => (done = true));
+  let slowest = 0;
+  let probes = 0;
+  while (!done && Date.now() - t0 < 60_000) {
+    const p0 = Date.now();
+    const r = await fetch(`${env.metricsUrl}/healthz`, { signal: AbortSignal.timeout(5000) });
+    t.is(r.status, 200);
+    probes++;
+    slowest = Math.max(slowest, Date.now() - p0);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  t.true(done, 'initial sync done');
+  t.log(`${N} entries applied in ${Date.now() - t0} ms; ${probes} /healthz probes meanwhile, slowest ${slowest} ms`);
+  t.true(probes >= 3);
+  // The agent gives the event loop a turn every 10 ms of work; the bound leaves room for a loaded machine
+  // (a busy CI host delays the whole process), not for a loop held through the snapshot.
+  t.true(slowest < 3000, `slowest /healthz ${slowest} ms`);
+  await eventually(ready, '/readyz', 10_000);
+  const view = await storeView();
+  const map = readPinnedEndpoints(env.bpffs);
+  t.is(map.size, view.size);
+  t.true(map.size >= N);
+  const { samples } = await scrape();
+  t.is(metricValue(samples, 'i6pn_map_entries', { map: 'endpoints' }), view.size);
+  t.is(metricValue(samples, 'i6pn_endpoints', { scope: 'region' }), view.size);
 });
 
 test.serial('teardown removes every pin, hook and route', async (t) => {
