@@ -19,8 +19,9 @@
  * that endpoint is removed (the store no longer vouches for it: fail closed).
  */
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
-import { endpointIdOf, formatAddress, regionIdHex, workspaceIdHex, workspaceOf, regionOf } from '../lib/address.js';
+import { formatAddress, regionIdHex, regionOf, workspaceIdHex } from '../lib/address.js';
 import { parseEndpointKey, type EndpointRecord, type InvalidReason } from '../lib/schema.js';
+import { EndpointTable, type EndpointId } from './table.js';
 import { validateEndpoint } from './validate.js';
 import type { Endpoint, UpsertResult } from './bpf/dataplane.js';
 import type { Logger } from './log.js';
@@ -79,6 +80,21 @@ type Op =
   | { kind: 'put'; key: string; addr: Uint8Array; record: EndpointRecord; revision: number; created: Date; live: boolean }
   | { kind: 'del'; key: string; addr: Uint8Array | null; revision: number; created: Date };
 
+const hex8 = (n: number): string => (n >>> 0).toString(16).padStart(8, '0');
+
+/** The endpoint a map address names (its region is the agent's). */
+function idOfAddress(a: Uint8Array): EndpointId {
+  const v = new DataView(a.buffer, a.byteOffset, 16);
+  return { workspace: v.getUint32(2), hi: v.getUint32(8), lo: v.getUint32(12) };
+}
+
+/** The endpoint a key names, or null when it is not an endpoint key. */
+function idOfKey(key: string): EndpointId | null {
+  const k = parseEndpointKey(key);
+  if (!k) return null;
+  return { workspace: k.workspaceId, hi: parseInt(k.endpointId.slice(0, 8), 16), lo: parseInt(k.endpointId.slice(8), 16) };
+}
+
 /** FNV-1a, 32 bits, of the UTF-8 bytes: a node's id in map values and the config map. */
 export function nodeId(name: string): number {
   let h = 0x811c9dc5;
@@ -94,13 +110,13 @@ function isMapFull(code: string): boolean {
 }
 
 export class MembershipSync {
-  /** key → revision applied to the map. */
-  private readonly known = new Map<string, number>();
+  /** endpoint → revision applied to the map, with the snapshot's marks. */
+  private readonly known = new EndpointTable();
   /** key → revision of an invalid entry, so a reconcile re-reading it does not count it again. */
   private readonly rejected = new Map<string, number>();
   private readonly locals = new Map<string, LocalEndpoint>();
   private pending = new Map<string, Op>();
-  private seen: Set<string> | null = null;
+  private snapshot = false;
   /** The next snapshot re-applies every entry, even one whose revision was applied already. */
   private forceFull = false;
   private lastRevision_ = 0;
@@ -130,11 +146,12 @@ export class MembershipSync {
 
   /** A snapshot starts: from here until endSnapshot(), every valid key is marked. */
   beginSnapshot(): void {
-    this.seen = new Set();
+    this.known.newEpoch();
+    this.snapshot = true;
   }
 
   get inSnapshot(): boolean {
-    return this.seen !== null;
+    return this.snapshot;
   }
 
   /**
@@ -162,10 +179,13 @@ export class MembershipSync {
       this.rejected.delete(e.key);
       return { kind: 'del', key: e.key, addr: this.addressOfKey(e.key), revision: e.revision, created: e.created };
     }
-    if (this.seen && !this.forceFull && this.known.get(e.key) === e.revision) {
-      // Applied already (a reconcile re-reading an unchanged entry): only mark it.
-      this.seen.add(e.key);
-      return null;
+    if (this.snapshot && !this.forceFull) {
+      const id = idOfKey(e.key);
+      if (id && this.known.get(id) === e.revision) {
+        // Applied already (a reconcile re-reading an unchanged entry): only mark it.
+        this.known.mark(id);
+        return null;
+      }
     }
     const v = validateEndpoint(e.key, e.value);
     let reason: InvalidReason | null = null;
@@ -188,9 +208,8 @@ export class MembershipSync {
       return { kind: 'del', key: e.key, addr: this.addressOfKey(e.key), revision: e.revision, created: e.created };
     }
     this.rejected.delete(e.key);
-    this.seen?.add(e.key);
     // Apply latency is measured on updates; a snapshot re-reads entries written long ago.
-    return { kind: 'put', key: e.key, addr: v.addr, record: v.record, revision: e.revision, created: e.created, live: this.seen === null };
+    return { kind: 'put', key: e.key, addr: v.addr, record: v.record, revision: e.revision, created: e.created, live: !this.snapshot };
   }
 
   /** The address a key names in this region, or null when the key is not an endpoint key of it. */
@@ -205,9 +224,9 @@ export class MembershipSync {
     return new Uint8Array(a);
   }
 
-  /** The key of a map address (inverse of addressOfKey). */
-  private keyOfAddress(addr: Uint8Array): string {
-    return `${this.o.region}.${workspaceIdHex(workspaceOf(addr))}.${endpointIdOf(addr)}`;
+  /** The key of an endpoint of this region. */
+  private keyOfId(id: EndpointId): string {
+    return `${this.o.region}.${workspaceIdHex(id.workspace)}.${hex8(id.hi)}${hex8(id.lo)}`;
   }
 
   private nodeIdOf(name: string): number {
@@ -245,7 +264,8 @@ export class MembershipSync {
       try {
         this.o.map.deleteEndpoints(addrs);
         for (const d of dels) {
-          this.known.delete(d.key);
+          const id = idOfKey(d.key);
+          if (id) this.known.delete(id);
           if (this.locals.delete(d.key)) localsChanged = true;
         }
       } catch (err) {
@@ -283,13 +303,13 @@ export class MembershipSync {
             this.o.log.error({ key: p.key, address: p.record.address, err: f.error }, 'writing an endpoint into the map failed');
           }
           // Not in the map: unreachable, and retried by the next reconcile.
-          this.known.delete(p.key);
+          this.known.delete(idOfAddress(p.addr));
           if (this.locals.delete(p.key)) localsChanged = true;
           continue;
         }
         m.membershipUpdates.inc({ result: 'applied' });
         if (p.live) m.applyLatency.observe(Math.max(0, (now - p.created.getTime()) / 1000));
-        this.known.set(p.key, p.revision);
+        this.known.set(idOfAddress(p.addr), p.revision, this.snapshot);
         if (p.record.node === this.o.node) {
           const prev = this.locals.get(p.key);
           const next: LocalEndpoint = {
@@ -354,16 +374,14 @@ export class MembershipSync {
    */
   async endSnapshot(): Promise<number> {
     this.flush();
-    const seen = this.seen;
-    this.seen = null;
-    if (!seen) return 0;
+    if (!this.snapshot) return 0;
+    this.snapshot = false;
     const stale: Uint8Array[] = [];
     let inKernel = 0;
     for (const chunk of this.o.listAddresses()) {
       for (const addr of chunk) {
         inKernel++;
-        const regionMatches = regionOf(addr) === this.o.regionId;
-        if (!regionMatches || !seen.has(this.keyOfAddress(addr))) stale.push(addr);
+        if (regionOf(addr) !== this.o.regionId || !this.known.isMarked(idOfAddress(addr))) stale.push(addr);
       }
       await yieldToLoop();
     }
@@ -376,12 +394,9 @@ export class MembershipSync {
       );
     }
     let localsChanged = false;
-    for (const key of this.known.keys()) {
-      if (!seen.has(key)) {
-        this.known.delete(key);
-        if (this.locals.delete(key)) localsChanged = true;
-      }
-    }
+    this.known.sweepUnmarked((id) => {
+      if (this.locals.delete(this.keyOfId(id))) localsChanged = true;
+    });
     const after = inKernel - removed;
     this.forceFull = after !== this.known.size;
     if (this.forceFull) {
@@ -399,6 +414,6 @@ export class MembershipSync {
   /** A snapshot was abandoned (the reader failed): forget the marks, sweep nothing. */
   abortSnapshot(): void {
     this.flush();
-    this.seen = null;
+    this.snapshot = false;
   }
 }
