@@ -153,8 +153,11 @@ test.serial('monitor: the same matrix delivers every pair and the agents count w
   const moved = delta(before, await counters());
   t.deepEqual(r.unexpected, [], describeUnexpected(r));
   t.deepEqual(checkCounters(r, moved, 'monitor'), []);
+  const spoofBefore = await counters();
   const spoof = await spoofUdp(c.fabric.endpoint('a1'), c.fabric.endpoint('a3').address, c.daemons.get('a2')!);
   t.is(spoof.arrivedFrom, c.fabric.endpoint('a3').address, 'monitor lets a spoofed packet through');
+  const spoofMoved = delta(spoofBefore, await counters());
+  t.true((spoofMoved.get('ams-1/from_endpoint/would_drop/spoofed_source') ?? 0) >= 1, JSON.stringify([...spoofMoved]));
 });
 
 test.serial('back to enforce: an agent restart in enforce mode stops forbidden pairs again', async (t) => {
@@ -163,4 +166,35 @@ test.serial('back to enforce: an agent restart in enforce mode stops forbidden p
   const eps = ['a1', 'g1', 'a3', 'a4', 'x1', 'i2'].map((n) => c.fabric.endpoint(n));
   const r = await runMatrix(eps, c.daemons, { oracle: c.oracle, expect: 'policy' });
   t.deepEqual(r.unexpected, [], describeUnexpected(r));
+});
+
+const SAMPLE = ['a1', 'g1', 'a3', 'a4', 'x1', 'i2'];
+
+test.serial('with every agent stopped, the pinned dataplane keeps enforcing', async (t) => {
+  await Promise.all(nodes().map((n) => c.stopAgent(n)));
+  const r = await runMatrix(
+    SAMPLE.map((n) => c.fabric.endpoint(n)),
+    c.daemons,
+    { oracle: c.oracle, expect: 'policy' },
+  );
+  t.deepEqual(r.unexpected, [], describeUnexpected(r));
+  t.true(r.cells.some((x) => x.expected.allowed) && r.cells.some((x) => !x.expected.allowed));
+  await c.startAgents('enforce');
+});
+
+test.serial('with NATS down, the agents keep the last state; when it is back they follow again', async (t) => {
+  await c.stopNats();
+  const r = await runMatrix(
+    SAMPLE.map((n) => c.fabric.endpoint(n)),
+    c.daemons,
+    { oracle: c.oracle, expect: 'policy' },
+  );
+  t.deepEqual(r.unexpected, [], describeUnexpected(r));
+  await c.restartNats();
+  // The agents reconnect by themselves; a new endpoint shows they follow the store again.
+  const a6 = await c.addEndpoint({ name: 'a6', workspace: 'acme', node: 'ams-1', i6pn: true });
+  const took = await timeUntilDelivery(c.daemons.get('a3')!, c.daemons.get('a6')!, true, 15_000);
+  t.not(took, undefined, 'a3 → a6 never delivered after NATS came back');
+  t.false((await udpProbe(c.daemons.get('g2')!, c.daemons.get('a6')!)).delivered, 'g2 → a6 (other workspace)');
+  t.log(`a3 → a6 delivered ${took} ms after a6 existed (agents reconnecting)`);
 });

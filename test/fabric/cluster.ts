@@ -249,6 +249,17 @@ export class Cluster {
     return { ...fe, readyAt };
   }
 
+  /** Stop nats-server (its store stays): the agents lose the store, the dataplane keeps its state. */
+  async stopNats(): Promise<void> {
+    await this.nats?.stop();
+  }
+
+  /** nats-server again, same address and store: the agents reconnect by themselves. */
+  async restartNats(): Promise<void> {
+    if (!this.nats) throw new Error('no nats');
+    this.nats = await startNats(this.fabric);
+  }
+
   /** `i6pnctl endpoint remove`: the store forgets the endpoint: its container keeps running and keeps trying. */
   async deregister(name: string): Promise<void> {
     const ep = this.fabric.endpoint(name);
