@@ -71,6 +71,14 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
   }
   rmSync(DEMO_FILE, { force: true });
   STEPS = dataplane === 'agent' ? 9 : dataplane === 'static' ? 8 : 7;
+  // Ctrl-C while building: the fabric's own handler removes what exists and exits;
+  // before there is a fabric, this one exits.
+  const onInterrupt = (): void => {
+    process.stderr.write(`\ndemo: interrupted${stepNo ? ` at step ${stepNo}` : ''}; removing what was built\n`);
+    setImmediate(() => process.exit(130));
+  };
+  process.once('SIGINT', onInterrupt);
+  process.once('SIGTERM', onInterrupt);
   step(`checking the machine: Linux ${readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()}, dataplane: ${dataplane}, mode: ${mode}`);
   if (dataplane === 'static') say('        (no agent: the harness loads the BPF programs and fills their maps itself)');
   // `make demo` builds first: run the built agent and i6pnctl, as an operator would.
@@ -120,6 +128,8 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
   say(`  logs:        ${join(f.record.dir, 'logs')}`);
   say(`  make demo-down                  removes everything`);
   f.detach();
+  process.off('SIGINT', onInterrupt);
+  process.off('SIGTERM', onInterrupt);
   if (result.unexpected.length > 0) {
     throw new Error(`${result.unexpected.length} matrix cells are not what the policy expects (marked !)`);
   }
