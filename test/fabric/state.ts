@@ -9,7 +9,7 @@
  * it is idempotent, so a half-built run is removed as well as a whole one.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 
@@ -213,6 +213,15 @@ export function destroyRunSync(runId: string): void {
     /* no bpffs mounted */
   }
   for (const d of bpffs) rmSync(d, { recursive: true, force: true });
+  // Keep the logs (agents, NATS, Prometheus) of a removed run where asked: I6PN_FABRIC_LOGS=/some/dir.
+  const keep = process.env.I6PN_FABRIC_LOGS;
+  if (keep && existsSync(join(runDir(runId), 'logs'))) {
+    try {
+      cpSync(join(runDir(runId), 'logs'), join(keep, runId), { recursive: true });
+    } catch {
+      /* best effort */
+    }
+  }
   rmSync(runDir(runId), { recursive: true, force: true });
 }
 
