@@ -22,7 +22,7 @@ import type { LocalEndpoint } from './sync.js';
 
 /** What attach needs of the dataplane (Dataplane fits). */
 export interface AttachDataplane {
-  attachUplink(ifindex: number): void;
+  attachUplink(ifindex: number, opts?: { mode?: 'native' | 'generic' }): void;
   attachEndpoint(ifindex: number): void;
   detachEndpoint(ifindex: number): boolean;
   setLocalIface(ifindex: number, iface: { addr: Uint8Array; i6pn: boolean }): void;
@@ -186,7 +186,14 @@ export class Attacher {
     this.uplinkMissingSaid = false;
     if (this.uplinkIfindex === ifindex) return;
     try {
-      this.o.dp.attachUplink(ifindex);
+      try {
+        this.o.dp.attachUplink(ifindex);
+      } catch (err) {
+        // A NIC whose driver has no XDP: generic XDP still drops before the stack, after the skb.
+        if (!/EOPNOTSUPP|ENOTSUPP|E524/.test(String((err as Error).message))) throw err;
+        this.o.log.warn({ err, uplink: this.o.uplink }, 'native XDP refused by the uplink driver; attaching in generic mode');
+        this.o.dp.attachUplink(ifindex, { mode: 'generic' });
+      }
       this.uplinkIfindex = ifindex;
       this.o.log.info({ uplink: this.o.uplink, ifindex }, 'from_fabric attached to the uplink (XDP link, pinned)');
     } catch (err) {
