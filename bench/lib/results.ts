@@ -36,6 +36,8 @@ export interface Table {
 export interface Section {
   /** ISO time the section was written. */
   at: string;
+  /** The commit measured, `+dirty` when agent/, bpf/ or lib/ had uncommitted changes (set by saveSection). */
+  commit?: string;
   /** Seconds the bench took. */
   seconds: number;
   tables: Table[];
@@ -81,10 +83,21 @@ export function saveSection(name: string, section: Section): string {
     ? (JSON.parse(readFileSync(file, 'utf8')) as { machine: Machine; sections: Record<string, Section> })
     : { machine: machine(), sections: {} as Record<string, Section> };
   doc.machine = machine();
-  doc.sections[name] = section;
+  doc.sections[name] = { ...section, commit: section.commit ?? commitMeasured() };
   writeFileSync(file, JSON.stringify(doc, null, 2) + '\n');
   renderReadme();
   return file;
+}
+
+/** HEAD, and whether the product's code differed from it when the bench ran. */
+function commitMeasured(): string {
+  try {
+    const head = execFileSync('git', ['-C', REPO_DIR, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['-C', REPO_DIR, 'status', '--porcelain', '--', 'agent', 'bpf', 'lib'], { encoding: 'utf8' }).trim();
+    return dirty ? `${head}+dirty` : head;
+  } catch {
+    return 'unknown';
+  }
 }
 
 const ORDER = ['dataplane', 'fabric', 'agent', 'binding'];
@@ -116,7 +129,7 @@ export function renderReadme(): void {
       for (const r of t.rows) out.push(`| ${r.join(' | ')} |`);
       out.push('');
     }
-    out.push(`<sub>${n}: ${s.at}, ${s.seconds.toFixed(0)} s</sub>`, '');
+    out.push(`<sub>${n}: ${s.at}, ${s.seconds.toFixed(0)} s${s.commit ? `, commit ${s.commit}` : ''}</sub>`, '');
   }
   out.push(END);
   const text = readFileSync(README, 'utf8');

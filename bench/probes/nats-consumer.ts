@@ -1,0 +1,106 @@
+/**
+ * Probe behind a finding of bench/README.md, not part of `make bench`: how
+ * the nats-server in use treats a consumer like the agent's on an endpoints
+ * stream of N messages (default 1 million).
+ *
+ * 1. Time to create a push consumer: no filter, filter `<region>.>` with
+ *    DeliverAll, and with LastPerSubject (the agent's snapshot).
+ * 2. Delivery latency of new messages at 5 thousand a second to a consumer
+ *    with the agent's settings, once it has delivered the snapshot: the
+ *    part of the agent's apply latency that is the server's.
+ *
+ *   node --import=tsx bench/probes/nats-consumer.ts [N]
+ */
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+import { connect } from '@nats-io/transport-node';
+
+import { ENDPOINTS_BUCKET } from '../../lib/schema.js';
+import { startNats } from '../../test/helpers/nats.js';
+import { percentile } from '../lib/results.js';
+
+const N = Number(process.argv[2] ?? 1_000_000);
+const RATE = 5000;
+const SECONDS = 20;
+const STREAM = `KV_${ENDPOINTS_BUCKET}`;
+const FILTER = `$KV.${ENDPOINTS_BUCKET}.probe.>`;
+
+async function main(): Promise<void> {
+  const nats = await startNats({ host: '127.0.0.1' });
+  const nc = await connect({ servers: nats.url });
+  try {
+    await new Kvm(jetstream(nc)).create(ENDPOINTS_BUCKET, { history: 1 });
+    const jsm = await jetstreamManager(nc, { timeout: 300_000 });
+    const payload = new TextEncoder().encode('x'.repeat(300));
+    for (let i = 0; i < N; i += 5000) {
+      for (let j = i; j < Math.min(N, i + 5000); j++) nc.publish(`$KV.${ENDPOINTS_BUCKET}.probe.${(j % 64).toString(16).padStart(8, '0')}.${j.toString(16).padStart(16, '0')}`, payload);
+      await nc.flush();
+    }
+    while ((await jsm.streams.info(STREAM)).state.messages < N) await sleep(100);
+    console.log(`${N} messages in ${STREAM}`);
+
+    const configs = [
+      { name: 'no filter, DeliverAll', filter: undefined, policy: DeliverPolicy.All },
+      { name: `filter ${FILTER}, DeliverAll`, filter: FILTER, policy: DeliverPolicy.All },
+      { name: `filter ${FILTER}, LastPerSubject (the agent)`, filter: FILTER, policy: DeliverPolicy.LastPerSubject },
+    ];
+    for (const c of configs) {
+      const inbox = `_INBOX.probe.${Math.random().toString(36).slice(2)}`;
+      const sub = nc.subscribe(inbox, { callback: () => {} });
+      const t0 = performance.now();
+      await jsm.consumers.add(STREAM, {
+        ...(c.filter ? { filter_subject: c.filter } : {}),
+        deliver_policy: c.policy,
+        ack_policy: AckPolicy.None,
+        deliver_subject: inbox,
+        flow_control: true,
+        idle_heartbeat: 30_000_000_000,
+        mem_storage: true,
+      });
+      console.log(`create consumer, ${c.name}: ${((performance.now() - t0) / 1000).toFixed(2)} s`);
+      sub.unsubscribe();
+    }
+
+    // Delivery latency to the agent's kind of consumer, after its snapshot.
+    const js = jetstream(nc, { timeout: 300_000 });
+    const consumer = await js.consumers.getPushConsumer(STREAM, { filter_subjects: FILTER, deliver_policy: DeliverPolicy.LastPerSubject });
+    const messages = await consumer.consume();
+    let snapshot = 0;
+    const lat: number[] = [];
+    const dec = new TextDecoder();
+    void (async () => {
+      for await (const m of messages) {
+        const t = dec.decode(m.data);
+        if (t.startsWith('x')) snapshot++;
+        else lat.push(performance.timeOrigin + performance.now() - Number(t));
+      }
+    })();
+    while (snapshot < N) await sleep(50);
+    await sleep(2000);
+    const enc = new TextEncoder();
+    const start = performance.now();
+    let n = 0;
+    while (performance.now() - start < SECONDS * 1000) {
+      const due = Math.floor(((performance.now() - start) / 1000) * RATE);
+      for (; n < due; n++) nc.publish(`$KV.${ENDPOINTS_BUCKET}.probe.new.${n}`, enc.encode(String(performance.timeOrigin + performance.now())));
+      await sleep(1);
+    }
+    await sleep(2000);
+    messages.stop();
+    console.log(
+      `delivery at ${RATE}/s for ${SECONDS} s after the snapshot: ${lat.length} of ${n}, p50 ${percentile(lat, 50).toFixed(1)} ms, p99 ${percentile(lat, 99).toFixed(1)} ms, max ${Math.max(...lat).toFixed(1)} ms`,
+    );
+  } finally {
+    await nc.close();
+    await nats.destroy();
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});
