@@ -5,7 +5,8 @@
  *
  * 1. Time to create a push consumer: no filter, filter `<region>.>` with
  *    DeliverAll, and with LastPerSubject (the agent's snapshot).
- * 2. Delivery latency of new messages at 5 thousand a second to a consumer
+ * 2. How fast the snapshot itself arrives (a bound on any agent's initial sync).
+ * 3. Delivery latency of new messages at 5 thousand a second to a consumer
  *    with the agent's settings, once it has delivered the snapshot: the
  *    part of the agent's apply latency that is the server's.
  *
@@ -64,6 +65,7 @@ async function main(): Promise<void> {
     // Delivery latency to the agent's kind of consumer, after its snapshot.
     const js = jetstream(nc, { timeout: 300_000 });
     const consumer = await js.consumers.getPushConsumer(STREAM, { filter_subjects: FILTER, deliver_policy: DeliverPolicy.LastPerSubject });
+    const tSnap = performance.now();
     const messages = await consumer.consume();
     let snapshot = 0;
     const lat: number[] = [];
@@ -76,6 +78,8 @@ async function main(): Promise<void> {
       }
     })();
     while (snapshot < N) await sleep(50);
+    const snapSeconds = (performance.now() - tSnap) / 1000;
+    console.log(`snapshot of ${N} delivered to the consumer in ${snapSeconds.toFixed(1)} s (${Math.round(N / snapSeconds)}/s), nothing done per message`);
     await sleep(2000);
     const enc = new TextEncoder();
     const start = performance.now();
