@@ -59,6 +59,8 @@ export class Cluster {
   readonly daemons = new Map<string, ProbeDaemon>();
   readonly agents = new Map<string, Service>();
   ctl?: Ctl;
+  /** Endpoints removed from the store whose containers still run (the agents leave them alone). */
+  readonly deregistered = new Set<string>();
   binaries: 'source' | 'dist' = 'source';
   nats?: Nats;
   prometheus?: Prometheus;
@@ -73,8 +75,9 @@ export class Cluster {
     this.oracle = modelOracle([]);
   }
 
+  /** Registered endpoints with their containers (not those deregistered but still running). */
   get endpoints(): FabricEndpoint[] {
-    return [...this.fabric.endpoints.values()];
+    return [...this.fabric.endpoints.values()].filter((e) => !this.deregistered.has(e.name));
   }
 
   static async up(opts: ClusterOptions): Promise<Cluster> {
@@ -162,7 +165,7 @@ export class Cluster {
     ];
     const svc = startService(this.fabric, `agent-${node.name}`, argv, { netns: node.netns, cmdlineMark: node.bpffs, cwd: REPO_ROOT });
     this.agents.set(node.name, svc);
-    const local = this.endpoints.filter((e) => e.node === node.name);
+    const local = this.endpoints.filter((e) => e.node === node.name && !this.deregistered.has(e.name));
     const base = `http://[${node.underlay}]:${AGENT_METRICS_PORT}`;
     await waitUntil(
       `agent ${node.name} ready with its ${local.length} endpoint veths attached and routed`,
@@ -265,6 +268,8 @@ export class Cluster {
     const ep = this.fabric.endpoint(name);
     if (!this.ctl) throw new Error('deregister needs the agent dataplane (i6pnctl)');
     await this.ctl.endpointRemove(ep.address);
+    this.deregistered.add(name);
+    this.oracle = modelOracle(this.endpoints);
   }
 
   /** The container goes away (after deregister). */
@@ -272,6 +277,7 @@ export class Cluster {
     await this.daemons.get(name)?.stop();
     this.daemons.delete(name);
     await this.fabric.removeEndpoint(name);
+    this.deregistered.delete(name);
     this.oracle = modelOracle(this.endpoints);
   }
 

@@ -82,3 +82,17 @@ export function checkCounters(r: MatrixResult, moved: Map<string, number>, mode:
   }
   return problems;
 }
+
+/**
+ * The agent's membership apply latency histogram (KV write → map update):
+ * observations in total and within `le` seconds.
+ */
+export async function applyLatency(url: string, le = '1'): Promise<{ count: number; within: number }> {
+  const r = await fetch(url, { signal: AbortSignal.timeout(3000) });
+  const text = await r.text();
+  const num = (re: RegExp): number => Number(re.exec(text)?.[1] ?? NaN);
+  return {
+    count: num(/^i6pn_membership_apply_latency_seconds_count(?:\{\})? (\S+)$/m),
+    within: num(new RegExp(`^i6pn_membership_apply_latency_seconds_bucket\\{le="${le.replace('.', '\\.')}"\\} (\\S+)$`, 'm')),
+  };
+}
