@@ -11,7 +11,8 @@ import { Cluster } from './fabric/cluster.js';
 import { acquireFabricLock } from './fabric/state.js';
 import { checkCounters, delta, snapshot } from './fabric/counters.js';
 import { describeUnexpected, renderMatrix, runMatrix } from './fabric/matrix.js';
-import { spoofUdp } from './fabric/probes.js';
+import { injectFromFabric, spoofUdp } from './fabric/probes.js';
+import { FABRIC_CASES } from './fabric/topology.js';
 
 let releaseLock: (() => void) | undefined;
 let cluster: Cluster;
@@ -56,6 +57,25 @@ test.serial('enforce: a spoofed source from inside a container is dropped at its
   // The same tool with the true source gets through: the drop is the dataplane's doing.
   const honest = await spoofUdp(a1, a1.address, cluster.daemons.get('a3')!);
   t.is(honest.arrivedFrom, a1.address);
+});
+
+test.serial('enforce: frames put onto the fabric are judged by the receiving node\'s XDP hook, under the model\'s reason', async (t) => {
+  const node = cluster.node('ams-2');
+  const reasons = new Set<string>();
+  for (const [src, dst] of FABRIC_CASES) {
+    const s = cluster.fabric.endpoint(src);
+    const expected = cluster.oracle.fromFabric(node.name, s.address, cluster.fabric.endpoint(dst).address);
+    reasons.add(expected);
+    const before = await counters();
+    const got = await injectFromFabric(cluster.fabric, node, s.address, cluster.daemons.get(dst)!);
+    const moved = delta(before, await counters());
+    if (expected === 'pass_private') t.is(got.arrivedFrom, s.address, `${src} → ${dst}`);
+    else {
+      t.is(got.arrivedFrom, undefined, `${src} → ${dst} (${expected}) was delivered`);
+      t.true((moved.get(`${node.name}/from_fabric/drop/${expected}`) ?? 0) >= 1, `${src} → ${dst}: ${JSON.stringify([...moved])}`);
+    }
+  }
+  t.is(reasons.size, FABRIC_CASES.length, 'one case per reason');
 });
 
 test.serial('monitor: the same matrix delivers every pair and counts what enforce would drop', async (t) => {
