@@ -16,6 +16,7 @@
  * this file under nsenter; pins live in /sys/fs/bpf/i6b<pid>-agent. Both are
  * removed at exit, on error and on SIGINT.
  */
+import { printAddress } from '../agent/validate.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
@@ -86,39 +87,9 @@ function workspaceId(i: number): number {
   return 0x5000_0000 + i;
 }
 
-const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16));
-
-/**
- * RFC 5952 text of an address, as lib/address.ts formatAddress spells it
- * (checked against it on a sample at start): formatAddress costs about 20 µs
- * through ip-address, 20 s for a million records, which would make this
- * bench measure its own writer.
- */
-export function canonicalAddress(a: Uint8Array): string {
-  const g: number[] = new Array(8);
-  for (let i = 0; i < 8; i++) g[i] = (a[2 * i]! << 8) | a[2 * i + 1]!;
-  // Longest run of zero groups (length ≥ 2, first one on a tie) becomes "::".
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) {
-      best = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const part = (from: number, to: number): string => g.slice(from, to).map((x) => (x < 256 ? HEX[x]! : x.toString(16))).join(':');
-  return best < 0 ? part(0, 8) : `${part(0, best)}::${part(best + bestLen, 8)}`;
-}
-
 function record(addr: Uint8Array, ws: number, node: string, createdAt: string): { key: string; json: string } {
-  const address = canonicalAddress(addr);
+  // Not formatAddress: through ip-address it costs ~20 µs, 20 s for a million records.
+  const address = printAddress(addr);
   const rec = {
     v: 1,
     address,
@@ -213,7 +184,7 @@ async function inside(): Promise<void> {
   for (let i = 0; i < 1000; i++) {
     const a = sample.subarray(i * 16, i * 16 + 16);
     if (i % 100 === 0) a.fill(0, 8, 8 + (i % 7)); // some zero groups
-    if (canonicalAddress(a) !== formatAddress(a)) throw new Error(`canonicalAddress disagrees with formatAddress on ${formatAddress(a)}`);
+    if (printAddress(a) !== formatAddress(a)) throw new Error(`printAddress (agent/validate.ts) disagrees with formatAddress on ${formatAddress(a)}`);
   }
   const first = await runRegion(N, 'full', true);
   let second: RegionRun | null = null;
