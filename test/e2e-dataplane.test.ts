@@ -66,9 +66,10 @@ test.serial('enforce: frames put onto the fabric are judged by the receiving nod
     const s = cluster.fabric.endpoint(src);
     const expected = cluster.oracle.fromFabric(node.name, s.address, cluster.fabric.endpoint(dst).address);
     reasons.add(expected);
-    const before = await counters();
+    const nodeCounters = () => snapshot([node.name], (n) => cluster.staticCounters(n));
+    const before = await nodeCounters();
     const got = await injectFromFabric(cluster.fabric, node, s.address, cluster.daemons.get(dst)!);
-    const moved = delta(before, await counters());
+    const moved = delta(before, await nodeCounters());
     if (expected === 'pass_private') t.is(got.arrivedFrom, s.address, `${src} → ${dst}`);
     else {
       t.is(got.arrivedFrom, undefined, `${src} → ${dst} (${expected}) was delivered`);
