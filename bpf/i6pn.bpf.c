@@ -44,8 +44,8 @@ int from_endpoint(struct __sk_buff *skb)
 	int reason;
 
 	i6pn_pull_headers(skb);
-	reason = i6pn_decide_from_endpoint((void *)(long)skb->data, (void *)(long)skb->data_end,
-					   skb->ifindex, &pkt);
+	reason = i6pn_decide_veth((void *)(long)skb->data, (void *)(long)skb->data_end,
+				  skb->ifindex, &pkt, 0);
 	return i6pn_verdict(I6PN_HOOK_FROM_ENDPOINT, reason, &pkt, skb->ifindex, skb->len)
 		       ? TC_ACT_OK
 		       : TC_ACT_SHOT;
@@ -59,8 +59,8 @@ int to_endpoint(struct __sk_buff *skb)
 	int reason;
 
 	i6pn_pull_headers(skb);
-	reason = i6pn_decide_to_endpoint((void *)(long)skb->data, (void *)(long)skb->data_end,
-					 skb->ifindex, &pkt);
+	reason = i6pn_decide_veth((void *)(long)skb->data, (void *)(long)skb->data_end,
+				  skb->ifindex, &pkt, 1);
 	return i6pn_verdict(I6PN_HOOK_TO_ENDPOINT, reason, &pkt, skb->ifindex, skb->len)
 		       ? TC_ACT_OK
 		       : TC_ACT_SHOT;

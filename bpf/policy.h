@@ -112,7 +112,8 @@ static __always_inline int i6pn_members_agree(const struct i6pn_endpoint *src,
 	return I6PN_PASS_PRIVATE;
 }
 
-static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, struct i6pn_pkt *pkt)
+/* Parse, then the address-bit checks: I6PN_CONTINUE when membership must decide. */
+static __always_inline int i6pn_parse_and_check_bits(void *data, void *data_end, struct i6pn_pkt *pkt)
 {
 	int r = i6pn_parse_l3(data, data_end, pkt);
 
@@ -120,7 +121,13 @@ static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, s
 		return I6PN_PASS_NOT_PRIVATE;
 	if (r < 0)
 		return -r;
-	r = i6pn_address_checks(pkt);
+	return i6pn_address_checks(pkt);
+}
+
+static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, struct i6pn_pkt *pkt)
+{
+	int r = i6pn_parse_and_check_bits(data, data_end, pkt);
+
 	if (r != I6PN_CONTINUE)
 		return r;
 
@@ -150,16 +157,18 @@ static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, s
 	return i6pn_members_agree(src, dst);
 }
 
-static __always_inline int i6pn_decide_from_endpoint(void *data, void *data_end, __u32 ifindex,
-						     struct i6pn_pkt *pkt)
+/*
+ * The two veth hooks make the same checks but one: which address must be the
+ * veth's own endpoint. When the container sends (from-endpoint) it is the
+ * source, and a mismatch is spoofing; when it receives (to-endpoint) it is the
+ * destination, and a mismatch is a packet for someone else. `to_endpoint` is
+ * a constant at each call, so each program keeps only its own branch.
+ */
+static __always_inline int i6pn_decide_veth(void *data, void *data_end, __u32 ifindex,
+					    struct i6pn_pkt *pkt, const int to_endpoint)
 {
-	int r = i6pn_parse_l3(data, data_end, pkt);
+	int r = i6pn_parse_and_check_bits(data, data_end, pkt);
 
-	if (r == I6PN_PARSE_NOT_IPV6)
-		return I6PN_PASS_NOT_PRIVATE;
-	if (r < 0)
-		return -r;
-	r = i6pn_address_checks(pkt);
 	if (r != I6PN_CONTINUE)
 		return r;
 	r = i6pn_walk_ext_hdrs(data, data_end, pkt->l4_off, pkt->nexthdr);
@@ -170,49 +179,15 @@ static __always_inline int i6pn_decide_from_endpoint(void *data, void *data_end,
 
 	if (!iface)
 		return I6PN_DROP_UNKNOWN_IFACE;
-	/* Attack: a container sending with another endpoint's address. */
-	if (!i6pn_addr_eq(&pkt->src, &iface->addr))
-		return I6PN_DROP_SPOOFED_SOURCE;
-	if (!(iface->flags & I6PN_EP_I6PN))
-		return I6PN_DROP_NO_I6PN;
-
-	struct i6pn_endpoint *src = bpf_map_lookup_elem(&endpoints, &pkt->src);
-
-	if (!src)
-		return I6PN_DROP_UNKNOWN_SOURCE;
-	if (!(src->flags & I6PN_EP_I6PN))
-		return I6PN_DROP_NO_I6PN;
-
-	struct i6pn_endpoint *dst = bpf_map_lookup_elem(&endpoints, &pkt->dst);
-
-	if (!dst)
-		return I6PN_DROP_UNKNOWN_DEST;
-	return i6pn_members_agree(src, dst);
-}
-
-static __always_inline int i6pn_decide_to_endpoint(void *data, void *data_end, __u32 ifindex,
-						   struct i6pn_pkt *pkt)
-{
-	int r = i6pn_parse_l3(data, data_end, pkt);
-
-	if (r == I6PN_PARSE_NOT_IPV6)
-		return I6PN_PASS_NOT_PRIVATE;
-	if (r < 0)
-		return -r;
-	r = i6pn_address_checks(pkt);
-	if (r != I6PN_CONTINUE)
-		return r;
-	r = i6pn_walk_ext_hdrs(data, data_end, pkt->l4_off, pkt->nexthdr);
-	if (r)
-		return r;
-
-	struct i6pn_local_iface *iface = bpf_map_lookup_elem(&local_ifaces, &ifindex);
-
-	if (!iface)
-		return I6PN_DROP_UNKNOWN_IFACE;
-	/* Only the veth's own endpoint is reachable through it. */
-	if (!i6pn_addr_eq(&pkt->dst, &iface->addr))
-		return I6PN_DROP_NOT_LOCAL;
+	if (to_endpoint) {
+		/* Only the veth's own endpoint is reachable through it. */
+		if (!i6pn_addr_eq(&pkt->dst, &iface->addr))
+			return I6PN_DROP_NOT_LOCAL;
+	} else {
+		/* Attack: a container sending with another endpoint's address. */
+		if (!i6pn_addr_eq(&pkt->src, &iface->addr))
+			return I6PN_DROP_SPOOFED_SOURCE;
+	}
 	if (!(iface->flags & I6PN_EP_I6PN))
 		return I6PN_DROP_NO_I6PN;
 
