@@ -53,18 +53,8 @@ export const OMITTED_DEFAULT_METRICS = [
 export const HOOK_LABELS = abi.HOOK_NAMES;
 export const VERDICT_LABELS = abi.VERDICT_NAMES;
 
-/**
- * The `reason` label of each reason value: the C enumerator's name without the
- * I6PN_ and DROP_ prefixes (I6PN_PASS_PRIVATE → pass_private,
- * I6PN_DROP_CROSS_REGION → cross_region), the spelling of deploy/metrics.json.
- */
-export const REASON_LABELS: readonly string[] = (() => {
-  const out: string[] = [];
-  for (const [key, value] of Object.entries(abi.Reason)) out[value] = key.replace(/^DROP_/, '').toLowerCase();
-  return out;
-})();
-
-const REASON_LABEL_BY_NAME: ReadonlyMap<string, string> = new Map(abi.REASON_NAMES.map((n, i) => [n, REASON_LABELS[i]!]));
+/** The `reason` label of each reason value, as generated from the C enum (pass_private, cross_region, ...). */
+export const REASON_LABELS = abi.REASON_NAMES;
 
 export const MEMBERSHIP_RESULTS = ['applied', 'rejected', 'failed'] as const;
 export type MembershipResult = (typeof MEMBERSHIP_RESULTS)[number];
@@ -267,8 +257,7 @@ export class AgentMetrics {
     if (rows === null) return; // keep the last values
     const values = new Map<string, number>();
     for (const r of rows) {
-      const reason = REASON_LABEL_BY_NAME.get(r.reason) ?? r.reason;
-      values.set(`${r.hook}\0${r.verdict}\0${reason}`, Number(r[field]));
+      values.set(`${r.hook}\0${r.verdict}\0${r.reason}`, Number(r[field]));
     }
     c.reset();
     for (const hook of HOOK_LABELS) {
