@@ -31,9 +31,15 @@ export const AGENT_VERSION: string = (() => {
 })();
 
 export const DEFAULT_BPFFS = '/sys/fs/bpf/i6pn';
-export const DEFAULT_METRICS_ADDR = '0.0.0.0:9465';
+/**
+ * Loopback: a container reaches the node's own addresses through nothing of
+ * i6pn's (the veth hooks drop traffic to the node), but the metrics need no
+ * wider audience than the operator chooses. A DaemonSet sets the pod's address.
+ */
+export const DEFAULT_METRICS_ADDR = '127.0.0.1:9465';
 export const DEFAULT_OBJECT = 'build/bpf/i6pn.bpf.o';
 export const DEFAULT_MAX_ENDPOINTS = 65536;
+export const DEFAULT_MAX_LOCAL_IFACES = 4096;
 /** Hash maps above this size cost more memory than a node should give (about 100 B per entry in the kernel). */
 export const MAX_MAX_ENDPOINTS = 16 * 1024 * 1024;
 const BPF_FS_MAGIC = 0xcafe4a11;
@@ -52,6 +58,8 @@ export interface AgentConfig {
   metricsPort: number;
   mode: Mode;
   maxEndpoints: number;
+  maxLocalIfaces: number;
+  forwardNonPrivate: boolean;
   object: string;
   reconcileIntervalMs: number;
   heartbeatIntervalMs: number;
@@ -118,6 +126,13 @@ const bpffsDir = z
   .refine(isAbsolute, 'must be an absolute path')
   .refine(isOnBpffs, 'is not on a bpf filesystem (mount one: `mount -t bpf bpf /sys/fs/bpf`, or `make bpffs`)');
 
+/** max_entries of a BPF hash map. */
+const mapCapacity = z.coerce
+  .number({ error: 'must be a number' })
+  .int('must be an integer')
+  .min(1, 'must be at least 1')
+  .max(MAX_MAX_ENDPOINTS, `must be at most ${MAX_MAX_ENDPOINTS}`);
+
 const runSchema = z.object({
   nats: z
     .string({ error: 'is required' })
@@ -134,11 +149,9 @@ const runSchema = z.object({
   bpffs: bpffsDir,
   metricsAddr: z.string().transform((s, ctx) => tryCheck(() => parseHostPort(s), ctx)),
   mode: z.enum(['enforce', 'monitor'], { error: 'must be enforce or monitor' }),
-  maxEndpoints: z.coerce
-    .number({ error: 'must be a number' })
-    .int('must be an integer')
-    .min(1, 'must be at least 1')
-    .max(MAX_MAX_ENDPOINTS, `must be at most ${MAX_MAX_ENDPOINTS}`),
+  maxEndpoints: mapCapacity,
+  maxLocalIfaces: mapCapacity,
+  forwardNonPrivate: z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'], { error: 'must be true or false' })]).transform((v) => v === true || v === 'true' || v === '1' || v === 'yes'),
   object: z
     .string()
     .transform((p) => resolve(PACKAGE_ROOT, p))
@@ -199,6 +212,24 @@ function buildProgram(onRun: (o: Record<string, unknown>) => void, onTeardown: (
     .addOption(
       opt('--max-endpoints <n>', 'I6PN_MAX_ENDPOINTS', 'capacity of the endpoints map (set at creation; a pinned map keeps its size)', String(DEFAULT_MAX_ENDPOINTS)),
     )
+    .addOption(
+      opt(
+        '--max-local-ifaces <n>',
+        'I6PN_MAX_LOCAL_IFACES',
+        'capacity of the local_ifaces map, the veths this node can bind (set at creation; a pinned map keeps its size). ' +
+          'A veth beyond it keeps the TC programs without an entry: it drops everything and is counted in i6pn_endpoints_unhooked',
+        String(DEFAULT_MAX_LOCAL_IFACES),
+      ),
+    )
+    .addOption(
+      opt(
+        '--forward-non-private [bool]',
+        'I6PN_FORWARD_NON_PRIVATE',
+        'forward a container\'s own non-private IPv6 traffic (source = its own address; internet egress that the operator ' +
+          'masquerades) through the node; never to the node itself. Off: only i6pn traffic, NDP/MLD and ICMPv6 errors on the veth',
+        'false',
+      ),
+    )
     .addOption(opt('--object <path>', 'I6PN_OBJECT', 'the compiled BPF object, relative to the package root', DEFAULT_OBJECT))
     .addOption(
       opt('--reconcile-interval <seconds>', 'I6PN_RECONCILE_INTERVAL', 'period of the full reconcile (mark and sweep) of the maps against the store', '300'),
@@ -248,6 +279,8 @@ export function parseCommandLine(argv: string[]): Command_ {
           metricsPort: d.metricsAddr.port,
           mode: d.mode,
           maxEndpoints: d.maxEndpoints,
+          maxLocalIfaces: d.maxLocalIfaces,
+          forwardNonPrivate: d.forwardNonPrivate,
           object: d.object,
           reconcileIntervalMs: d.reconcileInterval,
           heartbeatIntervalMs: d.heartbeatInterval,

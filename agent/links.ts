@@ -2,10 +2,11 @@
  * The node's interfaces and routes, through iproute2 (`ip`): the one module
  * that runs it. It runs in the agent's network namespace, which is the node's.
  *
- * Interfaces: a full scan (`ip -j link show`) at start, again after every
+ * Interfaces: a full scan (`ip -d -j link show`) at start, again after every
  * `ip -o monitor link` event (debounced) and periodically, so a lost event or a
- * monitor that died cannot hide an interface for long. Listeners learn when the
- * name → ifindex table changed.
+ * monitor that died cannot hide an interface for long. Each interface is known
+ * by name, ifindex and kind (`veth`, `netkit`, … from linkinfo; '' for a
+ * physical NIC or loopback). Listeners learn when the table changed.
  *
  * Routes: the /128 of each local endpoint to its veth, tagged with the agent's
  * own route protocol number so that the agent (and teardown) can find exactly
@@ -84,12 +85,21 @@ export async function ifindexOf(name: string): Promise<number | null> {
   }
 }
 
+/** One interface of the namespace. */
+export interface Link {
+  ifname: string;
+  ifindex: number;
+  /** linkinfo.info_kind (`veth`, `netkit`, `bridge`, …); '' when the kernel gives none (a physical NIC, lo). */
+  kind: string;
+}
+
 /**
  * The interfaces of this namespace by name, kept current. `onChange` runs
  * after each scan that changed the table.
  */
 export class Interfaces {
-  private byName = new Map<string, number>();
+  private byName = new Map<string, Link>();
+  private byIndex = new Map<number, Link>();
   private monitor: ChildProcess | null = null;
   private timer: NodeJS.Timeout | null = null;
   private debounce: NodeJS.Timeout | null = null;
@@ -123,12 +133,16 @@ export class Interfaces {
   }
 
   ifindex(name: string): number | undefined {
-    return this.byName.get(name);
+    return this.byName.get(name)?.ifindex;
   }
 
   nameOf(ifindex: number): string | undefined {
-    for (const [n, i] of this.byName) if (i === ifindex) return n;
-    return undefined;
+    return this.byIndex.get(ifindex)?.ifname;
+  }
+
+  /** The interface of that name, if it exists now. */
+  link(name: string): Link | undefined {
+    return this.byName.get(name);
   }
 
   /** Scan now (coalesced with a scan in flight). */
@@ -149,17 +163,18 @@ export class Interfaces {
   }
 
   private async scanOnce(): Promise<void> {
-    let rows: Array<{ ifindex: number; ifname: string }>;
+    let rows: Array<{ ifindex: number; ifname: string; linkinfo?: { info_kind?: string } }>;
     try {
-      rows = JSON.parse(await ip(['-j', 'link', 'show'])) as Array<{ ifindex: number; ifname: string }>;
+      rows = JSON.parse(await ip(['-d', '-j', 'link', 'show'])) as typeof rows;
     } catch (err) {
       this.log.error({ err }, 'interface scan failed');
       return;
     }
-    const next = new Map(rows.map((r) => [r.ifname, r.ifindex]));
+    const next = new Map<string, Link>(rows.map((r) => [r.ifname, { ifname: r.ifname, ifindex: r.ifindex, kind: r.linkinfo?.info_kind ?? '' }]));
     let changed = next.size !== this.byName.size;
-    if (!changed) for (const [n, i] of next) if (this.byName.get(n) !== i) changed = true;
+    if (!changed) for (const [n, l] of next) if (this.byName.get(n)?.ifindex !== l.ifindex) changed = true;
     this.byName = next;
+    this.byIndex = new Map([...next.values()].map((l) => [l.ifindex, l]));
     if (changed) for (const l of this.listeners) l();
   }
 

@@ -60,6 +60,7 @@ async function run(cfg: AgentConfig): Promise<void> {
     object: cfg.object,
     pinDir: cfg.bpffs,
     maxEndpoints: cfg.maxEndpoints,
+    maxLocalIfaces: cfg.maxLocalIfaces,
     logger: {
       // libbpf warns when the clsact qdisc it would create exists: expected on every re-attach.
       warn: (obj, msg) => (msg?.includes('Exclusivity flag on') ? dpLog.debug(obj, msg) : dpLog.warn(obj, msg)),
@@ -166,8 +167,16 @@ async function run(cfg: AgentConfig): Promise<void> {
     if (regionId === null) await new Promise((r) => setTimeout(r, Math.min(10_000, 500 * 2 ** Math.min(attempt, 5))));
   }
   if (stopping || regionId === null) return;
-  dp.setConfig({ node: nodeId(cfg.node), region: regionId, mode: cfg.mode, eventsPerSec: cfg.eventsPerSec });
-  log.info({ regionId, nodeId: nodeId(cfg.node), mode: cfg.mode }, 'dataplane configured');
+  // The whole entry is rewritten: it keeps the uplink the attacher recorded (0 while there is none).
+  dp.setConfig({
+    node: nodeId(cfg.node),
+    region: regionId,
+    mode: cfg.mode,
+    eventsPerSec: cfg.eventsPerSec,
+    uplinkIfindex: attacher.uplinkIfindex ?? 0,
+    forwardNonPrivate: cfg.forwardNonPrivate,
+  });
+  log.info({ regionId, nodeId: nodeId(cfg.node), mode: cfg.mode, uplinkIfindex: attacher.uplinkIfindex ?? 0, forwardNonPrivate: cfg.forwardNonPrivate }, 'dataplane configured');
 
   sync = new MembershipSync({
     map: dp,
@@ -175,7 +184,8 @@ async function run(cfg: AgentConfig): Promise<void> {
     node: cfg.node,
     region: cfg.region,
     regionId,
-    ifindexOf: (ifname) => interfaces.ifindex(ifname),
+    // Only a bound veth's ifindex goes into a map value (the attacher corrects it when it converges).
+    ifindexOf: (ifname) => attacher!.boundIfindex(ifname),
     onLocalsChanged: () => void attacher!.schedule(),
     metrics,
     log: log.child({ component: 'sync' }),

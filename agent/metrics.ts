@@ -28,6 +28,10 @@ export const METRIC_NAMES = [
   'i6pn_reconcile_removed_total',
   'i6pn_nats_connected',
   'i6pn_attached_hooks',
+  'i6pn_veths',
+  'i6pn_veths_sealed_total',
+  'i6pn_endpoint_refused_total',
+  'i6pn_endpoints_unhooked',
   'i6pn_map_full_total',
   'i6pn_drop_events_total',
   'i6pn_heartbeat_last_success_timestamp_seconds',
@@ -64,6 +68,25 @@ export const RECONCILE_RESULTS = ['ok', 'failed'] as const;
 export const MAPS = ['endpoints', 'local_ifaces'] as const;
 export type MapLabel = (typeof MAPS)[number];
 export const SCOPES = ['local', 'region'] as const;
+/**
+ * States of a veth the agent holds TC programs on: bound (local_ifaces entry
+ * binding it to its endpoint), sealed (entry with the sealed flag: drops
+ * everything in and out until the veth is gone), unbound (no entry could be
+ * written, e.g. local_ifaces full: the programs drop everything as unknown_iface).
+ */
+export const VETH_STATES = ['bound', 'sealed', 'unbound'] as const;
+export type VethState = (typeof VETH_STATES)[number];
+/** Why a veth was sealed: its endpoint was removed, invalidated or moved away; two entries named it. */
+export const SEAL_REASONS = ['revoked', 'duplicate_ifname'] as const;
+export type SealReason = (typeof SEAL_REASONS)[number];
+/**
+ * Why a local endpoint entry was refused (never applied to its interface):
+ * it names the uplink; an interface that is not a veth (or netkit); a veth
+ * bound (or sealed) for another endpoint; a veth another entry names too; its
+ * own veth, sealed earlier (sealing is terminal while the veth exists).
+ */
+export const REFUSE_REASONS = ['uplink', 'not_veth', 'bound_to_other', 'duplicate_ifname', 'sealed'] as const;
+export type RefuseReason = (typeof REFUSE_REASONS)[number];
 export const APPLY_LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 /** One row of the BPF counters, summed over CPUs (Dataplane.readCounters()). */
@@ -95,6 +118,10 @@ export class AgentMetrics {
   readonly reconcileRemoved: Counter;
   readonly natsConnected: Gauge;
   readonly attachedHooks: Gauge<'hook'>;
+  readonly veths: Gauge<'state'>;
+  readonly vethsSealed: Counter<'reason'>;
+  readonly endpointRefused: Counter<'reason'>;
+  readonly endpointsUnhooked: Gauge;
   readonly mapFull: Counter;
   readonly dropEvents: Counter;
   readonly heartbeatLastSuccess: Gauge;
@@ -173,13 +200,38 @@ export class AgentMetrics {
     this.natsConnected = new Gauge({ name: 'i6pn_nats_connected', help: '1 while connected to NATS, else 0.', registers });
     this.attachedHooks = new Gauge({
       name: 'i6pn_attached_hooks',
-      help: 'Programs attached, by hook: from_fabric is 1 when the uplink XDP program is attached; the TC hooks count endpoint veths.',
+      help: 'Programs attached, by hook: from_fabric and to_fabric are 1 when the uplink XDP and TC egress programs are attached; the endpoint TC hooks count endpoint veths.',
       labelNames: ['hook'],
+      registers,
+    });
+    this.veths = new Gauge({
+      name: 'i6pn_veths',
+      help:
+        'Endpoint veths carrying the TC programs, by state: bound (to its endpoint), sealed (endpoint revoked: drops everything until the veth is gone), unbound (no local_ifaces entry, e.g. the map is full: drops everything).',
+      labelNames: ['state'],
+      registers,
+    });
+    this.vethsSealed = new Counter({
+      name: 'i6pn_veths_sealed_total',
+      help: 'Veths sealed, by reason: revoked (endpoint removed, invalidated or moved away while its veth exists), duplicate_ifname (two entries named it).',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.endpointRefused = new Counter({
+      name: 'i6pn_endpoint_refused_total',
+      help:
+        'Local endpoint entries refused (never applied to the interface they name), by reason: uplink, not_veth, bound_to_other, duplicate_ifname, sealed.',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.endpointsUnhooked = new Gauge({
+      name: 'i6pn_endpoints_unhooked',
+      help: 'Local endpoints whose interface exists but that are not bound to it (refused, sealed, or local_ifaces full): unreachable, and they reach nothing.',
       registers,
     });
     this.mapFull = new Counter({
       name: 'i6pn_map_full_total',
-      help: 'Map updates refused because the map was full (the endpoint stays unreachable).',
+      help: 'Map updates refused because the map was full (endpoints: the endpoint stays unreachable; local_ifaces: the veth keeps its programs without an entry and drops everything).',
       registers,
     });
     this.dropEvents = new Counter({
@@ -209,6 +261,10 @@ export class AgentMetrics {
     for (const reason of REJECT_REASONS) this.membershipRejected.inc({ reason }, 0);
     for (const result of RECONCILE_RESULTS) this.reconciles.inc({ result }, 0);
     for (const hook of HOOK_LABELS) this.attachedHooks.set({ hook }, 0);
+    for (const state of VETH_STATES) this.veths.set({ state }, 0);
+    for (const reason of SEAL_REASONS) this.vethsSealed.inc({ reason }, 0);
+    for (const reason of REFUSE_REASONS) this.endpointRefused.inc({ reason }, 0);
+    this.endpointsUnhooked.set(0);
     this.lastRevision.set(0);
     this.natsConnected.set(0);
     this.heartbeatLastSuccess.set(0);

@@ -105,7 +105,8 @@ export function nodeId(name: string): number {
   return h >>> 0;
 }
 
-function isMapFull(code: string): boolean {
+/** A map update refused for want of room (the error code libbpf returns). */
+export function isMapFull(code: string): boolean {
   return code === 'E2BIG' || code === 'ENOSPC' || code === 'ENOMEM';
 }
 

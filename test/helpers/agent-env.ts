@@ -13,10 +13,10 @@ import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
-import { abiStructs, readPinnedEndpoint, readPinnedEndpoints, readPinnedLocalIfaces } from './agent-maps.js';
+import { abiStructs, readPinnedConfig, readPinnedEndpoint, readPinnedEndpoints, readPinnedLocalIfaces } from './agent-maps.js';
 import { REPO_ROOT } from './nats.js';
 
-export { abiStructs, readPinnedEndpoint, readPinnedEndpoints, readPinnedLocalIfaces };
+export { abiStructs, readPinnedConfig, readPinnedEndpoint, readPinnedEndpoints, readPinnedLocalIfaces };
 
 export interface Sh {
   code: number;

@@ -4,7 +4,7 @@
  * agent process.
  */
 import { join } from 'node:path';
-import { structs as abiStructs, EndpointFlag } from '../../agent/bpf/abi.generated.js';
+import { structs as abiStructs, ConfigFlag, EndpointFlag } from '../../agent/bpf/abi.generated.js';
 import { MapFd } from '../../agent/bpf/libbpf.js';
 import { formatAddress, parseAddress } from '../../lib/address.js';
 
@@ -57,17 +57,39 @@ export function readPinnedEndpoints(bpffs: string): Map<string, PinnedEndpoint> 
   });
 }
 
-/** The pinned local_ifaces map: ifindex → { address, i6pn }. */
-export function readPinnedLocalIfaces(bpffs: string): Map<number, { address: string; i6pn: boolean }> {
+export interface PinnedLocalIface {
+  address: string;
+  i6pn: boolean;
+  sealed: boolean;
+}
+
+/** The pinned local_ifaces map: ifindex → { address, i6pn, sealed }. */
+export function readPinnedLocalIfaces(bpffs: string): Map<number, PinnedLocalIface> {
   return withMap(bpffs, 'local_ifaces', (m) => {
     const F = abiStructs.i6pn_local_iface.fields;
-    const out = new Map<number, { address: string; i6pn: boolean }>();
+    const out = new Map<number, PinnedLocalIface>();
     for (const [k, v] of m.entriesBatch()) {
+      const flags = v.readUInt32LE(F.flags.offset);
       out.set(k.readUInt32LE(0), {
         address: formatAddress(new Uint8Array(v.subarray(F.addr.offset, F.addr.offset + 16))),
-        i6pn: (v.readUInt32LE(F.flags.offset) & EndpointFlag.I6PN) !== 0,
+        i6pn: (flags & EndpointFlag.I6PN) !== 0,
+        sealed: (flags & EndpointFlag.SEALED) !== 0,
       });
     }
     return out;
+  });
+}
+
+/** The uplink and the flags of the pinned config map (the agent writes them). */
+export function readPinnedConfig(bpffs: string): { uplinkIfindex: number; forwardNonPrivate: boolean } {
+  return withMap(bpffs, 'config', (m) => {
+    const F = abiStructs.i6pn_config.fields;
+    const key = Buffer.alloc(4);
+    const v = m.lookup(key);
+    if (!v) throw new Error('config map has no entry 0');
+    return {
+      uplinkIfindex: v.readUInt32LE(F.uplink_ifindex.offset),
+      forwardNonPrivate: (v.readUInt32LE(F.flags.offset) & ConfigFlag.FORWARD_NON_PRIVATE) !== 0,
+    };
   });
 }
