@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
 /*
- * The three i6pn enforcement points. The policy lives in policy.h; these are
- * only the hooks' entry points: read the context, decide, count, act.
+ * The four i6pn enforcement points. The policy lives in policy.h; these are
+ * only the hooks' entry points: read the context and the config (once per
+ * packet), decide, count, act.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -13,17 +14,27 @@
 /* Headers a TC program reads must be in the linear part of the skb. */
 #define I6PN_PULL_LEN 512
 
+static __always_inline const struct i6pn_config *i6pn_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
 /* XDP on the node's uplink: packets from other nodes, before any skb exists. */
 SEC("xdp")
 int from_fabric(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	const struct i6pn_config *cfg = i6pn_config();
 	struct i6pn_pkt pkt = {};
-	int reason = i6pn_decide_from_fabric(data, data_end, &pkt);
+	int reason;
 
-	return i6pn_verdict(I6PN_HOOK_FROM_FABRIC, reason, &pkt, ctx->ingress_ifindex,
-			    (__u32)(data_end - data))
+	if (!cfg)
+		return XDP_DROP; /* cannot happen (an array's entry 0); fail closed */
+	reason = i6pn_decide_from_fabric(data, data_end, cfg, &pkt);
+	return i6pn_verdict(cfg, I6PN_HOOK_FROM_FABRIC, reason, &pkt, ctx->ingress_ifindex, (__u32)(data_end - data))
 		       ? XDP_PASS
 		       : XDP_DROP;
 }
@@ -36,34 +47,50 @@ static __always_inline void i6pn_pull_headers(struct __sk_buff *skb)
 		bpf_skb_pull_data(skb, skb->len < I6PN_PULL_LEN ? skb->len : I6PN_PULL_LEN);
 }
 
+/* One veth hook: `to_endpoint` is a constant at each call. */
+static __always_inline int i6pn_tc_veth(struct __sk_buff *skb, __u32 hook, const int to_endpoint)
+{
+	const struct i6pn_config *cfg = i6pn_config();
+	struct i6pn_pkt pkt = {};
+	int reason;
+
+	if (!cfg)
+		return TC_ACT_SHOT;
+	i6pn_pull_headers(skb);
+	reason = i6pn_decide_veth(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->ifindex,
+				  skb->ingress_ifindex, cfg, &pkt, to_endpoint);
+	return i6pn_verdict(cfg, hook, reason, &pkt, skb->ifindex, skb->len) ? TC_ACT_OK : TC_ACT_SHOT;
+}
+
 /* TC ingress on an endpoint's host-side veth: what the container sends. */
 SEC("tc")
 int from_endpoint(struct __sk_buff *skb)
 {
-	struct i6pn_pkt pkt = {};
-	int reason;
-
-	i6pn_pull_headers(skb);
-	reason = i6pn_decide_veth((void *)(long)skb->data, (void *)(long)skb->data_end,
-				  skb->ifindex, &pkt, 0);
-	return i6pn_verdict(I6PN_HOOK_FROM_ENDPOINT, reason, &pkt, skb->ifindex, skb->len)
-		       ? TC_ACT_OK
-		       : TC_ACT_SHOT;
+	return i6pn_tc_veth(skb, I6PN_HOOK_FROM_ENDPOINT, 0);
 }
 
 /* TC egress on the same veth: what reaches the container, from any path. */
 SEC("tc")
 int to_endpoint(struct __sk_buff *skb)
 {
+	return i6pn_tc_veth(skb, I6PN_HOOK_TO_ENDPOINT, 1);
+}
+
+/* TC egress on the uplink: private packets leave only from their source's own veth. */
+SEC("tc")
+int to_fabric(struct __sk_buff *skb)
+{
+	const struct i6pn_config *cfg = i6pn_config();
 	struct i6pn_pkt pkt = {};
 	int reason;
 
+	if (!cfg)
+		return TC_ACT_SHOT;
 	i6pn_pull_headers(skb);
-	reason = i6pn_decide_veth((void *)(long)skb->data, (void *)(long)skb->data_end,
-				  skb->ifindex, &pkt, 1);
-	return i6pn_verdict(I6PN_HOOK_TO_ENDPOINT, reason, &pkt, skb->ifindex, skb->len)
-		       ? TC_ACT_OK
-		       : TC_ACT_SHOT;
+	reason = i6pn_decide_to_fabric((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ingress_ifindex,
+				       &pkt);
+	return i6pn_verdict(cfg, I6PN_HOOK_TO_FABRIC, reason, &pkt, skb->ifindex, skb->len) ? TC_ACT_OK
+												 : TC_ACT_SHOT;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

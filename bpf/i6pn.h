@@ -19,11 +19,12 @@
 #define I6PN_PREFIX_HI 0xfd
 #define I6PN_PREFIX_LO 0xaa
 
-/* The three enforcement points. */
+/* The four enforcement points. */
 enum i6pn_hook {
 	I6PN_HOOK_FROM_FABRIC = 0,   /* XDP on the node's uplink */
 	I6PN_HOOK_FROM_ENDPOINT = 1, /* TC ingress on an endpoint's host-side veth */
 	I6PN_HOOK_TO_ENDPOINT = 2,   /* TC egress on the same veth */
+	I6PN_HOOK_TO_FABRIC = 3,     /* TC egress on the node's uplink */
 	I6PN_HOOK_MAX,
 };
 
@@ -58,6 +59,13 @@ enum i6pn_reason {
 	I6PN_DROP_NO_I6PN = 14,         /* endpoint without private networking */
 	I6PN_DROP_UNKNOWN_SOURCE = 15,  /* source is not a live member */
 	I6PN_DROP_UNKNOWN_DEST = 16,    /* destination is not a live member */
+	I6PN_DROP_SEALED = 17,          /* the veth's endpoint was revoked: nothing in or out */
+	I6PN_DROP_UNBOUND_SOURCE = 18,  /* private packet that did not enter where its source is bound */
+	I6PN_DROP_NON_PRIVATE = 19,     /* traffic on an i6pn veth that is not i6pn's (forwarding off) */
+	I6PN_DROP_TO_NODE = 20,         /* a container reaching the node's own addresses */
+	I6PN_PASS_LINK_SCOPE = 21,      /* NDP/MLD between an endpoint and its node, own addresses */
+	I6PN_PASS_ICMP_ERROR = 22,      /* ICMPv6 error about a packet the endpoint sent */
+	I6PN_PASS_FORWARD = 23,         /* a container's own non-private traffic (--forward-non-private) */
 	I6PN_REASON_MAX,
 };
 
@@ -68,8 +76,15 @@ enum i6pn_mode {
 
 /* Bits of i6pn_endpoint.flags and i6pn_local_iface.flags. */
 enum i6pn_endpoint_flag {
-	I6PN_EP_I6PN = 1 << 0,  /* private networking enabled */
-	I6PN_EP_LOCAL = 1 << 1, /* served by this node (set by the agent) */
+	I6PN_EP_I6PN = 1 << 0,   /* private networking enabled */
+	I6PN_EP_LOCAL = 1 << 1,  /* served by this node (set by the agent) */
+	I6PN_EP_SEALED = 1 << 2, /* local_ifaces only: the veth's endpoint was revoked; drop all */
+};
+
+/* Bits of i6pn_config.flags. */
+enum i6pn_config_flag {
+	/* Pass a container's own non-private IPv6 traffic (internet egress via the node). */
+	I6PN_CFG_FORWARD_NON_PRIVATE = 1 << 0,
 };
 
 /* Parser bounds. A private packet that needs more than this is dropped. */
@@ -85,7 +100,11 @@ struct i6pn_endpoint {
 	__u32 ifindex;   /* host-side veth when LOCAL and attached, else 0 */
 };
 
-/* local_ifaces map: host-side veth ifindex -> the endpoint it serves */
+/*
+ * local_ifaces map: host-side veth ifindex -> the endpoint it is bound to.
+ * The binding is for the veth's life: a revoked endpoint's entry stays, with
+ * I6PN_EP_SEALED, until the veth is gone (its ifindex is never re-bound).
+ */
 struct i6pn_local_iface {
 	struct in6_addr addr;
 	__u32 flags; /* enum i6pn_endpoint_flag */
@@ -98,6 +117,8 @@ struct i6pn_config {
 	__u16 pad;
 	enum i6pn_mode mode;
 	__u32 events_per_sec;  /* drop-event budget per CPU; 0 disables events */
+	__u32 uplink_ifindex;  /* the node's uplink: the one way in for non-local sources */
+	__u32 flags;           /* enum i6pn_config_flag */
 };
 
 /* counters map (per-CPU array), index i6pn_counter_index(hook, verdict, reason) */
@@ -144,6 +165,7 @@ struct i6pn_abi {
 	enum i6pn_reason reason;
 	enum i6pn_mode mode;
 	enum i6pn_endpoint_flag flag;
+	enum i6pn_config_flag config_flag;
 	struct i6pn_drop_event event;
 	struct i6pn_event_budget budget;
 };

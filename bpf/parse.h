@@ -37,6 +37,9 @@ struct i6pn_pkt {
 	struct in6_addr dst;
 	__u32 l4_off;  /* offset of the header after the fixed IPv6 header */
 	__u8 nexthdr;  /* next header of the fixed IPv6 header */
+	__u8 hop_limit;
+	__u8 upper;    /* upper-layer protocol after the walked chain (i6pn_walk_ext_hdrs) */
+	__u32 upper_off; /* its offset; upper is IPPROTO_FRAGMENT for a later fragment */
 };
 
 /* Outcome of the L2/L3 parse when it did not produce an IPv6 packet. */
@@ -98,6 +101,7 @@ static __always_inline int i6pn_parse_l3(void *data, void *data_end, struct i6pn
 	__builtin_memcpy(&pkt->src, &ip6->saddr, sizeof(pkt->src));
 	__builtin_memcpy(&pkt->dst, &ip6->daddr, sizeof(pkt->dst));
 	pkt->nexthdr = ip6->nexthdr;
+	pkt->hop_limit = ip6->hop_limit;
 	pkt->l4_off = off + sizeof(*ip6);
 	return I6PN_PARSE_IPV6;
 }
@@ -124,10 +128,14 @@ static __always_inline int i6pn_is_ext_hdr(__u8 nh)
  * Walk the extension header chain of a private packet from the allow-list
  * (hop-by-hop, destination options, fragment, AH), at most I6PN_MAX_EXT_HDRS
  * headers. Returns 0 when the chain ends in an upper-layer header (or a
- * non-first fragment), else the i6pn_reason to drop with.
+ * non-first fragment), with pkt->upper and pkt->upper_off set, else the
+ * i6pn_reason to drop with.
  */
-static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, __u32 off, __u8 nh)
+static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, struct i6pn_pkt *pkt)
 {
+	__u32 off = pkt->l4_off;
+	__u8 nh = pkt->nexthdr;
+
 #pragma unroll
 	for (int i = 0; i < I6PN_MAX_EXT_HDRS; i++) {
 		__u8 *h;
@@ -159,8 +167,11 @@ static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, __u32 
 			 * A later fragment carries no headers to walk; it is judged,
 			 * like the first, by the fixed header's addresses.
 			 */
-			if ((((__u16)h[2] << 8 | h[3]) & 0xfff8) != 0)
+			if ((((__u16)h[2] << 8 | h[3]) & 0xfff8) != 0) {
+				pkt->upper = IPPROTO_FRAGMENT;
+				pkt->upper_off = off;
 				return 0;
+			}
 			nh = h[0];
 			off += 8;
 			break;
@@ -179,11 +190,18 @@ static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, __u32 
 			/* Headers we do not understand could change where it goes. */
 			return I6PN_DROP_EXT_HDR_DENIED;
 		default:
-			return 0; /* upper layer (TCP, UDP, ICMPv6, ESP, no next header, ...) */
+			/* upper layer (TCP, UDP, ICMPv6, ESP, no next header, ...) */
+			pkt->upper = nh;
+			pkt->upper_off = off;
+			return 0;
 		}
 	}
 	/* Attack: a chain longer than we walk could hide a routing header. */
-	return i6pn_is_ext_hdr(nh) ? I6PN_DROP_EXT_HDR_LIMIT : 0;
+	if (i6pn_is_ext_hdr(nh))
+		return I6PN_DROP_EXT_HDR_LIMIT;
+	pkt->upper = nh;
+	pkt->upper_off = off;
+	return 0;
 }
 
 #endif /* I6PN_PARSE_H */

@@ -1,33 +1,55 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
 /*
- * The i6pn policy: which private packets pass, and why the others do not.
+ * The i6pn policy: which packets pass, and why the others do not.
  *
- * A packet is private when either address is in fdaa::/16. It passes only if
- * both addresses are live members, with private networking, of the same
- * workspace and region, and each hook's own condition holds (below). Checks
- * run cheapest first, and a packet reports the first check it fails:
+ * A packet is private when both addresses are in fdaa::/16, mixed when one
+ * is, public when neither is. A private packet passes only if both addresses
+ * are live members, with private networking, of the same workspace and
+ * region, and it entered the node where its source is proven (source
+ * binding, below). Checks run cheapest first, and a packet reports the first
+ * check it fails:
  *
+ *   veth hooks    the veth: unknown_iface (not bound), sealed (revoked)
  *   all hooks     parse (truncated, malformed, VLAN depth)
- *                 no private address                -> pass (not ours)
- *                 private with non-private peer     -> outside
- *                   (except ICMPv6 with a link-scope peer: neighbour
- *                    discovery, which no router forwards off the link)
- *                 workspace bits differ             -> cross_workspace
+ *   from-fabric,  public, or not IPv6                   -> pass (not ours)
+ *   to-fabric     mixed: ICMPv6 error quoting a packet the private
+ *                   destination sent -> pass_icmp_error; else outside
+ *   veth hooks    not IPv6, public or mixed: see i6pn_veth_not_private
+ *                   (NDP/MLD with the endpoint's own addresses, ICMPv6
+ *                   errors about its own packets, forwarding when enabled;
+ *                   everything else: non_private, spoofed_source, outside,
+ *                   to_node)
+ *   private       workspace bits differ             -> cross_workspace
  *                 region bits differ                -> cross_region
  *   from-fabric   dst region bits != node region    -> not_local
- *   all hooks     extension header chain            -> routing_header,
- *                                                      ext_hdr_denied/limit
+ *   all but       extension header chain            -> routing_header,
+ *   to-fabric                                          ext_hdr_denied/limit
  *   from-fabric   dst: unknown_dest, not_local (not on this node), no_i6pn
  *                 src: unknown_source, spoofed_source (a local endpoint's
  *                      address arriving from outside the node), no_i6pn
- *   from-endpoint veth: unknown_iface; src must be the veth's endpoint:
- *                 spoofed_source; that endpoint: no_i6pn
- *                 src: unknown_source, no_i6pn; dst: unknown_dest, no_i6pn
- *   to-endpoint   veth: unknown_iface; dst must be the veth's endpoint:
- *                 not_local; that endpoint: no_i6pn
- *                 src: unknown_source, no_i6pn; dst: unknown_dest, no_i6pn
+ *   from-endpoint src must be the veth's endpoint: spoofed_source; that
+ *                 endpoint: no_i6pn
+ *   to-endpoint   dst must be the veth's endpoint: not_local; that
+ *                 endpoint: no_i6pn; where it entered: unbound_source
+ *   both veth     src: unknown_source, no_i6pn (to-endpoint: a local
+ *                 source that came in from the fabric: spoofed_source);
+ *                 dst: unknown_dest, no_i6pn
+ *   to-fabric     where it entered: unbound_source; that endpoint: no_i6pn
  *   all hooks     members' workspace / region differ -> cross_workspace /
  *                 cross_region (membership is the truth; bits were a hint)
+ *
+ * Source binding, an invariant of the node rather than of a healthy veth:
+ * a private packet is accepted only where it was proven to come from its
+ * source. from-endpoint proves it (the source must be the address the veth
+ * is bound to); from-fabric accepts only sources that are not local. The two
+ * exits of the node then check where the packet entered (the skb's ingress
+ * interface): to-endpoint accepts a private packet that entered from the
+ * veth bound to exactly its source, or from the uplink with a non-local
+ * source; to-fabric accepts one that entered from the veth bound to its
+ * source. Everything else (a veth without hooks, unknown, sealed or not yet
+ * converged, the node's own stack, another interface) reaches no endpoint and
+ * leaves the node not at all, whatever it forges and whatever the agent's
+ * state: nothing on that path depends on the forged packet's own claims.
  *
  * The TypeScript reference model in test/policy-model.ts states the same
  * rules; the golden and property tests hold the programs to it.
@@ -38,20 +60,48 @@
 #include "parse.h"
 #include "maps.h"
 
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
 #define I6PN_CONTINUE I6PN_REASON_MAX /* sentinel: no verdict yet */
 #define I6PN_NSEC_PER_SEC 1000000000ULL
+
+/* Where a quoted or upper-layer header may start at most (bounds the verifier). */
+#define I6PN_MAX_UPPER_OFF 0x1fff
+
+enum i6pn_class {
+	I6PN_CLASS_PUBLIC = 0,  /* neither address is in fdaa::/16 */
+	I6PN_CLASS_MIXED = 1,   /* exactly one is */
+	I6PN_CLASS_PRIVATE = 2, /* both are */
+};
+
+static __always_inline int i6pn_reason_passes(int reason)
+{
+	return reason == I6PN_PASS_PRIVATE || reason == I6PN_PASS_NOT_PRIVATE || reason == I6PN_PASS_LINK_SCOPE ||
+	       reason == I6PN_PASS_ICMP_ERROR || reason == I6PN_PASS_FORWARD;
+}
 
 static __always_inline int i6pn_addr_private(const struct in6_addr *a)
 {
 	return a->in6_u.u6_addr16[0] == bpf_htons(0xfdaa);
 }
 
+/* fe80::/10: link-local unicast */
+static __always_inline int i6pn_addr_link_local(const struct in6_addr *a)
+{
+	return (bpf_ntohs(a->in6_u.u6_addr16[0]) & 0xffc0) == 0xfe80;
+}
+
 /* fe80::/10 or ff02::/16: addresses no router forwards off the link */
 static __always_inline int i6pn_addr_link_scope(const struct in6_addr *a)
 {
-	__u16 w = bpf_ntohs(a->in6_u.u6_addr16[0]);
+	return i6pn_addr_link_local(a) || a->in6_u.u6_addr16[0] == bpf_htons(0xff02);
+}
 
-	return (w & 0xffc0) == 0xfe80 || w == 0xff02;
+static __always_inline int i6pn_addr_unspecified(const struct in6_addr *a)
+{
+	return !(a->in6_u.u6_addr32[0] | a->in6_u.u6_addr32[1] | a->in6_u.u6_addr32[2] | a->in6_u.u6_addr32[3]);
 }
 
 static __always_inline int i6pn_same_workspace_bits(const struct in6_addr *a, const struct in6_addr *b)
@@ -73,25 +123,14 @@ static __always_inline int i6pn_addr_eq(const struct in6_addr *a, const struct i
 	       a->in6_u.u6_addr32[3] == b->in6_u.u6_addr32[3];
 }
 
-/*
- * The checks every hook starts with, from the addresses alone (no map
- * lookup), so that a flood of forbidden packets costs the least.
- */
-static __always_inline int i6pn_address_checks(const struct i6pn_pkt *pkt)
+static __always_inline int i6pn_class_of(const struct i6pn_pkt *pkt)
 {
-	int src_private = i6pn_addr_private(&pkt->src);
-	int dst_private = i6pn_addr_private(&pkt->dst);
+	return i6pn_addr_private(&pkt->src) + i6pn_addr_private(&pkt->dst);
+}
 
-	if (!src_private && !dst_private)
-		return I6PN_PASS_NOT_PRIVATE;
-	if (!src_private || !dst_private) {
-		const struct in6_addr *peer = src_private ? &pkt->dst : &pkt->src;
-
-		if (pkt->nexthdr == IPPROTO_ICMPV6 && i6pn_addr_link_scope(peer))
-			return I6PN_PASS_NOT_PRIVATE;
-		/* Attack: reaching a private address from outside, or leaking one out. */
-		return I6PN_DROP_OUTSIDE;
-	}
+/* The address-bit checks of a private packet (no map lookup), so a flood costs the least. */
+static __always_inline int i6pn_private_bits(const struct i6pn_pkt *pkt)
+{
 	if (!i6pn_same_workspace_bits(&pkt->src, &pkt->dst))
 		return I6PN_DROP_CROSS_WORKSPACE;
 	if (i6pn_region_bits(&pkt->src) != i6pn_region_bits(&pkt->dst))
@@ -112,36 +151,112 @@ static __always_inline int i6pn_members_agree(const struct i6pn_endpoint *src,
 	return I6PN_PASS_PRIVATE;
 }
 
-/* Parse, then the address-bit checks: I6PN_CONTINUE when membership must decide. */
-static __always_inline int i6pn_parse_and_check_bits(void *data, void *data_end, struct i6pn_pkt *pkt)
+/* The ICMPv6 type of a walked packet, or -1 when its upper layer is not ICMPv6. */
+static __always_inline int i6pn_icmp_type(void *data, void *data_end, const struct i6pn_pkt *pkt)
+{
+	__u32 off = pkt->upper_off;
+	__u8 *h;
+
+	if (pkt->upper != IPPROTO_ICMPV6 || off > I6PN_MAX_UPPER_OFF)
+		return -1;
+	h = data + off;
+	if ((void *)(h + 1) > data_end)
+		return -1;
+	return h[0];
+}
+
+/*
+ * An ICMPv6 error (destination unreachable, packet too big, time exceeded,
+ * parameter problem) whose quoted packet was sent by `owner`: path-MTU
+ * discovery and traceroute need these from routers, which have no private
+ * address. The quoted fixed header must be there whole.
+ */
+static __always_inline int i6pn_icmp_error_about(void *data, void *data_end, const struct i6pn_pkt *pkt,
+						 const struct in6_addr *owner)
+{
+	__u32 off = pkt->upper_off;
+	struct in6_addr quoted_src;
+	__u8 *h;
+
+	if (pkt->upper != IPPROTO_ICMPV6 || off > I6PN_MAX_UPPER_OFF)
+		return 0;
+	h = data + off;
+	if ((void *)(h + 8 + sizeof(struct ipv6hdr)) > data_end)
+		return 0;
+	if (h[0] < 1 || h[0] > 4)
+		return 0;
+	__builtin_memcpy(&quoted_src, h + 8 + 8, sizeof(quoted_src));
+	return i6pn_addr_eq(&quoted_src, owner);
+}
+
+/* NDP and MLD a container sends to its node: MLD reports/done, RS, NS, NA. */
+static __always_inline int i6pn_ndp_from_endpoint(int type)
+{
+	return type == 131 || type == 132 || type == 133 || type == 135 || type == 136 || type == 143;
+}
+
+/* NDP and MLD a node sends to a container: MLD query/reports/done, RA, NS, NA, redirect. */
+static __always_inline int i6pn_ndp_to_endpoint(int type)
+{
+	return (type >= 130 && type <= 132) || (type >= 134 && type <= 137) || type == 143;
+}
+
+/*
+ * A mixed packet seen from the fabric side (from-fabric, to-fabric): only an
+ * ICMPv6 error from a non-private router about a packet the private
+ * destination sent passes. A private address paired with any other
+ * non-private one is an attempt to reach in or leak out.
+ */
+static __always_inline int i6pn_mixed_at_uplink(void *data, void *data_end, struct i6pn_pkt *pkt)
+{
+	int r;
+
+	if (i6pn_addr_private(&pkt->src))
+		return I6PN_DROP_OUTSIDE;
+	r = i6pn_walk_ext_hdrs(data, data_end, pkt);
+	if (r)
+		return r;
+	return i6pn_icmp_error_about(data, data_end, pkt, &pkt->dst) ? I6PN_PASS_ICMP_ERROR : I6PN_DROP_OUTSIDE;
+}
+
+static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, const struct i6pn_config *cfg,
+						   struct i6pn_pkt *pkt)
 {
 	int r = i6pn_parse_l3(data, data_end, pkt);
+	int cls;
 
 	if (r == I6PN_PARSE_NOT_IPV6)
 		return I6PN_PASS_NOT_PRIVATE;
 	if (r < 0)
 		return -r;
-	return i6pn_address_checks(pkt);
-}
+	cls = i6pn_class_of(pkt);
+	if (cls == I6PN_CLASS_PUBLIC)
+		return I6PN_PASS_NOT_PRIVATE;
 
-static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, struct i6pn_pkt *pkt)
-{
-	int r = i6pn_parse_and_check_bits(data, data_end, pkt);
+	struct i6pn_endpoint *dst;
 
+	if (cls == I6PN_CLASS_MIXED) {
+		r = i6pn_mixed_at_uplink(data, data_end, pkt);
+		if (r != I6PN_PASS_ICMP_ERROR)
+			return r;
+		/* The error is for a live local endpoint, or for nobody. */
+		dst = bpf_map_lookup_elem(&endpoints, &pkt->dst);
+		if (!dst)
+			return I6PN_DROP_UNKNOWN_DEST;
+		if (!(dst->flags & I6PN_EP_LOCAL))
+			return I6PN_DROP_NOT_LOCAL;
+		return r;
+	}
+	r = i6pn_private_bits(pkt);
 	if (r != I6PN_CONTINUE)
 		return r;
-
-	__u32 zero = 0;
-	struct i6pn_config *cfg = bpf_map_lookup_elem(&config, &zero);
-
-	if (!cfg || i6pn_region_bits(&pkt->dst) != cfg->region)
+	if (i6pn_region_bits(&pkt->dst) != cfg->region)
 		return I6PN_DROP_NOT_LOCAL;
-	r = i6pn_walk_ext_hdrs(data, data_end, pkt->l4_off, pkt->nexthdr);
+	r = i6pn_walk_ext_hdrs(data, data_end, pkt);
 	if (r)
 		return r;
 
-	struct i6pn_endpoint *dst = bpf_map_lookup_elem(&endpoints, &pkt->dst);
-
+	dst = bpf_map_lookup_elem(&endpoints, &pkt->dst);
 	if (!dst)
 		return I6PN_DROP_UNKNOWN_DEST;
 	if (!(dst->flags & I6PN_EP_LOCAL))
@@ -158,27 +273,149 @@ static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, s
 }
 
 /*
- * The two veth hooks make the same checks but one: which address must be the
- * veth's own endpoint. When the container sends (from-endpoint) it is the
- * source, and a mismatch is spoofing; when it receives (to-endpoint) it is the
- * destination, and a mismatch is a packet for someone else. `to_endpoint` is
- * a constant at each call, so each program keeps only its own branch.
+ * Did this packet enter from the veth bound to exactly its source? The one
+ * proof of a local source (from-endpoint checked it on the way in).
  */
-static __always_inline int i6pn_decide_veth(void *data, void *data_end, __u32 ifindex,
-					    struct i6pn_pkt *pkt, const int to_endpoint)
+static __always_inline int i6pn_entered_from_source(__u32 ingress, const struct in6_addr *src)
 {
-	int r = i6pn_parse_and_check_bits(data, data_end, pkt);
+	struct i6pn_local_iface *in = bpf_map_lookup_elem(&local_ifaces, &ingress);
 
-	if (r != I6PN_CONTINUE)
-		return r;
-	r = i6pn_walk_ext_hdrs(data, data_end, pkt->l4_off, pkt->nexthdr);
+	return in && !(in->flags & I6PN_EP_SEALED) && i6pn_addr_eq(&in->addr, src);
+}
+
+/*
+ * TC egress on the uplink: a private packet leaves the node only if it
+ * entered from the hooked veth bound to its source. Public traffic is not
+ * ours; mixed traffic is only the node's ICMPv6 errors about a remote
+ * private sender's packets.
+ */
+static __always_inline int i6pn_decide_to_fabric(void *data, void *data_end, __u32 ingress, struct i6pn_pkt *pkt)
+{
+	int r = i6pn_parse_l3(data, data_end, pkt);
+	int cls;
+
+	if (r == I6PN_PARSE_NOT_IPV6)
+		return I6PN_PASS_NOT_PRIVATE;
+	if (r < 0)
+		return -r;
+	cls = i6pn_class_of(pkt);
+	if (cls == I6PN_CLASS_PUBLIC)
+		return I6PN_PASS_NOT_PRIVATE;
+	if (cls == I6PN_CLASS_MIXED)
+		return i6pn_mixed_at_uplink(data, data_end, pkt);
+	struct i6pn_local_iface *in = bpf_map_lookup_elem(&local_ifaces, &ingress);
+
+	/* Attack: a forged private packet from an unhooked, unknown or sealed veth, or the node. */
+	if (!in || (in->flags & I6PN_EP_SEALED) || !i6pn_addr_eq(&in->addr, &pkt->src))
+		return I6PN_DROP_UNBOUND_SOURCE;
+	if (!(in->flags & I6PN_EP_I6PN))
+		return I6PN_DROP_NO_I6PN;
+	return I6PN_PASS_PRIVATE;
+}
+
+/*
+ * What an i6pn veth carries besides private traffic: NDP and MLD between the
+ * endpoint and its node, with the endpoint's own addresses (its private one,
+ * a link-local one, or the unspecified one of DAD); ICMPv6 errors about a
+ * packet the endpoint sent; and, when the agent forwards non-private traffic,
+ * the endpoint's own traffic to non-private destinations other than the node
+ * and what comes back. Nothing else: the node's own addresses and ports are
+ * not reachable from a container.
+ */
+static __always_inline int i6pn_veth_not_private(void *ctx, void *data, void *data_end, __u32 ifindex,
+						 const struct i6pn_config *cfg, const struct i6pn_local_iface *iface,
+						 struct i6pn_pkt *pkt, int cls, const int to_endpoint)
+{
+	const struct in6_addr *own = &iface->addr;
+	int r = i6pn_walk_ext_hdrs(data, data_end, pkt);
+	int type;
+
 	if (r)
 		return r;
+	type = i6pn_icmp_type(data, data_end, pkt);
+	if (!to_endpoint) {
+		if (i6pn_ndp_from_endpoint(type) && i6pn_addr_link_scope(&pkt->dst)) {
+			if (i6pn_addr_eq(&pkt->src, own) || i6pn_addr_link_local(&pkt->src) ||
+			    i6pn_addr_unspecified(&pkt->src))
+				return I6PN_PASS_LINK_SCOPE;
+			/* Attack: someone else's address, so the node's answers go to a victim. */
+			return I6PN_DROP_SPOOFED_SOURCE;
+		}
+		if (cls == I6PN_CLASS_PUBLIC)
+			return I6PN_DROP_NON_PRIVATE;
+		if (!i6pn_addr_private(&pkt->src))
+			return I6PN_DROP_OUTSIDE;
+		if (!i6pn_addr_eq(&pkt->src, own))
+			return I6PN_DROP_SPOOFED_SOURCE;
+		if (!(cfg->flags & I6PN_CFG_FORWARD_NON_PRIVATE) || i6pn_addr_link_scope(&pkt->dst))
+			return I6PN_DROP_OUTSIDE;
 
+		/* Forwarding: anywhere the node routes to, but never to the node itself. */
+		struct bpf_fib_lookup fib = {};
+		long rc;
+
+		fib.family = AF_INET6;
+		fib.ifindex = ifindex;
+		fib.l4_protocol = pkt->upper;
+		__builtin_memcpy(fib.ipv6_src, &pkt->src, sizeof(fib.ipv6_src));
+		__builtin_memcpy(fib.ipv6_dst, &pkt->dst, sizeof(fib.ipv6_dst));
+		rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+		if (rc == BPF_FIB_LKUP_RET_NOT_FWDED || rc == BPF_FIB_LKUP_RET_FWD_DISABLED ||
+		    rc == BPF_FIB_LKUP_RET_UNSUPP_LWT || rc < 0)
+			return I6PN_DROP_TO_NODE;
+		return I6PN_PASS_FORWARD;
+	}
+	if (i6pn_ndp_to_endpoint(type) && (i6pn_addr_link_local(&pkt->src) || i6pn_addr_unspecified(&pkt->src))) {
+		if (i6pn_addr_eq(&pkt->dst, own) || i6pn_addr_link_scope(&pkt->dst))
+			return I6PN_PASS_LINK_SCOPE;
+		return I6PN_DROP_NOT_LOCAL;
+	}
+	if (cls == I6PN_CLASS_PUBLIC)
+		return I6PN_DROP_NON_PRIVATE;
+	if (!i6pn_addr_private(&pkt->dst))
+		return I6PN_DROP_OUTSIDE;
+	if (!i6pn_addr_eq(&pkt->dst, own))
+		return I6PN_DROP_NOT_LOCAL;
+	if (i6pn_icmp_error_about(data, data_end, pkt, own))
+		return I6PN_PASS_ICMP_ERROR;
+	if ((cfg->flags & I6PN_CFG_FORWARD_NON_PRIVATE) && !i6pn_addr_link_scope(&pkt->src))
+		return I6PN_PASS_FORWARD;
+	return I6PN_DROP_OUTSIDE;
+}
+
+/*
+ * The two veth hooks. When the container sends (from-endpoint) the veth's
+ * own address must be the source, and a mismatch is spoofing; when it
+ * receives (to-endpoint) it must be the destination, and the source must be
+ * proven by where the packet entered. `to_endpoint` is a constant at each
+ * call, so each program keeps only its own branch.
+ */
+static __always_inline int i6pn_decide_veth(void *ctx, void *data, void *data_end, __u32 ifindex, __u32 ingress,
+					    const struct i6pn_config *cfg, struct i6pn_pkt *pkt,
+					    const int to_endpoint)
+{
 	struct i6pn_local_iface *iface = bpf_map_lookup_elem(&local_ifaces, &ifindex);
+	int r, cls, from_uplink = 0;
 
 	if (!iface)
 		return I6PN_DROP_UNKNOWN_IFACE;
+	/* A revoked endpoint's veth: nothing in, nothing out, until it is gone. */
+	if (iface->flags & I6PN_EP_SEALED)
+		return I6PN_DROP_SEALED;
+	r = i6pn_parse_l3(data, data_end, pkt);
+	if (r == I6PN_PARSE_NOT_IPV6)
+		return I6PN_DROP_NON_PRIVATE;
+	if (r < 0)
+		return -r;
+	cls = i6pn_class_of(pkt);
+	if (cls != I6PN_CLASS_PRIVATE)
+		return i6pn_veth_not_private(ctx, data, data_end, ifindex, cfg, iface, pkt, cls, to_endpoint);
+	r = i6pn_private_bits(pkt);
+	if (r != I6PN_CONTINUE)
+		return r;
+	r = i6pn_walk_ext_hdrs(data, data_end, pkt);
+	if (r)
+		return r;
 	if (to_endpoint) {
 		/* Only the veth's own endpoint is reachable through it. */
 		if (!i6pn_addr_eq(&pkt->dst, &iface->addr))
@@ -190,6 +427,12 @@ static __always_inline int i6pn_decide_veth(void *data, void *data_end, __u32 if
 	}
 	if (!(iface->flags & I6PN_EP_I6PN))
 		return I6PN_DROP_NO_I6PN;
+	if (to_endpoint) {
+		from_uplink = cfg->uplink_ifindex && ingress == cfg->uplink_ifindex;
+		/* Attack: a forged source from a veth that is not bound to it, or from the node. */
+		if (!from_uplink && !i6pn_entered_from_source(ingress, &pkt->src))
+			return I6PN_DROP_UNBOUND_SOURCE;
+	}
 
 	struct i6pn_endpoint *src = bpf_map_lookup_elem(&endpoints, &pkt->src);
 
@@ -197,6 +440,9 @@ static __always_inline int i6pn_decide_veth(void *data, void *data_end, __u32 if
 		return I6PN_DROP_UNKNOWN_SOURCE;
 	if (!(src->flags & I6PN_EP_I6PN))
 		return I6PN_DROP_NO_I6PN;
+	/* Attack: one of our own endpoints' addresses coming in from the fabric. */
+	if (from_uplink && (src->flags & I6PN_EP_LOCAL))
+		return I6PN_DROP_SPOOFED_SOURCE;
 
 	struct i6pn_endpoint *dst = bpf_map_lookup_elem(&endpoints, &pkt->dst);
 
@@ -266,23 +512,20 @@ static __always_inline void i6pn_count(__u32 hook, __u32 verdict, __u32 reason, 
  * Count the decision and say whether the packet goes on: 1 to pass, 0 to
  * drop. In monitor mode a drop passes and is counted as a would-drop.
  */
-static __always_inline int i6pn_verdict(__u32 hook, int reason, const struct i6pn_pkt *pkt,
-					__u32 ifindex, __u32 len)
+static __always_inline int i6pn_verdict(const struct i6pn_config *cfg, __u32 hook, int reason,
+					const struct i6pn_pkt *pkt, __u32 ifindex, __u32 len)
 {
-	__u32 zero = 0, verdict;
-	struct i6pn_config *cfg;
+	__u32 verdict;
 
-	if (reason == I6PN_PASS_PRIVATE || reason == I6PN_PASS_NOT_PRIVATE) {
+	if (i6pn_reason_passes(reason)) {
 		i6pn_count(hook, I6PN_VERDICT_PASS, reason, len);
 		return 1;
 	}
 	if (reason < 0 || reason >= I6PN_REASON_MAX)
 		reason = I6PN_DROP_MALFORMED; /* cannot happen; fail closed */
-	cfg = bpf_map_lookup_elem(&config, &zero);
-	verdict = cfg && cfg->mode == I6PN_MODE_MONITOR ? I6PN_VERDICT_WOULD_DROP : I6PN_VERDICT_DROP;
+	verdict = cfg->mode == I6PN_MODE_MONITOR ? I6PN_VERDICT_WOULD_DROP : I6PN_VERDICT_DROP;
 	i6pn_count(hook, verdict, reason, len);
-	if (cfg)
-		i6pn_emit_event(cfg, hook, verdict, reason, pkt, ifindex, len);
+	i6pn_emit_event(cfg, hook, verdict, reason, pkt, ifindex, len);
 	return verdict == I6PN_VERDICT_WOULD_DROP;
 }
 

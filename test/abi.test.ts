@@ -34,6 +34,7 @@ test('enums and struct layouts equal what the C compiler makes of bpf/i6pn.h', (
     [abi.Reason, 'I6PN_'],
     [abi.Mode, 'I6PN_MODE_'],
     [abi.EndpointFlag, 'I6PN_EP_'],
+    [abi.ConfigFlag, 'I6PN_CFG_'],
   ];
   const expected: Record<string, number> = {};
   for (const [values, prefix] of enums) {
@@ -76,7 +77,7 @@ test('enums and struct layouts equal what the C compiler makes of bpf/i6pn.h', (
 });
 
 test('labels are snake_case names indexed by value', (t) => {
-  t.deepEqual(abi.HOOK_NAMES, ['from_fabric', 'from_endpoint', 'to_endpoint']);
+  t.deepEqual(abi.HOOK_NAMES, ['from_fabric', 'from_endpoint', 'to_endpoint', 'to_fabric']);
   t.deepEqual(abi.VERDICT_NAMES, ['pass', 'drop', 'would_drop']);
   t.is(abi.REASON_NAMES.length, abi.REASON_MAX);
   t.is(abi.REASON_NAMES[abi.Reason.DROP_CROSS_WORKSPACE], 'cross_workspace');

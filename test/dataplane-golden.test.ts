@@ -5,18 +5,27 @@
  * one counter (hook, verdict, reason) moved by one packet and its bytes.
  */
 import test from 'ava';
-import { ipv4Packet, ipv6Offsets, ipv6Packet, rawFrame, truncate, type Ipv6Spec } from '../agent/bpf/packet.js';
+import { ipv4Packet, ipv6, ipv6Offsets, ipv6Packet, rawFrame, truncate, type Ipv6Spec } from '../agent/bpf/packet.js';
 import type { HookName, ReasonName } from '../agent/bpf/dataplane.js';
-import { decide, MAX_EXT_HDRS, type Reason } from './policy-model.js';
-import { M, observe, openFixture, R1, R2, W1, type Fixture } from './helpers/golden.js';
+import { decide, isPass, MAX_EXT_HDRS, type Reason } from './policy-model.js';
+import { M, NODE_ADDRESS, observe, openFixture, R1, R2, W1, type Fixture } from './helpers/golden.js';
+import { REASON_NAMES } from '../agent/bpf/abi.generated.js';
 import { privateAddress } from '../agent/bpf/packet.js';
+
+type Iface = 'local' | 'local2' | 'localNoI6pn' | 'unregistered' | 'uplink' | 'sealed';
 
 interface Case {
   name: string;
   hook: HookName;
   packet: Uint8Array;
-  /** which veth the TC hooks run on (default: the local endpoint's) */
-  on?: 'local' | 'local2' | 'localNoI6pn' | 'unregistered';
+  /** which veth the veth hooks run on (default: the local endpoint's) */
+  on?: Iface;
+  /**
+   * where the packet entered the node, for to_endpoint and to_fabric:
+   * default the uplink for to_endpoint, the local endpoint's veth for
+   * to_fabric; 'node' is the node's own stack (ingress 0)
+   */
+  from?: Iface | 'node';
   expect: Reason;
 }
 
@@ -34,18 +43,6 @@ function commonCases(hook: HookName, src: Uint8Array, dst: Uint8Array): Case[] {
     c('allowed: same workspace, same region, live members', p6(src, dst), 'pass_private'),
     c('allowed over TCP', p6(src, dst, { l4: { proto: 'tcp', dstPort: 80 } }), 'pass_private'),
     c('allowed ICMPv6 echo', p6(src, dst, { l4: { proto: 'icmpv6', icmpType: 128 } }), 'pass_private'),
-    c('IPv4 is not ours', ipv4Packet({ src: '192.0.2.1', dst: '192.0.2.2' }), 'pass_not_private'),
-    c('ARP is not ours', rawFrame({ etherType: 0x0806, payload: new Uint8Array(28) }), 'pass_not_private'),
-    c('public IPv6 is not ours', p6(PUBLIC_A, PUBLIC_B), 'pass_not_private'),
-    c('public IPv6 with a routing header is not ours', p6(PUBLIC_A, PUBLIC_B, { ext: [{ type: 'routing' }] }), 'pass_not_private'),
-    c('NDP between link-local addresses', p6('fe80::1', 'ff02::1:ff00:a', { l4: ns }), 'pass_not_private'),
-    c('NDP from a private address to solicited-node multicast', p6(src, 'ff02::1:ff00:a', { l4: ns }), 'pass_not_private'),
-    c('NDP from link-local to a private address', p6('fe80::1', dst, { l4: { proto: 'icmpv6', icmpType: 136 } }), 'pass_not_private'),
-    c('UDP from a private address to link-scope multicast', p6(src, 'ff02::1'), 'outside'),
-    c('UDP from link-local to a private address', p6('fe80::1', dst), 'outside'),
-    c('public source to a private address', p6(PUBLIC_A, dst), 'outside'),
-    c('private source to a public address', p6(src, PUBLIC_A), 'outside'),
-    c('global multicast with a private source', p6(src, 'ff0e::1', { l4: ns }), 'outside'),
     c('other workspace (address bits)', p6(privateAddress(0x0a701b9d, R1, 5), dst), 'cross_workspace'),
     c('other region (address bits)', p6(privateAddress(W1, R2, 5), dst), 'cross_region'),
     c('IPv6 ethertype, version 4', p6(src, dst, { version: 4 }), 'malformed'),
@@ -54,10 +51,8 @@ function commonCases(hook: HookName, src: Uint8Array, dst: Uint8Array): Case[] {
     c('two VLAN tags (802.1ad + 802.1Q), allowed', p6(src, dst, { vlans: [{ id: 5, tpid: 0x88a8 }, 10] }), 'pass_private'),
     c('two 802.1Q tags, allowed', p6(src, dst, { vlans: [5, 10] }), 'pass_private'),
     c('three VLAN tags', p6(src, dst, { vlans: [1, 2, 3] }), 'vlan_depth'),
-    c('three VLAN tags around IPv4', ipv4Packet({ src: '192.0.2.1', dst: '192.0.2.2', vlans: [1, 2, 3] }), 'vlan_depth'),
     c('one VLAN tag hiding another workspace', p6(privateAddress(0x0a701b9d, R1, 5), dst, { vlans: [10] }), 'cross_workspace'),
     c('two VLAN tags hiding another region', p6(privateAddress(W1, R2, 5), dst, { vlans: [1, 2] }), 'cross_region'),
-    c('two VLAN tags around IPv4', ipv4Packet({ src: '192.0.2.1', dst: '192.0.2.2', vlans: [1, 2] }), 'pass_not_private'),
     // extension headers
     c('hop-by-hop options', p6(src, dst, { ext: [{ type: 'hop-by-hop' }] }), 'pass_private'),
     c('destination options', p6(src, dst, { ext: [{ type: 'dest-opts', length: 16 }] }), 'pass_private'),
@@ -83,18 +78,69 @@ function commonCases(hook: HookName, src: Uint8Array, dst: Uint8Array): Case[] {
   ];
 }
 
+const icmpError = (type: number, quoted: Uint8Array) => ({
+  proto: 'icmpv6' as const,
+  icmpType: type,
+  body: Uint8Array.from([...new Uint8Array(4), ...quoted]),
+});
+/** The IPv6 header (and UDP) of a packet `src` sent, as an ICMPv6 error quotes it. */
+const quote = (src: Uint8Array | string, dst: Uint8Array | string) => ipv6({ src, dst });
+const ICMP_PTB = 2;
+const echo = { proto: 'icmpv6' as const, icmpType: 128 };
+const mld2 = { proto: 'icmpv6' as const, icmpType: 143 };
+const na = { proto: 'icmpv6' as const, icmpType: 136 };
+const ra = { proto: 'icmpv6' as const, icmpType: 134 };
+const rs = { proto: 'icmpv6' as const, icmpType: 133 };
+const ROUTER = '2001:db8::1';
+
+/** What is not private traffic, at each hook: not ours at the uplink, almost nothing on a veth. */
+function nonPrivateCases(): Case[] {
+  const per = (name: string, packet: Uint8Array, expect: Partial<Record<HookName, Reason>>): Case[] =>
+    (Object.entries(expect) as Array<[HookName, Reason]>).map(([hook, e]) => ({ name, hook, packet, expect: e }));
+  const ipv4 = ipv4Packet({ src: '192.0.2.1', dst: '192.0.2.2' });
+  return [
+    ...per('IPv4', ipv4, { from_fabric: 'pass_not_private', to_fabric: 'pass_not_private', from_endpoint: 'non_private', to_endpoint: 'non_private' }),
+    ...per('ARP', rawFrame({ etherType: 0x0806, payload: new Uint8Array(28) }), { from_fabric: 'pass_not_private', to_fabric: 'pass_not_private', from_endpoint: 'non_private', to_endpoint: 'non_private' }),
+    ...per('IPv4 behind two VLAN tags', ipv4Packet({ src: '192.0.2.1', dst: '192.0.2.2', vlans: [1, 2] }), { from_fabric: 'pass_not_private', to_fabric: 'pass_not_private', from_endpoint: 'non_private', to_endpoint: 'non_private' }),
+    ...per('IPv4 behind three VLAN tags', ipv4Packet({ src: '192.0.2.1', dst: '192.0.2.2', vlans: [1, 2, 3] }), { from_fabric: 'vlan_depth', to_fabric: 'vlan_depth', from_endpoint: 'vlan_depth', to_endpoint: 'vlan_depth' }),
+    ...per('public IPv6', p6(PUBLIC_A, PUBLIC_B), { from_fabric: 'pass_not_private', to_fabric: 'pass_not_private', from_endpoint: 'non_private', to_endpoint: 'non_private' }),
+    ...per('public IPv6 with a routing header', p6(PUBLIC_A, PUBLIC_B, { ext: [{ type: 'routing' }] }), { from_fabric: 'pass_not_private', to_fabric: 'pass_not_private', from_endpoint: 'routing_header', to_endpoint: 'routing_header' }),
+    ...per('NDP between link-local addresses', p6('fe80::1', 'ff02::1:ff00:a', { l4: ns }), { from_fabric: 'pass_not_private', to_fabric: 'pass_not_private', from_endpoint: 'pass_link_scope', to_endpoint: 'pass_link_scope' }),
+    ...per('DAD: NS from the unspecified address', p6('::', 'ff02::1:ff00:a', { l4: ns }), { from_fabric: 'pass_not_private', from_endpoint: 'pass_link_scope', to_endpoint: 'pass_link_scope' }),
+    ...per('MLDv2 report behind hop-by-hop (router alert)', p6('fe80::2', 'ff02::16', { ext: [{ type: 'hop-by-hop' }], l4: mld2 }), { from_fabric: 'pass_not_private', from_endpoint: 'pass_link_scope', to_endpoint: 'pass_link_scope' }),
+    ...per('router solicitation', p6('fe80::2', 'ff02::2', { l4: rs }), { from_endpoint: 'pass_link_scope', to_endpoint: 'non_private' }),
+    ...per('router advertisement', p6('fe80::1', 'ff02::1', { l4: ra }), { from_endpoint: 'non_private', to_endpoint: 'pass_link_scope' }),
+    ...per('ping between link-local addresses (the node itself)', p6('fe80::2', 'fe80::1', { l4: echo }), { from_fabric: 'pass_not_private', from_endpoint: 'non_private', to_endpoint: 'non_private' }),
+    ...per('TCP to the node\'s link-local address (its metrics port)', p6('fe80::2', 'fe80::1', { l4: { proto: 'tcp', dstPort: 9465 } }), { from_endpoint: 'non_private', to_endpoint: 'non_private' }),
+    ...per('UDP to link-scope multicast', p6('fe80::2', 'ff02::1'), { from_endpoint: 'non_private', to_endpoint: 'non_private' }),
+    ...per('UDP from a private address to link-scope multicast', p6(M.local, 'ff02::1'), { from_fabric: 'outside', to_fabric: 'outside', from_endpoint: 'outside', to_endpoint: 'outside' }),
+    ...per('public source to a private address', p6(PUBLIC_A, M.local), { from_fabric: 'outside', to_fabric: 'outside', to_endpoint: 'outside' }),
+    ...per('private source to a public address', p6(M.local, PUBLIC_A), { from_fabric: 'outside', to_fabric: 'outside', from_endpoint: 'outside' }),
+    ...per('global multicast with a private source', p6(M.local, 'ff0e::1', { l4: ns }), { from_fabric: 'outside', to_fabric: 'outside', from_endpoint: 'outside' }),
+    // ICMPv6 errors from routers (path-MTU discovery)
+    ...per('packet too big from a router, about a packet the endpoint sent', p6(ROUTER, M.local, { l4: icmpError(ICMP_PTB, quote(M.local, PUBLIC_B)) }), { from_fabric: 'pass_icmp_error', to_endpoint: 'pass_icmp_error' }),
+    ...per('time exceeded from a router, about a packet the endpoint sent to a peer', p6(ROUTER, M.local, { l4: icmpError(3, quote(M.local, M.remote)) }), { from_fabric: 'pass_icmp_error', to_endpoint: 'pass_icmp_error' }),
+    ...per('packet too big about a packet someone else sent', p6(ROUTER, M.local, { l4: icmpError(ICMP_PTB, quote(M.local2, PUBLIC_B)) }), { from_fabric: 'outside', to_endpoint: 'outside' }),
+    ...per('packet too big whose quoted header is cut short', p6(ROUTER, M.local, { l4: icmpError(ICMP_PTB, quote(M.local, PUBLIC_B).subarray(0, 32)) }), { from_fabric: 'outside', to_endpoint: 'outside' }),
+    ...per('an echo reply is not an error', p6(ROUTER, M.local, { l4: { proto: 'icmpv6', icmpType: 129 } }), { from_fabric: 'outside', to_endpoint: 'outside' }),
+  ];
+}
+
 function hookCases(): Case[] {
-  const c = (hook: HookName, name: string, packet: Uint8Array, expect: Reason, on?: Case['on']): Case => ({
+  const c = (hook: HookName, name: string, packet: Uint8Array, expect: Reason, on?: Case['on'], from?: Case['from']): Case => ({
     hook,
     name,
     packet,
     expect,
     ...(on ? { on } : {}),
+    ...(from ? { from } : {}),
   });
   const ff = 'from_fabric';
   const fe = 'from_endpoint';
   const te = 'to_endpoint';
+  const tf = 'to_fabric';
   return [
+    ...nonPrivateCases(),
     ...commonCases(ff, M.remote, M.local),
     c(ff, 'to another local endpoint', p6(M.remote, M.local2), 'pass_private'),
     c(ff, 'other workspace member (address bits)', p6(M.otherWorkspace, M.local), 'cross_workspace'),
@@ -119,11 +165,39 @@ function hookCases(): Case[] {
     c(fe, 'endpoint without i6pn sends', p6(M.localNoI6pn, M.remote), 'no_i6pn', 'localNoI6pn'),
     c(fe, 'to an endpoint without i6pn', p6(M.local, M.remoteNoI6pn), 'no_i6pn'),
     c(fe, 'on an interface the agent did not register', p6(M.local, M.remote), 'unknown_iface', 'unregistered'),
-    c(fe, 'internet egress from a public address', p6(PUBLIC_A, PUBLIC_B), 'pass_not_private', 'unregistered'),
+    c(fe, 'internet egress from a public address', p6(PUBLIC_A, PUBLIC_B), 'non_private'),
+    c(fe, 'anything on an unregistered veth', p6(PUBLIC_A, PUBLIC_B), 'unknown_iface', 'unregistered'),
+    c(fe, 'own traffic to a public address (forwarding off)', p6(M.local, PUBLIC_A), 'outside'),
+    c(fe, 'NDP from the own private address to solicited-node multicast', p6(M.local, 'ff02::1:ff00:a', { l4: ns }), 'pass_link_scope'),
+    c(fe, 'NA from the own private address to the node', p6(M.local, 'fe80::1', { l4: na }), 'pass_link_scope'),
+    c(fe, 'NDP forging a neighbour\'s address', p6(M.local2, 'ff02::1:ff00:a', { l4: ns }), 'spoofed_source'),
+    c(fe, 'NDP forging another workspace\'s address to the node', p6(M.otherWorkspace, 'fe80::1', { l4: ns }), 'spoofed_source'),
+    c(fe, 'ping to all nodes forging another workspace\'s address', p6(M.otherWorkspace, 'ff02::1', { l4: echo }), 'spoofed_source'),
+    c(fe, 'ping to the node\'s link-local address from the own address', p6(M.local, 'fe80::1', { l4: echo }), 'outside'),
+    c(fe, 'a sealed veth sends to a peer', p6(M.sealed, M.remote), 'sealed', 'sealed'),
+    c(fe, 'a sealed veth sends NDP', p6('fe80::2', 'ff02::1:ff00:a', { l4: ns }), 'sealed', 'sealed'),
+    c(fe, 'a sealed veth sends IPv4', ipv4Packet({ src: '192.0.2.1', dst: '192.0.2.2' }), 'sealed', 'sealed'),
     c(fe, 'to a member whose workspace disagrees with its bits', p6(M.local, M.inconsistent), 'cross_workspace'),
 
     ...commonCases(te, M.remote, M.local),
-    c(te, 'from a local endpoint', p6(M.local2, M.local), 'pass_private'),
+    c(te, 'from a local endpoint, through its own veth', p6(M.local2, M.local), 'pass_private', undefined, 'local2'),
+    c(te, 'a local endpoint\'s address from the uplink', p6(M.local2, M.local), 'spoofed_source'),
+    c(te, 'a local endpoint\'s address from an unregistered veth', p6(M.local2, M.local), 'unbound_source', undefined, 'unregistered'),
+    c(te, 'a local endpoint\'s address from a sealed veth', p6(M.local2, M.local), 'unbound_source', undefined, 'sealed'),
+    c(te, 'the sealed endpoint\'s own address from its sealed veth', p6(M.sealed, M.local), 'unbound_source', undefined, 'sealed'),
+    c(te, 'a local endpoint\'s address from the node itself', p6(M.local2, M.local), 'unbound_source', undefined, 'node'),
+    c(te, 'a remote member\'s address from a local veth', p6(M.remote, M.local), 'unbound_source', undefined, 'local2'),
+    c(te, 'a remote member\'s address from an unregistered veth', p6(M.remote, M.local), 'unbound_source', undefined, 'unregistered'),
+    c(te, 'its own address, from the uplink', p6(M.local, M.local), 'spoofed_source'),
+    c(te, 'its own address, hairpinned through its own veth', p6(M.local, M.local), 'pass_private', undefined, 'local'),
+    c(te, 'NDP from the node to the endpoint', p6('fe80::1', M.local, { l4: ns }), 'pass_link_scope', undefined, 'node'),
+    c(te, 'NA from the node to the endpoint', p6('fe80::1', M.local, { l4: na }), 'pass_link_scope', undefined, 'node'),
+    c(te, 'NA from the node to another endpoint\'s address', p6('fe80::1', M.local2, { l4: na }), 'not_local', undefined, 'node'),
+    c(te, 'ping from the node\'s link-local address', p6('fe80::1', M.local, { l4: echo }), 'outside', undefined, 'node'),
+    c(te, 'reflected: NDP with a neighbour\'s private source to solicited-node multicast', p6(M.local2, 'ff02::1:ff00:a', { l4: ns }), 'outside', undefined, 'node'),
+    c(te, 'packet too big about the endpoint\'s packet, to another endpoint\'s address', p6(ROUTER, M.local2, { l4: icmpError(ICMP_PTB, quote(M.local2, PUBLIC_B)) }), 'not_local', undefined, 'node'),
+    c(te, 'to a sealed veth, from a peer', p6(M.remote, M.sealed), 'sealed', 'sealed'),
+    c(te, 'to a sealed veth, NDP from the node', p6('fe80::1', 'ff02::1:ff00:5e', { l4: ns }), 'sealed', 'sealed', 'node'),
     c(te, 'other workspace member (address bits)', p6(M.otherWorkspace, M.local), 'cross_workspace'),
     c(te, 'to another endpoint than the veth serves', p6(M.remote, M.local2), 'not_local'),
     c(te, 'unknown source', p6(M.unknown, M.local), 'unknown_source'),
@@ -131,6 +205,22 @@ function hookCases(): Case[] {
     c(te, 'to the endpoint without i6pn', p6(M.remote, M.localNoI6pn), 'no_i6pn', 'localNoI6pn'),
     c(te, 'on an interface the agent did not register', p6(M.remote, M.local), 'unknown_iface', 'unregistered'),
     c(te, 'from a member whose workspace disagrees with its bits', p6(M.inconsistent, M.local), 'cross_workspace'),
+
+    c(ff, 'packet too big about a packet of a remote endpoint', p6(ROUTER, M.remote, { l4: icmpError(ICMP_PTB, quote(M.remote, PUBLIC_B)) }), 'not_local'),
+    c(ff, 'packet too big about a packet of an unknown address', p6(ROUTER, M.unknown, { l4: icmpError(ICMP_PTB, quote(M.unknown, PUBLIC_B)) }), 'unknown_dest'),
+    c(ff, 'NDP from a private address arriving from the fabric', p6(M.remote, 'ff02::1:ff00:a', { l4: ns }), 'outside'),
+
+    c(tf, 'from the veth bound to its source', p6(M.local, M.remote), 'pass_private'),
+    c(tf, 'from the second local veth', p6(M.local2, M.remote), 'pass_private', undefined, 'local2'),
+    c(tf, 'from a veth bound to another address', p6(M.local, M.remote), 'unbound_source', undefined, 'local2'),
+    c(tf, 'from an unregistered veth', p6(M.local, M.remote), 'unbound_source', undefined, 'unregistered'),
+    c(tf, 'from a sealed veth, with its own former address', p6(M.sealed, M.remote), 'unbound_source', undefined, 'sealed'),
+    c(tf, 'from the node itself', p6(M.local, M.remote), 'unbound_source', undefined, 'node'),
+    c(tf, 'from the fabric, forwarded back out', p6(M.remote, M.otherWorkspace), 'unbound_source', undefined, 'uplink'),
+    c(tf, 'a forged remote source from an unregistered veth', p6(M.otherWorkspace, M.remote), 'unbound_source', undefined, 'unregistered'),
+    c(tf, 'packet too big from the node, about a remote endpoint\'s packet', p6(ROUTER, M.remote, { l4: icmpError(ICMP_PTB, quote(M.remote, M.local)) }), 'pass_icmp_error', undefined, 'node'),
+    // (behind a VLAN tag: the kernel's skb test run refuses an IPv6 frame shorter than its header)
+    c(tf, 'truncated private packet', truncate(p6(M.local, M.remote, { vlans: [7] }), 44), 'truncated'),
   ];
 }
 
@@ -142,12 +232,27 @@ test.after.always(() => fx?.close());
 
 const ifindexFor = (k: Case['on']) => fx.ifindex[k ?? 'local'];
 
+/** The interface a hook runs on, and where the packet entered the node. */
+function placeOf(c: Case): { ifindex: number | undefined; ingress: number | undefined } {
+  const where = (k: Iface | 'node') => (k === 'node' ? 0 : fx.ifindex[k]);
+  switch (c.hook) {
+    case 'from_fabric':
+      return { ifindex: undefined, ingress: undefined };
+    case 'from_endpoint':
+      return { ifindex: ifindexFor(c.on), ingress: undefined };
+    case 'to_endpoint':
+      return { ifindex: ifindexFor(c.on), ingress: where(c.from ?? 'uplink') };
+    case 'to_fabric':
+      return { ifindex: fx.ifindex.uplink, ingress: where(c.from ?? 'local') };
+  }
+}
+
 function check(t: import('ava').ExecutionContext, c: Case, mode: 'enforce' | 'monitor') {
-  const ifindex = c.hook === 'from_fabric' ? undefined : ifindexFor(c.on);
+  const { ifindex, ingress } = placeOf(c);
   const label = `${c.hook}: ${c.name}`;
-  t.is(decide(c.hook, c.packet, fx.model, ifindex ?? 0), c.expect, `model disagrees: ${label}`);
-  const seen = observe(fx.dp, c.hook, c.packet, ifindex);
-  const passes = c.expect === 'pass_private' || c.expect === 'pass_not_private';
+  t.is(decide(c.hook, c.packet, fx.model, ifindex ?? 0, ingress ?? 0), c.expect, `model disagrees: ${label}`);
+  const seen = observe(fx.dp, c.hook, c.packet, ifindex, ingress);
+  const passes = isPass(c.expect);
   const verdict = passes ? 'pass' : mode === 'enforce' ? 'drop' : 'would_drop';
   t.is(seen.counted.reason, c.expect as ReasonName, `reason: ${label}`);
   t.is(seen.counted.hook, c.hook, `hook: ${label}`);
@@ -158,31 +263,47 @@ function check(t: import('ava').ExecutionContext, c: Case, mode: 'enforce' | 'mo
 }
 
 const cases = hookCases();
+/** Run with --forward-non-private (a test of its own below). */
+const forwardCases: Case[] = [
+  { hook: 'from_endpoint', on: 'local2', name: 'own address to a public one', packet: p6(M.local2, PUBLIC_A, { l4: { proto: 'tcp', dstPort: 443 } }), expect: 'pass_forward' },
+  { hook: 'from_endpoint', on: 'local2', name: 'own address to the node\'s own address', packet: p6(M.local2, NODE_ADDRESS, { l4: { proto: 'tcp', dstPort: 9465 } }), expect: 'to_node' },
+  { hook: 'from_endpoint', on: 'local2', name: 'a neighbour\'s address to a public one', packet: p6(M.local, PUBLIC_A), expect: 'spoofed_source' },
+  { hook: 'from_endpoint', on: 'local2', name: 'a public source', packet: p6(PUBLIC_A, PUBLIC_B), expect: 'non_private' },
+  { hook: 'from_endpoint', on: 'local2', name: 'own address to the node\'s link-local one', packet: p6(M.local2, 'fe80::1', { l4: echo }), expect: 'outside' },
+  { hook: 'to_endpoint', on: 'local2', from: 'uplink', name: 'a reply from a public address', packet: p6(PUBLIC_A, M.local2, { l4: { proto: 'tcp', srcPort: 443 } }), expect: 'pass_forward' },
+  { hook: 'to_endpoint', on: 'local2', from: 'node', name: 'from the node\'s link-local address', packet: p6('fe80::1', M.local2, { l4: echo }), expect: 'outside' },
+  { hook: 'from_fabric', name: 'still nothing reaches a private address from outside', packet: p6(PUBLIC_A, M.local2), expect: 'outside' },
+  { hook: 'to_fabric', name: 'still no private source leaves the node', packet: p6(M.local2, PUBLIC_A), expect: 'outside' },
+];
+
 
 test.serial('every reason has a golden case that reaches it at some hook', (t) => {
-  const reached = new Set(cases.map((c) => c.expect));
+  const reached = new Set([...cases, ...forwardCases].map((c) => c.expect));
   const all: Reason[] = [
     'pass_private', 'pass_not_private', 'truncated', 'malformed', 'vlan_depth', 'ext_hdr_limit',
     'ext_hdr_denied', 'routing_header', 'outside', 'cross_workspace', 'cross_region', 'not_local',
-    'unknown_iface', 'spoofed_source', 'no_i6pn', 'unknown_source', 'unknown_dest',
+    'unknown_iface', 'spoofed_source', 'no_i6pn', 'unknown_source', 'unknown_dest', 'sealed',
+    'unbound_source', 'non_private', 'to_node', 'pass_link_scope', 'pass_icmp_error', 'pass_forward',
   ];
+  t.deepEqual([...all].sort(), [...REASON_NAMES].sort(), 'the list above is every reason of the ABI');
   t.deepEqual(all.filter((r) => !reached.has(r)), []);
   t.true(cases.length > 150);
 });
 
 for (const mode of ['enforce', 'monitor'] as const) {
   test.serial(`golden packets, ${mode} mode`, (t) => {
-    fx.dp.setConfig({ node: 7, region: R1, mode, eventsPerSec: 0 });
+    fx.dp.setConfig({ node: 7, region: R1, mode, eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink });
     for (const c of cases) check(t, c, mode);
   });
 }
 
 test.serial('every truncation point of an allowed packet, at every hook', (t) => {
-  fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0 });
+  fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink });
   const plans: Array<[HookName, Uint8Array, Uint8Array]> = [
     ['from_fabric', M.remote, M.local],
     ['from_endpoint', M.local, M.remote],
     ['to_endpoint', M.remote, M.local],
+    ['to_fabric', M.local, M.remote],
   ];
   for (const [hook, src, dst] of plans) {
     const spec: Ipv6Spec = {
@@ -196,14 +317,15 @@ test.serial('every truncation point of an allowed packet, at every hook', (t) =>
     const { l4 } = ipv6Offsets(spec);
     // The kernel refuses test runs shorter than an Ethernet header: such frames never reach a hook.
     for (let cut = 14; cut <= full.length; cut++) {
-      const expect: Reason = cut < l4 ? 'truncated' : 'pass_private';
+      // to_fabric reads only the fixed header: its binding is all it adds to from_endpoint's checks.
+      const expect: Reason = cut < (hook === 'to_fabric' ? ipv6Offsets(spec).ipv6 + 40 : l4) ? 'truncated' : 'pass_private';
       check(t, { name: `cut at ${cut} of ${full.length} (l4 at ${l4})`, hook, packet: truncate(full, cut), expect }, 'enforce');
     }
   }
 });
 
 test.serial('membership is the truth: a removed member stops passing at once', (t) => {
-  fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0 });
+  fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink });
   const before = fx.dp.getEndpoint(M.local2)!;
   t.truthy(before);
   fx.dp.deleteEndpoints([M.local2]);
@@ -221,14 +343,28 @@ test.serial('membership is the truth: a removed member stops passing at once', (
   check(t, { name: 'restored member', hook: 'from_fabric', packet: p6(M.remote, M.local2), expect: 'pass_private' }, 'enforce');
 });
 
+test.serial('forwarding a container\'s own non-private traffic: on only when configured, never to the node', (t) => {
+  fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink, forwardNonPrivate: true });
+  fx.model.forward = true;
+  try {
+    for (const c of forwardCases) check(t, c, 'enforce');
+  } finally {
+    fx.model.forward = false;
+    fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink });
+  }
+  // The control: the same packets with forwarding off.
+  check(t, { ...forwardCases[0]!, expect: 'outside' }, 'enforce');
+  check(t, { ...forwardCases[5]!, expect: 'outside' }, 'enforce');
+});
+
 test.serial('drops are sampled into the ring buffer within the per-CPU budget', (t) => {
   fx.dp.drainDropEvents();
-  fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 2 });
+  fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 2, uplinkIfindex: fx.ifindex.uplink });
   const packet = p6(M.otherWorkspace, M.local);
   for (let i = 0; i < 20; i++) fx.dp.runPacket('from_fabric', packet);
   fx.dp.runPacket('from_fabric', p6(M.remote, M.local)); // a pass is never an event
   const events = fx.dp.drainDropEvents();
-  fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0 });
+  fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink });
   t.true(events.length >= 2, `got ${events.length} events`);
   t.true(events.length <= 2 * 8, `budget exceeded: ${events.length} events`);
   for (const e of events) {
@@ -245,7 +381,7 @@ test.serial('drops are sampled into the ring buffer within the per-CPU budget', 
 
 test.serial('each program passes the verifier; its processed-instruction count is reported', (t) => {
   const insns = fx.dp.verifiedInstructions();
-  for (const hook of ['from_fabric', 'from_endpoint', 'to_endpoint'] as const) {
+  for (const hook of ['from_fabric', 'from_endpoint', 'to_endpoint', 'to_fabric'] as const) {
     t.true(insns[hook] > 0, `${hook}: ${insns[hook]}`);
     t.log(`${hook}: ${insns[hook]} instructions processed by the verifier`);
   }

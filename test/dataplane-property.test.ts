@@ -1,14 +1,17 @@
 /**
  * Property test: thousands of random and mutated packets through each kernel
- * program in enforce mode. Two properties:
+ * program in enforce mode, on every interface the fixture has, entering from
+ * every place a packet can enter the node. Two properties:
  *  - isolation, stated on its own: no packet whose fixed-header addresses
  *    cross a workspace or region boundary, or involve a non-member, is passed
- *    as private traffic;
+ *    as private traffic; a private packet leaves through to_endpoint or
+ *    to_fabric only if it entered where its source is bound; nothing passes
+ *    a sealed veth;
  *  - agreement: the kernel reports the same reason as the reference model.
  */
 import test from 'ava';
 import fc from 'fast-check';
-import { ipv6Packet, privateAddress, type ExtHeader, type Ipv6Spec, type L4, type VlanTag } from '../agent/bpf/packet.js';
+import { ipv6, ipv6Packet, privateAddress, type ExtHeader, type Ipv6Spec, type L4, type VlanTag } from '../agent/bpf/packet.js';
 import { LibbpfError, type HookName } from '../agent/bpf/dataplane.js';
 import { decide, isPass } from './policy-model.js';
 import { M, observe, openFixture, R1, R2, W1, W2, type Fixture } from './helpers/golden.js';
@@ -16,7 +19,7 @@ import { M, observe, openFixture, R1, R2, W1, W2, type Fixture } from './helpers
 let fx: Fixture;
 test.before(async () => {
   fx = await openFixture('p');
-  fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0 });
+  fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink });
 });
 test.after.always(() => fx?.close());
 
@@ -46,7 +49,11 @@ const arbExt: fc.Arbitrary<ExtHeader> = fc.oneof(
 const arbL4: fc.Arbitrary<L4> = fc.oneof(
   fc.constant({ proto: 'udp' as const }),
   fc.constant({ proto: 'tcp' as const }),
-  fc.record({ proto: fc.constant('icmpv6' as const), icmpType: fc.constantFrom(128, 129, 135, 136, 1) }),
+  fc.record({ proto: fc.constant('icmpv6' as const), icmpType: fc.constantFrom(128, 129, 130, 131, 133, 134, 135, 136, 137, 143, 1, 2, 3, 4) }),
+  // ICMPv6 errors quoting a packet of a member or of anyone
+  fc
+    .tuple(fc.constantFrom(1, 2, 3, 4), fc.constantFrom(...Object.values(M), '2001:db8::9'), fc.constantFrom(M.remote, '2001:db8::2'))
+    .map(([icmpType, qsrc, qdst]) => ({ proto: 'icmpv6' as const, icmpType, body: Uint8Array.from([0, 0, 5, 0x14, ...ipv6({ src: qsrc, dst: qdst })]) })),
   fc.constant({ proto: 'none' as const }),
 );
 const arbSpec: fc.Arbitrary<Ipv6Spec> = fc.record({
@@ -61,8 +68,11 @@ const arbMutation = fc.record({
   flips: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 3 }),
   cut: fc.option(fc.nat(), { freq: 4 }),
 });
-const arbHook = fc.constantFrom<HookName>('from_fabric', 'from_endpoint', 'to_endpoint');
-const arbIface = fc.constantFrom('local', 'local2', 'localNoI6pn', 'unregistered') as fc.Arbitrary<keyof Fixture['ifindex']>;
+type Place = keyof Fixture['ifindex'] | 'node';
+const arbHook = fc.constantFrom<HookName>('from_fabric', 'from_endpoint', 'to_endpoint', 'to_fabric');
+const arbIface = fc.constantFrom('local', 'local2', 'localNoI6pn', 'unregistered', 'sealed') as fc.Arbitrary<keyof Fixture['ifindex']>;
+/** Where a packet entered the node: any interface, or the node's own stack. */
+const arbIngress = fc.constantFrom<Place>('local', 'local2', 'localNoI6pn', 'unregistered', 'sealed', 'uplink', 'uplink', 'node');
 
 function mutate(p: Uint8Array, m: { flips: Array<[number, number]>; cut: number | null }): Uint8Array {
   let out = new Uint8Array(p);
@@ -97,15 +107,18 @@ const arbAllowedExt: fc.Arbitrary<ExtHeader> = fc.oneof(
 const arbNearAllowed = fc
   .tuple(
     fc.constantFrom(
-      ['from_fabric', 'local', M.remote, M.local],
-      ['from_fabric', 'local', M.remote, M.local2],
-      ['from_endpoint', 'local', M.local, M.remote],
-      ['from_endpoint', 'local', M.local, M.local2],
-      ['from_endpoint', 'local2', M.local2, M.remote],
-      ['to_endpoint', 'local', M.remote, M.local],
-      ['to_endpoint', 'local', M.local2, M.local],
-      ['to_endpoint', 'local2', M.remote, M.local2],
-    ) as fc.Arbitrary<[HookName, keyof Fixture['ifindex'], Uint8Array, Uint8Array]>,
+      ['from_fabric', 'local', 'uplink', M.remote, M.local],
+      ['from_fabric', 'local', 'uplink', M.remote, M.local2],
+      ['from_endpoint', 'local', 'local', M.local, M.remote],
+      ['from_endpoint', 'local', 'local', M.local, M.local2],
+      ['from_endpoint', 'local2', 'local2', M.local2, M.remote],
+      ['to_endpoint', 'local', 'uplink', M.remote, M.local],
+      ['to_endpoint', 'local', 'local2', M.local2, M.local],
+      ['to_endpoint', 'local2', 'uplink', M.remote, M.local2],
+      ['to_endpoint', 'local2', 'local', M.local, M.local2],
+      ['to_fabric', 'uplink', 'local', M.local, M.remote],
+      ['to_fabric', 'uplink', 'local2', M.local2, M.remote],
+    ) as fc.Arbitrary<[HookName, keyof Fixture['ifindex'], Place, Uint8Array, Uint8Array]>,
     fc.array(fc.integer({ min: 1, max: 4094 }), { maxLength: 2 }),
     fc.array(arbAllowedExt, { maxLength: 3 }),
     arbL4,
@@ -114,20 +127,29 @@ const arbNearAllowed = fc
       cut: fc.option(fc.nat(), { freq: 10 }),
     }),
   )
-  .map(([[hook, iface, src, dst], vlans, ext, l4, mutation]) => [hook, iface, { src, dst, vlans, ext, l4 }, mutation] as const);
-const arbRandom = fc.tuple(arbHook, arbIface, arbSpec, arbMutation);
+  .map(([[hook, iface, ingress, src, dst], vlans, ext, l4, mutation]) => [hook, iface, ingress, { src, dst, vlans, ext, l4 }, mutation] as const);
+const arbRandom = fc.tuple(arbHook, arbIface, arbIngress, arbSpec, arbMutation);
+
+/** The interface a hook runs on and where the packet entered, as the kernel is told. */
+function place(hook: HookName, iface: keyof Fixture['ifindex'], ingress: Place): { ifindex?: number; ingress?: number } {
+  const at = (p: Place) => (p === 'node' ? 0 : fx.ifindex[p]);
+  if (hook === 'from_fabric') return {};
+  if (hook === 'from_endpoint') return { ifindex: fx.ifindex[iface] };
+  if (hook === 'to_endpoint') return { ifindex: fx.ifindex[iface], ingress: at(ingress) };
+  return { ifindex: fx.ifindex.uplink, ingress: at(ingress) };
+}
 
 test.serial('no random or mutated packet crosses a boundary, and the kernel agrees with the model', (t) => {
   let private_passed = 0;
   let refused = 0;
   let dropped = 0;
   fc.assert(
-    fc.property(fc.oneof(arbRandom, arbNearAllowed), ([hook, iface, spec, mutation]) => {
+    fc.property(fc.oneof(arbRandom, arbNearAllowed), ([hook, iface, ingressPlace, spec, mutation]) => {
       const packet = mutate(ipv6Packet(spec), mutation);
-      const ifindex = hook === 'from_fabric' ? undefined : fx.ifindex[iface];
+      const { ifindex, ingress } = place(hook, iface, ingressPlace);
       let seen;
       try {
-        seen = observe(fx.dp, hook, packet, ifindex);
+        seen = observe(fx.dp, hook, packet, ifindex, ingress);
       } catch (err) {
         // The kernel's skb test runner refuses (EINVAL) frames whose ethertype
         // promises an L3 header they are too short for; such frames cannot be
@@ -138,7 +160,7 @@ test.serial('no random or mutated packet crosses a boundary, and the kernel agre
         }
         throw err;
       }
-      const expected = decide(hook, packet, fx.model, ifindex ?? 0);
+      const expected = decide(hook, packet, fx.model, ifindex ?? 0, ingress ?? 0);
       if (seen.counted.reason !== expected) {
         throw new Error(`${hook}: kernel said ${seen.counted.reason}, model ${expected}: ${Buffer.from(packet).toString('hex')}`);
       }
@@ -147,16 +169,31 @@ test.serial('no random or mutated packet crosses a boundary, and the kernel agre
         return;
       }
       if (isPass(expected) !== (seen.verdict === 'pass')) throw new Error(`${hook}: verdict ${seen.verdict} for ${expected}`);
+      // A sealed veth passes nothing, in either direction.
+      if ((hook === 'from_endpoint' || hook === 'to_endpoint') && iface === 'sealed') throw new Error(`${hook}: a sealed veth passed ${seen.counted.reason}`);
       if (seen.counted.reason !== 'pass_private') return;
       // Isolation, independent of the model: both ends live members with i6pn, same workspace and region.
       private_passed++;
       const a = addresses(packet);
       if (!a || !isPrivate(a.src) || !isPrivate(a.dst)) throw new Error(`${hook}: passed as private without two private addresses`);
+      const boundHere = (p: Place) => {
+        const b = p === 'node' ? undefined : fx.model.ifaces.get(fx.ifindex[p]);
+        return !!b && !b.sealed && b.i6pn && b.addr === hex(a.src);
+      };
+      // to_fabric guards the exit only (from_endpoint decided the policy on the way in; the receiving node decides again).
+      if (hook === 'to_fabric') {
+        if (!boundHere(ingressPlace)) throw new Error('to_fabric: a private packet left from where its source is not bound');
+        return;
+      }
       const s = fx.model.endpoints.get(hex(a.src));
       const d = fx.model.endpoints.get(hex(a.dst));
       if (!s || !d || !s.i6pn || !d.i6pn) throw new Error(`${hook}: passed a non-member`);
       if (s.workspace !== d.workspace || s.region !== d.region || s.region !== R1) throw new Error(`${hook}: crossed a boundary`);
       if (Buffer.from(a.src).readUInt32BE(2) !== Buffer.from(a.dst).readUInt32BE(2)) throw new Error(`${hook}: workspace bits differ`);
+      // Source binding, independent of the model: a private packet leaves by a node exit only from where its source is proven.
+      if (hook === 'to_endpoint' && !boundHere(ingressPlace) && !(ingressPlace === 'uplink' && !s.local)) {
+        throw new Error(`to_endpoint: a private packet entering at ${ingressPlace} passed with source ${hex(a.src)}`);
+      }
     }),
     { numRuns: 4000, maxSkipsPerRun: 1 },
   );

@@ -8,7 +8,7 @@
  * one is caught by the other.
  */
 
-export type Hook = 'from_fabric' | 'from_endpoint' | 'to_endpoint';
+export type Hook = 'from_fabric' | 'from_endpoint' | 'to_endpoint' | 'to_fabric';
 
 export type Reason =
   | 'pass_private'
@@ -27,7 +27,14 @@ export type Reason =
   | 'spoofed_source'
   | 'no_i6pn'
   | 'unknown_source'
-  | 'unknown_dest';
+  | 'unknown_dest'
+  | 'sealed'
+  | 'unbound_source'
+  | 'non_private'
+  | 'to_node'
+  | 'pass_link_scope'
+  | 'pass_icmp_error'
+  | 'pass_forward';
 
 export const MAX_VLAN_TAGS = 2;
 export const MAX_EXT_HDRS = 6;
@@ -43,20 +50,28 @@ export interface ModelMember {
 export interface ModelState {
   /** key: 32 lowercase hex chars of the address */
   endpoints: Map<string, ModelMember>;
-  /** host-side veth ifindex → the endpoint it serves */
-  ifaces: Map<number, { addr: string; i6pn: boolean }>;
+  /** host-side veth ifindex → the endpoint it is bound to; sealed: revoked */
+  ifaces: Map<number, { addr: string; i6pn: boolean; sealed?: boolean }>;
   region: number;
+  /** the uplink's ifindex (0 or absent: none) */
+  uplink?: number;
+  /** --forward-non-private */
+  forward?: boolean;
+  /** the node's own addresses (hex), which forwarding never reaches */
+  nodeAddresses?: Set<string>;
 }
 
 export function isPass(r: Reason): boolean {
-  return r === 'pass_private' || r === 'pass_not_private';
+  return r.startsWith('pass_');
 }
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 
 const isPrivate = (a: Uint8Array) => a[0] === 0xfd && a[1] === 0xaa;
-const isLinkScope = (a: Uint8Array) =>
-  (a[0] === 0xfe && (a[1]! & 0xc0) === 0x80) || (a[0] === 0xff && a[1] === 0x02);
+const isLinkLocal = (a: Uint8Array) => a[0] === 0xfe && (a[1]! & 0xc0) === 0x80;
+const isLinkScope = (a: Uint8Array) => isLinkLocal(a) || (a[0] === 0xff && a[1] === 0x02);
+const isUnspecified = (a: Uint8Array) => a.every((b) => b === 0);
+const isMulticast = (a: Uint8Array) => a[0] === 0xff;
 const workspaceOf = (a: Uint8Array) => Buffer.from(a).readUInt32BE(2);
 const regionOf = (a: Uint8Array) => Buffer.from(a).readUInt16BE(6);
 
@@ -94,41 +109,56 @@ function parse(p: Uint8Array): Parsed | { kind: 'not_ipv6' } | { kind: 'drop'; r
 
 const EXT_HDRS = new Set([0, 43, 44, 51, 60, 135, 139, 140, 253, 254]);
 
-function walkExtHeaders(p: Uint8Array, off: number, nh: number): Reason | null {
+type Walk = { reason: Reason } | { upper: number; off: number };
+
+function walkExtHeaders(p: Uint8Array, off: number, nh: number): Walk {
   for (let i = 0; i < MAX_EXT_HDRS; i++) {
     if (nh === 0 || nh === 60 || nh === 51) {
-      if (off > MAX_HDR_OFFSET) return 'ext_hdr_limit';
-      if (p.length < off + 2) return 'truncated';
+      if (off > MAX_HDR_OFFSET) return { reason: 'ext_hdr_limit' };
+      if (p.length < off + 2) return { reason: 'truncated' };
       const len = nh === 51 ? (p[off + 1]! + 2) * 4 : (p[off + 1]! + 1) * 8;
       nh = p[off]!;
       off += len;
-      if (p.length < off) return 'truncated';
+      if (p.length < off) return { reason: 'truncated' };
     } else if (nh === 44) {
-      if (off > MAX_HDR_OFFSET) return 'ext_hdr_limit';
-      if (p.length < off + 8) return 'truncated';
-      if ((((p[off + 2]! << 8) | p[off + 3]!) & 0xfff8) !== 0) return null;
+      if (off > MAX_HDR_OFFSET) return { reason: 'ext_hdr_limit' };
+      if (p.length < off + 8) return { reason: 'truncated' };
+      // A later fragment: no upper-layer header to look at.
+      if ((((p[off + 2]! << 8) | p[off + 3]!) & 0xfff8) !== 0) return { upper: 44, off };
       nh = p[off]!;
       off += 8;
     } else if (nh === 43) {
-      return 'routing_header';
+      return { reason: 'routing_header' };
     } else if (EXT_HDRS.has(nh)) {
-      return 'ext_hdr_denied';
+      return { reason: 'ext_hdr_denied' };
     } else {
-      return null;
+      return { upper: nh, off };
     }
   }
-  return EXT_HDRS.has(nh) ? 'ext_hdr_limit' : null;
+  return EXT_HDRS.has(nh) ? { reason: 'ext_hdr_limit' } : { upper: nh, off };
 }
 
-function addressChecks(pkt: Parsed): Reason | null {
-  const sp = isPrivate(pkt.src);
-  const dp = isPrivate(pkt.dst);
-  if (!sp && !dp) return 'pass_not_private';
-  if (!sp || !dp) {
-    const peer = sp ? pkt.dst : pkt.src;
-    if (pkt.nexthdr === 58 && isLinkScope(peer)) return 'pass_not_private';
-    return 'outside';
-  }
+/** Where an upper-layer header may start at most for the programs to read it. */
+const MAX_UPPER_OFF = 0x1fff;
+
+function icmpType(p: Uint8Array, w: { upper: number; off: number }): number {
+  if (w.upper !== 58 || w.off > MAX_UPPER_OFF || p.length < w.off + 1) return -1;
+  return p[w.off]!;
+}
+
+/** An ICMPv6 error (types 1-4) whose quoted IPv6 header (whole) has `owner` as its source. */
+function icmpErrorAbout(p: Uint8Array, w: { upper: number; off: number }, owner: Uint8Array): boolean {
+  if (w.upper !== 58 || w.off > MAX_UPPER_OFF || p.length < w.off + 8 + 40) return false;
+  const type = p[w.off]!;
+  if (type < 1 || type > 4) return false;
+  return hex(p.subarray(w.off + 16, w.off + 32)) === hex(owner);
+}
+
+/** NDP/MLD a container may send to its node, and a node to its container. */
+const NDP_FROM_ENDPOINT = new Set([131, 132, 133, 135, 136, 143]);
+const NDP_TO_ENDPOINT = new Set([130, 131, 132, 134, 135, 136, 137, 143]);
+
+function privateBits(pkt: Parsed): Reason | null {
   if (workspaceOf(pkt.src) !== workspaceOf(pkt.dst)) return 'cross_workspace';
   if (regionOf(pkt.src) !== regionOf(pkt.dst)) return 'cross_region';
   return null;
@@ -141,16 +171,85 @@ function membersAgree(src: ModelMember, dst: ModelMember): Reason {
   return 'pass_private';
 }
 
-/** The reason the programs must report for this packet at this hook. */
-export function decide(hook: Hook, packet: Uint8Array, state: ModelState, ifindex = 0): Reason {
+/** A veth's non-private traffic: NDP/MLD on its link, ICMPv6 errors, forwarding. */
+function vethNotPrivate(
+  hook: 'from_endpoint' | 'to_endpoint',
+  packet: Uint8Array,
+  pkt: Parsed,
+  own: string,
+  state: ModelState,
+): Reason {
+  const w = walkExtHeaders(packet, pkt.off, pkt.nexthdr);
+  if ('reason' in w) return w.reason;
+  const type = icmpType(packet, w);
+  const sp = isPrivate(pkt.src);
+  const dp = isPrivate(pkt.dst);
+  if (hook === 'from_endpoint') {
+    if (NDP_FROM_ENDPOINT.has(type) && isLinkScope(pkt.dst)) {
+      return hex(pkt.src) === own || isLinkLocal(pkt.src) || isUnspecified(pkt.src) ? 'pass_link_scope' : 'spoofed_source';
+    }
+    if (!sp && !dp) return 'non_private';
+    if (!sp) return 'outside';
+    if (hex(pkt.src) !== own) return 'spoofed_source';
+    if (!state.forward || isLinkScope(pkt.dst)) return 'outside';
+    return state.nodeAddresses?.has(hex(pkt.dst)) || isMulticast(pkt.dst) ? 'to_node' : 'pass_forward';
+  }
+  if (NDP_TO_ENDPOINT.has(type) && (isLinkLocal(pkt.src) || isUnspecified(pkt.src))) {
+    return hex(pkt.dst) === own || isLinkScope(pkt.dst) ? 'pass_link_scope' : 'not_local';
+  }
+  if (!sp && !dp) return 'non_private';
+  if (!dp) return 'outside';
+  if (hex(pkt.dst) !== own) return 'not_local';
+  if (icmpErrorAbout(packet, w, pkt.dst)) return 'pass_icmp_error';
+  if (state.forward && !isLinkScope(pkt.src)) return 'pass_forward';
+  return 'outside';
+}
+
+/**
+ * The reason the programs must report for this packet at this hook.
+ * `ifindex` is the veth a TC hook runs on; `ingress` is where the packet
+ * entered the node (to_endpoint, to_fabric; 0: the node's own stack).
+ */
+export function decide(hook: Hook, packet: Uint8Array, state: ModelState, ifindex = 0, ingress = 0): Reason {
+  const veth = hook === 'from_endpoint' || hook === 'to_endpoint';
+  const iface = veth ? state.ifaces.get(ifindex) : undefined;
+  if (veth) {
+    if (!iface) return 'unknown_iface';
+    if (iface.sealed) return 'sealed';
+  }
   const pkt = parse(packet);
-  if (pkt.kind === 'not_ipv6') return 'pass_not_private';
+  if (pkt.kind === 'not_ipv6') return veth ? 'non_private' : 'pass_not_private';
   if (pkt.kind === 'drop') return pkt.reason;
-  const early = addressChecks(pkt);
-  if (early) return early;
+  const sp = isPrivate(pkt.src);
+  const dp = isPrivate(pkt.dst);
+  const boundTo = (i: number, addr: Uint8Array) => {
+    const b = state.ifaces.get(i);
+    return !!b && !b.sealed && b.addr === hex(addr);
+  };
+
+  if (!(sp && dp)) {
+    if (veth) return vethNotPrivate(hook, packet, pkt, iface!.addr, state);
+    if (!sp && !dp) return 'pass_not_private';
+    if (sp) return 'outside';
+    const w = walkExtHeaders(packet, pkt.off, pkt.nexthdr);
+    if ('reason' in w) return w.reason;
+    if (!icmpErrorAbout(packet, w, pkt.dst)) return 'outside';
+    if (hook === 'to_fabric') return 'pass_icmp_error';
+    const d = state.endpoints.get(hex(pkt.dst));
+    if (!d) return 'unknown_dest';
+    if (!d.local) return 'not_local';
+    return 'pass_icmp_error';
+  }
+  if (hook === 'to_fabric') {
+    if (!boundTo(ingress, pkt.src)) return 'unbound_source';
+    return state.ifaces.get(ingress)!.i6pn ? 'pass_private' : 'no_i6pn';
+  }
+
+  const bits = privateBits(pkt);
+  if (bits) return bits;
   if (hook === 'from_fabric' && regionOf(pkt.dst) !== state.region) return 'not_local';
-  const ext = walkExtHeaders(packet, pkt.off, pkt.nexthdr);
-  if (ext) return ext;
+  const w = walkExtHeaders(packet, pkt.off, pkt.nexthdr);
+  if ('reason' in w) return w.reason;
 
   const src = state.endpoints.get(hex(pkt.src));
   const dst = state.endpoints.get(hex(pkt.dst));
@@ -161,16 +260,17 @@ export function decide(hook: Hook, packet: Uint8Array, state: ModelState, ifinde
     if (src.local) return 'spoofed_source';
     return membersAgree(src, dst);
   }
-  const iface = state.ifaces.get(ifindex);
-  if (!iface) return 'unknown_iface';
   if (hook === 'from_endpoint') {
-    if (iface.addr !== hex(pkt.src)) return 'spoofed_source';
-  } else if (iface.addr !== hex(pkt.dst)) {
+    if (iface!.addr !== hex(pkt.src)) return 'spoofed_source';
+  } else if (iface!.addr !== hex(pkt.dst)) {
     return 'not_local';
   }
-  if (!iface.i6pn) return 'no_i6pn';
+  if (!iface!.i6pn) return 'no_i6pn';
+  const fromUplink = hook === 'to_endpoint' && !!state.uplink && ingress === state.uplink;
+  if (hook === 'to_endpoint' && !fromUplink && !boundTo(ingress, pkt.src)) return 'unbound_source';
   if (!src) return 'unknown_source';
   if (!src.i6pn) return 'no_i6pn';
+  if (fromUplink && src.local) return 'spoofed_source';
   if (!dst) return 'unknown_dest';
   return membersAgree(src, dst);
 }

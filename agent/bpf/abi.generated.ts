@@ -7,10 +7,11 @@ export const Hook = {
   FROM_FABRIC: 0,
   FROM_ENDPOINT: 1,
   TO_ENDPOINT: 2,
+  TO_FABRIC: 3,
 } as const;
 export type HookValue = (typeof Hook)[keyof typeof Hook];
-export const HOOK_MAX = 3;
-export const HOOK_NAMES = ['from_fabric', 'from_endpoint', 'to_endpoint'] as const;
+export const HOOK_MAX = 4;
+export const HOOK_NAMES = ['from_fabric', 'from_endpoint', 'to_endpoint', 'to_fabric'] as const;
 export type HookName = (typeof HOOK_NAMES)[number];
 
 /** enum i6pn_verdict */
@@ -43,9 +44,16 @@ export const Reason = {
   DROP_NO_I6PN: 14,
   DROP_UNKNOWN_SOURCE: 15,
   DROP_UNKNOWN_DEST: 16,
+  DROP_SEALED: 17,
+  DROP_UNBOUND_SOURCE: 18,
+  DROP_NON_PRIVATE: 19,
+  DROP_TO_NODE: 20,
+  PASS_LINK_SCOPE: 21,
+  PASS_ICMP_ERROR: 22,
+  PASS_FORWARD: 23,
 } as const;
 export type ReasonValue = (typeof Reason)[keyof typeof Reason];
-export const REASON_MAX = 17;
+export const REASON_MAX = 24;
 export const REASON_NAMES = [
   'pass_private',
   'pass_not_private',
@@ -64,6 +72,13 @@ export const REASON_NAMES = [
   'no_i6pn',
   'unknown_source',
   'unknown_dest',
+  'sealed',
+  'unbound_source',
+  'non_private',
+  'to_node',
+  'pass_link_scope',
+  'pass_icmp_error',
+  'pass_forward',
 ] as const;
 export type ReasonName = (typeof REASON_NAMES)[number];
 
@@ -80,8 +95,15 @@ export type ModeName = (typeof MODE_NAMES)[number];
 export const EndpointFlag = {
   I6PN: 1,
   LOCAL: 2,
+  SEALED: 4,
 } as const;
 export type EndpointFlagValue = (typeof EndpointFlag)[keyof typeof EndpointFlag];
+
+/** enum i6pn_config_flag */
+export const ConfigFlag = {
+  FORWARD_NON_PRIVATE: 1,
+} as const;
+export type ConfigFlagValue = (typeof ConfigFlag)[keyof typeof ConfigFlag];
 
 /** Size (bytes) and fields (byte offset, size, kind) of the structs of bpf/i6pn.h, x86-64 little-endian. */
 export const structs = {
@@ -103,13 +125,15 @@ export const structs = {
     },
   },
   i6pn_config: {
-    size: 16,
+    size: 24,
     fields: {
       node: { offset: 0, size: 4, kind: 'u32' },
       region: { offset: 4, size: 2, kind: 'u16' },
       pad: { offset: 6, size: 2, kind: 'u16' },
       mode: { offset: 8, size: 4, kind: 'u32' },
       events_per_sec: { offset: 12, size: 4, kind: 'u32' },
+      uplink_ifindex: { offset: 16, size: 4, kind: 'u32' },
+      flags: { offset: 20, size: 4, kind: 'u32' },
     },
   },
   i6pn_counter: {

@@ -70,6 +70,10 @@ export interface DataplaneConfig {
   mode: ModeName;
   /** Drop-event budget per CPU per second; 0 disables events. */
   eventsPerSec: number;
+  /** The uplink's ifindex (0: none yet): the one way in for non-local private sources. */
+  uplinkIfindex?: number;
+  /** Pass an endpoint's own non-private IPv6 traffic (internet egress through the node). */
+  forwardNonPrivate?: boolean;
 }
 
 export interface EndpointFlags {
@@ -107,9 +111,11 @@ export interface UpsertResult {
 
 export interface LocalIface {
   ifindex: number;
-  /** The endpoint address this veth serves. */
+  /** The endpoint address this veth is bound to (for the veth's life). */
   addr: Uint8Array;
   i6pn: boolean;
+  /** The endpoint was revoked: the hooks drop everything in and out until the veth is gone. */
+  sealed: boolean;
 }
 
 export interface CounterRow {
@@ -150,6 +156,12 @@ export interface RunPacketOptions {
    * without it the kernel uses the loopback device (ifindex 1).
    */
   ifindex?: number;
+  /**
+   * Where the packet entered the node (__sk_buff.ingress_ifindex) for
+   * to_endpoint and to_fabric; from_endpoint's is its own veth. Default 0:
+   * made by the node's own stack.
+   */
+  ingressIfindex?: number;
   /** Runs to average over (BPF_PROG_TEST_RUN repeat); default 1. */
   repeat?: number;
 }
@@ -188,7 +200,12 @@ export class DataplaneError extends Error {
 
 // ---------------------------------------------------------------- names, layouts
 
-export const PROGRAMS = { from_fabric: 'from_fabric', from_endpoint: 'from_endpoint', to_endpoint: 'to_endpoint' } as const;
+export const PROGRAMS = {
+  from_fabric: 'from_fabric',
+  from_endpoint: 'from_endpoint',
+  to_endpoint: 'to_endpoint',
+  to_fabric: 'to_fabric',
+} as const;
 const HOOK_PROGRAMS: readonly HookName[] = abi.HOOK_NAMES;
 
 /** TC filter slot reserved for i6pn on every endpoint veth: priority 1 runs first. */
@@ -406,6 +423,17 @@ export class Dataplane {
     b.writeUInt16LE(cfg.region, F.region.offset);
     b.writeUInt32LE(mode, F.mode.offset);
     b.writeUInt32LE(cfg.eventsPerSec, F.events_per_sec.offset);
+    b.writeUInt32LE(cfg.uplinkIfindex ?? 0, F.uplink_ifindex.offset);
+    b.writeUInt32LE(cfg.forwardNonPrivate ? abi.ConfigFlag.FORWARD_NON_PRIVATE : 0, F.flags.offset);
+    this.config.update(u32key(0), b);
+  }
+
+  /** Record the uplink's ifindex in the config, keeping the rest (to_endpoint trusts only it for remote sources). */
+  setUplinkIfindex(ifindex: number): void {
+    checkUint(ifindex, 32, 'uplink ifindex');
+    const F = S.i6pn_config.fields;
+    const b = this.config.lookup(u32key(0)) ?? Buffer.alloc(S.i6pn_config.size);
+    b.writeUInt32LE(ifindex, F.uplink_ifindex.offset);
     this.config.update(u32key(0), b);
   }
 
@@ -420,6 +448,8 @@ export class Dataplane {
       region: b.readUInt16LE(F.region.offset),
       mode,
       eventsPerSec: b.readUInt32LE(F.events_per_sec.offset),
+      uplinkIfindex: b.readUInt32LE(F.uplink_ifindex.offset),
+      forwardNonPrivate: (b.readUInt32LE(F.flags.offset) & abi.ConfigFlag.FORWARD_NON_PRIVATE) !== 0,
     };
   }
 
@@ -543,13 +573,15 @@ export class Dataplane {
 
   // ------------------------------------------------------------ local interfaces
 
-  setLocalIface(ifindex: number, iface: { addr: Uint8Array; i6pn: boolean }): void {
+  /** Bind a veth to an endpoint (or seal it: `sealed` drops everything in and out). */
+  setLocalIface(ifindex: number, iface: { addr: Uint8Array; i6pn: boolean; sealed?: boolean }): void {
     checkUint(ifindex, 32, 'ifindex');
     checkAddr(iface.addr, 'setLocalIface');
     const F = S.i6pn_local_iface.fields;
     const b = Buffer.alloc(S.i6pn_local_iface.size);
     b.set(iface.addr, F.addr.offset);
-    b.writeUInt32LE(iface.i6pn ? abi.EndpointFlag.I6PN : 0, F.flags.offset);
+    const flags = (iface.i6pn ? abi.EndpointFlag.I6PN : 0) | (iface.sealed ? abi.EndpointFlag.SEALED : 0);
+    b.writeUInt32LE(flags, F.flags.offset);
     this.localIfaces.update(u32key(ifindex), b);
   }
 
@@ -563,10 +595,12 @@ export class Dataplane {
     const F = S.i6pn_local_iface.fields;
     const out: LocalIface[] = [];
     for (const [k, v] of this.localIfaces.entriesBatch()) {
+      const flags = v.readUInt32LE(F.flags.offset);
       out.push({
         ifindex: k.readUInt32LE(0),
         addr: new Uint8Array(v.subarray(F.addr.offset, F.addr.offset + 16)),
-        i6pn: (v.readUInt32LE(F.flags.offset) & abi.EndpointFlag.I6PN) !== 0,
+        i6pn: (flags & abi.EndpointFlag.I6PN) !== 0,
+        sealed: (flags & abi.EndpointFlag.SEALED) !== 0,
       });
     }
     return out;
@@ -686,7 +720,7 @@ export class Dataplane {
       const L = layouts.__sk_buff;
       ctx = Buffer.alloc(L.size);
       ctx.writeUInt32LE(opts.ifindex, L.ifindex);
-      if (hook === 'from_endpoint') ctx.writeUInt32LE(opts.ifindex, L.ingress_ifindex);
+      ctx.writeUInt32LE(hook === 'from_endpoint' ? opts.ifindex : (opts.ingressIfindex ?? 0), L.ingress_ifindex);
     }
     const r = prog.testRun({
       data: packet,
@@ -735,6 +769,13 @@ export class Dataplane {
    */
   attachUplink(ifindex: number, opts: AttachUplinkOptions = {}): void {
     checkUint(ifindex, 32, 'ifindex');
+    this.attachUplinkXdp(ifindex, opts);
+    // The node's exit: private packets leave only from their source's own veth.
+    tcHookCreate(ifindex);
+    tcAttach(tcFilter(ifindex, 'egress'), this.program('to_fabric').fd, `to_fabric on ifindex ${ifindex}`);
+  }
+
+  private attachUplinkXdp(ifindex: number, opts: AttachUplinkOptions): void {
     const progFd = this.program('from_fabric').fd;
     const held = this.uplinks.get(ifindex);
     if (held) {
@@ -781,8 +822,13 @@ export class Dataplane {
     this.uplinks.set(ifindex, link);
   }
 
-  /** Detach from_fabric from the uplink and remove its pin; false if it was not attached. */
+  /** Detach from_fabric and to_fabric from the uplink and remove the pin; false if XDP was not attached. */
   detachUplink(ifindex: number): boolean {
+    try {
+      tcDetach(tcFilter(ifindex, 'egress'));
+    } catch (err) {
+      if (!isGone(err)) throw err;
+    }
     let link = this.uplinks.get(ifindex);
     this.uplinks.delete(ifindex);
     const path = this.pinDir ? join(this.pinDir, `xdp_uplink_${ifindex}`) : undefined;
@@ -875,6 +921,8 @@ export class Dataplane {
     for (const name of readdirSync(pinDir)) {
       const path = join(pinDir, name);
       if (name.startsWith('xdp_uplink_')) {
+        const uplink = Number(name.slice('xdp_uplink_'.length));
+        if (Number.isInteger(uplink)) detachTc(uplink);
         try {
           const link = LinkFd.open(path);
           try {

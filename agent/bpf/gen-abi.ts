@@ -59,6 +59,7 @@ const ENUMS: EnumSpec[] = [
   },
   { c: 'i6pn_mode', ts: 'Mode', prefix: 'I6PN_MODE_', labels: 'MODE_NAMES' },
   { c: 'i6pn_endpoint_flag', ts: 'EndpointFlag', prefix: 'I6PN_EP_' },
+  { c: 'i6pn_config_flag', ts: 'ConfigFlag', prefix: 'I6PN_CFG_' },
 ];
 
 const STRUCTS = [

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Dataplane, type HookName, type ReasonName, type VerdictName } from '../../agent/bpf/dataplane.js';
-import { privateAddress } from '../../agent/bpf/packet.js';
+import { parseIpv6, privateAddress } from '../../agent/bpf/packet.js';
 import { I6PN_OBJECT } from '../fixtures/binding-helpers.js';
 import type { ModelMember, ModelState } from '../policy-model.js';
 
@@ -42,13 +42,19 @@ export const M = {
   unknown: addr(W1, R1, 0x99),
   /** registered with a workspace that disagrees with its address bits */
   inconsistent: addr(W1, R1, 0x77),
+  /** local, i6pn, removed: its veth is sealed (the address is what the veth stays bound to) */
+  sealed: addr(W1, R1, 0x5e),
 } as const;
+
+/** A non-private address of the node itself (on the uplink stand-in): forwarding never reaches it. */
+export const NODE_ADDRESS = '2001:db8:ffff::1';
 
 export interface Fixture {
   dp: Dataplane;
   model: ModelState;
   /** ifindex of each local endpoint's veth */
-  ifindex: { local: number; local2: number; localNoI6pn: number; unregistered: number };
+  /** uplink: the node's uplink (config.uplink_ifindex); sealed: the veth of a revoked endpoint */
+  ifindex: { local: number; local2: number; localNoI6pn: number; unregistered: number; uplink: number; sealed: number };
   close(): void;
 }
 
@@ -62,18 +68,24 @@ function ifindexOf(name: string): number {
 export async function openFixture(tag: string): Promise<Fixture> {
   if (process.getuid?.() !== 0) throw new Error('the dataplane tests load BPF programs: run them as root');
   // veth pairs stand in for endpoint veths (the dummy module may be absent).
-  const names = ['a', 'b', 'c', 'd'].map((s) => `i6g${tag}${s}${process.pid % 100000}`.slice(0, 15));
-  for (const [a, b] of [[names[0]!, names[1]!], [names[2]!, names[3]!]] as const) {
+  const names = ['a', 'b', 'c', 'd', 'e', 'f'].map((s) => `i6g${tag}${s}${process.pid % 100000}`.slice(0, 15));
+  for (const [a, b] of [[names[0]!, names[1]!], [names[2]!, names[3]!], [names[4]!, names[5]!]] as const) {
     execFileSync('ip', ['link', 'add', a, 'type', 'veth', 'peer', 'name', b], { stdio: 'pipe' });
   }
+  // Forwarding (bpf_fib_lookup) needs the veth up and forwarding on it; the node's own address is on the uplink.
+  for (const n of names) execFileSync('ip', ['link', 'set', n, 'up'], { stdio: 'pipe' });
+  execFileSync('sysctl', ['-qw', `net.ipv6.conf.${names[0]!}.forwarding=1`], { stdio: 'pipe' });
+  execFileSync('ip', ['addr', 'add', `${NODE_ADDRESS}/128`, 'dev', names[3]!, 'nodad'], { stdio: 'pipe' });
   const ifindex = {
     local: 1,
     local2: ifindexOf(names[0]!),
     localNoI6pn: ifindexOf(names[1]!),
     unregistered: ifindexOf(names[2]!),
+    uplink: ifindexOf(names[3]!),
+    sealed: ifindexOf(names[4]!),
   };
   const dp = await Dataplane.open({ object: I6PN_OBJECT });
-  dp.setConfig({ node: NODE, region: R1, mode: 'enforce', eventsPerSec: 0 });
+  dp.setConfig({ node: NODE, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: ifindex.uplink });
 
   const members: Array<[Uint8Array, ModelMember & { mapWorkspace?: number }, number]> = [
     [M.local, { workspace: W1, region: R1, i6pn: true, local: true }, ifindex.local],
@@ -99,6 +111,7 @@ export async function openFixture(tag: string): Promise<Fixture> {
   dp.setLocalIface(ifindex.local, { addr: M.local, i6pn: true });
   dp.setLocalIface(ifindex.local2, { addr: M.local2, i6pn: true });
   dp.setLocalIface(ifindex.localNoI6pn, { addr: M.localNoI6pn, i6pn: false });
+  dp.setLocalIface(ifindex.sealed, { addr: M.sealed, i6pn: true, sealed: true });
 
   const model: ModelState = {
     endpoints: new Map(members.map(([a, m]) => [hex(a), m])),
@@ -106,8 +119,12 @@ export async function openFixture(tag: string): Promise<Fixture> {
       [ifindex.local, { addr: hex(M.local), i6pn: true }],
       [ifindex.local2, { addr: hex(M.local2), i6pn: true }],
       [ifindex.localNoI6pn, { addr: hex(M.localNoI6pn), i6pn: false }],
+      [ifindex.sealed, { addr: hex(M.sealed), i6pn: true, sealed: true }],
     ]),
     region: R1,
+    uplink: ifindex.uplink,
+    forward: false,
+    nodeAddresses: new Set([hex(parseIpv6(NODE_ADDRESS))]),
   };
   return {
     dp,
@@ -115,7 +132,7 @@ export async function openFixture(tag: string): Promise<Fixture> {
     ifindex,
     close() {
       dp.close();
-      for (const n of [names[0]!, names[2]!]) {
+      for (const n of [names[0]!, names[2]!, names[4]!]) {
         try {
           execFileSync('ip', ['link', 'del', n], { stdio: 'pipe' });
         } catch {
@@ -140,9 +157,12 @@ function snapshot(dp: Dataplane): Snapshot {
 }
 
 /** Run one packet and find the single counter it moved (throws if not exactly one). */
-export function observe(dp: Dataplane, hook: HookName, packet: Uint8Array, ifindex?: number): Observed {
+export function observe(dp: Dataplane, hook: HookName, packet: Uint8Array, ifindex?: number, ingressIfindex?: number): Observed {
   const before = snapshot(dp);
-  const r = dp.runPacket(hook, packet, ifindex === undefined ? {} : { ifindex });
+  const r = dp.runPacket(hook, packet, {
+    ...(ifindex === undefined ? {} : { ifindex }),
+    ...(ingressIfindex === undefined ? {} : { ingressIfindex }),
+  });
   const moved: Observed['counted'][] = [];
   for (const [key, now] of snapshot(dp)) {
     const was = before.get(key)!;
