@@ -49,6 +49,8 @@ export const REASON_CODES: Record<string, string> = {
   not_local: 'nl',
   unknown_iface: 'ui',
   outside: 'out',
+  sealed: 'sl',
+  unbound_source: 'ub',
 };
 
 export const REASON_LEGEND: Record<string, string> = {
@@ -61,6 +63,8 @@ export const REASON_LEGEND: Record<string, string> = {
   nl: 'destination not served here',
   ui: 'unregistered interface',
   out: 'private address paired with a public one',
+  sl: 'endpoint removed, its veth sealed',
+  ub: 'source not bound to where it entered',
 };
 
 export function reasonCode(reason: string): string {
@@ -70,12 +74,17 @@ export function reasonCode(reason: string): string {
 /**
  * The oracle from the reference model of the BPF policy (test/policy-model.ts):
  * a UDP packet from `src` to `dst` walks the hooks it would meet — the
- * sender's from-endpoint, the receiving node's from-fabric when it crosses
- * nodes, the receiver's to-endpoint — each node holding what its agent holds
- * (the live members of its region, its own veths), and the first hook that
- * does not pass gives the expected drop.
+ * sender's from-endpoint, then when it crosses nodes the sending node's
+ * to-fabric and the receiving node's from-fabric, the receiver's to-endpoint
+ * (having entered that node from the sender's veth or from the uplink) — each
+ * node holding what its agent holds (the live members of its region, its own
+ * veths), and the first hook that does not pass gives the expected drop.
  */
-export function modelOracle(endpoints: readonly Endpoint[]): PolicyOracle & { fromFabric(node: string, src: string, dst: string): string } {
+export function modelOracle(
+  endpoints: readonly Endpoint[],
+  /** Endpoints removed from the store while their containers run: not members, their veths sealed. */
+  sealed: ReadonlySet<string> = new Set(),
+): PolicyOracle & { fromFabric(node: string, src: string, dst: string): string } {
   const regionIds = new Map<string, number>();
   for (const e of endpoints) regionIds.set(e.region, addressBytes(e.address).readUInt16BE(6));
   const ifindex = new Map(endpoints.map((e, i) => [e.name, i + 1] as const));
@@ -85,12 +94,13 @@ export function modelOracle(endpoints: readonly Endpoint[]): PolicyOracle & { fr
     if (s) return s;
     const region = endpoints.find((e) => e.node === node)?.region;
     if (region === undefined) throw new Error(`modelOracle: no endpoint on node ${node}`);
-    s = { endpoints: new Map(), ifaces: new Map(), region: regionIds.get(region)! };
+    s = { endpoints: new Map(), ifaces: new Map(), region: regionIds.get(region)!, uplink: UPLINK_IFINDEX };
     for (const e of endpoints) {
       if (e.region !== region) continue;
       const b = addressBytes(e.address);
-      s.endpoints.set(b.toString('hex'), { workspace: b.readUInt32BE(2), region: b.readUInt16BE(6), i6pn: e.i6pn, local: e.node === node });
-      if (e.node === node) s.ifaces.set(ifindex.get(e.name)!, { addr: b.toString('hex'), i6pn: e.i6pn });
+      const revoked = sealed.has(e.name);
+      if (!revoked) s.endpoints.set(b.toString('hex'), { workspace: b.readUInt32BE(2), region: b.readUInt16BE(6), i6pn: e.i6pn, local: e.node === node });
+      if (e.node === node) s.ifaces.set(ifindex.get(e.name)!, { addr: b.toString('hex'), i6pn: e.i6pn, sealed: revoked });
     }
     states.set(node, s);
     return s;
@@ -98,21 +108,29 @@ export function modelOracle(endpoints: readonly Endpoint[]): PolicyOracle & { fr
   return Object.assign(
     (src: Endpoint, dst: Endpoint): Expectation => {
       const pkt = udpPacket(src.address, dst.address);
-      const path: Array<[Hook, string, number]> = [['from_endpoint', src.node, ifindex.get(src.name) ?? 0]];
-      if (dst.node !== src.node) path.push(['from_fabric', dst.node, 0]);
-      path.push(['to_endpoint', dst.node, ifindex.get(dst.name) ?? 0]);
-      for (const [hook, node, ifi] of path) {
-        const reason = decide(hook, pkt, stateOf(node), ifi);
+      const srcVeth = ifindex.get(src.name) ?? 0;
+      // [hook, node, the interface it runs on, where the packet entered that node]
+      const path: Array<[Hook, string, number, number]> = [['from_endpoint', src.node, srcVeth, srcVeth]];
+      if (dst.node !== src.node) {
+        path.push(['to_fabric', src.node, UPLINK_IFINDEX, srcVeth]);
+        path.push(['from_fabric', dst.node, UPLINK_IFINDEX, UPLINK_IFINDEX]);
+      }
+      path.push(['to_endpoint', dst.node, ifindex.get(dst.name) ?? 0, dst.node === src.node ? srcVeth : UPLINK_IFINDEX]);
+      for (const [hook, node, ifi, ingress] of path) {
+        const reason = decide(hook, pkt, stateOf(node), ifi, ingress);
         if (!isPass(reason)) return { allowed: false, reason, hook, node };
       }
       return { allowed: true, reason: 'pass_private' };
     },
     {
       /** The reason `node`'s from_fabric hook gives a packet from `src` to `dst` arriving on its uplink. */
-      fromFabric: (node: string, src: string, dst: string): string => decide('from_fabric', udpPacket(src, dst), stateOf(node), 0),
+      fromFabric: (node: string, src: string, dst: string): string => decide('from_fabric', udpPacket(src, dst), stateOf(node), UPLINK_IFINDEX, UPLINK_IFINDEX),
     },
   );
 }
+
+/** The uplink's ifindex in the model's numbering (endpoint veths are 1..n). */
+const UPLINK_IFINDEX = 1_000_000;
 
 /** The 16 bytes of an IPv6 address. */
 export function addressBytes(address: string): Buffer {

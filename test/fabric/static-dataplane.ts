@@ -42,7 +42,8 @@ function ifindexOf(name: string): number {
 async function load(cfg: StaticLoad): Promise<void> {
   const dp = await Dataplane.open({ object: cfg.object, pinDir: cfg.pinDir });
   try {
-    dp.setConfig({ node: cfg.node, region: cfg.region, mode: cfg.mode, eventsPerSec: 0 });
+    // The uplink is the one way in for remote sources (to_endpoint checks where a packet entered).
+    dp.setConfig({ node: cfg.node, region: cfg.region, mode: cfg.mode, eventsPerSec: 0, uplinkIfindex: ifindexOf(cfg.uplink) });
     const entries = cfg.members.map((m) => {
       const b = addressBytes(m.address);
       const ifindex = m.ifname ? ifindexOf(m.ifname) : 0;
