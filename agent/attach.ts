@@ -456,6 +456,6 @@ export class Attacher {
     m.veths.set({ state: 'bound' }, count.bound);
     m.veths.set({ state: 'sealed' }, count.sealed);
     m.veths.set({ state: 'unbound' }, count.unbound);
-    m.endpointsUnhooked.set(unhooked);
+    m.unhookedEndpoints.set(unhooked);
   }
 }

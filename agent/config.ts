@@ -151,7 +151,10 @@ const runSchema = z.object({
   mode: z.enum(['enforce', 'monitor'], { error: 'must be enforce or monitor' }),
   maxEndpoints: mapCapacity,
   maxLocalIfaces: mapCapacity,
-  forwardNonPrivate: z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'], { error: 'must be true or false' })]).transform((v) => v === true || v === 'true' || v === '1' || v === 'yes'),
+  // `--forward-non-private` alone is true; a value (or the variable) is spelled out.
+  forwardNonPrivate: z
+    .preprocess((v) => (v === true ? 'true' : v), z.enum(['true', 'false', '1', '0', 'yes', 'no'], { error: 'must be true or false' }))
+    .transform((v) => v === 'true' || v === '1' || v === 'yes'),
   object: z
     .string()
     .transform((p) => resolve(PACKAGE_ROOT, p))
@@ -217,7 +220,7 @@ function buildProgram(onRun: (o: Record<string, unknown>) => void, onTeardown: (
         '--max-local-ifaces <n>',
         'I6PN_MAX_LOCAL_IFACES',
         'capacity of the local_ifaces map, the veths this node can bind (set at creation; a pinned map keeps its size). ' +
-          'A veth beyond it keeps the TC programs without an entry: it drops everything and is counted in i6pn_endpoints_unhooked',
+          'A veth beyond it keeps the TC programs without an entry: it drops everything and is counted in i6pn_unhooked_endpoints',
         String(DEFAULT_MAX_LOCAL_IFACES),
       ),
     )

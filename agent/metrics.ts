@@ -31,7 +31,7 @@ export const METRIC_NAMES = [
   'i6pn_veths',
   'i6pn_veths_sealed_total',
   'i6pn_endpoint_refused_total',
-  'i6pn_endpoints_unhooked',
+  'i6pn_unhooked_endpoints',
   'i6pn_map_full_total',
   'i6pn_drop_events_total',
   'i6pn_heartbeat_last_success_timestamp_seconds',
@@ -121,7 +121,7 @@ export class AgentMetrics {
   readonly veths: Gauge<'state'>;
   readonly vethsSealed: Counter<'reason'>;
   readonly endpointRefused: Counter<'reason'>;
-  readonly endpointsUnhooked: Gauge;
+  readonly unhookedEndpoints: Gauge;
   readonly mapFull: Counter;
   readonly dropEvents: Counter;
   readonly heartbeatLastSuccess: Gauge;
@@ -224,8 +224,8 @@ export class AgentMetrics {
       labelNames: ['reason'],
       registers,
     });
-    this.endpointsUnhooked = new Gauge({
-      name: 'i6pn_endpoints_unhooked',
+    this.unhookedEndpoints = new Gauge({
+      name: 'i6pn_unhooked_endpoints',
       help: 'Local endpoints whose interface exists but that are not bound to it (refused, sealed, or local_ifaces full): unreachable, and they reach nothing.',
       registers,
     });
@@ -264,7 +264,7 @@ export class AgentMetrics {
     for (const state of VETH_STATES) this.veths.set({ state }, 0);
     for (const reason of SEAL_REASONS) this.vethsSealed.inc({ reason }, 0);
     for (const reason of REFUSE_REASONS) this.endpointRefused.inc({ reason }, 0);
-    this.endpointsUnhooked.set(0);
+    this.unhookedEndpoints.set(0);
     this.lastRevision.set(0);
     this.natsConnected.set(0);
     this.heartbeatLastSuccess.set(0);

@@ -27,6 +27,7 @@ import {
   inNs,
   metricValue,
   parseMetrics,
+  readPinnedConfig,
   readPinnedEndpoint,
   readPinnedEndpoints,
   readPinnedLocalIfaces,
@@ -211,13 +212,20 @@ test.serial('--help documents every flag with its variable; invalid flags fail w
     ['--metrics-addr', 'I6PN_METRICS_ADDR'],
     ['--mode', 'I6PN_MODE'],
     ['--max-endpoints', 'I6PN_MAX_ENDPOINTS'],
+    ['--max-local-ifaces', 'I6PN_MAX_LOCAL_IFACES'],
     ['--object', 'I6PN_OBJECT'],
   ]) {
     t.regex(flat, new RegExp(`${flag} <[^>]+> .*?env: ${variable}\\)`), `${flag} documented with ${variable}`);
   }
+  t.regex(flat, /--forward-non-private \[bool\] [^-]*non-private.*?never to the node itself[^-]*\(default: "false", env: I6PN_FORWARD_NON_PRIVATE\)/);
+  t.regex(flat, /--max-local-ifaces <n> [^-]*a pinned map keeps its size[^-]*\(default: "4096"/);
+  t.regex(flat, /--metrics-addr <host:port> [^(]*\(default: "127\.0\.0\.1:9465"/, 'metrics listen on loopback unless told otherwise');
   t.regex(flat, /teardown/);
 
-  const bad = await run(['--node', 'Not_A_Node', '--mode', 'sometimes', '--metrics-addr', 'nowhere'], { I6PN_MAX_ENDPOINTS: '0' });
+  const bad = await run(['--node', 'Not_A_Node', '--mode', 'sometimes', '--metrics-addr', 'nowhere', '--forward-non-private', 'perhaps'], {
+    I6PN_MAX_ENDPOINTS: '0',
+    I6PN_MAX_LOCAL_IFACES: '2.5',
+  });
   t.is(bad.code, 2, bad.stderr);
   t.regex(bad.stderr, /--nats \(I6PN_NATS_URL\): is required/);
   t.regex(bad.stderr, /--node \(I6PN_NODE\): invalid node name "Not_A_Node"/);
@@ -225,6 +233,8 @@ test.serial('--help documents every flag with its variable; invalid flags fail w
   t.regex(bad.stderr, /--mode \(I6PN_MODE\): must be enforce or monitor/);
   t.regex(bad.stderr, /--metrics-addr \(I6PN_METRICS_ADDR\): expected HOST:PORT/);
   t.regex(bad.stderr, /--max-endpoints \(I6PN_MAX_ENDPOINTS\): must be at least 1/);
+  t.regex(bad.stderr, /--max-local-ifaces \(I6PN_MAX_LOCAL_IFACES\): must be an integer/);
+  t.regex(bad.stderr, /--forward-non-private \(I6PN_FORWARD_NON_PRIVATE\): must be true or false/);
   const noBpffs = await run(['--nats', 'nats://127.0.0.1:1', '--node', 'n1', '--region', 'ams', '--uplink', 'eth0', '--bpffs', '/tmp/not-bpffs']);
   t.is(noBpffs.code, 2);
   t.regex(noBpffs.stderr, /--bpffs \(I6PN_BPFFS\): is not on a bpf filesystem/);
@@ -244,6 +254,11 @@ test.serial('entries appear in the maps, updates replace, deletes remove; invali
   startAgent();
   await eventually(ready, '/readyz 200', 20_000);
   await agent!.waitLog((l) => l.msg === 'initial sync done');
+
+  // The uplink carries from_fabric (XDP) and to_fabric (TC egress), and the config names it: the one way in for remote sources.
+  t.is(await env.xdpProgram(), 'from_fabric');
+  t.deepEqual(await env.tcPrograms(env.uplink), { ingress: null, egress: 'to_fabric' });
+  t.deepEqual(readPinnedConfig(env.bpffs), { uplinkIfindex: (await env.ifindex(env.uplink))!, forwardNonPrivate: false });
 
   const a = readPinnedEndpoint(env.bpffs, A.address);
   t.deepEqual(a, { workspace: workspaceIds.get('one'), region: REGION_ID, i6pn: true, local: true, node: nodeId(NODE), ifindex: (await env.ifindex('ep-a'))! });
@@ -306,11 +321,11 @@ test.serial('entries appear in the maps, updates replace, deletes remove; invali
   await eventually(async () => (await nodes.get(NODE))?.json<{ heartbeatAt: string }>().heartbeatAt !== hb1, 'heartbeat moves', 5000);
 });
 
-test.serial('local endpoints: a veth before or after its entry ends attached with local_ifaces and a /128; removal detaches but keeps the veth', async (t) => {
+test.serial('local endpoints: a veth before or after its entry ends bound with local_ifaces and a /128; removal seals the veth until it is gone; a reused name binds only a new veth', async (t) => {
   // Before: ep-a existed when A was written.
   const ia = (await env.ifindex('ep-a'))!;
   t.deepEqual(await env.tcPrograms('ep-a'), { ingress: 'from_endpoint', egress: 'to_endpoint' });
-  t.deepEqual(readPinnedLocalIfaces(env.bpffs).get(ia), { address: A.address, i6pn: true });
+  t.deepEqual(readPinnedLocalIfaces(env.bpffs).get(ia), { address: A.address, i6pn: true, sealed: false });
   t.is((await env.routes()).get(A.address), 'ep-a');
 
   // After: D's entry first, then the runtime makes the veth.
@@ -328,24 +343,62 @@ test.serial('local endpoints: a veth before or after its entry ends attached wit
   await eventually(() => readPinnedEndpoint(env.bpffs, D.address)?.ifindex === id, 'D carries the ifindex');
   t.true((await env.ping('a', D.address)).ok, 'A reaches D');
 
-  // The endpoint goes: hooks, map entry and route go; the veth stays (it is the runtime's).
+  const before = (await scrape()).samples;
+  const delta = (after: Sample[], name: string, labels: Record<string, string> = {}) => metricValue(after, name, labels) - metricValue(before, name, labels);
+
+  // The endpoint goes while its container runs: the veth keeps both hooks and is sealed with D's address; the route goes.
   await unregister(D);
-  await eventually(async () => (await env.tcPrograms('ep-d')).ingress === null, 'TC removed from ep-d');
-  t.deepEqual(await env.tcPrograms('ep-d'), { ingress: null, egress: null });
-  await eventually(() => !readPinnedLocalIfaces(env.bpffs).has(id), 'local_ifaces entry removed');
+  await eventually(() => readPinnedLocalIfaces(env.bpffs).get(id)?.sealed === true, 'ep-d sealed');
+  t.deepEqual(readPinnedLocalIfaces(env.bpffs).get(id), { address: D.address, i6pn: true, sealed: true });
+  t.deepEqual(await env.tcPrograms('ep-d'), { ingress: 'from_endpoint', egress: 'to_endpoint' }, 'revocation keeps the hooks');
   await eventually(async () => !(await env.routes()).has(D.address), 'route removed');
   t.is(readPinnedEndpoint(env.bpffs, D.address), null);
   t.is(await env.ifindex('ep-d'), id, 'the veth is still there');
   t.false((await env.ping('a', D.address)).ok, 'D unreachable');
+  t.false((await env.ping('d', A.address)).ok, 'D reaches nobody');
+  const sealedLog = await agent!.waitLog((l) => typeof l.msg === 'string' && l.msg.startsWith('sealed endpoint veth') && l.address === D.address);
+  t.is(sealedLog.reason, 'revoked');
+  const s1 = (await scrape()).samples;
+  t.is(delta(s1, 'i6pn_veths_sealed_total', { reason: 'revoked' }), 1);
+  t.is(metricValue(s1, 'i6pn_veths', { state: 'sealed' }), 1);
 
-  // The container goes (veth deleted by the runtime) while its entry stays: the stale ifindex is dropped.
-  const D2 = await register('one', NODE, 'ep-d');
-  await eventually(async () => (await env.routes()).get(D2.address) === 'ep-d', 'D2 routed on the same veth');
+  // A new endpoint of another workspace registered with the veth's name while the old container runs: refused, the veth stays sealed.
+  const D2 = await register('two', NODE, 'ep-d');
+  await env.setAddress('d', D2.address);
+  const refused = await agent!.waitLog((l) => typeof l.msg === 'string' && l.msg.startsWith('refused a local endpoint entry') && l.address === D2.address);
+  t.is(refused.level, 'error');
+  t.is(refused.reason, 'bound_to_other');
+  t.is(refused.ifname, 'ep-d');
+  t.deepEqual(readPinnedLocalIfaces(env.bpffs).get(id), { address: D.address, i6pn: true, sealed: true }, 'still sealed with the old address');
+  t.deepEqual(await env.tcPrograms('ep-d'), { ingress: 'from_endpoint', egress: 'to_endpoint' });
+  t.is(readPinnedEndpoint(env.bpffs, D2.address)!.ifindex, 0, 'D2 is not bound to the old veth');
+  t.false((await env.routes()).has(D2.address));
+  t.false((await env.ping('e', D2.address)).ok, 'the old container gets nothing of the new identity');
+  const s2 = (await scrape()).samples;
+  t.is(delta(s2, 'i6pn_endpoint_refused_total', { reason: 'bound_to_other' }), 1);
+  t.is(metricValue(s2, 'i6pn_unhooked_endpoints'), 1, 'D2 names a veth that exists but is not bound to it');
+
+  // The old container goes (the runtime deletes the veth): the sealed entry goes with it; a new veth of that name is D2's.
   await env.removeContainer('d');
   await eventually(() => !readPinnedLocalIfaces(env.bpffs).has(id), 'local_ifaces entry of the gone veth removed');
+  await env.addContainer('d', 'ep-d');
+  await env.setAddress('d', D2.address);
+  const id2 = (await env.ifindex('ep-d'))!;
+  t.not(id2, id, 'a new veth');
+  await eventually(() => readPinnedLocalIfaces(env.bpffs).get(id2)?.address === D2.address, 'D2 bound to the new veth');
+  t.deepEqual(readPinnedLocalIfaces(env.bpffs).get(id2), { address: D2.address, i6pn: true, sealed: false });
+  await eventually(async () => (await env.routes()).get(D2.address) === 'ep-d', 'route to D2');
+  await eventually(() => readPinnedEndpoint(env.bpffs, D2.address)?.ifindex === id2, 'D2 carries the new ifindex');
+  t.true((await env.ping('e', D2.address)).ok, 'E reaches D2 (same workspace)');
+  await eventually(async () => metricValue((await scrape()).samples, 'i6pn_unhooked_endpoints') === 0, 'nothing unhooked');
+
+  // The container goes while its entry stays: the entry of the gone veth goes, the ifindex in the value is back to 0.
+  await env.removeContainer('d');
+  await eventually(() => !readPinnedLocalIfaces(env.bpffs).has(id2), 'local_ifaces entry of the gone veth removed');
   await eventually(() => readPinnedEndpoint(env.bpffs, D2.address)?.ifindex === 0, 'D2 ifindex back to 0');
   t.true(readPinnedEndpoint(env.bpffs, D2.address)!.local);
   await unregister(D2);
+  await eventually(async () => metricValue((await scrape()).samples, 'i6pn_veths', { state: 'sealed' }) === 0, 'no sealed veth left');
 });
 
 test.serial('/metrics is exactly the catalogue, passes promtool, and counts real packets', async (t) => {
@@ -377,7 +430,8 @@ test.serial('/metrics is exactly the catalogue, passes promtool, and counts real
   // Every listed label value exists from the start, and no other.
   for (const m of catalogue.metrics) {
     for (const [label, values] of Object.entries(m.labels ?? {})) {
-      const seen = new Set(samples.filter((s) => s.name === m.name || s.name.startsWith(`${m.name}_`)).map((s) => s.labels[label]));
+      // A histogram's series carry suffixes; another metric may share the name as a prefix (i6pn_veths, i6pn_veths_sealed_total).
+      const seen = new Set(samples.filter((s) => ['', '_bucket', '_sum', '_count'].some((x) => s.name === `${m.name}${x}`)).map((s) => s.labels[label]));
       if (values && m.name !== 'i6pn_agent_info') t.deepEqual([...seen].sort(), [...values].sort(), `${m.name} ${label}`);
     }
   }
@@ -408,6 +462,91 @@ test.serial('/metrics is exactly the catalogue, passes promtool, and counts real
   await eventually(async () => metricValue((await scrape()).samples, 'i6pn_drop_events_total') >= 1, 'a sampled drop event');
   t.true(agent!.logs.some((l) => l.msg === 'sampled drop' && l.reason === 'cross_workspace' && l.dst === E.address));
 });
+
+/** The agent's error line refusing the entry of that address. */
+function refusal(address: string): Promise<Record<string, unknown>> {
+  return agent!.waitLog((l) => typeof l.msg === 'string' && l.msg.startsWith('refused a local endpoint entry') && l.address === address);
+}
+
+test.serial('entries naming the uplink or an interface that is not a veth are refused, logged and counted; the rest of the node keeps working', async (t) => {
+  const before = (await scrape()).samples;
+  const uplinkIfindex = (await env.ifindex(env.uplink))!;
+  const U = await register('one', NODE, env.uplink);
+  await sh(['ip', '-n', env.nodeNs, 'link', 'add', 'br0', 'type', 'bridge']);
+  await sh(['ip', '-n', env.nodeNs, 'link', 'set', 'br0', 'up']);
+  t.teardown(() => sh(['ip', '-n', env.nodeNs, 'link', 'del', 'br0'], { allowFail: true }).then(() => {}));
+  const N = await register('one', NODE, 'br0');
+
+  const u = await refusal(U.address);
+  t.is(u.level, 'error');
+  t.like(u, { reason: 'uplink', ifname: env.uplink, ifindex: uplinkIfindex });
+  t.like(await refusal(N.address), { level: 'error', reason: 'not_veth', ifname: 'br0' });
+  const after = (await scrape()).samples;
+  const delta = (name: string, labels: Record<string, string> = {}) => metricValue(after, name, labels) - metricValue(before, name, labels);
+  t.is(delta('i6pn_endpoint_refused_total', { reason: 'uplink' }), 1);
+  t.is(delta('i6pn_endpoint_refused_total', { reason: 'not_veth' }), 1);
+  t.is(metricValue(after, 'i6pn_unhooked_endpoints'), 2);
+
+  // Never applied: the uplink keeps from_fabric and to_fabric only; no entry, no route, no hooks anywhere for them.
+  t.is(await env.xdpProgram(), 'from_fabric');
+  t.deepEqual(await env.tcPrograms(env.uplink), { ingress: null, egress: 'to_fabric' });
+  t.deepEqual(await env.tcPrograms('br0'), { ingress: null, egress: null });
+  const ifaces = readPinnedLocalIfaces(env.bpffs);
+  t.false(ifaces.has(uplinkIfindex));
+  t.false(ifaces.has((await env.ifindex('br0'))!));
+  const routes = await env.routes();
+  t.false(routes.has(U.address));
+  t.false(routes.has(N.address));
+  t.is(readPinnedEndpoint(env.bpffs, U.address)!.ifindex, 0);
+  t.is(readPinnedConfig(env.bpffs).uplinkIfindex, uplinkIfindex);
+  // The node keeps working.
+  t.true((await env.ping('a', B.address, { count: 2 })).ok, 'A still reaches B');
+  t.is(metricValue(after, 'i6pn_attached_hooks', { hook: 'from_endpoint' }), 3);
+
+  await unregister(U);
+  await unregister(N);
+  await eventually(async () => metricValue((await scrape()).samples, 'i6pn_unhooked_endpoints') === 0, 'refused entries gone');
+});
+
+test.serial('two entries naming one veth seal it, with no winner; a sealed veth stays sealed for its own endpoint', async (t) => {
+  const before = (await scrape()).samples;
+  await env.addContainer('h', 'ep-h');
+  const H1 = await register('one', NODE, 'ep-h');
+  await env.setAddress('h', H1.address);
+  const ih = (await env.ifindex('ep-h'))!;
+  await eventually(async () => (await env.routes()).get(H1.address) === 'ep-h', 'H1 bound and routed');
+  t.true((await env.ping('h', A.address)).ok, 'H1 reaches A while bound');
+
+  // i6pnctl refuses a second endpoint on a used interface name: a raw write is what gets past it.
+  const H2 = unregistered(workspaceIds.get('two')!, 0x301, NODE, 'ep-h');
+  H2.record['workspace'] = 'two';
+  await endpoints.put(H2.key, record(H2));
+  await eventually(() => readPinnedLocalIfaces(env.bpffs).get(ih)?.sealed === true, 'ep-h sealed');
+  t.deepEqual(readPinnedLocalIfaces(env.bpffs).get(ih), { address: H1.address, i6pn: true, sealed: true });
+  t.deepEqual(await env.tcPrograms('ep-h'), { ingress: 'from_endpoint', egress: 'to_endpoint' });
+  t.like(await refusal(H1.address), { reason: 'duplicate_ifname', ifname: 'ep-h' });
+  t.like(await refusal(H2.address), { reason: 'duplicate_ifname', ifname: 'ep-h' });
+  await eventually(async () => !(await env.routes()).has(H1.address), 'H1 route removed');
+  t.false((await env.routes()).has(H2.address));
+  t.false((await env.ping('h', A.address)).ok, 'the sealed veth reaches nobody');
+  t.false((await env.ping('a', H1.address)).ok, 'nothing reaches the sealed veth');
+  const s1 = (await scrape()).samples;
+  t.is(metricValue(s1, 'i6pn_veths_sealed_total', { reason: 'duplicate_ifname' }) - metricValue(before, 'i6pn_veths_sealed_total', { reason: 'duplicate_ifname' }), 1);
+  t.is(metricValue(s1, 'i6pn_endpoint_refused_total', { reason: 'duplicate_ifname' }) - metricValue(before, 'i6pn_endpoint_refused_total', { reason: 'duplicate_ifname' }), 2);
+  t.is(metricValue(s1, 'i6pn_veths', { state: 'sealed' }), 1);
+  t.is(metricValue(s1, 'i6pn_unhooked_endpoints'), 2);
+
+  // The duplicate goes: no winner after the fact either; H1 stays off its sealed veth.
+  await endpoints.delete(H2.key);
+  t.like(await agent!.waitLog((l) => l.address === H1.address && l.reason === 'sealed'), { level: 'error', ifname: 'ep-h' });
+  t.deepEqual(readPinnedLocalIfaces(env.bpffs).get(ih), { address: H1.address, i6pn: true, sealed: true });
+  t.false((await env.routes()).has(H1.address));
+  t.false((await env.ping('h', A.address)).ok, 'still sealed');
+  // H1 and its sealed veth stay for the restart test.
+  sealedH = { ep: H1, ifindex: ih };
+});
+
+let sealedH: { ep: Ep; ifindex: number } | null = null;
 
 test.serial('SIGKILL: the dataplane keeps enforcing; a restarted agent adopts it without a gap and sweeps what was deleted meanwhile', async (t) => {
   const F = await register('one', 'n2', 'ep-f2');
@@ -442,7 +581,21 @@ test.serial('SIGKILL: the dataplane keeps enforcing; a restarted agent adopts it
   t.is(await env.xdpProgram(), 'from_fabric');
   const { samples } = await scrape();
   t.is(metricValue(samples, 'i6pn_reconcile_removed_total'), 1);
-  t.is(metricValue(samples, 'i6pn_attached_hooks', { hook: 'to_endpoint' }), 3);
+  t.is(metricValue(samples, 'i6pn_attached_hooks', { hook: 'to_endpoint' }), 4, 'ep-a, ep-b, ep-e and the sealed ep-h');
+
+  // The sealed veth was adopted sealed, kept its hooks, and its own endpoint is still refused.
+  const h = sealedH!;
+  t.true(agent!.logs.some((l) => l.msg === 'adopted local interfaces from the pinned map' && l.sealed === 1));
+  t.deepEqual(readPinnedLocalIfaces(env.bpffs).get(h.ifindex), { address: h.ep.address, i6pn: true, sealed: true });
+  t.deepEqual(await env.tcPrograms('ep-h'), { ingress: 'from_endpoint', egress: 'to_endpoint' });
+  t.like(await agent!.waitLog((l) => l.address === h.ep.address && l.reason === 'sealed'), { level: 'error' });
+  t.false((await env.routes()).has(h.ep.address));
+  t.false((await env.ping('h', A.address)).ok, 'still sealed after the restart');
+  t.is(metricValue(samples, 'i6pn_veths', { state: 'sealed' }), 1);
+  await unregister(h.ep);
+  await env.removeContainer('h');
+  await eventually(() => !readPinnedLocalIfaces(env.bpffs).has(h.ifindex), 'the sealed entry goes with its veth');
+  await eventually(async () => metricValue((await scrape()).samples, 'i6pn_attached_hooks', { hook: 'to_endpoint' }) === 3, 'three veths hooked');
 });
 
 test.serial('NATS outage: the dataplane stays frozen, and the agent catches up when the store is back', async (t) => {
@@ -481,12 +634,21 @@ test.serial('NATS outage: the dataplane stays frozen, and the agent catches up w
   t.false(readPinnedEndpoint(env.bpffs, B.address)!.i6pn);
   t.truthy(readPinnedEndpoint(env.bpffs, G.address));
   t.truthy(readPinnedEndpoint(env.bpffs, C2.address));
-  // E's veth lost its hooks with its entry.
-  await eventually(async () => (await env.tcPrograms('ep-e')).ingress === null, 'E detached');
+  // E's container still runs: its veth keeps both hooks, sealed with E's old address, and reaches nobody.
+  const ie = (await env.ifindex('ep-e'))!;
+  await eventually(() => readPinnedLocalIfaces(env.bpffs).get(ie)?.sealed === true, 'ep-e sealed');
+  t.deepEqual(readPinnedLocalIfaces(env.bpffs).get(ie), { address: E.address, i6pn: true, sealed: true });
+  t.deepEqual(await env.tcPrograms('ep-e'), { ingress: 'from_endpoint', egress: 'to_endpoint' });
   await put(B);
+  // A new E gets a new container (a new veth of the same name): the old one is never re-bound.
+  await env.removeContainer('e');
+  await eventually(() => !readPinnedLocalIfaces(env.bpffs).has(ie), 'the sealed entry goes with its veth');
   E = await register('two', NODE, 'ep-e');
+  await env.addContainer('e', 'ep-e');
   await env.setAddress('e', E.address);
   await eventually(() => readPinnedEndpoint(env.bpffs, B.address)?.i6pn === true && readPinnedEndpoint(env.bpffs, E.address) !== null, 'B and E back');
+  const ie2 = (await env.ifindex('ep-e'))!;
+  await eventually(() => readPinnedLocalIfaces(env.bpffs).get(ie2)?.address === E.address, 'E bound to its new veth');
   await eventually(async () => (await env.tcPrograms('ep-e')).ingress === 'from_endpoint', 'E attached again');
 });
 
@@ -558,6 +720,64 @@ test.serial('a full endpoints map: logged, counted, nothing evicted; the endpoin
     const m = readPinnedEndpoints(bpffs);
     return m.size === 4 && !m.has(gone);
   }, 'a refused endpoint takes the freed slot', 20_000);
+});
+
+test.serial('more local endpoints than local_ifaces slots: the extra veth keeps its hooks without an entry, reaches nobody, and is counted', async (t) => {
+  // A second node of its own (namespace, uplink, containers), whose agent has two local_ifaces slots for three veths.
+  const envF = new AgentEnv('f');
+  t.teardown(() => envF.destroy());
+  await envF.create();
+  const eps: Array<{ name: string; ep: Ep }> = [];
+  t.teardown(async () => {
+    for (const { ep } of eps) await unregister(ep).catch(() => {});
+  });
+  for (const name of ['1', '2', '3']) {
+    await envF.addContainer(name, `fp-${name}`);
+    const ep = await register('one', 'nf', `fp-${name}`);
+    await envF.setAddress(name, ep.address);
+    eps.push({ name, ep });
+  }
+  const small = envF.startAgent(envF.agentArgs(`nats://[${envF.natsAddr}]:${nats.port}`, { '--node': 'nf', '--max-local-ifaces': '2' }));
+  await small.waitLog((l) => l.msg === 'initial sync done', 60_000);
+  const full = await small.waitLog((l) => typeof l.msg === 'string' && l.msg.startsWith('local_ifaces is full'));
+  t.is(full.level, 'error');
+  const scrapeF = async () => parseMetrics(await (await fetch(`${envF.metricsUrl}/metrics`, { signal: AbortSignal.timeout(5000) })).text()).samples;
+  for (const { ep } of eps) await eventually(async () => (await envF.tcPrograms(ep.ifname)).egress === 'to_endpoint', `hooks on ${ep.ifname}`);
+
+  const ifaces = readPinnedLocalIfaces(envF.bpffs);
+  t.is(ifaces.size, 2, 'the map is full');
+  const bound = eps.filter(({ ep }) => [...ifaces.values()].some((v) => v.address === ep.address && !v.sealed));
+  const left = eps.filter((x) => !bound.includes(x));
+  t.is(bound.length, 2);
+  t.is(left.length, 1);
+  const x = left[0]!;
+  t.false(ifaces.has((await envF.ifindex(x.ep.ifname))!), 'no entry for the extra veth');
+  t.deepEqual(await envF.tcPrograms(x.ep.ifname), { ingress: 'from_endpoint', egress: 'to_endpoint' }, 'the extra veth has the hooks all the same');
+  await eventually(async () => (await envF.routes()).size === 2, 'the two bound endpoints routed');
+  t.false((await envF.routes()).has(x.ep.address), 'no route to the extra veth');
+  const s = (await eventually(async () => {
+    const m = await scrapeF();
+    return metricValue(m, 'i6pn_unhooked_endpoints') === 1 ? m : undefined;
+  }, 'one endpoint unhooked'))!;
+  t.is(metricValue(s, 'i6pn_veths', { state: 'bound' }), 2);
+  t.is(metricValue(s, 'i6pn_veths', { state: 'unbound' }), 1);
+  t.is(metricValue(s, 'i6pn_map_capacity', { map: 'local_ifaces' }), 2);
+  t.is(metricValue(s, 'i6pn_map_entries', { map: 'local_ifaces' }), 2);
+  t.true(metricValue(s, 'i6pn_map_full_total') >= 1);
+  t.is(metricValue(s, 'i6pn_attached_hooks', { hook: 'from_endpoint' }), 3);
+  // The bound two reach each other; the extra one reaches nobody and nothing reaches it.
+  t.true((await envF.ping(bound[0]!.name, bound[1]!.ep.address)).ok, 'bound endpoints reach each other');
+  t.false((await envF.ping(x.name, bound[0]!.ep.address)).ok, 'the unhooked veth reaches nobody');
+  t.false((await envF.ping(bound[0]!.name, x.ep.address)).ok, 'nothing reaches the unhooked veth');
+
+  // Room appears (a bound container goes with its veth): the extra veth is bound at the next converge.
+  await envF.removeContainer(bound[0]!.name);
+  const ix = (await envF.ifindex(x.ep.ifname))!;
+  await eventually(() => readPinnedLocalIfaces(envF.bpffs).get(ix)?.address === x.ep.address, 'the extra veth bound once there is room', 20_000);
+  await eventually(async () => (await envF.routes()).get(x.ep.address) === x.ep.ifname, 'and routed');
+  t.true((await envF.ping(x.name, bound[1]!.ep.address)).ok, 'it reaches its workspace now');
+  await eventually(async () => metricValue(await scrapeF(), 'i6pn_unhooked_endpoints') === 0, 'nothing unhooked');
+  for (const { ep } of eps.splice(0)) await unregister(ep);
 });
 
 test.serial('a large snapshot is applied in batches while the agent keeps answering, and equals the store', async (t) => {

@@ -66,13 +66,15 @@ export class AgentEnv {
 
   constructor(readonly tag: string) {
     const hex = (process.pid & 0xffff).toString(16);
+    // Two environments of one test process differ by their tag's first letter (links and addresses).
+    const t = tag.charCodeAt(0).toString(16);
     this.nodeNs = `i6pn-at-${this.id}-${tag}`;
     this.bpffs = `/sys/fs/bpf/i6pn-test-${this.id}-${tag}`;
-    this.mgmtRoot = `i6at${this.id}`.slice(0, 15);
-    this.mgmtRootAddr = `fd6a:${hex}:${tag.length}::1`;
-    this.mgmtNodeAddr = `fd6a:${hex}:${tag.length}::2`;
+    this.mgmtRoot = `i6at${t}${this.id}`.slice(0, 15);
+    this.mgmtRootAddr = `fd6a:${hex}:${t}::1`;
+    this.mgmtNodeAddr = `fd6a:${hex}:${t}::2`;
     // Outside the management /64, so that the root namespace never picks it as the source of a scrape.
-    this.natsAddr = `fd6a:${hex}:${tag.length}:ffff::3`;
+    this.natsAddr = `fd6a:${hex}:${t}:ffff::3`;
   }
 
   get metricsUrl(): string {
