@@ -272,6 +272,26 @@ export class Cluster {
     this.oracle = modelOracle(this.endpoints);
   }
 
+  /**
+   * `i6pnctl endpoint remove` while the container keeps running, then wait
+   * until its node's agent has sealed the veth (the veth keeps its hooks and
+   * drops everything in and out until it is gone).
+   */
+  async revoke(name: string): Promise<void> {
+    const node = this.fabric.endpoint(name).node;
+    const series = 'i6pn_veths{state="sealed"}';
+    const before = (await this.metric(node, series)) || 0;
+    await this.deregister(name);
+    await waitUntil(`${node} seals the veth of ${name}`, async () => (await this.metric(node, series)) > before, 15_000);
+  }
+
+  /** One series of an agent's /metrics, as printed (`name{labels}`); NaN when absent. */
+  async metric(node: string, series: string): Promise<number> {
+    const text = await (await fetch(this.metricsUrl(node), { signal: AbortSignal.timeout(2000) })).text();
+    const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+    return line ? Number(line.slice(series.length + 1)) : NaN;
+  }
+
   /** The container goes away (after deregister). */
   async removeContainer(name: string): Promise<void> {
     await this.daemons.get(name)?.stop();

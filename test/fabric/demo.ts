@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { Cluster, type DataplaneKind, type EnforcementMode, REPO_ROOT } from './cluster.js';
 import { type Counters, delta, snapshot } from './counters.js';
 import { renderMatrix, runMatrix } from './matrix.js';
+import { modelOracle } from './policy.js';
 import { STATE_ROOT, destroyRunSync, leftoverRuns, readRunState } from './state.js';
 
 const DEMO_FILE = join(STATE_ROOT, 'demo');
@@ -70,7 +71,7 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
     destroyRunSync(old);
   }
   rmSync(DEMO_FILE, { force: true });
-  STEPS = dataplane === 'agent' ? 9 : dataplane === 'static' ? 8 : 7;
+  STEPS = dataplane === 'agent' ? 10 : dataplane === 'static' ? 8 : 7;
   // Ctrl-C while building: the fabric's own handler removes what exists and exits;
   // before there is a fabric, this one exits.
   const onInterrupt = (): void => {
@@ -87,10 +88,20 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
   writeFileSync(DEMO_FILE, cluster.fabric.runId + '\n');
   const nodes = [...cluster.fabric.nodes.keys()];
 
-  step(`isolation matrix: ${cluster.endpoints.length * (cluster.endpoints.length - 1)} ordered pairs × ICMPv6, TCP, UDP`);
+  // An endpoint removed from the store while its container runs: its veth stays, sealed.
+  let matrixEndpoints = cluster.endpoints;
+  let oracle = cluster.oracle;
+  if (dataplane === 'agent') {
+    step('revoking r1 (acme, ams-1): removed from the store while its container runs; its veth stays, sealed');
+    await cluster.addEndpoint({ name: 'r1', workspace: 'acme', node: 'ams-1', i6pn: true });
+    await cluster.revoke('r1');
+    matrixEndpoints = [...cluster.endpoints, cluster.fabric.endpoint('r1')];
+    oracle = modelOracle(matrixEndpoints, new Set(['r1']));
+  }
+  step(`isolation matrix: ${matrixEndpoints.length * (matrixEndpoints.length - 1)} ordered pairs × ICMPv6, TCP, UDP`);
   const before = await snapshot(nodes, cluster.counters);
-  const result = await runMatrix(cluster.endpoints, cluster.daemons, {
-    oracle: cluster.oracle,
+  const result = await runMatrix(matrixEndpoints, cluster.daemons, {
+    oracle,
     expect: mode === 'enforce' && dataplane !== 'none' ? 'policy' : 'all',
   });
   const after = await snapshot(nodes, cluster.counters);
@@ -112,7 +123,10 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
     say('');
   }
   say('Endpoints:');
-  for (const e of cluster.endpoints) say(`  ${e.name.padEnd(4)} ${e.address.padEnd(40)} ${e.workspace.padEnd(8)} ${e.node.padEnd(6)} ${e.ifname}${e.i6pn ? '' : '  (no i6pn)'}`);
+  for (const e of matrixEndpoints) {
+    const note = cluster.deregistered.has(e.name) ? '  (removed from the store, container running: veth sealed)' : e.i6pn ? '' : '  (no i6pn)';
+    say(`  ${e.name.padEnd(4)} ${e.address.padEnd(40)} ${e.workspace.padEnd(8)} ${e.node.padEnd(6)} ${e.ifname}${note}`);
+  }
   say('');
   say(`Explore (fabric ${f.runId}, state in ${f.record.dir}):`);
   say(`  make demo-shell NODE=${nodes[0]}          a shell in a node (or NODE=a1 for a container)`);
