@@ -98,7 +98,7 @@ const natsUrl = z.string().refine((u) => {
   }
 }, 'expected nats://HOST:PORT (several separated by commas)');
 
-/** HOST:PORT or [V6]:PORT. */
+/** HOST:PORT or [ADDRESS]:PORT; the brackets take IPv4 too, so `[$(POD_IP)]:9465` fits either family. */
 export function parseHostPort(s: string): { host: string; port: number } {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(s.trim());
   const port = m ? Number(m[3]) : NaN;

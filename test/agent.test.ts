@@ -21,6 +21,7 @@ import { endpointIdOf, formatAddress, makeEndpointAddress, parseAddress, workspa
 import { nodeId } from '../agent/sync.js';
 import { validateEndpointEntry } from '../lib/schema.js';
 import { METRIC_NAMES, OMITTED_DEFAULT_METRICS } from '../agent/metrics.js';
+import { parseHostPort } from '../agent/config.js';
 import {
   AgentEnv,
   eventually,
@@ -221,6 +222,9 @@ test.serial('--help documents every flag with its variable; invalid flags fail w
   t.regex(flat, /--max-local-ifaces <n> [^-]*a pinned map keeps its size[^-]*\(default: "4096"/);
   t.regex(flat, /--metrics-addr <host:port> [^(]*\(default: "127\.0\.0\.1:9465"/, 'metrics listen on loopback unless told otherwise');
   t.regex(flat, /teardown/);
+  // The DaemonSet's `[$(POD_IP)]:9465` whichever family the pod's address is.
+  t.deepEqual(parseHostPort('[10.1.2.3]:9465'), { host: '10.1.2.3', port: 9465 });
+  t.deepEqual(parseHostPort('[fd00::1]:9465'), { host: 'fd00::1', port: 9465 });
 
   const bad = await run(['--node', 'Not_A_Node', '--mode', 'sometimes', '--metrics-addr', 'nowhere', '--forward-non-private', 'perhaps'], {
     I6PN_MAX_ENDPOINTS: '0',

@@ -194,7 +194,13 @@ function daemonSetProblems(ds: Obj, configMap: Obj): string[] {
 
   // Ports and probes.
   const port = (agent["ports"] as Obj[] | undefined)?.find((x) => x["name"] === "metrics");
-  const metricsPort = Number(String(configMap["data"]?.["I6PN_METRICS_ADDR"] ?? "").split(":").pop());
+  // The metrics listen on the pod's (the node's) address, never on every address of the node.
+  const metricsAddr = String(envOf(agent, "I6PN_METRICS_ADDR")?.["value"] ?? "");
+  const podIpIdx = env.findIndex((e) => e["name"] === "POD_IP" && e["valueFrom"]?.["fieldRef"]?.["fieldPath"] === "status.podIP");
+  const addrIdx = env.findIndex((e) => e["name"] === "I6PN_METRICS_ADDR");
+  check(/^\[\$\(POD_IP\)\]:\d+$/.test(metricsAddr), `I6PN_METRICS_ADDR must be "[$(POD_IP)]:PORT" in the agent's env, not ${JSON.stringify(metricsAddr)}`);
+  check(podIpIdx >= 0 && podIpIdx < addrIdx, "POD_IP (status.podIP) must be defined before I6PN_METRICS_ADDR, which expands $(POD_IP)");
+  const metricsPort = Number(metricsAddr.split(":").pop());
   check(port && port["containerPort"] === metricsPort && port["hostPort"] === metricsPort, `port "metrics" must be ${metricsPort} (I6PN_METRICS_ADDR), hostPort equal (hostNetwork)`);
   const probe = (kind: string) => agent[kind]?.["httpGet"] as Obj | undefined;
   check(probe("livenessProbe")?.["path"] === "/healthz" && probe("livenessProbe")?.["port"] === "metrics", "livenessProbe must GET /healthz on port metrics");
@@ -278,6 +284,8 @@ test("DaemonSet checks fail on each broken setting (they can fail)", (t) => {
     [(o) => (agentOf(o)["env"] = agentOf(o)["env"].reverse()), /before I6PN_NATS_CREDS/],
     [(o) => (agentOf(o)["env"].find((e: Obj) => e["name"] === "I6PN_NODE")["valueFrom"]["fieldRef"]["fieldPath"] = "metadata.name"), /spec.nodeName/],
     [(o) => (agentOf(o)["env"].find((e: Obj) => e["name"] === "I6PN_REGION_FILE")["value"] = "/tmp/region"), /I6PN_REGION_FILE/],
+    [(o) => (agentOf(o)["env"].find((e: Obj) => e["name"] === "I6PN_METRICS_ADDR")["value"] = "0.0.0.0:9465"), /I6PN_METRICS_ADDR must be/],
+    [(o) => (agentOf(o)["env"] = agentOf(o)["env"].filter((e: Obj) => e["name"] !== "POD_IP")), /POD_IP \(status.podIP\) must be defined before/],
     [(o) => (agentOf(o)["image"] = "registry.example.com/i6pn:latest"), /image must be/],
     [(o) => (agentOf(o)["ports"][0]["hostPort"] = 19465), /port "metrics"/],
     [(o) => (agentOf(o)["env"] = agentOf(o)["env"].filter((e: Obj) => e["name"] !== "NODE_EXTRA_CA_CERTS")), /NODE_EXTRA_CA_CERTS/],
@@ -299,10 +307,11 @@ test("ConfigMap: only the agent's own variables, with valid values; nothing per-
     if (key === "I6PN_REGION_LABEL") continue;
     t.true(agentSource.includes(`'${key}'`) || agentSource.includes(`"${key}"`), `${key} is not read by agent/config.ts`);
   }
-  for (const perNode of ["I6PN_NODE", "I6PN_NATS_CREDS", "I6PN_REGION"]) t.false(perNode in data, `${perNode} is per node`);
+  for (const perNode of ["I6PN_NODE", "I6PN_NATS_CREDS", "I6PN_REGION", "I6PN_METRICS_ADDR"]) t.false(perNode in data, `${perNode} is per node`);
   t.true(["enforce", "monitor"].includes(data["I6PN_MODE"] ?? ""));
   t.regex(data["I6PN_MAX_ENDPOINTS"] ?? "", /^[1-9]\d*$/);
-  t.regex(data["I6PN_METRICS_ADDR"] ?? "", /^0\.0\.0\.0:9465$/);
+  t.regex(data["I6PN_MAX_LOCAL_IFACES"] ?? "", /^[1-9]\d*$/);
+  t.is(data["I6PN_FORWARD_NON_PRIVATE"], "false", "forwarding non-private traffic is the operator's explicit choice");
   t.regex(data["I6PN_BPFFS"] ?? "", /^\/sys\/fs\/bpf\//);
   for (const url of (data["I6PN_NATS_URL"] ?? "").split(",")) t.regex(url, /^tls:\/\/[a-z0-9.-]+:4222$/, "agents reach NATS over TLS");
   t.truthy(data["I6PN_UPLINK"]);
