@@ -33,6 +33,7 @@ import {
   readPinnedEndpoints,
   readPinnedLocalIfaces,
   sh,
+  writePinnedLocalIface,
   type AgentProcess,
   type Sample,
 } from './helpers/agent-env.js';
@@ -574,6 +575,9 @@ test.serial('SIGKILL: the dataplane keeps enforcing; a restarted agent adopts it
   await unregister(F);
   await jsm.streams.purge('KV_i6pn_endpoints', { filter: `$KV.i6pn_endpoints.${F.key}` });
   t.truthy(readPinnedEndpoint(env.bpffs, F.address), 'frozen, not opened or cleared');
+  // What an agent that trusted an entry's ifname left: the uplink in local_ifaces. The next one must not adopt it.
+  const uplinkIfindex = (await env.ifindex(env.uplink))!;
+  writePinnedLocalIface(env.bpffs, uplinkIfindex, C.address);
 
   startAgent();
   await eventually(ready, '/readyz after restart', 20_000);
@@ -583,6 +587,10 @@ test.serial('SIGKILL: the dataplane keeps enforcing; a restarted agent adopts it
   t.regex(out, / 0% packet loss/, `no gap:\n${out}`);
   t.deepEqual(await env.tcPrograms('ep-a'), { ingress: 'from_endpoint', egress: 'to_endpoint' });
   t.is(await env.xdpProgram(), 'from_fabric');
+  t.false(readPinnedLocalIfaces(env.bpffs).has(uplinkIfindex), 'the uplink entry is removed, not adopted');
+  t.true(agent!.logs.some((l) => typeof l.msg === 'string' && l.msg.startsWith('removed a pinned local_ifaces entry') && l.ifname === env.uplink));
+  t.deepEqual(await env.tcPrograms(env.uplink), { ingress: null, egress: 'to_fabric' });
+  t.is(readPinnedConfig(env.bpffs).uplinkIfindex, uplinkIfindex);
   const { samples } = await scrape();
   t.is(metricValue(samples, 'i6pn_reconcile_removed_total'), 1);
   t.is(metricValue(samples, 'i6pn_attached_hooks', { hook: 'to_endpoint' }), 4, 'ep-a, ep-b, ep-e and the sealed ep-h');

@@ -13,10 +13,10 @@ import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
-import { abiStructs, readPinnedConfig, readPinnedEndpoint, readPinnedEndpoints, readPinnedLocalIfaces } from './agent-maps.js';
+import { abiStructs, readPinnedConfig, readPinnedEndpoint, readPinnedEndpoints, readPinnedLocalIfaces, writePinnedLocalIface } from './agent-maps.js';
 import { REPO_ROOT } from './nats.js';
 
-export { abiStructs, readPinnedConfig, readPinnedEndpoint, readPinnedEndpoints, readPinnedLocalIfaces };
+export { abiStructs, readPinnedConfig, readPinnedEndpoint, readPinnedEndpoints, readPinnedLocalIfaces, writePinnedLocalIface };
 
 export interface Sh {
   code: number;

@@ -80,6 +80,19 @@ export function readPinnedLocalIfaces(bpffs: string): Map<number, PinnedLocalIfa
   });
 }
 
+/** Write a local_ifaces entry behind the agent's back (what an agent that trusted an entry's ifname left). */
+export function writePinnedLocalIface(bpffs: string, ifindex: number, address: string): void {
+  withMap(bpffs, 'local_ifaces', (m) => {
+    const S = abiStructs.i6pn_local_iface;
+    const key = Buffer.alloc(4);
+    key.writeUInt32LE(ifindex);
+    const v = Buffer.alloc(S.size);
+    v.set(parseAddress(address), S.fields.addr.offset);
+    v.writeUInt32LE(EndpointFlag.I6PN, S.fields.flags.offset);
+    m.update(key, v);
+  });
+}
+
 /** The uplink and the flags of the pinned config map (the agent writes them). */
 export function readPinnedConfig(bpffs: string): { uplinkIfindex: number; forwardNonPrivate: boolean } {
   return withMap(bpffs, 'config', (m) => {
