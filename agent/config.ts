@@ -70,6 +70,8 @@ export interface AgentConfig {
 
 export interface TeardownConfig {
   bpffs: string;
+  /** Also clear i6pn's TC slot on every interface of the namespace (veths hooked without a local_ifaces entry). */
+  allInterfaces: boolean;
   logLevel: LogLevel;
 }
 
@@ -252,6 +254,13 @@ function buildProgram(onRun: (o: Record<string, unknown>) => void, onTeardown: (
         'endpoints in the local_ifaces map, and every pin under --bpffs. The dataplane stops enforcing.',
     )
     .addOption(new Option('--bpffs <dir>', 'bpffs directory of the pins').env('I6PN_BPFFS').default(DEFAULT_BPFFS))
+    .addOption(
+      new Option(
+        '--all-interfaces',
+        'also remove i6pn\'s TC filters from every interface of this network namespace, not only those in local_ifaces: ' +
+          'veths hooked without an entry (local_ifaces was full) are found only this way. For a node, which has one i6pn dataplane',
+      ).default(false),
+    )
     .addOption(new Option('--log-level <level>', 'log level').env('I6PN_LOG_LEVEL').default('info'))
     .action((o: Record<string, unknown>) => onTeardown(o));
   return program;
@@ -294,7 +303,7 @@ export function parseCommandLine(argv: string[]): Command_ {
       };
     },
     (o) => {
-      const r = z.object({ bpffs: bpffsDir, logLevel: z.enum(LOG_LEVELS) }).safeParse(o);
+      const r = z.object({ bpffs: bpffsDir, allInterfaces: z.boolean(), logLevel: z.enum(LOG_LEVELS) }).safeParse(o);
       if (!r.success) throw new ConfigError(problemsOf(r.error));
       result = { command: 'teardown', config: r.data };
     },

@@ -208,8 +208,8 @@ async function run(cfg: AgentConfig): Promise<void> {
 async function teardown(cfg: TeardownConfig): Promise<void> {
   const log = createLogger(cfg.logLevel, { command: 'teardown' });
   await flushAgentRoutes().catch((err: unknown) => log.warn({ err }, 'removing the agent\'s routes failed'));
-  Dataplane.teardown(cfg.bpffs);
-  log.info({ bpffs: cfg.bpffs }, 'removed the i6pn dataplane: XDP link, TC filters, routes and pins');
+  Dataplane.teardown(cfg.bpffs, { allInterfaces: cfg.allInterfaces });
+  log.info({ bpffs: cfg.bpffs, allInterfaces: cfg.allInterfaces }, 'removed the i6pn dataplane: XDP link, TC filters, routes and pins');
 }
 
 function fail(log: Logger | null, message: string, err?: unknown): never {

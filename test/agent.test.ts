@@ -790,6 +790,18 @@ test.serial('more local endpoints than local_ifaces slots: the extra veth keeps 
   t.true((await envF.ping(x.name, bound[1]!.ep.address)).ok, 'it reaches its workspace now');
   await eventually(async () => metricValue(await scrapeF(), 'i6pn_unhooked_endpoints') === 0, 'nothing unhooked');
   for (const { ep } of eps.splice(0)) await unregister(ep);
+
+  // Teardown --all-interfaces frees a veth hooked without an entry too (local_ifaces does not name it).
+  await envF.addContainer('4', 'fp-4');
+  const e4 = await register('one', 'nf', 'fp-4');
+  eps.push({ name: '4', ep: e4 });
+  await eventually(async () => (await envF.tcPrograms('fp-4')).egress === 'to_endpoint', 'hooks on fp-4');
+  small.kill('SIGTERM');
+  await small.exited;
+  const r = await sh(inNs(envF.nodeNs, [process.execPath, '--import=tsx', join(REPO_ROOT, 'agent', 'main.ts'), 'teardown', '--all-interfaces', '--bpffs', envF.bpffs]), { allowFail: true });
+  t.is(r.code, 0, r.stderr);
+  for (const dev of [x.ep.ifname, bound[1]!.ep.ifname, 'fp-4']) t.deepEqual(await envF.tcPrograms(dev), { ingress: null, egress: null }, dev);
+  t.deepEqual(await envF.tcPrograms(envF.uplink), { ingress: null, egress: null });
 });
 
 test.serial('a large snapshot is applied in batches while the agent keeps answering, and equals the store', async (t) => {
