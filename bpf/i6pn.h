@@ -97,7 +97,8 @@ struct i6pn_endpoint {
 	__u16 region;    /* bits 48..63 of the address */
 	__u16 flags;     /* enum i6pn_endpoint_flag */
 	__u32 node;      /* node id (agent's hash of the node name), for reporting */
-	__u32 ifindex;   /* host-side veth when LOCAL and attached, else 0 */
+	__u32 ifindex;   /* the host-side veth bound to it (LOCAL, hooked, not sealed), else 0:
+			  * to-endpoint and to-fabric accept a local source only from there */
 };
 
 /*

@@ -30,11 +30,14 @@
  *   from-endpoint src must be the veth's endpoint: spoofed_source; that
  *                 endpoint: no_i6pn
  *   to-endpoint   dst must be the veth's endpoint: not_local; that
- *                 endpoint: no_i6pn; where it entered: unbound_source
- *   both veth     src: unknown_source, no_i6pn (to-endpoint: a local
- *                 source that came in from the fabric: spoofed_source);
- *                 dst: unknown_dest, no_i6pn
- *   to-fabric     where it entered: unbound_source; that endpoint: no_i6pn
+ *                 endpoint: no_i6pn
+ *   both veth     src: unknown_source, no_i6pn
+ *   to-endpoint   where it entered: a local source from its own veth, a
+ *                 remote one from the uplink: unbound_source (a local
+ *                 source from the uplink: spoofed_source)
+ *   both veth     dst: unknown_dest, no_i6pn
+ *   to-fabric     where it entered: a local member's own veth:
+ *                 unbound_source; that member: no_i6pn
  *   all hooks     members' workspace / region differ -> cross_workspace /
  *                 cross_region (membership is the truth; bits were a hint)
  *
@@ -46,7 +49,8 @@
  * interface): to-endpoint accepts a private packet that entered from the
  * veth bound to exactly its source, or from the uplink with a non-local
  * source; to-fabric accepts one that entered from the veth bound to its
- * source. Everything else (a veth without hooks, unknown, sealed or not yet
+ * source. The binding is read from the source's own endpoints entry, whose
+ * ifindex the agent sets only while that veth is bound to it. Everything else (a veth without hooks, unknown, sealed or not yet
  * converged, the node's own stack, another interface) reaches no endpoint and
  * leaves the node not at all, whatever it forges and whatever the agent's
  * state: nothing on that path depends on the forged packet's own claims.
@@ -273,14 +277,15 @@ static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, c
 }
 
 /*
- * Did this packet enter from the veth bound to exactly its source? The one
- * proof of a local source (from-endpoint checked it on the way in).
+ * Did a packet from this local member enter from the veth bound to it? The
+ * one proof of a local source (from-endpoint checked it on the way in). The
+ * agent writes a local member's ifindex only while its veth is bound to it
+ * (hooked, its local_ifaces entry written, not sealed), else 0, so this costs
+ * no lookup beyond the source's own.
  */
-static __always_inline int i6pn_entered_from_source(__u32 ingress, const struct in6_addr *src)
+static __always_inline int i6pn_entered_from_own_veth(const struct i6pn_endpoint *src, __u32 ingress)
 {
-	struct i6pn_local_iface *in = bpf_map_lookup_elem(&local_ifaces, &ingress);
-
-	return in && !(in->flags & I6PN_EP_SEALED) && i6pn_addr_eq(&in->addr, src);
+	return (src->flags & I6PN_EP_LOCAL) && src->ifindex && src->ifindex == ingress;
 }
 
 /*
@@ -303,12 +308,12 @@ static __always_inline int i6pn_decide_to_fabric(void *data, void *data_end, __u
 		return I6PN_PASS_NOT_PRIVATE;
 	if (cls == I6PN_CLASS_MIXED)
 		return i6pn_mixed_at_uplink(data, data_end, pkt);
-	struct i6pn_local_iface *in = bpf_map_lookup_elem(&local_ifaces, &ingress);
+	struct i6pn_endpoint *src = bpf_map_lookup_elem(&endpoints, &pkt->src);
 
 	/* Attack: a forged private packet from an unhooked, unknown or sealed veth, or the node. */
-	if (!in || (in->flags & I6PN_EP_SEALED) || !i6pn_addr_eq(&in->addr, &pkt->src))
+	if (!src || !i6pn_entered_from_own_veth(src, ingress))
 		return I6PN_DROP_UNBOUND_SOURCE;
-	if (!(in->flags & I6PN_EP_I6PN))
+	if (!(src->flags & I6PN_EP_I6PN))
 		return I6PN_DROP_NO_I6PN;
 	return I6PN_PASS_PRIVATE;
 }
@@ -395,7 +400,7 @@ static __always_inline int i6pn_decide_veth(void *ctx, void *data, void *data_en
 					    const int to_endpoint)
 {
 	struct i6pn_local_iface *iface = bpf_map_lookup_elem(&local_ifaces, &ifindex);
-	int r, cls, from_uplink = 0;
+	int r, cls;
 
 	if (!iface)
 		return I6PN_DROP_UNKNOWN_IFACE;
@@ -427,12 +432,6 @@ static __always_inline int i6pn_decide_veth(void *ctx, void *data, void *data_en
 	}
 	if (!(iface->flags & I6PN_EP_I6PN))
 		return I6PN_DROP_NO_I6PN;
-	if (to_endpoint) {
-		from_uplink = cfg->uplink_ifindex && ingress == cfg->uplink_ifindex;
-		/* Attack: a forged source from a veth that is not bound to it, or from the node. */
-		if (!from_uplink && !i6pn_entered_from_source(ingress, &pkt->src))
-			return I6PN_DROP_UNBOUND_SOURCE;
-	}
 
 	struct i6pn_endpoint *src = bpf_map_lookup_elem(&endpoints, &pkt->src);
 
@@ -440,9 +439,18 @@ static __always_inline int i6pn_decide_veth(void *ctx, void *data, void *data_en
 		return I6PN_DROP_UNKNOWN_SOURCE;
 	if (!(src->flags & I6PN_EP_I6PN))
 		return I6PN_DROP_NO_I6PN;
-	/* Attack: one of our own endpoints' addresses coming in from the fabric. */
-	if (from_uplink && (src->flags & I6PN_EP_LOCAL))
-		return I6PN_DROP_SPOOFED_SOURCE;
+	if (to_endpoint) {
+		int from_uplink = cfg->uplink_ifindex && ingress == cfg->uplink_ifindex;
+
+		if (src->flags & I6PN_EP_LOCAL) {
+			/* Attack: a local address from the fabric (spoofed), or from a veth not bound to it or the node. */
+			if (!i6pn_entered_from_own_veth(src, ingress))
+				return from_uplink ? I6PN_DROP_SPOOFED_SOURCE : I6PN_DROP_UNBOUND_SOURCE;
+		} else if (!from_uplink) {
+			/* Attack: a remote member's address from inside the node. */
+			return I6PN_DROP_UNBOUND_SOURCE;
+		}
+	}
 
 	struct i6pn_endpoint *dst = bpf_map_lookup_elem(&endpoints, &pkt->dst);
 

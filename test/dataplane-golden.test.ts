@@ -184,7 +184,8 @@ function hookCases(): Case[] {
     c(te, 'a local endpoint\'s address from the uplink', p6(M.local2, M.local), 'spoofed_source'),
     c(te, 'a local endpoint\'s address from an unregistered veth', p6(M.local2, M.local), 'unbound_source', undefined, 'unregistered'),
     c(te, 'a local endpoint\'s address from a sealed veth', p6(M.local2, M.local), 'unbound_source', undefined, 'sealed'),
-    c(te, 'the sealed endpoint\'s own address from its sealed veth', p6(M.sealed, M.local), 'unbound_source', undefined, 'sealed'),
+    c(te, 'the sealed endpoint\'s own address from its sealed veth', p6(M.sealed, M.local), 'unknown_source', undefined, 'sealed'),
+    c(te, 'an unknown address of the workspace from an unregistered veth', p6(M.unknown, M.local), 'unknown_source', undefined, 'unregistered'),
     c(te, 'a local endpoint\'s address from the node itself', p6(M.local2, M.local), 'unbound_source', undefined, 'node'),
     c(te, 'a remote member\'s address from a local veth', p6(M.remote, M.local), 'unbound_source', undefined, 'local2'),
     c(te, 'a remote member\'s address from an unregistered veth', p6(M.remote, M.local), 'unbound_source', undefined, 'unregistered'),
@@ -220,6 +221,7 @@ function hookCases(): Case[] {
     c(tf, 'a forged remote source from an unregistered veth', p6(M.otherWorkspace, M.remote), 'unbound_source', undefined, 'unregistered'),
     c(tf, 'packet too big from the node, about a remote endpoint\'s packet', p6(ROUTER, M.remote, { l4: icmpError(ICMP_PTB, quote(M.remote, M.local)) }), 'pass_icmp_error', undefined, 'node'),
     // (behind a VLAN tag: the kernel's skb test run refuses an IPv6 frame shorter than its header)
+    c(tf, 'from the veth of the endpoint without i6pn', p6(M.localNoI6pn, M.remote), 'no_i6pn', undefined, 'localNoI6pn'),
     c(tf, 'truncated private packet', truncate(p6(M.local, M.remote, { vlans: [7] }), 44), 'truncated'),
   ];
 }

@@ -45,6 +45,8 @@ export interface ModelMember {
   region: number;
   i6pn: boolean;
   local: boolean;
+  /** a local member's bound veth (0 or absent: none) */
+  ifindex?: number;
 }
 
 export interface ModelState {
@@ -222,10 +224,8 @@ export function decide(hook: Hook, packet: Uint8Array, state: ModelState, ifinde
   if (pkt.kind === 'drop') return pkt.reason;
   const sp = isPrivate(pkt.src);
   const dp = isPrivate(pkt.dst);
-  const boundTo = (i: number, addr: Uint8Array) => {
-    const b = state.ifaces.get(i);
-    return !!b && !b.sealed && b.addr === hex(addr);
-  };
+  /** A local member that entered from its own bound veth. */
+  const fromOwnVeth = (m: ModelMember | undefined) => !!m && m.local && !!m.ifindex && m.ifindex === ingress;
 
   if (!(sp && dp)) {
     if (veth) return vethNotPrivate(hook, packet, pkt, iface!.addr, state);
@@ -241,8 +241,9 @@ export function decide(hook: Hook, packet: Uint8Array, state: ModelState, ifinde
     return 'pass_icmp_error';
   }
   if (hook === 'to_fabric') {
-    if (!boundTo(ingress, pkt.src)) return 'unbound_source';
-    return state.ifaces.get(ingress)!.i6pn ? 'pass_private' : 'no_i6pn';
+    const m = state.endpoints.get(hex(pkt.src));
+    if (!fromOwnVeth(m)) return 'unbound_source';
+    return m!.i6pn ? 'pass_private' : 'no_i6pn';
   }
 
   const bits = privateBits(pkt);
@@ -266,11 +267,12 @@ export function decide(hook: Hook, packet: Uint8Array, state: ModelState, ifinde
     return 'not_local';
   }
   if (!iface!.i6pn) return 'no_i6pn';
-  const fromUplink = hook === 'to_endpoint' && !!state.uplink && ingress === state.uplink;
-  if (hook === 'to_endpoint' && !fromUplink && !boundTo(ingress, pkt.src)) return 'unbound_source';
   if (!src) return 'unknown_source';
   if (!src.i6pn) return 'no_i6pn';
-  if (fromUplink && src.local) return 'spoofed_source';
+  if (hook === 'to_endpoint') {
+    const fromUplink = !!state.uplink && ingress === state.uplink;
+    if (src.local ? !fromOwnVeth(src) : !fromUplink) return src.local && fromUplink ? 'spoofed_source' : 'unbound_source';
+  }
   if (!dst) return 'unknown_dest';
   return membersAgree(src, dst);
 }

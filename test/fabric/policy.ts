@@ -99,7 +99,10 @@ export function modelOracle(
       if (e.region !== region) continue;
       const b = addressBytes(e.address);
       const revoked = sealed.has(e.name);
-      if (!revoked) s.endpoints.set(b.toString('hex'), { workspace: b.readUInt32BE(2), region: b.readUInt16BE(6), i6pn: e.i6pn, local: e.node === node });
+      const local = e.node === node;
+      if (!revoked) {
+        s.endpoints.set(b.toString('hex'), { workspace: b.readUInt32BE(2), region: b.readUInt16BE(6), i6pn: e.i6pn, local, ifindex: local ? ifindex.get(e.name)! : 0 });
+      }
       if (e.node === node) s.ifaces.set(ifindex.get(e.name)!, { addr: b.toString('hex'), i6pn: e.i6pn, sealed: revoked });
     }
     states.set(node, s);

@@ -114,7 +114,7 @@ export async function openFixture(tag: string): Promise<Fixture> {
   dp.setLocalIface(ifindex.sealed, { addr: M.sealed, i6pn: true, sealed: true });
 
   const model: ModelState = {
-    endpoints: new Map(members.map(([a, m]) => [hex(a), m])),
+    endpoints: new Map(members.map(([a, m, ifi]) => [hex(a), { ...m, ifindex: ifi }])),
     ifaces: new Map([
       [ifindex.local, { addr: hex(M.local), i6pn: true }],
       [ifindex.local2, { addr: hex(M.local2), i6pn: true }],
