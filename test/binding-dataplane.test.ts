@@ -56,13 +56,15 @@ const udp = (src: Uint8Array, dst: Uint8Array) => ipv6Packet({ src, dst, l4: { p
 test('open pins every map, config round-trips, programs report verified instructions', async (t) => {
   const { dp, pinDir } = await openTemp(t);
   t.deepEqual(readdirSync(pinDir!).sort(), ['config', 'counters', 'drop_events', 'endpoints', 'event_budget', 'local_ifaces']);
-  t.deepEqual(dp.getConfig(), { node: NODE, region: REGION, mode: 'enforce', eventsPerSec: 1000 });
-  dp.setConfig({ node: 1, region: 65535, mode: 'monitor', eventsPerSec: 0 });
-  t.deepEqual(dp.getConfig(), { node: 1, region: 65535, mode: 'monitor', eventsPerSec: 0 });
+  t.deepEqual(dp.getConfig(), { node: NODE, region: REGION, mode: 'enforce', eventsPerSec: 1000, uplinkIfindex: 0, forwardNonPrivate: false });
+  dp.setConfig({ node: 1, region: 65535, mode: 'monitor', eventsPerSec: 0, uplinkIfindex: 7, forwardNonPrivate: true });
+  t.deepEqual(dp.getConfig(), { node: 1, region: 65535, mode: 'monitor', eventsPerSec: 0, uplinkIfindex: 7, forwardNonPrivate: true });
+  dp.setUplinkIfindex(42);
+  t.deepEqual(dp.getConfig(), { node: 1, region: 65535, mode: 'monitor', eventsPerSec: 0, uplinkIfindex: 42, forwardNonPrivate: true }, 'setUplinkIfindex keeps the rest');
   t.throws(() => dp.setConfig({ node: 1, region: 70000, mode: 'enforce', eventsPerSec: 0 }), { instanceOf: RangeError });
   t.throws(() => dp.setConfig({ node: 1, region: 1, mode: 'sometimes' as 'enforce', eventsPerSec: 0 }), { message: /mode must be one of enforce, monitor/ });
   const insns = dp.verifiedInstructions();
-  t.deepEqual(Object.keys(insns).sort(), ['from_endpoint', 'from_fabric', 'to_endpoint']);
+  t.deepEqual(Object.keys(insns).sort(), ['from_endpoint', 'from_fabric', 'to_endpoint', 'to_fabric']);
   for (const [prog, n] of Object.entries(insns)) t.true(n > 0 && n < 1_000_000, `${prog}: ${n}`);
   t.log('verified instructions', insns);
 });
@@ -83,9 +85,9 @@ test('a second open on the same pinDir adopts the maps and their contents; a cap
   const second = await Dataplane.open({ object: I6PN_OBJECT, pinDir, maxEndpoints: 128 });
   t.teardown(() => second.close());
   t.is(second.maxEndpoints, 128);
-  t.deepEqual(second.getConfig(), { node: NODE, region: REGION, mode: 'monitor', eventsPerSec: 5 });
+  t.deepEqual(second.getConfig(), { node: NODE, region: REGION, mode: 'monitor', eventsPerSec: 5, uplinkIfindex: 0, forwardNonPrivate: false });
   t.deepEqual(second.listEndpoints().map((e) => Buffer.from(e.addr).toString('hex')).sort(), [A1, A2].map((a) => Buffer.from(a).toString('hex')).sort());
-  t.deepEqual(second.listLocalIfaces(), [{ ifindex: 9, addr: A1, i6pn: true }]);
+  t.deepEqual(second.listLocalIfaces(), [{ ifindex: 9, addr: A1, i6pn: true, sealed: false }]);
   t.is(second.readCounter('from_fabric', 'pass', 'pass_not_private').packets, 1n, 'counters survive too');
 
   const err = await t.throwsAsync(Dataplane.open({ object: I6PN_OBJECT, pinDir, maxEndpoints: 256 }), { instanceOf: DataplaneError });
@@ -140,13 +142,16 @@ test('local interfaces: set, list, delete', async (t) => {
   const { dp } = await openTemp(t, { pin: false });
   dp.setLocalIface(11, { addr: A1, i6pn: true });
   dp.setLocalIface(12, { addr: A2, i6pn: false });
+  dp.setLocalIface(13, { addr: A3, i6pn: true, sealed: true });
   t.deepEqual(
     dp.listLocalIfaces().sort((a, b) => a.ifindex - b.ifindex),
     [
-      { ifindex: 11, addr: A1, i6pn: true },
-      { ifindex: 12, addr: A2, i6pn: false },
+      { ifindex: 11, addr: A1, i6pn: true, sealed: false },
+      { ifindex: 12, addr: A2, i6pn: false, sealed: false },
+      { ifindex: 13, addr: A3, i6pn: true, sealed: true },
     ],
   );
+  t.true(dp.deleteLocalIface(13));
   t.true(dp.deleteLocalIface(11));
   t.false(dp.deleteLocalIface(11));
   t.is(dp.listLocalIfaces().length, 1);
@@ -156,11 +161,17 @@ test('runPacket: verdicts and counters per hook; monitor passes what enforce dro
   const { dp } = await openTemp(t, { pin: false });
   dp.upsertEndpoints([endpoint(A1, { flags: { i6pn: true, local: true } }), endpoint(A2), endpoint(B1)]);
   const v4 = ipv4Packet({ src: '192.0.2.1', dst: '192.0.2.2' });
-  for (const hook of ['from_fabric', 'from_endpoint', 'to_endpoint'] as const) {
+  for (const hook of ['from_fabric', 'to_fabric'] as const) {
     const r = dp.runPacket(hook, v4);
     t.is(r.verdict, 'pass', `${hook} passes IPv4`);
     t.is(dp.readCounter(hook, 'pass', 'pass_not_private').packets, 1n);
     t.is(dp.readCounter(hook, 'pass', 'pass_not_private').bytes, BigInt(v4.length));
+  }
+  // An i6pn veth carries i6pn: IPv4 from or to a container is not let through (here the loopback, registered for A1).
+  dp.setLocalIface(1, { addr: A1, i6pn: true });
+  for (const hook of ['from_endpoint', 'to_endpoint'] as const) {
+    t.is(dp.runPacket(hook, v4).verdict, 'drop', `${hook} drops IPv4`);
+    t.is(dp.readCounter(hook, 'drop', 'non_private').packets, 1n);
   }
   t.is(dp.runPacket('from_fabric', ipv4Packet({ src: '192.0.2.1', dst: '192.0.2.2' })).retval, 2 /* XDP_PASS */);
 
@@ -184,7 +195,7 @@ test('runPacket: verdicts and counters per hook; monitor passes what enforce dro
     rows.find((r) => r.hook === 'from_fabric' && r.verdict === 'would_drop'),
     { hook: 'from_fabric', verdict: 'would_drop', reason: 'cross_workspace', packets: 1n, bytes: BigInt(cross.length) },
   );
-  t.is(dp.readCounters().length, 3 * 3 * 17);
+  t.is(dp.readCounters().length, 4 * 3 * 24);
 
   const repeated = dp.runPacket('from_fabric', cross, { repeat: 1000 });
   t.true(repeated.durationNs > 0);
@@ -214,8 +225,12 @@ test('runPacket on TC hooks takes the veth ifindex (a real interface of this nam
   t.is(dp.runPacket('from_endpoint', udp(A1, A2), { ifindex: veth.hostIfindex }).verdict, 'pass');
   t.is(dp.runPacket('from_endpoint', udp(A3, A2), { ifindex: veth.hostIfindex }).verdict, 'drop');
   t.is(dp.readCounter('from_endpoint', 'drop', 'spoofed_source').packets, 1n);
-  t.is(dp.runPacket('to_endpoint', udp(A2, A1), { ifindex: veth.hostIfindex }).verdict, 'pass');
-  t.is(dp.runPacket('to_endpoint', udp(B1, A1), { ifindex: veth.hostIfindex }).verdict, 'drop');
+  // A remote member's packet is proven only by entering from the uplink.
+  dp.setUplinkIfindex(1); // the loopback stands in for the uplink
+  t.is(dp.runPacket('to_endpoint', udp(A2, A1), { ifindex: veth.hostIfindex, ingressIfindex: 1 }).verdict, 'pass');
+  t.is(dp.runPacket('to_endpoint', udp(A2, A1), { ifindex: veth.hostIfindex }).verdict, 'drop');
+  t.is(dp.readCounter('to_endpoint', 'drop', 'unbound_source').packets, 1n);
+  t.is(dp.runPacket('to_endpoint', udp(B1, A1), { ifindex: veth.hostIfindex, ingressIfindex: 1 }).verdict, 'drop');
   t.is(dp.readCounter('to_endpoint', 'drop', 'cross_workspace').packets, 1n);
   const err = t.throws(() => dp.runPacket('to_endpoint', udp(A2, A1), { ifindex: 0x7fff_fff0 }));
   t.regex(err!.message, /bpf_prog_test_run_opts\(to_endpoint\): ENODEV/);
