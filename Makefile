@@ -14,7 +14,7 @@ ABI_TS    := agent/bpf/abi.generated.ts
 
 APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool nats-server prometheus iproute2 \
             iputils-ping python3-scapy tcpdump util-linux nftables iperf3 procps \
-            g++ make openssl
+            g++ make openssl ethtool
 DEPS_STAMP := node_modules/.i6pn-deps
 
 .PHONY: deps bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fabric bench-binding clean

@@ -11,7 +11,17 @@
 #include "i6pn.h"
 #include "policy.h"
 
-/* Headers a TC program reads must be in the linear part of the skb. */
+/*
+ * Headers a TC program reads must be in the skb's linear part, and almost
+ * always are. Pulling unconditionally would make the kernel copy and
+ * un-clone the head of every cloned packet (TCP keeps a clone of each
+ * segment it sends), so a TC hook decides on what is linear, and only when
+ * a read stopped at the linear end of a longer packet does it pull (up to
+ * I6PN_PULL_LEN bytes, what the parser may walk) and decide again. The
+ * verdict is the one a fully linear packet gets; a failed pull keeps the
+ * first (a drop: truncated, or what a header it could not see would have
+ * passed).
+ */
 #define I6PN_PULL_LEN 512
 
 static __always_inline const struct i6pn_config *i6pn_config(void)
@@ -39,12 +49,13 @@ int from_fabric(struct xdp_md *ctx)
 		       : XDP_DROP;
 }
 
-static __always_inline void i6pn_pull_headers(struct __sk_buff *skb)
+static __always_inline int i6pn_pull_again(struct __sk_buff *skb, int reason, const struct i6pn_pkt *pkt)
 {
 	__u32 linear = skb->data_end - skb->data;
 
-	if (linear < I6PN_PULL_LEN && skb->len > linear)
-		bpf_skb_pull_data(skb, skb->len < I6PN_PULL_LEN ? skb->len : I6PN_PULL_LEN);
+	if ((reason != I6PN_DROP_TRUNCATED && !pkt->short_read) || skb->len <= linear || linear >= I6PN_PULL_LEN)
+		return 0;
+	return bpf_skb_pull_data(skb, skb->len < I6PN_PULL_LEN ? skb->len : I6PN_PULL_LEN) == 0;
 }
 
 /* One veth hook: `to_endpoint` is a constant at each call. */
@@ -56,9 +67,13 @@ static __always_inline int i6pn_tc_veth(struct __sk_buff *skb, __u32 hook, const
 
 	if (!cfg)
 		return TC_ACT_SHOT;
-	i6pn_pull_headers(skb);
 	reason = i6pn_decide_veth(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->ifindex,
 				  skb->ingress_ifindex, cfg, &pkt, to_endpoint);
+	if (i6pn_pull_again(skb, reason, &pkt)) {
+		__builtin_memset(&pkt, 0, sizeof(pkt));
+		reason = i6pn_decide_veth(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->ifindex,
+					  skb->ingress_ifindex, cfg, &pkt, to_endpoint);
+	}
 	return i6pn_verdict(cfg, hook, reason, &pkt, skb->ifindex, skb->len) ? TC_ACT_OK : TC_ACT_SHOT;
 }
 
@@ -86,9 +101,13 @@ int to_fabric(struct __sk_buff *skb)
 
 	if (!cfg)
 		return TC_ACT_SHOT;
-	i6pn_pull_headers(skb);
 	reason = i6pn_decide_to_fabric((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ingress_ifindex,
 				       &pkt);
+	if (i6pn_pull_again(skb, reason, &pkt)) {
+		__builtin_memset(&pkt, 0, sizeof(pkt));
+		reason = i6pn_decide_to_fabric((void *)(long)skb->data, (void *)(long)skb->data_end,
+					       skb->ingress_ifindex, &pkt);
+	}
 	return i6pn_verdict(cfg, I6PN_HOOK_TO_FABRIC, reason, &pkt, skb->ifindex, skb->len) ? TC_ACT_OK
 												 : TC_ACT_SHOT;
 }

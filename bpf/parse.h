@@ -40,6 +40,7 @@ struct i6pn_pkt {
 	__u8 hop_limit;
 	__u8 upper;    /* upper-layer protocol after the walked chain (i6pn_walk_ext_hdrs) */
 	__u32 upper_off; /* its offset; upper is IPPROTO_FRAGMENT for a later fragment */
+	__u8 short_read; /* a read stopped at data_end without a verdict of truncated */
 };
 
 /* Outcome of the L2/L3 parse when it did not produce an IPv6 packet. */

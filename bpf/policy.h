@@ -9,8 +9,9 @@
  * binding, below). Checks run cheapest first, and a packet reports the first
  * check it fails:
  *
- *   veth hooks    the veth: unknown_iface (not bound), sealed (revoked)
  *   all hooks     parse (truncated, malformed, VLAN depth)
+ *   veth hooks    private: workspace / region bits differ (below), then
+ *                 the veth: unknown_iface (not bound), sealed (revoked)
  *   from-fabric,  public, or not IPv6                   -> pass (not ours)
  *   to-fabric     mixed: ICMPv6 error quoting a packet the private
  *                   destination sent -> pass_icmp_error; else outside
@@ -71,8 +72,21 @@
 #define I6PN_CONTINUE I6PN_REASON_MAX /* sentinel: no verdict yet */
 #define I6PN_NSEC_PER_SEC 1000000000ULL
 
-/* Where a quoted or upper-layer header may start at most (bounds the verifier). */
+/* Where a quoted or upper-layer header may start at most (bounds the verifier); a mask. */
 #define I6PN_MAX_UPPER_OFF 0x1fff
+
+/*
+ * The upper-layer offset, bounded where the verifier sees it: the compiler
+ * may test one copy of a value and add another to the packet pointer, so
+ * the mask is applied after an empty asm that hides the test from it.
+ */
+static __always_inline __u32 i6pn_upper_off(const struct i6pn_pkt *pkt)
+{
+	__u32 off = pkt->upper_off;
+
+	asm volatile("" : "+r"(off));
+	return off & I6PN_MAX_UPPER_OFF;
+}
 
 enum i6pn_class {
 	I6PN_CLASS_PUBLIC = 0,  /* neither address is in fdaa::/16 */
@@ -155,17 +169,22 @@ static __always_inline int i6pn_members_agree(const struct i6pn_endpoint *src,
 	return I6PN_PASS_PRIVATE;
 }
 
-/* The ICMPv6 type of a walked packet, or -1 when its upper layer is not ICMPv6. */
-static __always_inline int i6pn_icmp_type(void *data, void *data_end, const struct i6pn_pkt *pkt)
+/*
+ * The ICMPv6 type of a walked packet, or -1 when its upper layer is not
+ * ICMPv6 (or the type is not in the packet: short_read says so, for a TC
+ * hook to pull a non-linear skb's headers and decide again).
+ */
+static __always_inline int i6pn_icmp_type(void *data, void *data_end, struct i6pn_pkt *pkt)
 {
-	__u32 off = pkt->upper_off;
 	__u8 *h;
 
-	if (pkt->upper != IPPROTO_ICMPV6 || off > I6PN_MAX_UPPER_OFF)
+	if (pkt->upper != IPPROTO_ICMPV6 || pkt->upper_off > I6PN_MAX_UPPER_OFF)
 		return -1;
-	h = data + off;
-	if ((void *)(h + 1) > data_end)
+	h = data + i6pn_upper_off(pkt);
+	if ((void *)(h + 1) > data_end) {
+		pkt->short_read = 1;
 		return -1;
+	}
 	return h[0];
 }
 
@@ -175,18 +194,19 @@ static __always_inline int i6pn_icmp_type(void *data, void *data_end, const stru
  * discovery and traceroute need these from routers, which have no private
  * address. The quoted fixed header must be there whole.
  */
-static __always_inline int i6pn_icmp_error_about(void *data, void *data_end, const struct i6pn_pkt *pkt,
+static __always_inline int i6pn_icmp_error_about(void *data, void *data_end, struct i6pn_pkt *pkt,
 						 const struct in6_addr *owner)
 {
-	__u32 off = pkt->upper_off;
 	struct in6_addr quoted_src;
 	__u8 *h;
 
-	if (pkt->upper != IPPROTO_ICMPV6 || off > I6PN_MAX_UPPER_OFF)
+	if (pkt->upper != IPPROTO_ICMPV6 || pkt->upper_off > I6PN_MAX_UPPER_OFF)
 		return 0;
-	h = data + off;
-	if ((void *)(h + 8 + sizeof(struct ipv6hdr)) > data_end)
+	h = data + i6pn_upper_off(pkt);
+	if ((void *)(h + 8 + sizeof(struct ipv6hdr)) > data_end) {
+		pkt->short_read = 1;
 		return 0;
+	}
 	if (h[0] < 1 || h[0] > 4)
 		return 0;
 	__builtin_memcpy(&quoted_src, h + 8 + 8, sizeof(quoted_src));
@@ -399,25 +419,31 @@ static __always_inline int i6pn_decide_veth(void *ctx, void *data, void *data_en
 					    const struct i6pn_config *cfg, struct i6pn_pkt *pkt,
 					    const int to_endpoint)
 {
-	struct i6pn_local_iface *iface = bpf_map_lookup_elem(&local_ifaces, &ifindex);
-	int r, cls;
+	struct i6pn_local_iface *iface;
+	int r = i6pn_parse_l3(data, data_end, pkt);
+	int cls = I6PN_CLASS_PUBLIC;
 
+	if (r < 0)
+		return -r;
+	if (r == I6PN_PARSE_IPV6) {
+		cls = i6pn_class_of(pkt);
+		/* Cheapest first: what the addresses alone forbid costs no lookup. */
+		if (cls == I6PN_CLASS_PRIVATE) {
+			r = i6pn_private_bits(pkt);
+			if (r != I6PN_CONTINUE)
+				return r;
+		}
+	}
+	iface = bpf_map_lookup_elem(&local_ifaces, &ifindex);
 	if (!iface)
 		return I6PN_DROP_UNKNOWN_IFACE;
 	/* A revoked endpoint's veth: nothing in, nothing out, until it is gone. */
 	if (iface->flags & I6PN_EP_SEALED)
 		return I6PN_DROP_SEALED;
-	r = i6pn_parse_l3(data, data_end, pkt);
 	if (r == I6PN_PARSE_NOT_IPV6)
 		return I6PN_DROP_NON_PRIVATE;
-	if (r < 0)
-		return -r;
-	cls = i6pn_class_of(pkt);
 	if (cls != I6PN_CLASS_PRIVATE)
 		return i6pn_veth_not_private(ctx, data, data_end, ifindex, cfg, iface, pkt, cls, to_endpoint);
-	r = i6pn_private_bits(pkt);
-	if (r != I6PN_CONTINUE)
-		return r;
 	r = i6pn_walk_ext_hdrs(data, data_end, pkt);
 	if (r)
 		return r;

@@ -215,15 +215,20 @@ function vethNotPrivate(
 export function decide(hook: Hook, packet: Uint8Array, state: ModelState, ifindex = 0, ingress = 0): Reason {
   const veth = hook === 'from_endpoint' || hook === 'to_endpoint';
   const iface = veth ? state.ifaces.get(ifindex) : undefined;
-  if (veth) {
-    if (!iface) return 'unknown_iface';
-    if (iface.sealed) return 'sealed';
-  }
+  /** On a veth: is it bound, and not sealed? */
+  const vethState = (): Reason | null => (!iface ? 'unknown_iface' : iface.sealed ? 'sealed' : null);
   const pkt = parse(packet);
-  if (pkt.kind === 'not_ipv6') return veth ? 'non_private' : 'pass_not_private';
   if (pkt.kind === 'drop') return pkt.reason;
+  if (pkt.kind === 'not_ipv6') return veth ? (vethState() ?? 'non_private') : 'pass_not_private';
   const sp = isPrivate(pkt.src);
   const dp = isPrivate(pkt.dst);
+  // A veth is looked up after what the addresses alone forbid (private packets' workspace and region bits).
+  if (veth) {
+    const early = sp && dp ? privateBits(pkt) : null;
+    if (early) return early;
+    const state_ = vethState();
+    if (state_) return state_;
+  }
   /** A local member that entered from its own bound veth. */
   const fromOwnVeth = (m: ModelMember | undefined) => !!m && m.local && !!m.ifindex && m.ifindex === ingress;
 
