@@ -63,7 +63,8 @@ async function main(): Promise<void> {
     return;
   }
   const dp = await Dataplane.open({ object: join(REPO_DIR, 'build/bpf/i6pn.bpf.o') });
-  dp.setConfig({ node: a.node, region: a.region, mode: 'enforce', eventsPerSec: 100 });
+  // The uplink is the one way in for the remote endpoint's packets (to_endpoint checks where they entered).
+  dp.setConfig({ node: a.node, region: a.region, mode: 'enforce', eventsPerSec: 100, uplinkIfindex: uplink });
   const local = parseIpv6(a.local);
   dp.upsertEndpoints([
     { addr: local, workspace: a.workspace, region: a.region, node: a.node, flags: { i6pn: true, local: true }, ifindex: veth },
