@@ -36,7 +36,8 @@
  * never deleted.
  */
 import { formatAddress } from '../lib/address.js';
-import type { LocalIface } from './bpf/dataplane.js';
+import { LibbpfError, type LocalIface } from './bpf/dataplane.js';
+import type { UplinkHookChoice } from './config.js';
 import { deleteRoute, listAgentRoutes, replaceRoute, type Interfaces } from './links.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics, RefuseReason, SealReason } from './metrics.js';
@@ -44,7 +45,7 @@ import { isMapFull, type LocalEndpoint } from './sync.js';
 
 /** What attach needs of the dataplane (Dataplane fits). */
 export interface AttachDataplane {
-  attachUplink(ifindex: number, opts?: { mode?: 'native' | 'generic' }): void;
+  attachUplink(ifindex: number, opts?: { hook?: 'xdp' | 'tc'; mode?: 'native' | 'generic' }): void;
   setUplinkIfindex(ifindex: number): void;
   attachEndpoint(ifindex: number): void;
   detachEndpoint(ifindex: number): boolean;
@@ -90,6 +91,8 @@ export interface AttachOptions {
   dp: AttachDataplane;
   interfaces: Interfaces;
   uplink: string;
+  /** Where from_fabric runs on the uplink (see --uplink-hook); auto when absent. */
+  uplinkHook?: UplinkHookChoice;
   /** The local endpoints (the sync's view). */
   locals: () => ReadonlyMap<string, LocalEndpoint>;
   /** Rewrite a local endpoint's ifindex in its map value. */
@@ -376,22 +379,47 @@ export class Attacher {
     this.uplinkMissingSaid = false;
     if (this.uplinkIfindex_ !== ifindex) {
       try {
-        try {
-          dp.attachUplink(ifindex);
-        } catch (err) {
-          // A NIC whose driver has no XDP: generic XDP still drops before the stack, after the skb.
-          if (!/EOPNOTSUPP|ENOTSUPP|E524/.test(String((err as Error).message))) throw err;
-          log.warn({ err, uplink }, 'native XDP refused by the uplink driver; attaching in generic mode');
-          dp.attachUplink(ifindex, { mode: 'generic' });
-        }
+        const how = this.attachUplink(ifindex);
         this.uplinkIfindex_ = ifindex;
-        log.info({ uplink, ifindex }, 'from_fabric (XDP link, pinned) and to_fabric (TC egress) attached to the uplink');
+        log.info({ uplink, ifindex, hook: how }, `from_fabric (${how}) and to_fabric (TC egress) attached to the uplink`);
       } catch (err) {
         this.uplinkIfindex_ = null;
         log.error({ err, uplink, ifindex }, 'attaching from_fabric and to_fabric to the uplink failed');
       }
     }
     if (this.uplinkIfindex_ !== null) this.recordUplink(this.uplinkIfindex_);
+  }
+
+  /**
+   * from_fabric where it costs least: TC ingress on a veth (any XDP program
+   * there turns the device's segmentation offload off), native XDP on a NIC
+   * that runs it, TC on one whose driver refuses XDP. --uplink-hook xdp
+   * falls back to generic XDP instead. Returns what was attached.
+   */
+  private attachUplink(ifindex: number): string {
+    const { dp, log, uplink } = this.o;
+    const choice = this.o.uplinkHook ?? 'auto';
+    const kind = this.o.interfaces.link(uplink)?.kind ?? '';
+    if (choice === 'tc' || (choice === 'auto' && kind === 'veth')) {
+      dp.attachUplink(ifindex, { hook: 'tc' });
+      return choice === 'tc' ? 'TC ingress, as configured' : 'TC ingress: the uplink is a veth';
+    }
+    try {
+      dp.attachUplink(ifindex, { hook: 'xdp' });
+      return 'native XDP link, pinned';
+    } catch (err) {
+      const noNativeXdp = err instanceof LibbpfError && (err.code === 'EOPNOTSUPP' || err.errno === 524 /* ENOTSUPP */);
+      if (!noNativeXdp) throw err;
+      if (choice === 'auto') {
+        log.warn({ err, uplink }, 'native XDP refused by the uplink driver; running from_fabric at TC ingress');
+        dp.attachUplink(ifindex, { hook: 'tc' });
+        return 'TC ingress: the driver has no native XDP';
+      }
+      // A NIC whose driver has no XDP: generic XDP still drops before the stack, after the skb.
+      log.warn({ err, uplink }, 'native XDP refused by the uplink driver; attaching in generic mode');
+      dp.attachUplink(ifindex, { hook: 'xdp', mode: 'generic' });
+      return 'generic XDP link, pinned';
+    }
   }
 
   /** The dataplane trusts non-local sources only from the uplink the config names. */

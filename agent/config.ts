@@ -45,6 +45,7 @@ export const MAX_MAX_ENDPOINTS = 16 * 1024 * 1024;
 const BPF_FS_MAGIC = 0xcafe4a11;
 
 export type Mode = 'enforce' | 'monitor';
+export type UplinkHookChoice = 'auto' | 'xdp' | 'tc';
 
 export interface AgentConfig {
   /** NATS server URLs. */
@@ -60,6 +61,8 @@ export interface AgentConfig {
   maxEndpoints: number;
   maxLocalIfaces: number;
   forwardNonPrivate: boolean;
+  /** Where from_fabric runs on the uplink: auto (TC on a veth, native XDP elsewhere, TC if the driver has none), xdp or tc. */
+  uplinkHook: UplinkHookChoice;
   object: string;
   reconcileIntervalMs: number;
   heartbeatIntervalMs: number;
@@ -149,6 +152,7 @@ const runSchema = z.object({
   region: z.string({ error: 'is required' }).transform((s, ctx) => tryCheck(() => assertName('region', s), ctx)),
   uplink: z.string({ error: 'is required' }).transform((s, ctx) => tryCheck(() => assertIfname(s), ctx)),
   bpffs: bpffsDir,
+  uplinkHook: z.enum(['auto', 'xdp', 'tc'], { error: 'must be auto, xdp or tc' }),
   metricsAddr: z.string().transform((s, ctx) => tryCheck(() => parseHostPort(s), ctx)),
   mode: z.enum(['enforce', 'monitor'], { error: 'must be enforce or monitor' }),
   maxEndpoints: mapCapacity,
@@ -210,7 +214,17 @@ function buildProgram(onRun: (o: Record<string, unknown>) => void, onTeardown: (
     .addOption(opt('--creds <file>', 'I6PN_NATS_CREDS', 'NATS credentials file (JWT + nkey seed)'))
     .addOption(opt('--node <name>', 'I6PN_NODE', 'this node\'s name, as endpoints are registered (the Kubernetes node name) (required)'))
     .addOption(opt('--region <name>', 'I6PN_REGION', 'the region this node serves (required)'))
-    .addOption(opt('--uplink <ifname>', 'I6PN_UPLINK', 'the node\'s fabric-facing interface: XDP from_fabric is attached to it (required)'))
+    .addOption(opt('--uplink <ifname>', 'I6PN_UPLINK', 'the node\'s fabric-facing interface: from_fabric and to_fabric are attached to it (required)'))
+    .addOption(
+      opt(
+        '--uplink-hook <hook>',
+        'I6PN_UPLINK_HOOK',
+        'where from_fabric runs on the uplink: xdp (native XDP, before any skb: the right hook on a NIC whose driver runs it), ' +
+          'tc (TC ingress: the right hook on a veth, where any XDP program turns segmentation offload off, or on a NIC ' +
+          'without native XDP), or auto (tc on a veth; native XDP elsewhere, tc if the driver refuses it). Same decisions, same counters',
+        'auto',
+      ),
+    )
     .addOption(opt('--bpffs <dir>', 'I6PN_BPFFS', 'bpffs directory where maps and links are pinned', DEFAULT_BPFFS))
     .addOption(opt('--metrics-addr <host:port>', 'I6PN_METRICS_ADDR', 'listen address of /metrics, /healthz and /readyz', DEFAULT_METRICS_ADDR))
     .addOption(opt('--mode <mode>', 'I6PN_MODE', 'enforce (drop) or monitor (count would-drops, deliver everything)', 'enforce'))
@@ -293,6 +307,7 @@ export function parseCommandLine(argv: string[]): Command_ {
           maxEndpoints: d.maxEndpoints,
           maxLocalIfaces: d.maxLocalIfaces,
           forwardNonPrivate: d.forwardNonPrivate,
+          uplinkHook: d.uplinkHook,
           object: d.object,
           reconcileIntervalMs: d.reconcileInterval,
           heartbeatIntervalMs: d.heartbeatInterval,

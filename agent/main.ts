@@ -93,6 +93,7 @@ async function run(cfg: AgentConfig): Promise<void> {
     dp,
     interfaces,
     uplink: cfg.uplink,
+    uplinkHook: cfg.uplinkHook,
     locals: () => sync?.localEndpoints() ?? new Map(),
     rewriteIfindex: (key, ifindex) => sync?.rewriteLocal(key, ifindex),
     metrics,

@@ -21,7 +21,7 @@
 
 /* The four enforcement points. */
 enum i6pn_hook {
-	I6PN_HOOK_FROM_FABRIC = 0,   /* XDP on the node's uplink */
+	I6PN_HOOK_FROM_FABRIC = 0,   /* XDP (or TC ingress) on the node's uplink */
 	I6PN_HOOK_FROM_ENDPOINT = 1, /* TC ingress on an endpoint's host-side veth */
 	I6PN_HOOK_TO_ENDPOINT = 2,   /* TC egress on the same veth */
 	I6PN_HOOK_TO_FABRIC = 3,     /* TC egress on the node's uplink */

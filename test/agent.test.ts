@@ -852,6 +852,24 @@ test.serial('a large snapshot is applied in batches while the agent keeps answer
   t.is(metricValue(samples, 'i6pn_endpoints', { scope: 'region' }), view.size);
 });
 
+test.serial('--uplink-hook auto on a veth uplink: from_fabric moves to TC ingress and the XDP link goes; xdp brings it back', async (t) => {
+  await stopAgent('SIGTERM');
+  t.is(await env.xdpProgram(), 'from_fabric', 'the previous run (--uplink-hook xdp) left the XDP link');
+  startAgent({ '--uplink-hook': 'auto' });
+  await eventually(ready, '/readyz', 20_000);
+  const log = await agent!.waitLog((l) => typeof l.msg === 'string' && l.msg.startsWith('from_fabric ('));
+  t.regex(String(log.msg), /TC ingress: the uplink is a veth/);
+  await eventually(async () => (await env.xdpProgram()) === null, 'the XDP link removed', 10_000);
+  t.deepEqual(await env.tcPrograms(env.uplink), { ingress: 'from_fabric_tc', egress: 'to_fabric' });
+  t.deepEqual(readPinnedConfig(env.bpffs), { uplinkIfindex: (await env.ifindex(env.uplink))!, forwardNonPrivate: false });
+  await stopAgent('SIGTERM');
+  t.deepEqual(await env.tcPrograms(env.uplink), { ingress: 'from_fabric_tc', egress: 'to_fabric' }, 'it stays when the agent stops');
+  startAgent({ '--uplink-hook': 'xdp' });
+  await eventually(ready, '/readyz', 20_000);
+  await eventually(async () => (await env.xdpProgram()) === 'from_fabric', 'the XDP link back', 10_000);
+  t.deepEqual(await env.tcPrograms(env.uplink), { ingress: null, egress: 'to_fabric' });
+});
+
 test.serial('teardown removes every pin, hook and route', async (t) => {
   await stopAgent('SIGTERM');
   const r = await sh(inNs(env.nodeNs, [process.execPath, '--import=tsx', join(REPO_ROOT, 'agent', 'main.ts'), 'teardown', '--bpffs', env.bpffs]), { allowFail: true });

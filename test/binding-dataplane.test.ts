@@ -64,7 +64,7 @@ test('open pins every map, config round-trips, programs report verified instruct
   t.throws(() => dp.setConfig({ node: 1, region: 70000, mode: 'enforce', eventsPerSec: 0 }), { instanceOf: RangeError });
   t.throws(() => dp.setConfig({ node: 1, region: 1, mode: 'sometimes' as 'enforce', eventsPerSec: 0 }), { message: /mode must be one of enforce, monitor/ });
   const insns = dp.verifiedInstructions();
-  t.deepEqual(Object.keys(insns).sort(), ['from_endpoint', 'from_fabric', 'to_endpoint', 'to_fabric']);
+  t.deepEqual(Object.keys(insns).sort(), ['from_endpoint', 'from_fabric', 'from_fabric_tc', 'to_endpoint', 'to_fabric']);
   for (const [prog, n] of Object.entries(insns)) t.true(n > 0 && n < 1_000_000, `${prog}: ${n}`);
   t.log('verified instructions', insns);
 });
@@ -203,6 +203,26 @@ test('runPacket: verdicts and counters per hook; monitor passes what enforce dro
 
   dp.resetCounters();
   t.deepEqual(dp.readCounters({ nonZero: true }), []);
+});
+
+test('uplink TC: from_fabric_tc at TC ingress takes over from the XDP link and gives it back; detach removes both', async (t) => {
+  const { dp } = await openTemp(t);
+  const veth = createVethPair('u');
+  t.teardown(() => veth.destroy());
+  const ids = dp.programIds();
+  dp.attachUplink(veth.hostIfindex);
+  t.is(xdpProgIdOf(veth.host), ids.from_fabric, 'xdp by default');
+  t.deepEqual(dp.uplinkAttachment(veth.hostIfindex), { tc: null, egress: ids.to_fabric });
+  dp.attachUplink(veth.hostIfindex, { hook: 'tc' });
+  t.is(xdpProgIdOf(veth.host), null, 'the XDP link goes once TC runs');
+  t.deepEqual(dp.uplinkAttachment(veth.hostIfindex), { tc: ids.from_fabric_tc, egress: ids.to_fabric });
+  dp.attachUplink(veth.hostIfindex, { hook: 'xdp' });
+  t.is(xdpProgIdOf(veth.host), ids.from_fabric);
+  t.deepEqual(dp.uplinkAttachment(veth.hostIfindex), { tc: null, egress: ids.to_fabric });
+  t.true(dp.detachUplink(veth.hostIfindex));
+  t.deepEqual(dp.uplinkAttachment(veth.hostIfindex), { tc: null, egress: null });
+  t.is(xdpProgIdOf(veth.host), null);
+  t.false(dp.detachUplink(veth.hostIfindex));
 });
 
 test('runLiveFrames: real xdp_frames through from_fabric, counted', async (t) => {

@@ -141,6 +141,7 @@ function place(hook: HookName, iface: keyof Fixture['ifindex'], ingress: Place):
 
 test.serial('no random or mutated packet crosses a boundary, and the kernel agrees with the model', (t) => {
   let private_passed = 0;
+  let tcRuns = 0;
   let refused = 0;
   let dropped = 0;
   fc.assert(
@@ -163,6 +164,18 @@ test.serial('no random or mutated packet crosses a boundary, and the kernel agre
       const expected = decide(hook, packet, fx.model, ifindex ?? 0, ingress ?? 0);
       if (seen.counted.reason !== expected) {
         throw new Error(`${hook}: kernel said ${seen.counted.reason}, model ${expected}: ${Buffer.from(packet).toString('hex')}`);
+      }
+      // from_fabric's TC flavour decides alike (where the skb test runner takes the frame).
+      if (hook === 'from_fabric') {
+        try {
+          const tc = observe(fx.dp, hook, packet, fx.ifindex.uplink, undefined, 'tc');
+          if (tc.counted.reason !== expected || tc.verdict !== seen.verdict) {
+            throw new Error(`from_fabric TC flavour said ${tc.counted.reason} (${tc.verdict}), XDP ${expected} (${seen.verdict}): ${Buffer.from(packet).toString('hex')}`);
+          }
+          tcRuns++;
+        } catch (err) {
+          if (!(err instanceof LibbpfError && err.code === 'EINVAL')) throw err;
+        }
       }
       if (seen.verdict === 'drop') {
         dropped++;
@@ -197,7 +210,8 @@ test.serial('no random or mutated packet crosses a boundary, and the kernel agre
     }),
     { numRuns: 4000, maxSkipsPerRun: 1 },
   );
-  t.log(`${private_passed} passed as private, ${dropped} dropped, ${refused} refused by the skb test runner`);
+  t.log(`${private_passed} passed as private, ${dropped} dropped, ${refused} refused by the skb test runner; ${tcRuns} from_fabric packets also through its TC flavour`);
+  t.true(tcRuns > 500, `only ${tcRuns} from_fabric packets through the TC flavour`);
   // The generator must reach both outcomes, or the property proves little.
   t.true(private_passed > 200, `only ${private_passed} private passes generated`);
   t.true(dropped > 1000, `only ${dropped} drops generated`);

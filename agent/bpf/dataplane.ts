@@ -162,6 +162,8 @@ export interface RunPacketOptions {
    * made by the node's own stack.
    */
   ingressIfindex?: number;
+  /** from_fabric only: run the TC flavour (from_fabric_tc) instead of the XDP program. */
+  uplinkHook?: UplinkHook;
   /** Runs to average over (BPF_PROG_TEST_RUN repeat); default 1. */
   repeat?: number;
 }
@@ -186,8 +188,19 @@ export interface OpenOptions {
   logger?: DataplaneLogger;
 }
 
+/**
+ * Where from_fabric runs on the uplink. `xdp`: before any skb exists, the
+ * right hook on a NIC whose driver runs XDP natively. `tc`: TC ingress, the
+ * right hook on a veth (any XDP program there turns the device's
+ * segmentation offload off and costs most of its throughput) or a NIC
+ * without native XDP. One decision function, the same counters.
+ */
+export type UplinkHook = 'xdp' | 'tc';
+
 export interface AttachUplinkOptions {
-  /** native (driver) XDP by default; generic runs after skb allocation, for NICs without XDP. */
+  /** xdp by default. */
+  hook?: UplinkHook;
+  /** With xdp: native (driver) XDP by default; generic runs after skb allocation, for NICs without XDP. */
   mode?: 'native' | 'generic';
 }
 
@@ -206,6 +219,8 @@ export const PROGRAMS = {
   to_endpoint: 'to_endpoint',
   to_fabric: 'to_fabric',
 } as const;
+/** from_fabric's decision at TC ingress of the uplink (counted as from_fabric). */
+const FROM_FABRIC_TC = 'from_fabric_tc';
 const HOOK_PROGRAMS: readonly HookName[] = abi.HOOK_NAMES;
 
 /** TC filter slot reserved for i6pn on every endpoint veth: priority 1 runs first. */
@@ -346,6 +361,7 @@ export class Dataplane {
   private readonly object: BpfObject;
   private readonly pinDir: string | undefined;
   private readonly programs: Map<HookName, BpfProgram>;
+  private readonly fromFabricTc: BpfProgram;
   private readonly endpoints: MapFd;
   private readonly localIfaces: MapFd;
   private readonly config: MapFd;
@@ -360,6 +376,7 @@ export class Dataplane {
     this.object = object;
     this.pinDir = pinDir;
     this.programs = new Map(HOOK_PROGRAMS.map((h) => [h, object.program(PROGRAMS[h])]));
+    this.fromFabricTc = object.program(FROM_FABRIC_TC);
     this.endpoints = object.map('endpoints').handle();
     this.localIfaces = object.map('local_ifaces').handle();
     this.config = object.map('config').handle();
@@ -388,6 +405,7 @@ export class Dataplane {
     const object = BpfObject.open(opts.object);
     try {
       for (const name of HOOK_PROGRAMS) object.program(PROGRAMS[name]);
+      object.program(FROM_FABRIC_TC);
       if (opts.maxEndpoints) object.map('endpoints').setMaxEntries(opts.maxEndpoints);
       if (opts.maxLocalIfaces) object.map('local_ifaces').setMaxEntries(opts.maxLocalIfaces);
       for (const spec of MAP_SPECS) checkObjectMap(object.map(spec.name), spec, opts.object);
@@ -706,10 +724,12 @@ export class Dataplane {
 
   /** Run one packet through a hook's program with BPF_PROG_TEST_RUN. */
   runPacket(hook: HookName, packet: Uint8Array, opts: RunPacketOptions = {}): PacketResult {
-    const prog = this.programs.get(hook);
+    let prog = this.programs.get(hook);
     if (!prog) throw new RangeError(`no hook ${String(hook)}; hooks are ${HOOK_PROGRAMS.join(', ')}`);
+    const tcFromFabric = hook === 'from_fabric' && opts.uplinkHook === 'tc';
+    if (tcFromFabric) prog = this.fromFabricTc;
     let ctx: Buffer | undefined;
-    if (hook === 'from_fabric') {
+    if (hook === 'from_fabric' && !tcFromFabric) {
       if (opts.ifindex !== undefined) {
         const L = layouts.xdp_md;
         ctx = Buffer.alloc(L.size);
@@ -720,14 +740,15 @@ export class Dataplane {
       const L = layouts.__sk_buff;
       ctx = Buffer.alloc(L.size);
       ctx.writeUInt32LE(opts.ifindex, L.ifindex);
-      ctx.writeUInt32LE(hook === 'from_endpoint' ? opts.ifindex : (opts.ingressIfindex ?? 0), L.ingress_ifindex);
+      const ingress = hook === 'from_endpoint' || hook === 'from_fabric' ? opts.ifindex : (opts.ingressIfindex ?? 0);
+      ctx.writeUInt32LE(ingress, L.ingress_ifindex);
     }
     const r = prog.testRun({
       data: packet,
       ...(ctx ? { ctx } : {}),
       repeat: opts.repeat ?? 1,
     });
-    return { verdict: retvalVerdict(hook, r.retval), retval: r.retval, durationNs: r.durationNs };
+    return { verdict: retvalVerdict(tcFromFabric ? 'to_fabric' : hook, r.retval), retval: r.retval, durationNs: r.durationNs };
   }
 
   /**
@@ -753,9 +774,10 @@ export class Dataplane {
   }
 
   /** Instructions the verifier processed for each program (growth shows up in the build and bench). */
-  verifiedInstructions(): Record<HookName, number> {
-    const out = {} as Record<HookName, number>;
+  verifiedInstructions(): Record<HookName | typeof FROM_FABRIC_TC, number> {
+    const out = {} as Record<HookName | typeof FROM_FABRIC_TC, number>;
     for (const [hook, prog] of this.programs) out[hook] = prog.info().verifiedInsns;
+    out[FROM_FABRIC_TC] = this.fromFabricTc.info().verifiedInsns;
     return out;
   }
 
@@ -769,10 +791,32 @@ export class Dataplane {
    */
   attachUplink(ifindex: number, opts: AttachUplinkOptions = {}): void {
     checkUint(ifindex, 32, 'ifindex');
-    this.attachUplinkXdp(ifindex, opts);
-    // The node's exit: private packets leave only from their source's own veth.
     tcHookCreate(ifindex);
+    // Switching flavours attaches the new one first, then removes the old: never a moment with neither.
+    if (opts.hook === 'tc') {
+      if (this.closed) throw new DataplaneError('dataplane is closed');
+      tcAttach(tcFilter(ifindex, 'ingress'), this.fromFabricTc.fd, `from_fabric_tc on ifindex ${ifindex}`);
+      this.detachUplinkXdp(ifindex);
+    } else {
+      this.attachUplinkXdp(ifindex, opts);
+      try {
+        tcDetach(tcFilter(ifindex, 'ingress'));
+      } catch (err) {
+        if (!isGone(err)) throw err;
+      }
+    }
+    // The node's exit: private packets leave only from their source's own veth.
     tcAttach(tcFilter(ifindex, 'egress'), this.program('to_fabric').fd, `to_fabric on ifindex ${ifindex}`);
+  }
+
+  /** Which flavour of from_fabric runs on an uplink now (kernel program ids), and to_fabric. */
+  uplinkAttachment(ifindex: number): { tc: number | null; egress: number | null } {
+    try {
+      return { tc: tcQuery(tcFilter(ifindex, 'ingress')), egress: tcQuery(tcFilter(ifindex, 'egress')) };
+    } catch (err) {
+      if (isGone(err)) return { tc: null, egress: null };
+      throw err;
+    }
   }
 
   private attachUplinkXdp(ifindex: number, opts: AttachUplinkOptions): void {
@@ -822,13 +866,14 @@ export class Dataplane {
     this.uplinks.set(ifindex, link);
   }
 
-  /** Detach from_fabric and to_fabric from the uplink and remove the pin; false if XDP was not attached. */
+  /** Detach from_fabric (either flavour) and to_fabric from the uplink and remove the pin; false if none was attached. */
   detachUplink(ifindex: number): boolean {
-    try {
-      tcDetach(tcFilter(ifindex, 'egress'));
-    } catch (err) {
-      if (!isGone(err)) throw err;
-    }
+    const tc = detachTc(ifindex);
+    return this.detachUplinkXdp(ifindex) || tc;
+  }
+
+  /** Detach the XDP flavour and remove its pin; false if it was not attached. */
+  private detachUplinkXdp(ifindex: number): boolean {
     let link = this.uplinks.get(ifindex);
     this.uplinks.delete(ifindex);
     const path = this.pinDir ? join(this.pinDir, `xdp_uplink_${ifindex}`) : undefined;
@@ -873,9 +918,10 @@ export class Dataplane {
   }
 
   /** Kernel ids of the loaded programs (to compare with endpointAttachment). */
-  programIds(): Record<HookName, number> {
-    const out = {} as Record<HookName, number>;
+  programIds(): Record<HookName | typeof FROM_FABRIC_TC, number> {
+    const out = {} as Record<HookName | typeof FROM_FABRIC_TC, number>;
     for (const [hook, prog] of this.programs) out[hook] = prog.info().id;
+    out[FROM_FABRIC_TC] = this.fromFabricTc.info().id;
     return out;
   }
 

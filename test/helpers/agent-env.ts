@@ -199,6 +199,8 @@ export class AgentEnv {
       '--node': 'n1',
       '--region': 'ams',
       '--uplink': this.uplink,
+      // The XDP life cycle (pinned link, adoption, upgrade) is what these tests follow; auto (TC on a veth) has a test of its own.
+      '--uplink-hook': 'xdp',
       '--bpffs': this.bpffs,
       '--metrics-addr': `[${this.mgmtNodeAddr}]:${this.metricsPort}`,
       '--reconcile-interval': '300',

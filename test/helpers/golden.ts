@@ -157,11 +157,19 @@ function snapshot(dp: Dataplane): Snapshot {
 }
 
 /** Run one packet and find the single counter it moved (throws if not exactly one). */
-export function observe(dp: Dataplane, hook: HookName, packet: Uint8Array, ifindex?: number, ingressIfindex?: number): Observed {
+export function observe(
+  dp: Dataplane,
+  hook: HookName,
+  packet: Uint8Array,
+  ifindex?: number,
+  ingressIfindex?: number,
+  uplinkHook?: 'xdp' | 'tc',
+): Observed {
   const before = snapshot(dp);
   const r = dp.runPacket(hook, packet, {
     ...(ifindex === undefined ? {} : { ifindex }),
     ...(ingressIfindex === undefined ? {} : { ingressIfindex }),
+    ...(uplinkHook === undefined ? {} : { uplinkHook }),
   });
   const moved: Observed['counted'][] = [];
   for (const [key, now] of snapshot(dp)) {
