@@ -87,7 +87,7 @@ test.serial('enforce: a spoofed source from inside a container is dropped and co
   t.is(honest.arrivedFrom, a1.address, 'the same tool with the true source gets through');
 });
 
-test.serial('from the fabric: the receiving node drops what its XDP hook must, under the model\'s reason', async (t) => {
+test.serial('from the fabric: the receiving node drops what its from_fabric hook (TC on these veth uplinks) must, under the model\'s reason', async (t) => {
   const node = c.node('ams-2');
   const reasons = new Set<string>();
   for (const [src, dst] of FABRIC_CASES) {
