@@ -21,6 +21,8 @@ import type { DropArgs, DropResult, Variant } from './fabric/drop.js';
 import type { NodeArgs } from './fabric/node.js';
 
 const ROUNDS = Number(process.env.I6PN_BENCH_FABRIC_ROUNDS ?? 3);
+/** Allowed-traffic rounds: at least five, the four set-ups alternating (issue 12). */
+const TRAFFIC_ROUNDS = Number(process.env.I6PN_BENCH_TRAFFIC_ROUNDS ?? 5);
 const FLOOD_SECONDS = Number(process.env.I6PN_BENCH_FLOOD_SECONDS ?? 6);
 const WORKSPACES = Number(process.env.I6PN_BENCH_NFT_WORKSPACES ?? 1000);
 const IPERF_SECONDS = Number(process.env.I6PN_BENCH_IPERF_SECONDS ?? 5);
@@ -138,21 +140,23 @@ async function withDataplane<T>(t: Topology, variant: NodeArgs['variant'], fn: (
   }
 }
 
-async function allowedTraffic(): Promise<{ without: TrafficSample[]; xdpPass: TrafficSample[]; with: TrafficSample[]; counters: unknown[] }> {
+async function allowedTraffic(): Promise<{ without: TrafficSample[]; xdpPass: TrafficSample[]; with: TrafficSample[]; withTc: TrafficSample[]; counters: unknown[] }> {
   const t = twoNodes();
   const server = spawnIn(t.cB, ['iperf3', '-6', '-s', '-B', ADDR_B], { stdio: 'ignore' });
   await sleep(500);
   // Routes and neighbours warm before the first figure.
   nsSh(t.cA, ['ping', '-6', '-c', '3', '-i', '0.2', '-W', '2', ADDR_B]);
-  const res = { without: [] as TrafficSample[], xdpPass: [] as TrafficSample[], with: [] as TrafficSample[], counters: [] as unknown[] };
-  for (let r = 0; r < ROUNDS; r++) {
+  const res = { without: [] as TrafficSample[], xdpPass: [] as TrafficSample[], with: [] as TrafficSample[], withTc: [] as TrafficSample[], counters: [] as unknown[] };
+  for (let r = 0; r < TRAFFIC_ROUNDS; r++) {
     res.without.push(await measureTraffic(t));
     res.xdpPass.push((await withDataplane(t, 'xdp-pass', () => measureTraffic(t))).value);
     const w = await withDataplane(t, 'i6pn', () => measureTraffic(t));
     res.with.push(w.value);
-    res.counters = w.counters;
+    const wt = await withDataplane(t, 'i6pn-tc', () => measureTraffic(t));
+    res.withTc.push(wt.value);
+    res.counters = wt.counters;
     const f = (x: TrafficSample): string => `${(x.tcpBitsPerSec / 1e9).toFixed(2)} Gbit/s p50 ${median(x.rttUs)} µs`;
-    log(`allowed round ${r + 1}: without ${f(res.without.at(-1)!)}; xdp_pass on uplinks ${f(res.xdpPass.at(-1)!)}; i6pn ${f(w.value)}`);
+    log(`allowed round ${r + 1}: without ${f(res.without.at(-1)!)}; xdp_pass on uplinks ${f(res.xdpPass.at(-1)!)}; i6pn (XDP uplink) ${f(w.value)}; i6pn (TC uplink) ${f(wt.value)}`);
   }
   server.kill('SIGKILL');
   return res;
@@ -173,14 +177,15 @@ async function main(): Promise<void> {
   const dropTable: Table = {
     title: 'Drop throughput: cross-workspace flood on a veth (native XDP), packets handled per second',
     note: `${drop.packetBytes}-byte UDP packets from BPF_PROG_TEST_RUN live frames redirected into the veth (bench/bpf/xdp_redirect.bpf.c); median of ${ROUNDS} rounds of ${FLOOD_SECONDS} s, counted on the receive side. nftables: ${WORKSPACES} workspaces, a hash vmap on the destination /64 jumping to one chain per workspace (${drop.nftRules} rules). The generator is throttled by the sink it feeds (2 cores), so its rate is shown too.`,
-    columns: ['filter', 'Mpps (median)', 'per round', 'generator Mfps', '× no filter', '× nftables'],
-    rows: (['none', 'nftables', 'xdp'] as Variant[]).map((v) => [
-      v === 'none' ? 'no filter (stack, no listener)' : v === 'nftables' ? 'nftables raw prerouting' : 'i6pn from_fabric (XDP)',
+    columns: ['filter', 'Mpps (median)', 'per round', 'generator Mfps', '× no filter', '× nftables', '× XDP_DROP'],
+    rows: (['none', 'nftables', 'xdp', 'xdp_drop'] as Variant[]).map((v) => [
+      v === 'none' ? 'no filter (stack, no listener)' : v === 'nftables' ? 'nftables raw prerouting' : v === 'xdp' ? 'i6pn from_fabric (XDP)' : 'an XDP program that only drops',
       (pps(v) / 1e6).toFixed(2),
       drop.pps[v].map((x) => (x / 1e6).toFixed(2)).join(' / '),
       (median(drop.generatorFps[v]) / 1e6).toFixed(2),
       ratio(pps(v), pps('none')),
       ratio(pps(v), pps('nftables')),
+      ratio(pps(v), pps('xdp_drop')),
     ]),
   };
   const bw = (xs: TrafficSample[]): number => median(xs.map((x) => x.tcpBitsPerSec));
@@ -190,21 +195,53 @@ async function main(): Promise<void> {
     const pct = higherIsBetter ? (1 - w / wo) * 100 : (w / wo - 1) * 100;
     return `${pct >= 0 ? '+' : ''}${pct.toFixed(1)} %`;
   };
+  const spread = (xs: TrafficSample[]): string => {
+    const v = xs.map((x) => x.tcpBitsPerSec / 1e9);
+    return `${Math.min(...v).toFixed(2)}–${Math.max(...v).toFixed(2)}`;
+  };
+  const setups = [traffic.without, traffic.xdpPass, traffic.with, traffic.withTc];
   const trafficTable: Table = {
     title: 'Allowed traffic between two endpoints on two nodes',
-    note: `Container — veth (TC from_endpoint/to_endpoint) — node — uplink veth (XDP from_fabric, native) — node — veth — container; median of ${ROUNDS} rounds, the three set-ups alternating; iperf3 TCP ${IPERF_SECONDS} s, ${PINGS} pings at 2 ms. The middle column attaches only an empty XDP program (xdp_pass) to both uplinks: any native XDP program puts a veth on its XDP receive path and turns off the peer's segmentation offload, a cost of veth, not of i6pn. Overhead: throughput lost and latency added, in percent (negative: faster, within noise).`,
-    columns: ['figure', 'nothing attached', 'xdp_pass on uplinks', 'i6pn dataplane', 'i6pn vs nothing', 'i6pn vs xdp_pass'],
+    note: `Container — veth (TC from_endpoint/to_endpoint) — node — uplink veth (from_fabric, XDP or TC ingress; TC to_fabric) — node — veth — container; median of ${TRAFFIC_ROUNDS} rounds (the spread in brackets), the four set-ups alternating; iperf3 TCP ${IPERF_SECONDS} s, ${PINGS} pings at 2 ms. xdp_pass attaches only an empty XDP program to both uplinks: any native XDP program puts a veth on its XDP receive path and turns off the peer's segmentation offload, a cost of veth, not of i6pn; so the XDP uplink is held against xdp_pass and the TC uplink (what the agent chooses on a veth) against nothing attached. Overhead: throughput lost and latency added, in percent (negative: faster, within noise).`,
+    columns: ['figure', 'nothing attached', 'xdp_pass on uplinks', 'i6pn, XDP uplink', 'i6pn, TC uplink', 'XDP uplink vs xdp_pass', 'TC uplink vs nothing'],
     rows: [
-      ['TCP throughput (iperf3)', ...[traffic.without, traffic.xdpPass, traffic.with].map((x) => `${(bw(x) / 1e9).toFixed(2)} Gbit/s`), overhead(bw(traffic.with), bw(traffic.without), true), overhead(bw(traffic.with), bw(traffic.xdpPass), true)],
+      [
+        'TCP throughput (iperf3), Gbit/s',
+        ...setups.map((x) => `${(bw(x) / 1e9).toFixed(2)} (${spread(x)})`),
+        overhead(bw(traffic.with), bw(traffic.xdpPass), true),
+        overhead(bw(traffic.withTc), bw(traffic.without), true),
+      ],
       ...([50, 99] as const).map((p) => [
         `ping RTT p${p}`,
-        ...[traffic.without, traffic.xdpPass, traffic.with].map((x) => `${rtt(x, p).toFixed(0)} µs`),
-        overhead(rtt(traffic.with, p), rtt(traffic.without, p), false),
+        ...setups.map((x) => `${rtt(x, p).toFixed(0)} µs`),
         overhead(rtt(traffic.with, p), rtt(traffic.xdpPass, p), false),
+        overhead(rtt(traffic.withTc, p), rtt(traffic.without, p), false),
       ]),
     ],
   };
-  const goals: Goal[] = [{ goal: 'XDP drop ≥ 4× nftables', measured: `${ratio(pps('xdp'), pps('nftables'))} (${(pps('xdp') / 1e6).toFixed(2)} vs ${(pps('nftables') / 1e6).toFixed(2)} Mpps)`, met: pps('xdp') >= 4 * pps('nftables') }];
+  const goals: Goal[] = [
+    { goal: 'XDP drop ≥ 4× nftables', measured: `${ratio(pps('xdp'), pps('nftables'))} (${(pps('xdp') / 1e6).toFixed(2)} vs ${(pps('nftables') / 1e6).toFixed(2)} Mpps)`, met: pps('xdp') >= 4 * pps('nftables') },
+    {
+      goal: 'issue 12: drop rate, from_fabric ≥ 90 % of an XDP program that only returns XDP_DROP',
+      measured: `${((pps('xdp') / pps('xdp_drop')) * 100).toFixed(1)} % (${(pps('xdp') / 1e6).toFixed(2)} vs ${(pps('xdp_drop') / 1e6).toFixed(2)} Mpps)`,
+      met: pps('xdp') >= 0.9 * pps('xdp_drop'),
+    },
+    {
+      goal: 'issue 12: throughput, TC uplink ≥ 95 % of nothing attached',
+      measured: `${((bw(traffic.withTc) / bw(traffic.without)) * 100).toFixed(1)} % (${(bw(traffic.withTc) / 1e9).toFixed(2)} vs ${(bw(traffic.without) / 1e9).toFixed(2)} Gbit/s)`,
+      met: bw(traffic.withTc) >= 0.95 * bw(traffic.without),
+    },
+    {
+      goal: 'issue 12: throughput, XDP uplink ≥ 95 % of xdp_pass',
+      measured: `${((bw(traffic.with) / bw(traffic.xdpPass)) * 100).toFixed(1)} % (${(bw(traffic.with) / 1e9).toFixed(2)} vs ${(bw(traffic.xdpPass) / 1e9).toFixed(2)} Gbit/s)`,
+      met: bw(traffic.with) >= 0.95 * bw(traffic.xdpPass),
+    },
+    {
+      goal: 'issue 12: ping RTT p50, TC uplink ≤ nothing attached + 5 µs',
+      measured: `+${(rtt(traffic.withTc, 50) - rtt(traffic.without, 50)).toFixed(0)} µs (${rtt(traffic.withTc, 50).toFixed(0)} vs ${rtt(traffic.without, 50).toFixed(0)} µs)`,
+      met: rtt(traffic.withTc, 50) <= rtt(traffic.without, 50) + 5,
+    },
+  ];
   for (const t of [dropTable, trafficTable]) printTable(t);
   for (const g of goals) console.log(`goal: ${g.goal}: ${g.measured} — ${g.met ? 'met' : 'NOT met'}`);
   const file = saveSection('fabric', {
@@ -218,6 +255,7 @@ async function main(): Promise<void> {
         without: traffic.without.map((x) => ({ tcpBitsPerSec: x.tcpBitsPerSec, rttP50Us: percentile(x.rttUs, 50), rttP99Us: percentile(x.rttUs, 99) })),
         xdpPass: traffic.xdpPass.map((x) => ({ tcpBitsPerSec: x.tcpBitsPerSec, rttP50Us: percentile(x.rttUs, 50), rttP99Us: percentile(x.rttUs, 99) })),
         with: traffic.with.map((x) => ({ tcpBitsPerSec: x.tcpBitsPerSec, rttP50Us: percentile(x.rttUs, 50), rttP99Us: percentile(x.rttUs, 99) })),
+        withTcUplink: traffic.withTc.map((x) => ({ tcpBitsPerSec: x.tcpBitsPerSec, rttP50Us: percentile(x.rttUs, 50), rttP99Us: percentile(x.rttUs, 99) })),
         countersOfLastRound: traffic.counters,
       },
     },

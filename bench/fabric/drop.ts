@@ -40,7 +40,7 @@ export interface DropArgs {
   seconds: number;
 }
 
-export type Variant = 'none' | 'nftables' | 'xdp';
+export type Variant = 'none' | 'nftables' | 'xdp' | 'xdp_drop';
 export interface DropResult {
   pps: Record<Variant, number[]>;
   generatorFps: Record<Variant, number[]>;
@@ -115,6 +115,14 @@ async function measure(args: DropArgs, packet: Uint8Array, counter: () => number
   return { pps: (c2 - c1) / (Number(t2 - t1) / 1e9), fps: g.frames / g.seconds };
 }
 
+/** Frames veth's XDP path dropped on `dev`, over its receive queues (ethtool -S). */
+function vethXdpDrops(dev: string): number {
+  const out = execFileSync('ethtool', ['-S', dev], { encoding: 'utf8' });
+  let n = 0;
+  for (const m of out.matchAll(/rx_queue_\d+_xdp_drops: (\d+)/g)) n += Number(m[1]);
+  return n;
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -140,12 +148,12 @@ async function main(): Promise<void> {
   dp.upsertEndpoints([{ addr: local, workspace: wsId(0), region: REGION, node: 1, flags: { i6pn: true, local: true }, ifindex: 0 }]);
 
   const result: DropResult = {
-    pps: { none: [], nftables: [], xdp: [] },
-    generatorFps: { none: [], nftables: [], xdp: [] },
+    pps: { none: [], nftables: [], xdp: [], xdp_drop: [] },
+    generatorFps: { none: [], nftables: [], xdp: [], xdp_drop: [] },
     packetBytes: packet.length,
     nftRules: args.workspaces * 2 + 3,
   };
-  const variants: Variant[] = ['none', 'nftables', 'xdp'];
+  const variants: Variant[] = ['none', 'nftables', 'xdp', 'xdp_drop'];
   try {
     // Round-robin over the variants, so drift on a shared machine hits all alike.
     for (let r = 0; r < args.rounds; r++) {
@@ -153,8 +161,11 @@ async function main(): Promise<void> {
         let link: LinkFd | null = null;
         let counter: () => number;
         if (v === 'xdp') {
-          dp.attachUplink(dev, { mode: 'native' });
+          dp.attachUplink(dev, { hook: 'xdp', mode: 'native' });
           counter = () => Number(dp.readCounter('from_fabric', 'drop', 'cross_workspace').packets);
+        } else if (v === 'xdp_drop') {
+          link = LinkFd.createXdp(pass.program('xdp_drop').fd, dev, XdpFlags.DRV_MODE, 'xdp_drop');
+          counter = () => vethXdpDrops(args.dev);
         } else {
           link = LinkFd.createXdp(pass.program('xdp_pass').fd, dev, XdpFlags.DRV_MODE, 'xdp_pass');
           if (v === 'nftables') {

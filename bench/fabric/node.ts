@@ -16,12 +16,13 @@ import { REPO_DIR } from '../lib/results.js';
 
 export interface NodeArgs {
   /**
-   * i6pn: the dataplane. xdp-pass: only the bench's xdp_pass on the uplink,
+   * i6pn: the dataplane, from_fabric as native XDP. i6pn-tc: the same with
+   * from_fabric at TC ingress (the agent's choice on a veth). xdp-pass: only the bench's xdp_pass on the uplink,
    * native, to separate what any XDP program costs on a veth (veth takes the
    * XDP receive path and turns off the peer's segmentation offload) from
    * what i6pn's programs cost.
    */
-  variant: 'i6pn' | 'xdp-pass';
+  variant: 'i6pn' | 'i6pn-tc' | 'xdp-pass';
   node: number;
   region: number;
   workspace: number;
@@ -72,7 +73,7 @@ async function main(): Promise<void> {
   ]);
   dp.setLocalIface(veth, { addr: local, i6pn: true });
   dp.attachEndpoint(veth);
-  dp.attachUplink(uplink, { mode: 'native' });
+  dp.attachUplink(uplink, a.variant === 'i6pn-tc' ? { hook: 'tc' } : { hook: 'xdp', mode: 'native' });
   const detach = (): void => {
     dp.detachUplink(uplink);
     dp.detachEndpoint(veth);
