@@ -312,6 +312,7 @@ test("ConfigMap: only the agent's own variables, with valid values; nothing per-
   t.regex(data["I6PN_MAX_ENDPOINTS"] ?? "", /^[1-9]\d*$/);
   t.regex(data["I6PN_MAX_LOCAL_IFACES"] ?? "", /^[1-9]\d*$/);
   t.is(data["I6PN_FORWARD_NON_PRIVATE"], "false", "forwarding non-private traffic is the operator's explicit choice");
+  t.true(["auto", "xdp", "tc"].includes(data["I6PN_UPLINK_HOOK"] ?? ""), "the uplink hook is one the agent knows");
   t.regex(data["I6PN_BPFFS"] ?? "", /^\/sys\/fs\/bpf\//);
   for (const url of (data["I6PN_NATS_URL"] ?? "").split(",")) t.regex(url, /^tls:\/\/[a-z0-9.-]+:4222$/, "agents reach NATS over TLS");
   t.truthy(data["I6PN_UPLINK"]);
