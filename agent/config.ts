@@ -61,6 +61,8 @@ export interface AgentConfig {
   maxEndpoints: number;
   maxLocalIfaces: number;
   forwardNonPrivate: boolean;
+  /** Deliver private packets to this node's endpoints straight out of their veth (bpf_redirect_neigh). */
+  localFastPath: boolean;
   /** Where from_fabric runs on the uplink: auto (TC on a veth, native XDP elsewhere, TC if the driver has none), xdp or tc. */
   uplinkHook: UplinkHookChoice;
   object: string;
@@ -138,6 +140,11 @@ const mapCapacity = z.coerce
   .min(1, 'must be at least 1')
   .max(MAX_MAX_ENDPOINTS, `must be at most ${MAX_MAX_ENDPOINTS}`);
 
+/** A switch: `--flag` alone is true; a value (or the variable) is spelled out. */
+const onOff = z
+  .preprocess((v) => (v === true ? 'true' : v), z.enum(['true', 'false', '1', '0', 'yes', 'no'], { error: 'must be true or false' }))
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
 const runSchema = z.object({
   nats: z
     .string({ error: 'is required' })
@@ -157,10 +164,8 @@ const runSchema = z.object({
   mode: z.enum(['enforce', 'monitor'], { error: 'must be enforce or monitor' }),
   maxEndpoints: mapCapacity,
   maxLocalIfaces: mapCapacity,
-  // `--forward-non-private` alone is true; a value (or the variable) is spelled out.
-  forwardNonPrivate: z
-    .preprocess((v) => (v === true ? 'true' : v), z.enum(['true', 'false', '1', '0', 'yes', 'no'], { error: 'must be true or false' }))
-    .transform((v) => v === 'true' || v === '1' || v === 'yes'),
+  forwardNonPrivate: onOff,
+  localFastPath: onOff,
   object: z
     .string()
     .transform((p) => resolve(PACKAGE_ROOT, p))
@@ -249,6 +254,16 @@ function buildProgram(onRun: (o: Record<string, unknown>) => void, onTeardown: (
         'false',
       ),
     )
+    .addOption(
+      opt(
+        '--local-fast-path [bool]',
+        'I6PN_LOCAL_FAST_PATH',
+        'deliver a private packet for an endpoint of this node straight out of its veth (bpf_redirect_neigh) once ' +
+          'from_endpoint or a TC from_fabric passed it, past the node\'s routing and netfilter; its to_endpoint hook still ' +
+          'decides. Off: through the node\'s stack',
+        'true',
+      ),
+    )
     .addOption(opt('--object <path>', 'I6PN_OBJECT', 'the compiled BPF object, relative to the package root', DEFAULT_OBJECT))
     .addOption(
       opt('--reconcile-interval <seconds>', 'I6PN_RECONCILE_INTERVAL', 'period of the full reconcile (mark and sweep) of the maps against the store', '300'),
@@ -307,6 +322,7 @@ export function parseCommandLine(argv: string[]): Command_ {
           maxEndpoints: d.maxEndpoints,
           maxLocalIfaces: d.maxLocalIfaces,
           forwardNonPrivate: d.forwardNonPrivate,
+          localFastPath: d.localFastPath,
           uplinkHook: d.uplinkHook,
           object: d.object,
           reconcileIntervalMs: d.reconcileInterval,

@@ -176,8 +176,9 @@ async function run(cfg: AgentConfig): Promise<void> {
     eventsPerSec: cfg.eventsPerSec,
     uplinkIfindex: attacher.uplinkIfindex ?? 0,
     forwardNonPrivate: cfg.forwardNonPrivate,
+    localFastPath: cfg.localFastPath,
   });
-  log.info({ regionId, nodeId: nodeId(cfg.node), mode: cfg.mode, uplinkIfindex: attacher.uplinkIfindex ?? 0, forwardNonPrivate: cfg.forwardNonPrivate }, 'dataplane configured');
+  log.info({ regionId, nodeId: nodeId(cfg.node), mode: cfg.mode, uplinkIfindex: attacher.uplinkIfindex ?? 0, forwardNonPrivate: cfg.forwardNonPrivate, localFastPath: cfg.localFastPath }, 'dataplane configured');
 
   sync = new MembershipSync({
     map: dp,

@@ -64,21 +64,23 @@ interface Topology {
   cB: string;
 }
 
+/** A fixed link-local address on `dev` in `ns` (the containers' gateway is fe80::1). */
+function linkLocal(ns: string, dev: string, a: string): void {
+  nsSh(ns, ['ip', '-6', 'addr', 'flush', 'dev', dev, 'scope', 'link']);
+  nsSh(ns, ['ip', '-6', 'addr', 'add', `${a}/64`, 'dev', dev, 'nodad']);
+}
+
 function twoNodes(): Topology {
   const t = { nA: addNs('nodeA'), nB: addNs('nodeB'), cA: addNs('ctrA'), cB: addNs('ctrB') };
   addVeth(t.nA, 'up0', t.nB, 'up0');
   addVeth(t.cA, 'eth0', t.nA, 'vethA');
   addVeth(t.cB, 'eth0', t.nB, 'vethB');
-  const ll = (ns: string, dev: string, a: string): void => {
-    nsSh(ns, ['ip', '-6', 'addr', 'flush', 'dev', dev, 'scope', 'link']);
-    nsSh(ns, ['ip', '-6', 'addr', 'add', `${a}/64`, 'dev', dev, 'nodad']);
-  };
-  ll(t.nA, 'up0', 'fe80::a1');
-  ll(t.nB, 'up0', 'fe80::b1');
-  ll(t.nA, 'vethA', 'fe80::1');
-  ll(t.nB, 'vethB', 'fe80::1');
-  ll(t.cA, 'eth0', 'fe80::2');
-  ll(t.cB, 'eth0', 'fe80::2');
+  linkLocal(t.nA, 'up0', 'fe80::a1');
+  linkLocal(t.nB, 'up0', 'fe80::b1');
+  linkLocal(t.nA, 'vethA', 'fe80::1');
+  linkLocal(t.nB, 'vethB', 'fe80::1');
+  linkLocal(t.cA, 'eth0', 'fe80::2');
+  linkLocal(t.cB, 'eth0', 'fe80::2');
   for (const [c, addr] of [[t.cA, ADDR_A], [t.cB, ADDR_B]] as const) {
     nsSh(c, ['ip', '-6', 'addr', 'add', `${addr}/128`, 'dev', 'eth0', 'nodad']);
     nsSh(c, ['ip', '-6', 'route', 'add', 'fdaa::/16', 'via', 'fe80::1', 'dev', 'eth0']);
@@ -99,22 +101,21 @@ interface TrafficSample {
   rttUs: number[];
 }
 
-async function measureTraffic(t: Topology): Promise<TrafficSample> {
-  const j = JSON.parse(nsSh(t.cA, ['iperf3', '-6', '-c', ADDR_B, '-t', String(IPERF_SECONDS), '-J'])) as {
+/** iperf3 and ping from the container namespace `from` to ADDR_B. */
+async function measureTraffic(from: string): Promise<TrafficSample> {
+  const j = JSON.parse(nsSh(from, ['iperf3', '-6', '-c', ADDR_B, '-t', String(IPERF_SECONDS), '-J'])) as {
     end: { sum_received: { bits_per_second: number } };
   };
-  const ping = nsSh(t.cA, ['ping', '-6', '-n', '-c', String(PINGS), '-i', '0.002', ADDR_B]);
+  const ping = nsSh(from, ['ping', '-6', '-n', '-c', String(PINGS), '-i', '0.002', ADDR_B]);
   const rttUs = [...ping.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]) * 1000);
   if (rttUs.length < PINGS * 0.9) throw new Error(`ping: ${rttUs.length} of ${PINGS} answered`);
   return { tcpBitsPerSec: j.end.sum_received.bits_per_second, rttUs };
 }
 
-async function withDataplane<T>(t: Topology, variant: NodeArgs['variant'], fn: () => Promise<T>): Promise<{ value: T; counters: unknown[] }> {
-  const procs = [
-    [t.nA, { variant, node: 1, region: REGION, workspace: WS, uplink: 'up0', veth: 'vethA', local: ADDR_A, remote: { addr: ADDR_B, node: 2 } }],
-    [t.nB, { variant, node: 2, region: REGION, workspace: WS, uplink: 'up0', veth: 'vethB', local: ADDR_B, remote: { addr: ADDR_A, node: 1 } }],
-  ].map(([ns, a]) => {
-    const p = spawnIn(ns as string, [...node(), join(REPO_DIR, 'bench/fabric/node.ts'), JSON.stringify(a as NodeArgs)]);
+/** Run `fn` with bench/fabric/node.ts holding a dataplane in each of the given node namespaces. */
+async function withNodes<T>(nodes: Array<[string, NodeArgs]>, fn: () => Promise<T>): Promise<{ value: T; counters: unknown[] }> {
+  const procs = nodes.map(([ns, a]) => {
+    const p = spawnIn(ns, [...node(), join(REPO_DIR, 'bench/fabric/node.ts'), JSON.stringify(a)]);
     let out = '';
     p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     p.stderr!.on('data', (d: Buffer) => process.stderr.write(d));
@@ -140,25 +141,90 @@ async function withDataplane<T>(t: Topology, variant: NodeArgs['variant'], fn: (
   }
 }
 
-async function allowedTraffic(): Promise<{ without: TrafficSample[]; xdpPass: TrafficSample[]; with: TrafficSample[]; withTc: TrafficSample[]; counters: unknown[] }> {
+/** Both nodes of the two-node topology, one dataplane variant. */
+function withDataplane<T>(t: Topology, variant: NodeArgs['variant'], fastPath: boolean, fn: () => Promise<T>): Promise<{ value: T; counters: unknown[] }> {
+  return withNodes(
+    [
+      [t.nA, { variant, node: 1, region: REGION, workspace: WS, uplink: 'up0', veth: 'vethA', local: ADDR_A, remote: { addr: ADDR_B, node: 2 }, fastPath }],
+      [t.nB, { variant, node: 2, region: REGION, workspace: WS, uplink: 'up0', veth: 'vethB', local: ADDR_B, remote: { addr: ADDR_A, node: 1 }, fastPath }],
+    ],
+    fn,
+  );
+}
+
+/** One node, two containers on it: the same-node path (from_endpoint, the local fast path or the stack, to_endpoint). */
+interface OneNode {
+  n: string;
+  cA: string;
+  cB: string;
+}
+
+function oneNode(): OneNode {
+  const t = { n: addNs('node1'), cA: addNs('ctr1A'), cB: addNs('ctr1B') };
+  addVeth(t.cA, 'eth0', t.n, 'vethA');
+  addVeth(t.cB, 'eth0', t.n, 'vethB');
+  linkLocal(t.n, 'vethA', 'fe80::1');
+  linkLocal(t.n, 'vethB', 'fe80::1');
+  for (const [c, addr] of [[t.cA, ADDR_A], [t.cB, ADDR_B]] as const) {
+    linkLocal(c, 'eth0', 'fe80::2');
+    nsSh(c, ['ip', '-6', 'addr', 'add', `${addr}/128`, 'dev', 'eth0', 'nodad']);
+    nsSh(c, ['ip', '-6', 'route', 'add', 'fdaa::/16', 'via', 'fe80::1', 'dev', 'eth0']);
+  }
+  nsSh(t.n, ['sysctl', '-qw', 'net.ipv6.conf.all.forwarding=1']);
+  nsSh(t.n, ['ip', '-6', 'route', 'add', `${ADDR_A}/128`, 'via', 'fe80::2', 'dev', 'vethA']);
+  nsSh(t.n, ['ip', '-6', 'route', 'add', `${ADDR_B}/128`, 'via', 'fe80::2', 'dev', 'vethB']);
+  return t;
+}
+
+function withSameNode<T>(t: OneNode, fastPath: boolean, fn: () => Promise<T>): Promise<{ value: T; counters: unknown[] }> {
+  return withNodes(
+    [[t.n, { variant: 'i6pn', node: 1, region: REGION, workspace: WS, veth: 'vethA', local: ADDR_A, local2: { veth: 'vethB', addr: ADDR_B }, fastPath }]],
+    fn,
+  );
+}
+
+interface Traffic {
+  /** Two nodes. */
+  without: TrafficSample[];
+  xdpPass: TrafficSample[];
+  with: TrafficSample[];
+  withTc: TrafficSample[];
+  withTcNoFast: TrafficSample[];
+  /** One node, two containers. */
+  local: TrafficSample[];
+  localFast: TrafficSample[];
+  localNoFast: TrafficSample[];
+  counters: unknown[];
+}
+
+async function allowedTraffic(): Promise<Traffic> {
   const t = twoNodes();
-  const server = spawnIn(t.cB, ['iperf3', '-6', '-s', '-B', ADDR_B], { stdio: 'ignore' });
+  const one = oneNode();
+  const servers = [spawnIn(t.cB, ['iperf3', '-6', '-s', '-B', ADDR_B], { stdio: 'ignore' }), spawnIn(one.cB, ['iperf3', '-6', '-s', '-B', ADDR_B], { stdio: 'ignore' })];
   await sleep(500);
   // Routes and neighbours warm before the first figure.
   nsSh(t.cA, ['ping', '-6', '-c', '3', '-i', '0.2', '-W', '2', ADDR_B]);
-  const res = { without: [] as TrafficSample[], xdpPass: [] as TrafficSample[], with: [] as TrafficSample[], withTc: [] as TrafficSample[], counters: [] as unknown[] };
+  nsSh(one.cA, ['ping', '-6', '-c', '3', '-i', '0.2', '-W', '2', ADDR_B]);
+  const res: Traffic = { without: [], xdpPass: [], with: [], withTc: [], withTcNoFast: [], local: [], localFast: [], localNoFast: [], counters: [] };
+  const f = (x: TrafficSample): string => `${(x.tcpBitsPerSec / 1e9).toFixed(2)} Gbit/s p50 ${median(x.rttUs)} µs`;
   for (let r = 0; r < TRAFFIC_ROUNDS; r++) {
-    res.without.push(await measureTraffic(t));
-    res.xdpPass.push((await withDataplane(t, 'xdp-pass', () => measureTraffic(t))).value);
-    const w = await withDataplane(t, 'i6pn', () => measureTraffic(t));
-    res.with.push(w.value);
-    const wt = await withDataplane(t, 'i6pn-tc', () => measureTraffic(t));
+    res.without.push(await measureTraffic(t.cA));
+    res.xdpPass.push((await withDataplane(t, 'xdp-pass', true, () => measureTraffic(t.cA))).value);
+    res.with.push((await withDataplane(t, 'i6pn', true, () => measureTraffic(t.cA))).value);
+    const wt = await withDataplane(t, 'i6pn-tc', true, () => measureTraffic(t.cA));
     res.withTc.push(wt.value);
     res.counters = wt.counters;
-    const f = (x: TrafficSample): string => `${(x.tcpBitsPerSec / 1e9).toFixed(2)} Gbit/s p50 ${median(x.rttUs)} µs`;
-    log(`allowed round ${r + 1}: without ${f(res.without.at(-1)!)}; xdp_pass on uplinks ${f(res.xdpPass.at(-1)!)}; i6pn (XDP uplink) ${f(w.value)}; i6pn (TC uplink) ${f(wt.value)}`);
+    res.withTcNoFast.push((await withDataplane(t, 'i6pn-tc', false, () => measureTraffic(t.cA))).value);
+    res.local.push(await measureTraffic(one.cA));
+    res.localFast.push((await withSameNode(one, true, () => measureTraffic(one.cA))).value);
+    res.localNoFast.push((await withSameNode(one, false, () => measureTraffic(one.cA))).value);
+    log(
+      `allowed round ${r + 1}: two nodes: without ${f(res.without.at(-1)!)}; xdp_pass ${f(res.xdpPass.at(-1)!)}; i6pn XDP uplink ${f(res.with.at(-1)!)}; ` +
+        `TC uplink ${f(res.withTc.at(-1)!)}, without the fast path ${f(res.withTcNoFast.at(-1)!)} | one node: without ${f(res.local.at(-1)!)}; ` +
+        `i6pn ${f(res.localFast.at(-1)!)}, without the fast path ${f(res.localNoFast.at(-1)!)}`,
+    );
   }
-  server.kill('SIGKILL');
+  for (const s of servers) s.kill('SIGKILL');
   return res;
 }
 
@@ -199,25 +265,34 @@ async function main(): Promise<void> {
     const v = xs.map((x) => x.tcpBitsPerSec / 1e9);
     return `${Math.min(...v).toFixed(2)}–${Math.max(...v).toFixed(2)}`;
   };
-  const setups = [traffic.without, traffic.xdpPass, traffic.with, traffic.withTc];
+  /** Throughput and RTT rows: each set-up's figure, then each comparison's overhead ([measured, baseline]). */
+  const trafficRows = (setups: TrafficSample[][], vs: Array<[TrafficSample[], TrafficSample[]]>): Array<Array<string | number>> => [
+    ['TCP throughput (iperf3), Gbit/s', ...setups.map((x) => `${(bw(x) / 1e9).toFixed(2)} (${spread(x)})`), ...vs.map(([w, wo]) => overhead(bw(w), bw(wo), true))],
+    ...([50, 99] as const).map((p) => [`ping RTT p${p}`, ...setups.map((x) => `${rtt(x, p).toFixed(0)} µs`), ...vs.map(([w, wo]) => overhead(rtt(w, p), rtt(wo, p), false))]),
+  ];
   const trafficTable: Table = {
     title: 'Allowed traffic between two endpoints on two nodes',
-    note: `Container — veth (TC from_endpoint/to_endpoint) — node — uplink veth (from_fabric, XDP or TC ingress; TC to_fabric) — node — veth — container; median of ${TRAFFIC_ROUNDS} rounds (the spread in brackets), the four set-ups alternating; iperf3 TCP ${IPERF_SECONDS} s, ${PINGS} pings at 2 ms. xdp_pass attaches only an empty XDP program to both uplinks: any native XDP program puts a veth on its XDP receive path and turns off the peer's segmentation offload, a cost of veth, not of i6pn; so the XDP uplink is held against xdp_pass and the TC uplink (what the agent chooses on a veth) against nothing attached. Overhead: throughput lost and latency added, in percent (negative: faster, within noise).`,
-    columns: ['figure', 'nothing attached', 'xdp_pass on uplinks', 'i6pn, XDP uplink', 'i6pn, TC uplink', 'XDP uplink vs xdp_pass', 'TC uplink vs nothing'],
-    rows: [
+    note: `Container — veth (TC from_endpoint/to_endpoint) — node — uplink veth (from_fabric, XDP or TC ingress; TC to_fabric) — node — veth — container; median of ${TRAFFIC_ROUNDS} rounds (the spread in brackets), the set-ups alternating; the local fast path (from_fabric's TC flavour redirecting to the bound veth) on unless said; iperf3 TCP ${IPERF_SECONDS} s, ${PINGS} pings at 2 ms. xdp_pass attaches only an empty XDP program to both uplinks: any native XDP program puts a veth on its XDP receive path and turns off the peer's segmentation offload, a cost of veth, not of i6pn; so the XDP uplink is held against xdp_pass and the TC uplink (what the agent chooses on a veth) against nothing attached. Overhead: throughput lost and latency added, in percent (negative: faster, within noise).`,
+    columns: ['figure', 'nothing attached', 'xdp_pass on uplinks', 'i6pn, XDP uplink', 'i6pn, TC uplink', 'TC uplink, no fast path', 'XDP uplink vs xdp_pass', 'TC uplink vs nothing'],
+    rows: trafficRows(
+      [traffic.without, traffic.xdpPass, traffic.with, traffic.withTc, traffic.withTcNoFast],
       [
-        'TCP throughput (iperf3), Gbit/s',
-        ...setups.map((x) => `${(bw(x) / 1e9).toFixed(2)} (${spread(x)})`),
-        overhead(bw(traffic.with), bw(traffic.xdpPass), true),
-        overhead(bw(traffic.withTc), bw(traffic.without), true),
+        [traffic.with, traffic.xdpPass],
+        [traffic.withTc, traffic.without],
       ],
-      ...([50, 99] as const).map((p) => [
-        `ping RTT p${p}`,
-        ...setups.map((x) => `${rtt(x, p).toFixed(0)} µs`),
-        overhead(rtt(traffic.with, p), rtt(traffic.xdpPass, p), false),
-        overhead(rtt(traffic.withTc, p), rtt(traffic.without, p), false),
-      ]),
-    ],
+    ),
+  };
+  const localTable: Table = {
+    title: 'Allowed traffic between two endpoints on one node',
+    note: `Container — veth (TC from_endpoint) — node — veth (TC to_endpoint) — container; median of ${TRAFFIC_ROUNDS} rounds (the spread in brackets), alternating with the two-node set-ups. The local fast path: from_endpoint redirects a passed packet for an endpoint bound on the node straight out of its veth (bpf_redirect_neigh), past routing and netfilter; to_endpoint still decides on it. Overhead against nothing attached (the node's own forwarding).`,
+    columns: ['figure', 'nothing attached', 'i6pn, fast path', 'i6pn, through the stack', 'fast path vs nothing', 'stack vs nothing'],
+    rows: trafficRows(
+      [traffic.local, traffic.localFast, traffic.localNoFast],
+      [
+        [traffic.localFast, traffic.local],
+        [traffic.localNoFast, traffic.local],
+      ],
+    ),
   };
   const goals: Goal[] = [
     { goal: 'XDP drop ≥ 4× nftables', measured: `${ratio(pps('xdp'), pps('nftables'))} (${(pps('xdp') / 1e6).toFixed(2)} vs ${(pps('nftables') / 1e6).toFixed(2)} Mpps)`, met: pps('xdp') >= 4 * pps('nftables') },
@@ -242,12 +317,12 @@ async function main(): Promise<void> {
       met: rtt(traffic.withTc, 50) <= rtt(traffic.without, 50) + 5,
     },
   ];
-  for (const t of [dropTable, trafficTable]) printTable(t);
+  for (const t of [dropTable, trafficTable, localTable]) printTable(t);
   for (const g of goals) console.log(`goal: ${g.goal}: ${g.measured} — ${g.met ? 'met' : 'NOT met'}`);
   const file = saveSection('fabric', {
     at: new Date().toISOString(),
     seconds: secondsSince(t0),
-    tables: [dropTable, trafficTable],
+    tables: [dropTable, trafficTable, localTable],
     goals,
     data: {
       drop,
@@ -256,6 +331,13 @@ async function main(): Promise<void> {
         xdpPass: traffic.xdpPass.map((x) => ({ tcpBitsPerSec: x.tcpBitsPerSec, rttP50Us: percentile(x.rttUs, 50), rttP99Us: percentile(x.rttUs, 99) })),
         with: traffic.with.map((x) => ({ tcpBitsPerSec: x.tcpBitsPerSec, rttP50Us: percentile(x.rttUs, 50), rttP99Us: percentile(x.rttUs, 99) })),
         withTcUplink: traffic.withTc.map((x) => ({ tcpBitsPerSec: x.tcpBitsPerSec, rttP50Us: percentile(x.rttUs, 50), rttP99Us: percentile(x.rttUs, 99) })),
+        withTcUplinkNoFastPath: traffic.withTcNoFast.map((x) => ({ tcpBitsPerSec: x.tcpBitsPerSec, rttP50Us: percentile(x.rttUs, 50), rttP99Us: percentile(x.rttUs, 99) })),
+        oneNode: Object.fromEntries(
+          (['local', 'localFast', 'localNoFast'] as const).map((k) => [
+            k,
+            traffic[k].map((x) => ({ tcpBitsPerSec: x.tcpBitsPerSec, rttP50Us: percentile(x.rttUs, 50), rttP99Us: percentile(x.rttUs, 99) })),
+          ]),
+        ),
         countersOfLastRound: traffic.counters,
       },
     },

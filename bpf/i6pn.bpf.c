@@ -59,6 +59,22 @@ static __always_inline int i6pn_pull_again(struct __sk_buff *skb, int reason, co
 	return bpf_skb_pull_data(skb, skb->len < I6PN_PULL_LEN ? skb->len : I6PN_PULL_LEN) == 0;
 }
 
+/*
+ * Pass, or deliver locally past the node's stack. A private packet that
+ * passed, for an endpoint bound on this node, leaves straight through that
+ * endpoint's veth (bpf_redirect_neigh: the neighbour entry gives its MAC),
+ * where to_endpoint decides on it as on any other: the same checks, the same
+ * counters; the routing lookup, forwarding (no hop-limit decrement, as
+ * between two hosts on one link) and netfilter are what it skips. Anything
+ * else, or with the fast path off, goes on through the stack.
+ */
+static __always_inline int i6pn_tc_pass(const struct i6pn_config *cfg, int reason, const struct i6pn_pkt *pkt)
+{
+	if (reason == I6PN_PASS_PRIVATE && pkt->deliver_to && (cfg->flags & I6PN_CFG_LOCAL_FAST_PATH))
+		return bpf_redirect_neigh(pkt->deliver_to, NULL, 0, 0);
+	return TC_ACT_OK;
+}
+
 /* One veth hook: `to_endpoint` is a constant at each call. */
 static __always_inline int i6pn_tc_veth(struct __sk_buff *skb, __u32 hook, const int to_endpoint)
 {
@@ -75,7 +91,9 @@ static __always_inline int i6pn_tc_veth(struct __sk_buff *skb, __u32 hook, const
 		reason = i6pn_decide_veth(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->ifindex,
 					  skb->ingress_ifindex, cfg, &pkt, to_endpoint);
 	}
-	return i6pn_verdict(cfg, hook, reason, &pkt, skb->ifindex, skb->len) ? TC_ACT_OK : TC_ACT_SHOT;
+	if (!i6pn_verdict(cfg, hook, reason, &pkt, skb->ifindex, skb->len))
+		return TC_ACT_SHOT;
+	return to_endpoint ? TC_ACT_OK : i6pn_tc_pass(cfg, reason, &pkt);
 }
 
 /* TC ingress on an endpoint's host-side veth: what the container sends. */
@@ -112,8 +130,9 @@ int from_fabric_tc(struct __sk_buff *skb)
 		__builtin_memset(&pkt, 0, sizeof(pkt));
 		reason = i6pn_decide_from_fabric((void *)(long)skb->data, (void *)(long)skb->data_end, cfg, &pkt);
 	}
-	return i6pn_verdict(cfg, I6PN_HOOK_FROM_FABRIC, reason, &pkt, skb->ifindex, skb->len) ? TC_ACT_OK
-												   : TC_ACT_SHOT;
+	if (!i6pn_verdict(cfg, I6PN_HOOK_FROM_FABRIC, reason, &pkt, skb->ifindex, skb->len))
+		return TC_ACT_SHOT;
+	return i6pn_tc_pass(cfg, reason, &pkt);
 }
 
 /* TC egress on the uplink: private packets leave only from their source's own veth. */

@@ -85,6 +85,13 @@ enum i6pn_endpoint_flag {
 enum i6pn_config_flag {
 	/* Pass a container's own non-private IPv6 traffic (internet egress via the node). */
 	I6PN_CFG_FORWARD_NON_PRIVATE = 1 << 0,
+	/*
+	 * Local delivery past the node's stack: a private packet the TC
+	 * from-endpoint or from-fabric hook passed, for an endpoint bound on this
+	 * node, goes straight out of that endpoint's veth (bpf_redirect_neigh),
+	 * through its to-endpoint hook like any other.
+	 */
+	I6PN_CFG_LOCAL_FAST_PATH = 1 << 1,
 };
 
 /* Parser bounds. A private packet that needs more than this is dropped. */

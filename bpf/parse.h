@@ -41,6 +41,7 @@ struct i6pn_pkt {
 	__u8 upper;    /* upper-layer protocol after the walked chain (i6pn_walk_ext_hdrs) */
 	__u32 upper_off; /* its offset; upper is IPPROTO_FRAGMENT for a later fragment */
 	__u8 short_read; /* a read stopped at data_end without a verdict of truncated */
+	__u32 deliver_to; /* a passed private packet's destination veth, when bound on this node, else 0 */
 };
 
 /* Outcome of the L2/L3 parse when it did not produce an IPv6 packet. */

@@ -293,6 +293,7 @@ static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, c
 	/* Attack: a remote sender claiming the address of one of our own endpoints. */
 	if (src->flags & I6PN_EP_LOCAL)
 		return I6PN_DROP_SPOOFED_SOURCE;
+	pkt->deliver_to = dst->ifindex;
 	return i6pn_members_agree(src, dst);
 }
 
@@ -482,6 +483,8 @@ static __always_inline int i6pn_decide_veth(void *ctx, void *data, void *data_en
 
 	if (!dst)
 		return I6PN_DROP_UNKNOWN_DEST;
+	if (!to_endpoint && (dst->flags & I6PN_EP_LOCAL))
+		pkt->deliver_to = dst->ifindex;
 	return i6pn_members_agree(src, dst);
 }
 

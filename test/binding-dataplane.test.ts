@@ -56,11 +56,11 @@ const udp = (src: Uint8Array, dst: Uint8Array) => ipv6Packet({ src, dst, l4: { p
 test('open pins every map, config round-trips, programs report verified instructions', async (t) => {
   const { dp, pinDir } = await openTemp(t);
   t.deepEqual(readdirSync(pinDir!).sort(), ['config', 'counters', 'drop_events', 'endpoints', 'event_budget', 'local_ifaces']);
-  t.deepEqual(dp.getConfig(), { node: NODE, region: REGION, mode: 'enforce', eventsPerSec: 1000, uplinkIfindex: 0, forwardNonPrivate: false });
-  dp.setConfig({ node: 1, region: 65535, mode: 'monitor', eventsPerSec: 0, uplinkIfindex: 7, forwardNonPrivate: true });
-  t.deepEqual(dp.getConfig(), { node: 1, region: 65535, mode: 'monitor', eventsPerSec: 0, uplinkIfindex: 7, forwardNonPrivate: true });
+  t.deepEqual(dp.getConfig(), { node: NODE, region: REGION, mode: 'enforce', eventsPerSec: 1000, uplinkIfindex: 0, forwardNonPrivate: false, localFastPath: false });
+  dp.setConfig({ node: 1, region: 65535, mode: 'monitor', eventsPerSec: 0, uplinkIfindex: 7, forwardNonPrivate: true, localFastPath: true });
+  t.deepEqual(dp.getConfig(), { node: 1, region: 65535, mode: 'monitor', eventsPerSec: 0, uplinkIfindex: 7, forwardNonPrivate: true, localFastPath: true });
   dp.setUplinkIfindex(42);
-  t.deepEqual(dp.getConfig(), { node: 1, region: 65535, mode: 'monitor', eventsPerSec: 0, uplinkIfindex: 42, forwardNonPrivate: true }, 'setUplinkIfindex keeps the rest');
+  t.deepEqual(dp.getConfig(), { node: 1, region: 65535, mode: 'monitor', eventsPerSec: 0, uplinkIfindex: 42, forwardNonPrivate: true, localFastPath: true }, 'setUplinkIfindex keeps the rest');
   t.throws(() => dp.setConfig({ node: 1, region: 70000, mode: 'enforce', eventsPerSec: 0 }), { instanceOf: RangeError });
   t.throws(() => dp.setConfig({ node: 1, region: 1, mode: 'sometimes' as 'enforce', eventsPerSec: 0 }), { message: /mode must be one of enforce, monitor/ });
   const insns = dp.verifiedInstructions();
@@ -85,7 +85,7 @@ test('a second open on the same pinDir adopts the maps and their contents; a cap
   const second = await Dataplane.open({ object: I6PN_OBJECT, pinDir, maxEndpoints: 128 });
   t.teardown(() => second.close());
   t.is(second.maxEndpoints, 128);
-  t.deepEqual(second.getConfig(), { node: NODE, region: REGION, mode: 'monitor', eventsPerSec: 5, uplinkIfindex: 0, forwardNonPrivate: false });
+  t.deepEqual(second.getConfig(), { node: NODE, region: REGION, mode: 'monitor', eventsPerSec: 5, uplinkIfindex: 0, forwardNonPrivate: false, localFastPath: false });
   t.deepEqual(second.listEndpoints().map((e) => Buffer.from(e.addr).toString('hex')).sort(), [A1, A2].map((a) => Buffer.from(a).toString('hex')).sort());
   t.deepEqual(second.listLocalIfaces(), [{ ifindex: 9, addr: A1, i6pn: true, sealed: false }]);
   t.is(second.readCounter('from_fabric', 'pass', 'pass_not_private').packets, 1n, 'counters survive too');

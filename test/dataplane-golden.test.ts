@@ -385,6 +385,36 @@ test.serial('forwarding a container\'s own non-private traffic: on only when con
   check(t, { ...forwardCases[5]!, expect: 'outside' }, 'enforce');
 });
 
+test.serial('local fast path: a packet passed for an endpoint bound here leaves by its veth; the same verdicts and counters either way', (t) => {
+  const TC_ACT_OK = 0;
+  const TC_ACT_REDIRECT = 7;
+  const fastCases: Array<Case & { tc?: boolean; deliverTo: number }> = [
+    { hook: 'from_endpoint', name: 'to an endpoint of this node', packet: p6(M.local, M.local2), expect: 'pass_private', deliverTo: fx.ifindex.local2 },
+    { hook: 'from_endpoint', name: 'to an endpoint of another node', packet: p6(M.local, M.remote), expect: 'pass_private', deliverTo: 0 },
+    { hook: 'from_endpoint', name: 'to another workspace, on this node', packet: p6(M.local, M.otherWorkspaceLocal), expect: 'cross_workspace', deliverTo: 0 },
+    { hook: 'from_fabric', tc: true, name: 'from the fabric to an endpoint of this node (TC flavour)', packet: p6(M.remote, M.local2), expect: 'pass_private', deliverTo: fx.ifindex.local2 },
+    { hook: 'from_fabric', tc: true, name: 'from the fabric to the endpoint without i6pn', packet: p6(M.remote, M.localNoI6pn), expect: 'no_i6pn', deliverTo: 0 },
+  ];
+  try {
+    for (const fast of [false, true]) {
+      fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink, localFastPath: fast });
+      for (const c of fastCases) {
+        const label = `${c.name}, fast path ${fast ? 'on' : 'off'}`;
+        const seen = c.tc ? observe(fx.dp, c.hook, c.packet, fx.ifindex.uplink, undefined, 'tc') : observe(fx.dp, c.hook, c.packet, fx.ifindex.local);
+        t.is(seen.counted.reason, c.expect as ReasonName, `reason: ${label}`);
+        if (!isPass(c.expect)) {
+          t.is(seen.verdict, 'drop', label);
+          continue;
+        }
+        t.is(seen.verdict, 'pass', label);
+        t.is(seen.retval, fast && c.deliverTo ? TC_ACT_REDIRECT : TC_ACT_OK, `action: ${label}`);
+      }
+    }
+  } finally {
+    fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink });
+  }
+});
+
 test.serial('drops are sampled into the ring buffer within the per-CPU budget', (t) => {
   fx.dp.drainDropEvents();
   fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 2, uplinkIfindex: fx.ifindex.uplink });

@@ -8,6 +8,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { Cluster } from './fabric/cluster.js';
+import { run } from './fabric/exec.js';
 import { acquireFabricLock } from './fabric/state.js';
 import { applyLatency, checkCounters, delta, expectedDrops, snapshot } from './fabric/counters.js';
 import { describeUnexpected, renderMatrix, runMatrix, type MatrixResult } from './fabric/matrix.js';
@@ -105,6 +106,32 @@ test.serial('from the fabric: the receiving node drops what its from_fabric hook
     }
   }
   t.deepEqual([...reasons].sort(), ['cross_region', 'cross_workspace', 'not_local', 'pass_private', 'spoofed_source']);
+});
+
+test.serial('the local fast path: packets for an endpoint of the node skip its forwarding, and its to_endpoint still decides', async (t) => {
+  const forwarded = async (node: string): Promise<number> => {
+    const snmp = (await run(['cat', '/proc/net/snmp6'], { netns: c.node(node).netns })).stdout;
+    return Number(/^Ip6OutForwDatagrams\s+(\d+)/m.exec(snmp)![1]);
+  };
+  const d = (n: string) => c.daemons.get(n)!;
+  const N = 20;
+  const before = await counters();
+  const fwd0 = await forwarded('ams-1');
+  // Same node (a1 → a2, from_endpoint redirects) and from the fabric (a3 on ams-2 → a1, from_fabric's TC flavour redirects).
+  let delivered = 0;
+  for (let i = 0; i < N; i++) {
+    if ((await udpProbe(d('a1'), d('a2'))).delivered) delivered++;
+    if ((await udpProbe(d('a3'), d('a1'))).delivered) delivered++;
+  }
+  const fwd1 = await forwarded('ams-1');
+  // The control: ams-1 forwards what leaves it for another node through its stack.
+  for (let i = 0; i < N; i++) await udpProbe(d('a1'), d('a3'));
+  const fwd2 = await forwarded('ams-1');
+  const moved = delta(before, await counters());
+  t.is(delivered, 2 * N);
+  t.true(fwd2 - fwd1 >= N, `ams-1 forwarded ${fwd2 - fwd1} packets of ${N} to another node (the control)`);
+  t.true(fwd1 - fwd0 < N / 4, `ams-1 forwarded ${fwd1 - fwd0} of the ${2 * N} packets for its own endpoints`);
+  t.true((moved.get('ams-1/to_endpoint/pass/pass_private') ?? 0) >= 2 * N, JSON.stringify([...moved]));
 });
 
 /**

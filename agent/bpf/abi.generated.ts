@@ -102,6 +102,7 @@ export type EndpointFlagValue = (typeof EndpointFlag)[keyof typeof EndpointFlag]
 /** enum i6pn_config_flag */
 export const ConfigFlag = {
   FORWARD_NON_PRIVATE: 1,
+  LOCAL_FAST_PATH: 2,
 } as const;
 export type ConfigFlagValue = (typeof ConfigFlag)[keyof typeof ConfigFlag];
 

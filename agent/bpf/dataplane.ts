@@ -74,6 +74,8 @@ export interface DataplaneConfig {
   uplinkIfindex?: number;
   /** Pass an endpoint's own non-private IPv6 traffic (internet egress through the node). */
   forwardNonPrivate?: boolean;
+  /** Deliver private packets to endpoints bound on this node straight out of their veth, past the node's stack. */
+  localFastPath?: boolean;
 }
 
 export interface EndpointFlags {
@@ -442,7 +444,10 @@ export class Dataplane {
     b.writeUInt32LE(mode, F.mode.offset);
     b.writeUInt32LE(cfg.eventsPerSec, F.events_per_sec.offset);
     b.writeUInt32LE(cfg.uplinkIfindex ?? 0, F.uplink_ifindex.offset);
-    b.writeUInt32LE(cfg.forwardNonPrivate ? abi.ConfigFlag.FORWARD_NON_PRIVATE : 0, F.flags.offset);
+    b.writeUInt32LE(
+      (cfg.forwardNonPrivate ? abi.ConfigFlag.FORWARD_NON_PRIVATE : 0) | (cfg.localFastPath ? abi.ConfigFlag.LOCAL_FAST_PATH : 0),
+      F.flags.offset,
+    );
     this.config.update(u32key(0), b);
   }
 
@@ -468,6 +473,7 @@ export class Dataplane {
       eventsPerSec: b.readUInt32LE(F.events_per_sec.offset),
       uplinkIfindex: b.readUInt32LE(F.uplink_ifindex.offset),
       forwardNonPrivate: (b.readUInt32LE(F.flags.offset) & abi.ConfigFlag.FORWARD_NON_PRIVATE) !== 0,
+      localFastPath: (b.readUInt32LE(F.flags.offset) & abi.ConfigFlag.LOCAL_FAST_PATH) !== 0,
     };
   }
 
@@ -1020,7 +1026,8 @@ function retvalVerdict(hook: HookName, retval: number): 'pass' | 'drop' {
     if (retval === XdpAction.DROP || retval === XdpAction.ABORTED) return 'drop';
   } else {
     const r = retval | 0; // TC_ACT_UNSPEC is -1
-    if (r === TcAction.OK || r === TcAction.UNSPEC) return 'pass';
+    // TC_ACT_REDIRECT: passed, and delivered locally past the stack (the config's local fast path).
+    if (r === TcAction.OK || r === TcAction.UNSPEC || r === TcAction.REDIRECT) return 'pass';
     if (r === TcAction.SHOT) return 'drop';
   }
   throw new DataplaneError(`${hook} returned ${retval}, which is neither pass nor drop`);

@@ -26,11 +26,16 @@ export interface NodeArgs {
   node: number;
   region: number;
   workspace: number;
-  uplink: string;
+  /** None on a single node (two endpoints on it, no remote one). */
+  uplink?: string;
   /** Host side of the local endpoint's veth. */
   veth: string;
   local: string;
-  remote: { addr: string; node: number };
+  /** A second endpoint on this node, when the bench runs between two of them. */
+  local2?: { veth: string; addr: string };
+  remote?: { addr: string; node: number };
+  /** The local fast path (bpf_redirect_neigh to a bound endpoint's veth); on by default, as the agent runs it. */
+  fastPath?: boolean;
 }
 
 function ifindexOf(dev: string): number {
@@ -40,11 +45,12 @@ function ifindexOf(dev: string): number {
 async function main(): Promise<void> {
   const a = JSON.parse(process.argv[2]!) as NodeArgs;
   const veth = ifindexOf(a.veth);
-  const uplink = ifindexOf(a.uplink);
+  const uplink = a.uplink ? ifindexOf(a.uplink) : 0;
   if (a.variant === 'xdp-pass') {
     const obj = BpfObject.open(join(REPO_DIR, 'build/bench/xdp_redirect.bpf.o'));
     obj.program('xdp_redirect_target').setAutoload(false);
     obj.load();
+    if (!uplink) throw new Error('xdp-pass needs an uplink');
     const link = LinkFd.createXdp(obj.program('xdp_pass').fd, uplink, XdpFlags.DRV_MODE, 'xdp_pass');
     const done = (): void => {
       link.close();
@@ -65,18 +71,21 @@ async function main(): Promise<void> {
   }
   const dp = await Dataplane.open({ object: join(REPO_DIR, 'build/bpf/i6pn.bpf.o') });
   // The uplink is the one way in for the remote endpoint's packets (to_endpoint checks where they entered).
-  dp.setConfig({ node: a.node, region: a.region, mode: 'enforce', eventsPerSec: 100, uplinkIfindex: uplink });
-  const local = parseIpv6(a.local);
+  dp.setConfig({ node: a.node, region: a.region, mode: 'enforce', eventsPerSec: 100, uplinkIfindex: uplink, localFastPath: a.fastPath ?? true });
+  const locals = [{ ifindex: veth, addr: parseIpv6(a.local) }, ...(a.local2 ? [{ ifindex: ifindexOf(a.local2.veth), addr: parseIpv6(a.local2.addr) }] : [])];
+  const member = (addr: Uint8Array, node: number, ifindex: number) => ({ addr, workspace: a.workspace, region: a.region, node, flags: { i6pn: true, local: ifindex !== 0 }, ifindex });
   dp.upsertEndpoints([
-    { addr: local, workspace: a.workspace, region: a.region, node: a.node, flags: { i6pn: true, local: true }, ifindex: veth },
-    { addr: parseIpv6(a.remote.addr), workspace: a.workspace, region: a.region, node: a.remote.node, flags: { i6pn: true, local: false }, ifindex: 0 },
+    ...locals.map((l) => member(l.addr, a.node, l.ifindex)),
+    ...(a.remote ? [member(parseIpv6(a.remote.addr), a.remote.node, 0)] : []),
   ]);
-  dp.setLocalIface(veth, { addr: local, i6pn: true });
-  dp.attachEndpoint(veth);
-  dp.attachUplink(uplink, a.variant === 'i6pn-tc' ? { hook: 'tc' } : { hook: 'xdp', mode: 'native' });
+  for (const l of locals) {
+    dp.setLocalIface(l.ifindex, { addr: l.addr, i6pn: true });
+    dp.attachEndpoint(l.ifindex);
+  }
+  if (uplink) dp.attachUplink(uplink, a.variant === 'i6pn-tc' ? { hook: 'tc' } : { hook: 'xdp', mode: 'native' });
   const detach = (): void => {
-    dp.detachUplink(uplink);
-    dp.detachEndpoint(veth);
+    if (uplink) dp.detachUplink(uplink);
+    for (const l of locals) dp.detachEndpoint(l.ifindex);
     dp.close();
   };
   process.stdout.write('ready\n');

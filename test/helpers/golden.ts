@@ -146,6 +146,8 @@ export async function openFixture(tag: string): Promise<Fixture> {
 export interface Observed {
   /** what the program did with the packet */
   verdict: 'pass' | 'drop';
+  /** its raw return code (TC_ACT_REDIRECT when it delivered locally past the stack) */
+  retval: number;
   /** the one counter that moved */
   counted: { hook: HookName; verdict: VerdictName; reason: ReasonName; bytes: bigint };
 }
@@ -181,5 +183,5 @@ export function observe(
     }
   }
   if (moved.length !== 1) throw new Error(`expected one counter to move, got ${moved.map((m) => `${m.hook}/${m.verdict}/${m.reason}`).join(', ') || 'none'}`);
-  return { verdict: r.verdict, counted: moved[0]! };
+  return { verdict: r.verdict, retval: r.retval | 0, counted: moved[0]! };
 }
