@@ -138,3 +138,35 @@ test.serial('from_endpoint gives a non-linear packet the verdict the model gives
     t.deepEqual(moved, [`from_endpoint/${verdict}/${expected as ReasonName}`], `non-linear: ${c.name}`);
   }
 });
+
+const icmpError = (quotedSrc: Uint8Array) => ({ proto: 'icmpv6' as const, icmpType: 2, body: Uint8Array.from([0, 0, 5, 0x14, ...ipv6({ src: quotedSrc, dst: PUBLIC })]) });
+const fabricCases: Case[] = [
+  { name: 'allowed, from a remote member', packet: p6(M.remote, M.local) },
+  { name: 'allowed, to the second local endpoint', packet: p6(M.remote, M.local2, { l4: { proto: 'tcp', dstPort: 443 } }) },
+  { name: 'from another workspace', packet: p6(M.otherWorkspace, M.local) },
+  { name: 'a local endpoint\'s address from the fabric', packet: p6(M.local2, M.local) },
+  { name: 'to an endpoint of another node', packet: p6(M.remote, M.remoteNoI6pn) },
+  { name: 'to an unknown address', packet: p6(M.remote, M.unknown) },
+  { name: 'extension headers: hop-by-hop, fragment, AH, destination options', packet: p6(M.remote, M.local, { ext: [{ type: 'hop-by-hop' }, { type: 'fragment', more: true }, { type: 'ah' }, { type: 'dest-opts', length: 16 }] }) },
+  { name: 'routing header', packet: p6(M.remote, M.local, { ext: [{ type: 'routing' }] }) },
+  { name: 'packet too big from a router about the endpoint\'s packet', packet: p6('2001:db8::1', M.local, { l4: icmpError(M.local) }) },
+  { name: 'packet too big about someone else\'s packet', packet: p6('2001:db8::1', M.local, { l4: icmpError(M.local2) }) },
+  { name: 'public traffic', packet: p6(PUBLIC, '2001:db8::b') },
+];
+
+test.serial('from_fabric\'s TC flavour gives a non-linear packet the verdict the model gives it', async (t) => {
+  fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink });
+  // The TAP plays the uplink now: from_fabric at its TC ingress.
+  fx.dp.attachUplink(tapIfindex, { hook: 'tc' });
+  const key = (r: { hook: string; verdict: string; reason: string }) => `${r.hook}/${r.verdict}/${r.reason}`;
+  const counts = () => new Map(fx.dp.readCounters({ nonZero: true }).map((r) => [key(r), r.packets]));
+  for (const c of fabricCases) {
+    const expected: Reason = decide('from_fabric', c.packet, fx.model);
+    t.is(fx.dp.runPacket('from_fabric', c.packet, { uplinkHook: 'tc' }).verdict === 'pass', expected.startsWith('pass_'), `linear: ${c.name}`);
+    const before = counts();
+    await write(split(c.packet));
+    const moved = [...counts()].filter(([k, n]) => k.startsWith('from_fabric/') && n !== (before.get(k) ?? 0n)).map(([k]) => k);
+    const verdict = expected.startsWith('pass_') ? 'pass' : 'drop';
+    t.deepEqual(moved, [`from_fabric/${verdict}/${expected as ReasonName}`], `non-linear: ${c.name}`);
+  }
+});
