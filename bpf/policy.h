@@ -51,10 +51,11 @@
  * veth bound to exactly its source, or from the uplink with a non-local
  * source; to-fabric accepts one that entered from the veth bound to its
  * source. The binding is read from the source's own endpoints entry, whose
- * ifindex the agent sets only while that veth is bound to it. Everything else (a veth without hooks, unknown, sealed or not yet
- * converged, the node's own stack, another interface) reaches no endpoint and
- * leaves the node not at all, whatever it forges and whatever the agent's
- * state: nothing on that path depends on the forged packet's own claims.
+ * ifindex the agent sets only while that veth is bound to it. Everything
+ * else (a veth without hooks, unknown, sealed or not yet converged, the
+ * node's own stack, another interface) reaches no endpoint and leaves the
+ * node not at all, whatever it forges and however far the agent has
+ * converged: nothing on that path depends on the forged packet's claims.
  *
  * The TypeScript reference model in test/policy-model.ts states the same
  * rules; the golden and property tests hold the programs to it.
