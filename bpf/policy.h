@@ -244,23 +244,31 @@ static __always_inline int i6pn_mixed_at_uplink(void *data, void *data_end, stru
 	return i6pn_icmp_error_about(data, data_end, pkt, &pkt->dst) ? I6PN_PASS_ICMP_ERROR : I6PN_DROP_OUTSIDE;
 }
 
-static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, const struct i6pn_config *cfg,
-						   struct i6pn_pkt *pkt)
+/* The uplink hooks start alike: parse; what is not IPv6 or has no private address is not ours. */
+static __always_inline int i6pn_parse_at_uplink(void *data, void *data_end, struct i6pn_pkt *pkt)
 {
 	int r = i6pn_parse_l3(data, data_end, pkt);
-	int cls;
 
 	if (r == I6PN_PARSE_NOT_IPV6)
 		return I6PN_PASS_NOT_PRIVATE;
 	if (r < 0)
 		return -r;
-	cls = i6pn_class_of(pkt);
-	if (cls == I6PN_CLASS_PUBLIC)
+	if (i6pn_class_of(pkt) == I6PN_CLASS_PUBLIC)
 		return I6PN_PASS_NOT_PRIVATE;
+	return I6PN_CONTINUE;
+}
+
+static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, const struct i6pn_config *cfg,
+						   struct i6pn_pkt *pkt)
+{
+	int r = i6pn_parse_at_uplink(data, data_end, pkt);
+
+	if (r != I6PN_CONTINUE)
+		return r;
 
 	struct i6pn_endpoint *dst;
 
-	if (cls == I6PN_CLASS_MIXED) {
+	if (i6pn_class_of(pkt) == I6PN_CLASS_MIXED) {
 		r = i6pn_mixed_at_uplink(data, data_end, pkt);
 		if (r != I6PN_PASS_ICMP_ERROR)
 			return r;
@@ -318,17 +326,11 @@ static __always_inline int i6pn_entered_from_own_veth(const struct i6pn_endpoint
  */
 static __always_inline int i6pn_decide_to_fabric(void *data, void *data_end, __u32 ingress, struct i6pn_pkt *pkt)
 {
-	int r = i6pn_parse_l3(data, data_end, pkt);
-	int cls;
+	int r = i6pn_parse_at_uplink(data, data_end, pkt);
 
-	if (r == I6PN_PARSE_NOT_IPV6)
-		return I6PN_PASS_NOT_PRIVATE;
-	if (r < 0)
-		return -r;
-	cls = i6pn_class_of(pkt);
-	if (cls == I6PN_CLASS_PUBLIC)
-		return I6PN_PASS_NOT_PRIVATE;
-	if (cls == I6PN_CLASS_MIXED)
+	if (r != I6PN_CONTINUE)
+		return r;
+	if (i6pn_class_of(pkt) == I6PN_CLASS_MIXED)
 		return i6pn_mixed_at_uplink(data, data_end, pkt);
 	struct i6pn_endpoint *src = bpf_map_lookup_elem(&endpoints, &pkt->src);
 

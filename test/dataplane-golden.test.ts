@@ -221,8 +221,8 @@ function hookCases(): Case[] {
     c(tf, 'from the fabric, forwarded back out', p6(M.remote, M.otherWorkspace), 'unbound_source', undefined, 'uplink'),
     c(tf, 'a forged remote source from an unregistered veth', p6(M.otherWorkspace, M.remote), 'unbound_source', undefined, 'unregistered'),
     c(tf, 'packet too big from the node, about a remote endpoint\'s packet', p6(ROUTER, M.remote, { l4: icmpError(ICMP_PTB, quote(M.remote, M.local)) }), 'pass_icmp_error', undefined, 'node'),
-    // (behind a VLAN tag: the kernel's skb test run refuses an IPv6 frame shorter than its header)
     c(tf, 'from the veth of the endpoint without i6pn', p6(M.localNoI6pn, M.remote), 'no_i6pn', undefined, 'localNoI6pn'),
+    // (behind a VLAN tag: the kernel's skb test run refuses an IPv6 frame shorter than its header)
     c(tf, 'truncated private packet', truncate(p6(M.local, M.remote, { vlans: [7] }), 44), 'truncated'),
   ];
 }

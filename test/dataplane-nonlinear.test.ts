@@ -10,7 +10,7 @@
  * from_endpoint on the TAP's TC ingress must count, for each golden packet,
  * the reason the model gives.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { BpfObject, tcAttach, tcDetach, tcHookCreate, TcAttachPoint } from '../agent/bpf/libbpf.js';
@@ -122,21 +122,30 @@ const cases: Case[] = [
   { name: 'IPv4', packet: ipv4Packet({ src: '192.0.2.1', dst: '192.0.2.2' }) },
 ];
 
+/**
+ * Each case, linear through BPF_PROG_TEST_RUN and non-linear through the TAP,
+ * must get the model's verdict; the TAP's write moves exactly the one
+ * counter of the model's reason.
+ */
+async function checkNonLinear(t: ExecutionContext, hook: 'from_endpoint' | 'from_fabric', list: readonly Case[]): Promise<void> {
+  const key = (r: { hook: string; verdict: string; reason: string }) => `${r.hook}/${r.verdict}/${r.reason}`;
+  const counts = () => new Map(fx.dp.readCounters({ nonZero: true }).map((r) => [key(r), r.packets]));
+  for (const c of list) {
+    const expected: Reason = decide(hook, c.packet, fx.model, hook === 'from_endpoint' ? tapIfindex : 0);
+    const linear = fx.dp.runPacket(hook, c.packet, hook === 'from_endpoint' ? { ifindex: tapIfindex } : { uplinkHook: 'tc' });
+    t.is(linear.verdict === 'pass', expected.startsWith('pass_'), `linear: ${c.name}`);
+    const before = counts();
+    await write(split(c.packet));
+    const moved = [...counts()].filter(([k, n]) => k.startsWith(`${hook}/`) && n !== (before.get(k) ?? 0n)).map(([k]) => k);
+    const verdict = expected.startsWith('pass_') ? 'pass' : 'drop';
+    t.deepEqual(moved, [`${hook}/${verdict}/${expected as ReasonName}`], `non-linear: ${c.name}`);
+  }
+}
+
 test.serial('from_endpoint gives a non-linear packet the verdict the model gives it (the linear one\'s)', async (t) => {
   fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink });
   fx.dp.attachEndpoint(tapIfindex);
-  const key = (r: { hook: string; verdict: string; reason: string }) => `${r.hook}/${r.verdict}/${r.reason}`;
-  const counts = () => new Map(fx.dp.readCounters({ nonZero: true }).map((r) => [key(r), r.packets]));
-  for (const c of cases) {
-    const expected: Reason = decide('from_endpoint', c.packet, fx.model, tapIfindex);
-    // The linear packet, through BPF_PROG_TEST_RUN, for the same reason.
-    t.is(fx.dp.runPacket('from_endpoint', c.packet, { ifindex: tapIfindex }).verdict === 'pass', expected.startsWith('pass_'), `linear: ${c.name}`);
-    const before = counts();
-    await write(split(c.packet));
-    const moved = [...counts()].filter(([k, n]) => k.startsWith('from_endpoint/') && n !== (before.get(k) ?? 0n)).map(([k]) => k);
-    const verdict = expected.startsWith('pass_') ? 'pass' : 'drop';
-    t.deepEqual(moved, [`from_endpoint/${verdict}/${expected as ReasonName}`], `non-linear: ${c.name}`);
-  }
+  await checkNonLinear(t, 'from_endpoint', cases);
 });
 
 const icmpError = (quotedSrc: Uint8Array) => ({ proto: 'icmpv6' as const, icmpType: 2, body: Uint8Array.from([0, 0, 5, 0x14, ...ipv6({ src: quotedSrc, dst: PUBLIC })]) });
@@ -158,15 +167,5 @@ test.serial('from_fabric\'s TC flavour gives a non-linear packet the verdict the
   fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink });
   // The TAP plays the uplink now: from_fabric at its TC ingress.
   fx.dp.attachUplink(tapIfindex, { hook: 'tc' });
-  const key = (r: { hook: string; verdict: string; reason: string }) => `${r.hook}/${r.verdict}/${r.reason}`;
-  const counts = () => new Map(fx.dp.readCounters({ nonZero: true }).map((r) => [key(r), r.packets]));
-  for (const c of fabricCases) {
-    const expected: Reason = decide('from_fabric', c.packet, fx.model);
-    t.is(fx.dp.runPacket('from_fabric', c.packet, { uplinkHook: 'tc' }).verdict === 'pass', expected.startsWith('pass_'), `linear: ${c.name}`);
-    const before = counts();
-    await write(split(c.packet));
-    const moved = [...counts()].filter(([k, n]) => k.startsWith('from_fabric/') && n !== (before.get(k) ?? 0n)).map(([k]) => k);
-    const verdict = expected.startsWith('pass_') ? 'pass' : 'drop';
-    t.deepEqual(moved, [`from_fabric/${verdict}/${expected as ReasonName}`], `non-linear: ${c.name}`);
-  }
+  await checkNonLinear(t, 'from_fabric', fabricCases);
 });
