@@ -6,7 +6,7 @@
  *   [fd69:<id>::fe]                                 br0 (a plain bridge, no address)
  *                                           n-ams-1 ┘ │ … one port per node
  *                                                     │
- *   node netns (i6pn-<id>-ams-1):  up0 [fd69:<id>::1/64]  ← the node's uplink (XDP)
+ *   node netns (i6pn-<id>-ams-1):  up0 [fd69:<id>::1/64]  ← the node's uplink (from_fabric, to_fabric)
  *       forwarding on; fdaa…/128 via fd69:<id>::<k> dev up0 for every remote endpoint
  *       ep-a1 (fe80::1) ═══ eth0 [fdaa:…/128] in container netns i6pn-<id>-c-a1
  *                    ↑ host-side veth, named as registered (TC ingress/egress)

@@ -254,7 +254,7 @@ export async function timeUntilDelivery(from: ProbeDaemon, to: ProbeDaemon, want
  * A UDP datagram put straight onto the fabric, as another node (or anything
  * plugged into the fabric) could send it: a raw frame from the node's bridge
  * port, in the fabric namespace, to the node's uplink — so it meets the node's
- * from_fabric (XDP) hook first. Resolves with the source the receiver saw, or
+ * from_fabric hook (XDP or TC ingress) first. Resolves with the source the receiver saw, or
  * undefined if nothing arrived.
  */
 export async function injectFromFabric(
