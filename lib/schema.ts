@@ -11,7 +11,9 @@
  *   i6pn_workspaces  name.<workspace>                   WorkspaceRecord (live workspaces only)
  *                    id.<workspace id, 8 hex>           WorkspaceRecord (kept forever, `deletedAt`
  *                                                       set on delete, so an id is never reused)
- *   i6pn_endpoints   <region>.<ws id 8 hex>.<ep id 16 hex>  EndpointRecord (the agent watches `<region>.>`)
+ *   i6pn_endpoints_<region>  <ws id 8 hex>.<ep id 16 hex>  EndpointRecord, one bucket per region
+ *                    (history 1: an agent reads its region's bucket whole, with no
+ *                    filter for the server to evaluate; see endpointsBucket())
  *   i6pn_addresses   <address, 32 hex>                  AddressRecord (never deleted: an address is
  *                                                       handed out once; `state` becomes "removed")
  *   i6pn_ifnames     <node>.<ifname as hex>             IfnameRecord (one endpoint per host-side
@@ -41,20 +43,41 @@ export const SCHEMA_VERSION = 1 as const;
 
 export const REGIONS_BUCKET = 'i6pn_regions';
 export const WORKSPACES_BUCKET = 'i6pn_workspaces';
-export const ENDPOINTS_BUCKET = 'i6pn_endpoints';
+/**
+ * The endpoints of one region live in a bucket of their own, named by the
+ * region: an agent follows exactly its region by reading one stream from its
+ * first message, which costs the server nothing per key (a filtered or
+ * last-per-subject consumer on a shared bucket costs it a scan of every key).
+ */
+export const ENDPOINTS_BUCKET_PREFIX = 'i6pn_endpoints_';
+/** Values kept per key in an endpoints bucket: only the last one matters (claims keep their own history). */
+export const ENDPOINTS_HISTORY = 1;
+/**
+ * The single endpoints bucket of the first layout (`<region>.<ws>.<ep>` keys,
+ * history 5). `i6pnctl migrate` moves its entries into the region buckets.
+ */
+export const LEGACY_ENDPOINTS_BUCKET = 'i6pn_endpoints';
+/** @deprecated the first layout's bucket; use endpointsBucket(region). */
+export const ENDPOINTS_BUCKET = LEGACY_ENDPOINTS_BUCKET;
 export const ADDRESSES_BUCKET = 'i6pn_addresses';
 export const IFNAMES_BUCKET = 'i6pn_ifnames';
 export const NODES_BUCKET = 'i6pn_nodes';
-/** Every bucket of the store (for permissions, backups, tests). */
-export const BUCKETS = [
-  REGIONS_BUCKET,
-  WORKSPACES_BUCKET,
-  ENDPOINTS_BUCKET,
-  ADDRESSES_BUCKET,
-  IFNAMES_BUCKET,
-  NODES_BUCKET,
-] as const;
+/** The buckets of the store that exist once (the endpoints buckets are one per region). */
+export const BUCKETS = [REGIONS_BUCKET, WORKSPACES_BUCKET, ADDRESSES_BUCKET, IFNAMES_BUCKET, NODES_BUCKET] as const;
 export type BucketName = (typeof BUCKETS)[number];
+
+/** The endpoints bucket of a region. Region names are valid bucket-name characters. */
+export function endpointsBucket(region: string): string {
+  if (!isValidName(region)) throw new Error(`invalid region name ${JSON.stringify(region)}`);
+  return `${ENDPOINTS_BUCKET_PREFIX}${region}`;
+}
+
+/** The region whose endpoints bucket this is, or null. */
+export function regionOfEndpointsBucket(bucket: string): string | null {
+  if (!bucket.startsWith(ENDPOINTS_BUCKET_PREFIX)) return null;
+  const region = bucket.slice(ENDPOINTS_BUCKET_PREFIX.length);
+  return isValidName(region) ? region : null;
+}
 
 // ---------------------------------------------------------------- names
 
@@ -198,13 +221,30 @@ export const addressKey = (addr: Uint8Array): string => addressHex(addr);
 export const ifnameKey = (node: string, ifname: string): string =>
   `${node}.${Buffer.from(ifname, 'utf8').toString('hex')}`;
 
-/** `<region>.<workspace id, 8 hex>.<endpoint id, 16 hex>`. */
+/**
+ * An endpoint's name across the store, `<region>.<workspace id, 8 hex>.<endpoint
+ * id, 16 hex>`: what address claims and ifname claims point at, and what
+ * messages print. Its entry lives in endpointsBucket(region) under the rest of
+ * it (endpointBucketKey).
+ */
 export function endpointKey(record: Pick<EndpointRecord, 'region' | 'workspaceId' | 'address'>): string {
-  const addr = parseAddress(record.address);
-  return `${record.region}.${workspaceIdHex(record.workspaceId)}.${endpointIdOf(addr)}`;
+  return `${record.region}.${endpointBucketKey(record)}`;
 }
 
-/** The watch filter an agent uses for its region. */
+/** The key of an endpoint inside its region's bucket: `<workspace id, 8 hex>.<endpoint id, 16 hex>`. */
+export function endpointBucketKey(record: Pick<EndpointRecord, 'workspaceId' | 'address'>): string {
+  const addr = parseAddress(record.address);
+  return `${workspaceIdHex(record.workspaceId)}.${endpointIdOf(addr)}`;
+}
+
+/** Where an endpoint key's entry lives: its region's bucket and the key inside it; null for a malformed key. */
+export function locateEndpointKey(key: string): { region: string; bucket: string; key: string } | null {
+  const k = parseEndpointKey(key);
+  if (!k) return null;
+  return { region: k.region, bucket: endpointsBucket(k.region), key: key.slice(k.region.length + 1) };
+}
+
+/** The watch filter an agent used for its region in the first layout's single bucket. */
 export const regionEndpointsFilter = (region: string): string => `${region}.>`;
 
 const ENDPOINT_KEY_PATTERN = /^([a-z][a-z0-9-]{0,30})\.([0-9a-f]{8})\.([0-9a-f]{16})$/;
