@@ -174,6 +174,33 @@ export class Attacher {
     this.updateGauges(0);
   }
 
+  /**
+   * The local endpoints the adopted veths stand for (bound, not sealed), for
+   * an agent that resumes without reading the store: each veth was bound to
+   * the endpoint of its address under its current name. A reconcile replaces
+   * them with what the store says.
+   */
+  adoptedLocals(region: string, regionId: number): LocalEndpoint[] {
+    const out: LocalEndpoint[] = [];
+    for (const v of this.veths.values()) {
+      if (v.sealed) continue;
+      const ifname = this.o.interfaces.nameOf(v.ifindex);
+      const a = Buffer.from(v.addr);
+      if (ifname === undefined || a.readUInt16BE(6) !== regionId) continue;
+      out.push({
+        key: `${region}.${a.toString('hex', 2, 6)}.${a.toString('hex', 8, 16)}`,
+        addr: new Uint8Array(a),
+        address: v.address,
+        ifname,
+        i6pn: v.i6pn,
+        workspace: a.readUInt32BE(2),
+        region: regionId,
+        writtenIfindex: v.ifindex,
+      });
+    }
+    return out;
+  }
+
   /** The first snapshot is in: from now on, what is not wanted is sealed or removed. */
   enableRemoval(): void {
     this.allowRemoval = true;

@@ -10,13 +10,15 @@ export type { Logger };
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
-export function createLogger(level: LogLevel, bindings: Record<string, unknown> = {}): Logger {
-  return pino({
+/** `dest`: where the lines go (default stdout; tests collect them). */
+export function createLogger(level: LogLevel, bindings: Record<string, unknown> = {}, dest?: { write(line: string): void }): Logger {
+  const opts = {
     level,
     base: { app: 'i6pn-agent', ...bindings },
     timestamp: pino.stdTimeFunctions.isoTime,
-    formatters: { level: (label) => ({ level: label }) },
-  });
+    formatters: { level: (label: string) => ({ level: label }) },
+  };
+  return dest ? pino(opts, dest) : pino(opts);
 }
 
 /** `err` as pino's error serializer expects it, for values that may not be Errors. */

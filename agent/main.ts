@@ -25,19 +25,6 @@ import { AgentStore } from './store-client.js';
 import { MembershipSync, nodeId } from './sync.js';
 import { MembershipFollower } from './watch.js';
 
-/** Every address in a pinned endpoints map, 2048 at a time. */
-function* addressChunks(map: MapFd): Generator<Uint8Array[]> {
-  let chunk: Uint8Array[] = [];
-  for (const [k] of map.entriesBatch(2048)) {
-    chunk.push(new Uint8Array(k));
-    if (chunk.length === 2048) {
-      yield chunk;
-      chunk = [];
-    }
-  }
-  if (chunk.length) yield chunk;
-}
-
 async function run(cfg: AgentConfig): Promise<void> {
   const log = createLogger(cfg.logLevel, { node: cfg.node, region: cfg.region });
   log.info({ version: AGENT_VERSION, config: { ...cfg, creds: cfg.creds ? '(set)' : undefined } }, 'i6pn-agent starting');
@@ -68,7 +55,6 @@ async function run(cfg: AgentConfig): Promise<void> {
       debug: (obj, msg) => dpLog.debug(obj, msg),
     },
   });
-  const endpointsMap = MapFd.fromPin(join(cfg.bpffs, 'endpoints'), 'endpoints');
   const localIfacesMap = MapFd.fromPin(join(cfg.bpffs, 'local_ifaces'), 'local_ifaces');
   state.mapsLoaded = true;
   metrics.mapCapacity.set({ map: 'endpoints' }, dp.maxEndpoints);
@@ -125,7 +111,6 @@ async function run(cfg: AgentConfig): Promise<void> {
     drops.close();
     await store?.close().catch(() => {});
     server.close();
-    endpointsMap.close();
     localIfacesMap.close();
     dp.close();
     log.info('stopped');
@@ -182,7 +167,6 @@ async function run(cfg: AgentConfig): Promise<void> {
 
   sync = new MembershipSync({
     map: dp,
-    listAddresses: () => addressChunks(endpointsMap),
     node: cfg.node,
     region: cfg.region,
     regionId,
@@ -193,8 +177,12 @@ async function run(cfg: AgentConfig): Promise<void> {
     log: log.child({ component: 'sync' }),
   });
   follower = new MembershipFollower({
-    js: store.js,
+    nc: store.nc,
+    jsm: store.jsm,
     region: cfg.region,
+    regionId,
+    position: () => dp.readSyncState(),
+    adoptedLocals: () => attacher!.adoptedLocals(cfg.region, regionId!),
     sync,
     metrics,
     log: log.child({ component: 'sync' }),

@@ -23,6 +23,7 @@ export const METRIC_NAMES = [
   'i6pn_membership_updates_total',
   'i6pn_membership_rejected_total',
   'i6pn_membership_last_revision',
+  'i6pn_membership_starts_total',
   'i6pn_membership_apply_latency_seconds',
   'i6pn_reconcile_total',
   'i6pn_reconcile_removed_total',
@@ -65,6 +66,8 @@ export type MembershipResult = (typeof MEMBERSHIP_RESULTS)[number];
 export const REJECT_REASONS = ['json', 'schema', 'address', 'key'] as const;
 export type RejectReason = (typeof REJECT_REASONS)[number];
 export const RECONCILE_RESULTS = ['ok', 'failed'] as const;
+/** Where a live read of the endpoints bucket started: after the pinned revision, or at the stream's start. */
+export const START_KINDS = ['revision', 'snapshot'] as const;
 export const MAPS = ['endpoints', 'local_ifaces'] as const;
 export type MapLabel = (typeof MAPS)[number];
 export const SCOPES = ['local', 'region'] as const;
@@ -113,6 +116,7 @@ export class AgentMetrics {
   readonly membershipUpdates: Counter<'result'>;
   readonly membershipRejected: Counter<'reason'>;
   readonly lastRevision: Gauge;
+  readonly membershipStarts: Counter<'from'>;
   readonly applyLatency: Histogram;
   readonly reconciles: Counter<'result'>;
   readonly reconcileRemoved: Counter;
@@ -178,6 +182,12 @@ export class AgentMetrics {
     this.lastRevision = new Gauge({
       name: 'i6pn_membership_last_revision',
       help: 'KV revision of the last membership update applied (endpoints bucket); the agents of one region converge on the same value.',
+      registers,
+    });
+    this.membershipStarts = new Counter({
+      name: 'i6pn_membership_starts_total',
+      help: 'Starts of the membership read: from="revision" resumed after the revision the pinned maps reflect (sync_state); from="snapshot" read the region whole.',
+      labelNames: ['from'],
       registers,
     });
     this.applyLatency = new Histogram({
@@ -260,6 +270,7 @@ export class AgentMetrics {
     for (const result of MEMBERSHIP_RESULTS) this.membershipUpdates.inc({ result }, 0);
     for (const reason of REJECT_REASONS) this.membershipRejected.inc({ reason }, 0);
     for (const result of RECONCILE_RESULTS) this.reconciles.inc({ result }, 0);
+    for (const from of START_KINDS) this.membershipStarts.inc({ from }, 0);
     for (const hook of HOOK_LABELS) this.attachedHooks.set({ hook }, 0);
     for (const state of VETH_STATES) this.veths.set({ state }, 0);
     for (const reason of SEAL_REASONS) this.vethsSealed.inc({ reason }, 0);

@@ -6,7 +6,7 @@
  * i6pn_* buckets and its own heartbeat key.
  */
 import { readFileSync } from 'node:fs';
-import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import { NODES_BUCKET, REGIONS_BUCKET, decodeRecord, nodeKey, regionNameKey, regionRecord, type NodeRecord } from '../lib/schema.js';
@@ -29,10 +29,13 @@ export interface AgentStoreOptions {
 
 export class AgentStore {
   readonly js: JetStreamClient;
+  /** Stream and consumer requests (the endpoint reader's pull consumers). */
+  readonly jsm: JetStreamManager;
   private readonly kvm: Kvm;
   private readonly buckets = new Map<string, Promise<KV>>();
 
-  private constructor(readonly nc: NatsConnection) {
+  private constructor(readonly nc: NatsConnection, jsm: JetStreamManager) {
+    this.jsm = jsm;
     // A snapshot consumer over a large region takes nats-server seconds to create (it finds the last
     // message of every key): a short API timeout would retry and pile up consumers.
     this.js = jetstream(nc, { timeout: JS_API_TIMEOUT_MS });
@@ -81,7 +84,8 @@ export class AgentStore {
       o.onConnected(false);
       if (err) o.log.error({ err }, 'NATS connection closed');
     });
-    return new AgentStore(nc);
+    // No $JS.API.INFO check here: the agent's credentials need not allow account info.
+    return new AgentStore(nc, await jetstreamManager(nc, { timeout: JS_API_TIMEOUT_MS, checkAPI: false }));
   }
 
   private bucket(name: string): Promise<KV> {

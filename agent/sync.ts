@@ -1,52 +1,67 @@
 /**
- * Membership into the endpoints map: the region's endpoint entries, read in
- * stream order from the store, validated, coalesced into batches and written
- * with bpf_map_update_batch / delete_batch.
+ * Membership into the endpoints map: the messages of the region's endpoints
+ * bucket (`i6pn_endpoints_<region>`, one message per key), in stream order,
+ * decoded, coalesced into batches and written with bpf_map_update_batch /
+ * delete_batch.
  *
- * State kept per endpoint is small (key → applied revision): the map itself
- * holds the values. Local endpoints (node = this node) also keep what the
- * attach life cycle needs (address, veth name, i6pn).
+ * The hot path allocates nothing per entry beyond what JSON.parse makes: the
+ * key is parsed from its characters, the record is checked by agent/decode.ts,
+ * the address and the map value are written straight into preallocated batch
+ * buffers, and what was applied is kept in EndpointTable's typed arrays
+ * (endpoint → applied revision) outside the JavaScript heap. Local endpoints
+ * (node = this node) also keep what the attach life cycle needs.
  *
- * Snapshots: at start and at every reconcile the reader delivers the last
- * value of every key, then follows updates, in one ordered stream. When the
- * snapshot has been applied, every map entry whose key was not in it is swept
- * (mark and sweep): a delete that was missed, or an entry left by an earlier
- * run, cannot linger. Because the snapshot and the updates are one stream, the
- * sweep never races an update. Nothing is cleared on start: the pinned map
- * keeps enforcing the last state until the snapshot replaces it.
+ * Three ways of reading, all into the same batches:
+ *
+ * - A full read (the first start, or when the pinned position is unusable):
+ *   the live reader starts at the stream's first message with every entry
+ *   marked; when it has caught up, every map entry it did not mark is swept
+ *   (mark and sweep). Nothing is cleared first: the pinned map keeps enforcing
+ *   its last state until the read replaces it.
+ * - A resume: the maps already reflect revision R (the sync_state map says so,
+ *   for this stream), so the live reader starts at R + 1. The local endpoints
+ *   are taken from the veths the attacher adopted until a reconcile has read
+ *   the region.
+ * - A reconcile, in the background: a second reader goes through the stream
+ *   while the live reader goes on. An entry the live reader has touched since
+ *   the reconcile began is the live reader's; any other entry whose revision
+ *   the map does not hold is applied; at the end, map entries that neither
+ *   marked are swept. Updates never wait behind it.
+ *
+ * After each batch the position is written to the pinned sync_state map, so
+ * that a restarted agent resumes from there (only once a full read has been
+ * swept, or when it resumed itself: a half-read region is no position).
  *
  * An invalid entry is never applied; if its key held a valid endpoint before,
  * that endpoint is removed (the store no longer vouches for it: fail closed).
  */
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
-import { formatAddress, regionIdHex, regionOf, workspaceIdHex } from '../lib/address.js';
-import { parseEndpointKey, type EndpointRecord, type InvalidReason } from '../lib/schema.js';
+import { formatAddress, regionIdHex } from '../lib/address.js';
+import { validateEndpointEntry, type EndpointRecord, type InvalidReason } from '../lib/schema.js';
+import * as abi from './bpf/abi.generated.js';
+import { ENDPOINT_VALUE_SIZE, writeEndpointValue, type SyncState, type UpsertResult } from './bpf/dataplane.js';
+import { DecodeContext, addressOf, decodeEndpoint, flagsOf, fromRecord, ifnameOf, newDecoded, parseBucketKey, writeEndpointAddress, type Decoded, type KeyParts } from './decode.js';
 import { EndpointTable, type EndpointId } from './table.js';
-import { validateEndpoint } from './validate.js';
-import type { Endpoint, UpsertResult } from './bpf/dataplane.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics } from './metrics.js';
 
-/** One message of the endpoints bucket, in stream order. */
-export interface StoreEntry {
-  /** The KV key, `<region>.<workspace id>.<endpoint id>`. */
-  key: string;
-  value: Uint8Array;
-  /** The KV revision (stream sequence). */
-  revision: number;
-  operation: 'PUT' | 'DEL' | 'PURGE';
-  /** Server timestamp of the write. */
-  created: Date;
-}
+/** What a KV message says of its key. */
+export const Operation = { PUT: 0, DEL: 1, PURGE: 2 } as const;
+export type Operation = (typeof Operation)[keyof typeof Operation];
 
 /** What the sync needs of the dataplane (Dataplane fits). */
 export interface EndpointMap {
-  upsertEndpoints(entries: readonly Endpoint[]): UpsertResult;
-  deleteEndpoints(addrs: readonly Uint8Array[]): number;
+  upsertEndpointBatch(keys: Buffer, values: Buffer, count: number): UpsertResult;
+  deleteEndpointBatch(keys: Buffer, count: number): number;
+  /** Every address in the endpoints map, a chunk at a time (the sweep's view of the kernel). */
+  endpointAddresses(): Iterable<Uint8Array[]>;
+  endpointsEmpty(): boolean;
+  writeSyncState(st: SyncState): void;
 }
 
 /** A local endpoint, as the attach life cycle needs it. */
 export interface LocalEndpoint {
+  /** `<region>.<workspace id>.<endpoint id>` (lib/schema.ts endpointKey). */
   key: string;
   addr: Uint8Array;
   /** Canonical text of addr. */
@@ -61,12 +76,10 @@ export interface LocalEndpoint {
 
 export interface SyncOptions {
   map: EndpointMap;
-  /** Every address in the endpoints map, a chunk at a time (the sweep's view of the kernel). */
-  listAddresses: () => Iterable<Uint8Array[]>;
   node: string;
   region: string;
   regionId: number;
-  /** The ifindex of a host-side veth, if it exists now. */
+  /** The ifindex of a bound host-side veth, if there is one now. */
   ifindexOf: (ifname: string) => number | undefined;
   /** Called after a batch changed the set of local endpoints. */
   onLocalsChanged: () => void;
@@ -76,33 +89,19 @@ export interface SyncOptions {
   batchSize?: number;
 }
 
-type Op =
-  | { kind: 'put'; key: string; addr: Uint8Array; record: EndpointRecord; revision: number; created: Date; live: boolean }
-  | { kind: 'del'; key: string; addr: Uint8Array | null; revision: number; created: Date };
-
+const u32be = (a: Uint8Array, at: number): number => ((a[at]! << 24) | (a[at + 1]! << 16) | (a[at + 2]! << 8) | a[at + 3]!) >>> 0;
 const hex8 = (n: number): string => (n >>> 0).toString(16).padStart(8, '0');
 
-/** The endpoint a map address names (its region is the agent's). */
-function idOfAddress(a: Uint8Array): EndpointId {
-  const v = new DataView(a.buffer, a.byteOffset, 16);
-  return { workspace: v.getUint32(2), hi: v.getUint32(8), lo: v.getUint32(12) };
-}
+export { nodeId } from './decode.js';
 
-/** The endpoint a key names, or null when it is not an endpoint key. */
-function idOfKey(key: string): EndpointId | null {
-  const k = parseEndpointKey(key);
-  if (!k) return null;
-  return { workspace: k.workspaceId, hi: parseInt(k.endpointId.slice(0, 8), 16), lo: parseInt(k.endpointId.slice(8), 16) };
-}
-
-/** FNV-1a, 32 bits, of the UTF-8 bytes: a node's id in map values and the config map. */
-export function nodeId(name: string): number {
-  let h = 0x811c9dc5;
-  for (const b of Buffer.from(name, 'utf8')) {
-    h ^= b;
-    h = Math.imul(h, 0x01000193) >>> 0;
+/** FNV-1a, 64 bits: a stream's identity in the sync_state map (its name and creation time). */
+export function streamId(name: string, created: string): bigint {
+  let h = 0xcbf29ce484222325n;
+  for (const b of Buffer.from(`${name}\0${created}`, 'utf8')) {
+    h ^= BigInt(b);
+    h = BigInt.asUintN(64, h * 0x100000001b3n);
   }
-  return h >>> 0;
+  return h;
 }
 
 /** A map update refused for want of room (the error code libbpf returns). */
@@ -111,23 +110,69 @@ export function isMapFull(code: string): boolean {
 }
 
 export class MembershipSync {
-  /** endpoint → revision applied to the map, with the snapshot's marks. */
-  private readonly known = new EndpointTable();
+  /** endpoint → revision applied to the map, with the marks of the read or reconcile under way. */
+  private known = new EndpointTable();
   /** key → revision of an invalid entry, so a reconcile re-reading it does not count it again. */
   private readonly rejected = new Map<string, number>();
   private readonly locals = new Map<string, LocalEndpoint>();
-  private pending = new Map<string, Op>();
-  private snapshot = false;
-  /** The next snapshot re-applies every entry, even one whose revision was applied already. */
-  private forceFull = false;
-  private lastRevision_ = 0;
-  private readonly batchSize: number;
   private readonly o: SyncOptions;
-  private readonly nodeIds = new Map<string, number>();
+  private readonly batchSize: number;
+  private readonly ctx: DecodeContext;
+  private readonly decoded: Decoded = newDecoded();
+
+  // The batch being filled: puts and deletes of distinct keys (a key seen twice flushes first).
+  private readonly putKeys: Buffer;
+  private readonly putValues: Buffer;
+  private readonly putRevision: Float64Array;
+  private readonly putCreated: Float64Array;
+  private readonly putLive: Uint8Array;
+  private readonly putI6pn: Uint8Array;
+  private readonly putKey: string[];
+  /** A local endpoint's address and veth name (null for the rest). */
+  private readonly putLocal: ({ address: string; ifname: string } | null)[];
+  private putCount = 0;
+  private readonly delKeys: Buffer;
+  private readonly delKey: string[];
+  private delCount = 0;
+  private readonly inBatch = new Set<string>();
+
+  private readonly kp: KeyParts = { workspace: 0, hi: 0, lo: 0 };
+  private readonly id: EndpointId = { workspace: 0, hi: 0, lo: 0 };
+
+  /** A full read under way: every entry applied or matched is marked; the end sweeps. */
+  private fullRead = false;
+  /** A background reconcile under way, reading up to this revision. */
+  private reconcileUpTo = 0;
+  private reconciling = false;
+  /** Keys the live reader deleted while the reconcile runs (the reconcile must not bring them back). */
+  private liveDeleted = new Set<string>();
+  /** The next full read or reconcile re-applies every entry, even one whose revision was applied. */
+  private forceFull = false;
+  /** The local endpoints are those of the adopted veths, not yet read from the store. */
+  private localsSeeded = false;
+  private lastRevision_ = 0;
+  /** The map was empty when the full read began: all it holds was applied by this read (no listing to sweep). */
+  private startedEmpty = false;
+  /** Whether the position may be recorded (the map reflects the stream up to lastRevision). */
+  private positioned = false;
+  private stream = 0n;
+  /** Batches written so far. */
+  private flushes = 0;
 
   constructor(o: SyncOptions) {
     this.o = o;
-    this.batchSize = o.batchSize ?? 2048;
+    const n = (this.batchSize = o.batchSize ?? 2048);
+    this.putKeys = Buffer.alloc(n * 16);
+    this.putValues = Buffer.alloc(n * ENDPOINT_VALUE_SIZE);
+    this.putRevision = new Float64Array(n);
+    this.putCreated = new Float64Array(n);
+    this.putLive = new Uint8Array(n);
+    this.putI6pn = new Uint8Array(n);
+    this.putKey = new Array<string>(n).fill('');
+    this.putLocal = new Array<{ address: string; ifname: string } | null>(n).fill(null);
+    this.delKeys = Buffer.alloc(n * 16);
+    this.delKey = new Array<string>(n).fill('');
+    this.ctx = new DecodeContext(o.region, o.regionId, o.node);
   }
 
   /** Revision of the last entry processed (applied or rejected). */
@@ -145,199 +190,352 @@ export class MembershipSync {
     return this.known.size;
   }
 
-  /** A snapshot starts: from here until endSnapshot(), every valid key is marked. */
-  beginSnapshot(): void {
-    this.known.newEpoch();
-    this.snapshot = true;
+  get inFullRead(): boolean {
+    return this.fullRead;
   }
 
-  get inSnapshot(): boolean {
-    return this.snapshot;
+  get inReconcile(): boolean {
+    return this.reconciling;
+  }
+
+  // ------------------------------------------------------------ starting points
+
+  /**
+   * A full read of `stream` starts: from here until endFullRead(), every valid
+   * key is marked. The recorded position is cleared until the read is swept.
+   */
+  beginFullRead(stream: bigint, expected = 0): void {
+    this.abortReconcile();
+    this.flush();
+    // Sized for the region at once: no rehash on the way (the table holds nothing a full read does not rebuild).
+    if (this.known.size === 0 && expected > 0) this.known = new EndpointTable(expected);
+    this.known.newEpoch();
+    this.startedEmpty = this.known.size === 0 && this.o.map.endpointsEmpty();
+    this.fullRead = true;
+    this.stream = stream;
+    this.lastRevision_ = 0;
+    this.positioned = false;
+    this.o.map.writeSyncState({ revision: 0, stream, region: this.o.regionId });
   }
 
   /**
-   * Take one entry (stream order). Batches are written when full; the caller
-   * flushes when its input pauses. Returns true when a batch was written (the
-   * caller should then yield to the event loop).
+   * The maps reflect `stream` up to `revision` (a restart or a reconnect):
+   * follow from there. `locals`, when given, are the local endpoints known
+   * without reading the store (the adopted veths), kept until a reconcile.
    */
-  ingest(e: StoreEntry): boolean {
-    const op = this.classify(e);
-    if (op) {
-      // Coalesce: only the last operation of a key in a batch matters.
-      this.pending.delete(op.key);
-      this.pending.set(op.key, op);
+  resumeAt(stream: bigint, revision: number, locals?: readonly LocalEndpoint[]): void {
+    this.stream = stream;
+    this.lastRevision_ = revision;
+    this.positioned = true;
+    if (locals) {
+      for (const l of locals) this.locals.set(l.key, l);
+      this.localsSeeded = true;
+      if (locals.length) this.o.onLocalsChanged();
     }
-    if (e.revision > this.lastRevision_) this.lastRevision_ = e.revision;
-    if (this.pending.size >= this.batchSize) {
-      this.flush();
-      return true;
-    }
-    return false;
+    this.updateGauges();
   }
 
-  private classify(e: StoreEntry): Op | null {
-    if (e.operation !== 'PUT') {
-      this.rejected.delete(e.key);
-      return { kind: 'del', key: e.key, addr: this.addressOfKey(e.key), revision: e.revision, created: e.created };
+  // ------------------------------------------------------------ the live reader
+
+  /**
+   * Take one message of the live reader (stream order). Batches are written
+   * when full; the caller flushes when its input pauses. Returns true when a
+   * batch was written.
+   */
+  ingest(key: string, data: Uint8Array, revision: number, op: Operation, createdMs: number): boolean {
+    const kp = this.kp;
+    if (revision > this.lastRevision_) this.lastRevision_ = revision;
+    if (!parseBucketKey(key, kp)) {
+      this.reject(key, revision, 'key', `key ${JSON.stringify(key)} is not <workspace id 8 hex>.<endpoint id 16 hex>`);
+      return this.full();
     }
-    if (this.snapshot && !this.forceFull) {
-      const id = idOfKey(e.key);
-      if (id && this.known.get(id) === e.revision) {
-        // Applied already (a reconcile re-reading an unchanged entry): only mark it.
-        this.known.mark(id);
-        return null;
+    if (this.inBatch.has(key)) this.flush();
+    if (op !== Operation.PUT) {
+      if (this.rejected.size) this.rejected.delete(key);
+      if (this.reconciling) this.liveDeleted.add(key);
+      this.addDelete(key, kp);
+      return this.full();
+    }
+    if (this.fullRead && !this.forceFull && this.known.get(this.idOf(kp)) === revision) {
+      this.known.mark(this.id);
+      return false;
+    }
+    this.take(key, kp, data, revision, createdMs, !this.fullRead);
+    return this.full();
+  }
+
+  // ------------------------------------------------------------ the reconcile
+
+  /** A reconcile starts: it reads the stream up to `upTo` (the live reader's position now). */
+  beginReconcile(upTo: number): void {
+    this.flush();
+    this.known.newEpoch();
+    this.reconciling = true;
+    this.reconcileUpTo = upTo;
+    this.liveDeleted = new Set();
+  }
+
+  /** Take one message of the reconcile's reader. Returns true when a batch was written. */
+  reconcile(key: string, data: Uint8Array, revision: number, op: Operation): boolean {
+    if (!this.reconciling) return false;
+    const kp = this.kp;
+    if (!parseBucketKey(key, kp)) return false; // counted by the live reader
+    const id = this.idOf(kp);
+    if (revision > this.reconcileUpTo) {
+      // Newer than the reconcile: the live reader has it or will have it.
+      this.known.mark(id);
+      return false;
+    }
+    if (this.liveDeleted.has(key) || this.inBatch.has(key)) return false;
+    const applied = this.known.get(id);
+    if (op !== Operation.PUT) {
+      if (applied !== undefined) this.addDelete(key, kp); // a delete that was missed
+      return this.full();
+    }
+    if (applied !== undefined && applied >= revision && !this.forceFull) {
+      this.known.mark(id);
+      return false;
+    }
+    this.take(key, kp, data, revision, 0, false);
+    return this.full();
+  }
+
+  /** The reconcile read everything: sweep what neither reader marked. Returns how many entries were removed. */
+  async endReconcile(): Promise<number> {
+    if (!this.reconciling) return 0;
+    this.flush();
+    const removed = await this.sweep();
+    this.reconciling = false;
+    this.liveDeleted = new Set();
+    if (this.localsSeeded) this.localsSeeded = false;
+    return removed;
+  }
+
+  /** A reconcile was abandoned (its reader failed): forget the marks, sweep nothing. */
+  abortReconcile(): void {
+    if (!this.reconciling) return;
+    this.flush();
+    this.reconciling = false;
+    this.liveDeleted = new Set();
+  }
+
+  /** Whether a reconcile must re-read the region: the local endpoints are still the adopted ones. */
+  get needsReconcile(): boolean {
+    return this.localsSeeded || this.forceFull;
+  }
+
+  /**
+   * The full read has caught up: flush, then sweep every map entry it did not
+   * mark, and record the position. Returns how many entries were removed.
+   */
+  async endFullRead(): Promise<number> {
+    this.flush();
+    if (!this.fullRead) return 0;
+    const removed = await this.sweep(this.startedEmpty);
+    this.startedEmpty = false;
+    this.fullRead = false;
+    this.localsSeeded = false;
+    this.positioned = true;
+    this.recordPosition();
+    return removed;
+  }
+
+  /** A full read was abandoned (the reader failed): forget the marks, sweep nothing; the next start reads again. */
+  abortFullRead(): void {
+    this.flush();
+    this.fullRead = false;
+  }
+
+  // ------------------------------------------------------------ batches
+
+  private idOf(kp: KeyParts): EndpointId {
+    this.id.workspace = kp.workspace;
+    this.id.hi = kp.hi;
+    this.id.lo = kp.lo;
+    return this.id;
+  }
+
+  private full(): boolean {
+    if (this.putCount + this.delCount < this.batchSize) return false;
+    this.flush();
+    return true;
+  }
+
+  /** Decode a PUT and queue it, or reject it (and remove what the key held). */
+  private take(key: string, kp: KeyParts, data: Uint8Array, revision: number, createdMs: number, live: boolean): void {
+    const o = this.o;
+    const d = this.decoded;
+    if (!decodeEndpoint(data, kp, this.ctx, d)) {
+      const r = this.whyInvalid(key, data, revision);
+      if (r === null) {
+        this.addDelete(key, kp);
+        return;
       }
+      fromRecord(r, this.ctx, d);
     }
-    const v = validateEndpoint(e.key, e.value);
-    let reason: InvalidReason | null = null;
-    let message = '';
-    if (!v.ok) {
-      reason = v.reason;
-      message = v.message;
-    } else if (v.record.region !== this.o.region || v.record.regionId !== this.o.regionId) {
-      reason = 'address';
-      message = `endpoint of region ${v.record.region} (id ${regionIdHex(v.record.regionId)}) in the watch of region ${this.o.region} (id ${regionIdHex(this.o.regionId)})`;
+    if (this.rejected.size) this.rejected.delete(key);
+    const i = this.putCount++;
+    writeEndpointAddress(this.putKeys, i * 16, kp.workspace, o.regionId, kp.hi, kp.lo);
+    let ifindex = 0;
+    if (d.local) {
+      const ifname = ifnameOf(d);
+      ifindex = o.ifindexOf(ifname) ?? 0;
+      this.putLocal[i] = { address: addressOf(d), ifname };
+    } else {
+      this.putLocal[i] = null;
     }
-    if (reason !== null || !v.ok) {
-      if (this.rejected.get(e.key) !== e.revision) {
-        this.rejected.set(e.key, e.revision);
-        this.o.metrics.membershipUpdates.inc({ result: 'rejected' });
-        this.o.metrics.membershipRejected.inc({ reason: reason! });
-        this.o.log.warn({ key: e.key, revision: e.revision, reason, problem: message }, 'invalid endpoint entry rejected');
-      }
-      // Not applied; a valid endpoint the key held before goes (fail closed).
-      return { kind: 'del', key: e.key, addr: this.addressOfKey(e.key), revision: e.revision, created: e.created };
-    }
-    this.rejected.delete(e.key);
-    // Apply latency is measured on updates; a snapshot re-reads entries written long ago.
-    return { kind: 'put', key: e.key, addr: v.addr, record: v.record, revision: e.revision, created: e.created, live: !this.snapshot };
+    writeEndpointValue(this.putValues, i * ENDPOINT_VALUE_SIZE, kp.workspace, o.regionId, flagsOf(d), d.node, ifindex);
+    this.putI6pn[i] = d.i6pn ? 1 : 0;
+    this.putRevision[i] = revision;
+    this.putCreated[i] = createdMs;
+    this.putLive[i] = live ? 1 : 0;
+    this.putKey[i] = key;
+    this.inBatch.add(key);
   }
 
-  /** The address a key names in this region, or null when the key is not an endpoint key of it. */
-  private addressOfKey(key: string): Uint8Array | null {
-    const k = parseEndpointKey(key);
-    if (!k || k.region !== this.o.region) return null;
-    const a = Buffer.alloc(16);
-    a.writeUInt16BE(0xfdaa, 0);
-    a.writeUInt32BE(k.workspaceId, 2);
-    a.writeUInt16BE(this.o.regionId, 6);
-    Buffer.from(k.endpointId, 'hex').copy(a, 8);
-    return new Uint8Array(a);
+  private addDelete(key: string, kp: KeyParts): void {
+    const i = this.delCount++;
+    writeEndpointAddress(this.delKeys, i * 16, kp.workspace, this.o.regionId, kp.hi, kp.lo);
+    this.delKey[i] = key;
+    this.inBatch.add(key);
   }
 
-  /** The key of an endpoint of this region. */
-  private keyOfId(id: EndpointId): string {
-    return `${this.o.region}.${workspaceIdHex(id.workspace)}.${hex8(id.hi)}${hex8(id.lo)}`;
-  }
-
-  private nodeIdOf(name: string): number {
-    let id = this.nodeIds.get(name);
-    if (id === undefined) {
-      id = nodeId(name);
-      if (this.nodeIds.size < 100_000) this.nodeIds.set(name, id);
+  /** The slow path: the schema's own verdict on an entry the fast decoder did not accept. */
+  private whyInvalid(key: string, data: Uint8Array, revision: number): EndpointRecord | null {
+    const o = this.o;
+    const v = validateEndpointEntry(`${o.region}.${key}`, data);
+    if (v.ok && v.record.region === o.region && v.record.regionId === o.regionId) return v.record;
+    if (v.ok) {
+      this.reject(key, revision, 'address', `endpoint of region ${v.record.region} (id ${regionIdHex(v.record.regionId)}) in the bucket of region ${o.region} (id ${regionIdHex(o.regionId)})`);
+    } else {
+      this.reject(key, revision, v.reason, v.message);
     }
-    return id;
+    return null;
   }
 
-  private endpointValue(addr: Uint8Array, r: EndpointRecord, ifindex: number): Endpoint {
-    const local = r.node === this.o.node;
-    return {
-      addr,
-      workspace: r.workspaceId,
-      region: r.regionId,
-      node: this.nodeIdOf(r.node),
-      flags: { i6pn: r.i6pn, local },
-      ifindex: local ? ifindex : 0,
-    };
+  private reject(key: string, revision: number, reason: InvalidReason, message: string): void {
+    if (this.rejected.get(key) === revision) return;
+    this.rejected.set(key, revision);
+    this.o.metrics.membershipUpdates.inc({ result: 'rejected' });
+    this.o.metrics.membershipRejected.inc({ reason });
+    this.o.log.warn({ key, revision, reason, problem: message }, 'invalid endpoint entry rejected');
+  }
+
+  /** The endpoint key (`<region>.<ws>.<ep>`) of a map address. */
+  private keyOfAddress(a: Uint8Array, at = 0): string {
+    const v = new DataView(a.buffer, a.byteOffset + at, 16);
+    return `${this.o.region}.${hex8(v.getUint32(2))}.${hex8(v.getUint32(8))}${hex8(v.getUint32(12))}`;
+  }
+
+  /** The endpoint the 16 address bytes at `at` name (the region is the agent's). */
+  private idAt(a: Uint8Array, at: number): EndpointId {
+    this.id.workspace = u32be(a, at + 2);
+    this.id.hi = u32be(a, at + 8);
+    this.id.lo = u32be(a, at + 12);
+    return this.id;
   }
 
   /** Write the batch taken so far. */
   flush(): void {
-    if (this.pending.size === 0) return;
-    const ops = [...this.pending.values()];
-    this.pending = new Map();
-    const m = this.o.metrics;
+    const dels = this.delCount;
+    const puts = this.putCount;
+    if (dels === 0 && puts === 0) return;
+    this.flushes++;
+    this.delCount = 0;
+    this.putCount = 0;
+    this.inBatch.clear();
+    const o = this.o;
+    const m = o.metrics;
+    const mark = this.fullRead || this.reconciling;
     let localsChanged = false;
 
-    const dels = ops.filter((o): o is Extract<Op, { kind: 'del' }> => o.kind === 'del');
-    if (dels.length) {
-      const addrs = dels.map((d) => d.addr).filter((a): a is Uint8Array => a !== null);
+    if (dels) {
       try {
-        this.o.map.deleteEndpoints(addrs);
-        for (const d of dels) {
-          const id = idOfKey(d.key);
-          if (id) this.known.delete(id);
-          if (this.locals.delete(d.key)) localsChanged = true;
+        o.map.deleteEndpointBatch(this.delKeys, dels);
+        for (let i = 0; i < dels; i++) {
+          this.known.delete(this.idAt(this.delKeys, i * 16));
+          if (this.locals.size && this.locals.delete(`${o.region}.${this.delKey[i]}`)) localsChanged = true;
         }
       } catch (err) {
         // Left in the map; the next reconcile sweeps them.
         this.forceFull = true;
-        this.o.log.error({ err, count: addrs.length }, 'removing endpoints from the map failed');
+        o.log.error({ err, count: dels }, 'removing endpoints from the map failed');
       }
     }
 
-    const puts = ops.filter((o): o is Extract<Op, { kind: 'put' }> => o.kind === 'put');
-    if (puts.length) {
-      const values = puts.map((p) => {
-        const local = p.record.node === this.o.node;
-        return this.endpointValue(p.addr, p.record, local ? (this.o.ifindexOf(p.record.ifname) ?? 0) : 0);
-      });
+    if (puts) {
       let result: UpsertResult;
       try {
-        result = this.o.map.upsertEndpoints(values);
+        result = o.map.upsertEndpointBatch(this.putKeys, this.putValues, puts);
       } catch (err) {
-        result = { applied: 0, failed: puts.map((p, index) => ({ index, addr: p.addr, error: err as never })) };
+        result = { applied: 0, failed: Array.from({ length: puts }, (_, index) => ({ index, addr: new Uint8Array(this.putKeys.subarray(index * 16, index * 16 + 16)), error: err as never })) };
       }
-      const failed = new Map(result.failed.map((f) => [f.index, f]));
+      const failed = result.failed.length ? new Set(result.failed.map((f) => f.index)) : null;
       const now = Date.now();
       let full = 0;
-      for (let i = 0; i < puts.length; i++) {
-        const p = puts[i]!;
-        const f = failed.get(i);
-        if (f) {
-          m.membershipUpdates.inc({ result: 'failed' });
-          const code = (f.error as { code?: string } | undefined)?.code ?? '';
-          if (isMapFull(code)) {
-            full++;
-            m.mapFull.inc();
-          } else {
-            this.o.log.error({ key: p.key, address: p.record.address, err: f.error }, 'writing an endpoint into the map failed');
-          }
+      for (const f of result.failed) {
+        m.membershipUpdates.inc({ result: 'failed' });
+        const code = (f.error as { code?: string } | undefined)?.code ?? '';
+        if (isMapFull(code)) {
+          full++;
+          m.mapFull.inc();
+        } else {
+          o.log.error({ key: this.putKey[f.index], address: formatAddress(f.addr), err: f.error }, 'writing an endpoint into the map failed');
+        }
+      }
+      m.membershipUpdates.inc({ result: 'applied' }, puts - result.failed.length);
+      for (let i = 0; i < puts; i++) {
+        const id = this.idAt(this.putKeys, i * 16);
+        const r = this.putLocal[i]!;
+        this.putLocal[i] = null;
+        if (failed?.has(i)) {
           // Not in the map: unreachable, and retried by the next reconcile.
-          this.known.delete(idOfAddress(p.addr));
-          if (this.locals.delete(p.key)) localsChanged = true;
+          this.known.delete(id);
+          if (this.locals.size && this.locals.delete(`${o.region}.${this.putKey[i]}`)) localsChanged = true;
+          this.forceFull = true;
           continue;
         }
-        m.membershipUpdates.inc({ result: 'applied' });
-        if (p.live) m.applyLatency.observe(Math.max(0, (now - p.created.getTime()) / 1000));
-        this.known.set(idOfAddress(p.addr), p.revision, this.snapshot);
-        if (p.record.node === this.o.node) {
-          const prev = this.locals.get(p.key);
+        if (this.putLive[i]) m.applyLatency.observe(Math.max(0, (now - this.putCreated[i]!) / 1000));
+        this.known.set(id, this.putRevision[i]!, mark);
+        if (r !== null) {
+          const key = `${o.region}.${this.putKey[i]}`;
+          const prev = this.locals.get(key);
           const next: LocalEndpoint = {
-            key: p.key,
-            addr: p.addr,
-            address: p.record.address,
-            ifname: p.record.ifname,
-            i6pn: p.record.i6pn,
-            workspace: p.record.workspaceId,
-            region: p.record.regionId,
-            writtenIfindex: values[i]!.ifindex,
+            key,
+            addr: new Uint8Array(this.putKeys.subarray(i * 16, i * 16 + 16)),
+            address: r.address,
+            ifname: r.ifname,
+            i6pn: this.putI6pn[i] === 1,
+            workspace: id.workspace,
+            region: o.regionId,
+            writtenIfindex: this.putValues.readUInt32LE(i * ENDPOINT_VALUE_SIZE + S_IFINDEX),
           };
-          this.locals.set(p.key, next);
+          this.locals.set(key, next);
           if (!prev || prev.ifname !== next.ifname || prev.i6pn !== next.i6pn || prev.address !== next.address) localsChanged = true;
-        } else if (this.locals.delete(p.key)) {
+        } else if (this.locals.size && this.locals.delete(`${o.region}.${this.putKey[i]}`)) {
           localsChanged = true;
         }
       }
       if (full) {
-        this.o.log.error(
+        o.log.error(
           { refused: full, capacity: 'see i6pn_map_capacity{map="endpoints"}' },
           'endpoints map is full: new endpoints stay unreachable (nothing was evicted); raise --max-endpoints (takes a teardown) or remove endpoints',
         );
       }
     }
+    this.recordPosition();
     this.updateGauges();
-    if (localsChanged) this.o.onLocalsChanged();
+    if (localsChanged) o.onLocalsChanged();
+  }
+
+  /** The maps reflect the stream up to lastRevision: say so in sync_state. */
+  private recordPosition(): void {
+    if (!this.positioned || this.fullRead) return;
+    try {
+      this.o.map.writeSyncState({ revision: this.lastRevision_, stream: this.stream, region: this.o.regionId });
+    } catch (err) {
+      this.o.log.warn({ err }, 'recording the membership position failed; a restart will read the region whole');
+    }
   }
 
   private updateGauges(): void {
@@ -355,66 +553,75 @@ export class MembershipSync {
   rewriteLocal(key: string, ifindex: number): void {
     const l = this.locals.get(key);
     if (!l || l.writtenIfindex === ifindex) return;
-    const value: Endpoint = {
-      addr: l.addr,
-      workspace: l.workspace,
-      region: l.region,
-      node: this.nodeIdOf(this.o.node),
-      flags: { i6pn: l.i6pn, local: true },
-      ifindex,
-    };
-    const r = this.o.map.upsertEndpoints([value]);
+    const keys = Buffer.from(l.addr);
+    const values = Buffer.alloc(ENDPOINT_VALUE_SIZE);
+    const flags = (l.i6pn ? abi.EndpointFlag.I6PN : 0) | abi.EndpointFlag.LOCAL;
+    writeEndpointValue(values, 0, l.workspace, l.region, flags, this.ctx.nodeId, ifindex);
+    const r = this.o.map.upsertEndpointBatch(keys, values, 1);
     if (r.failed.length === 0) l.writtenIfindex = ifindex;
-    else this.o.log.warn({ key, ifindex, err: r.failed[0]!.error }, 'updating a local endpoint\'s ifindex failed');
+    else this.o.log.warn({ key, ifindex, err: r.failed[0]!.error }, "updating a local endpoint's ifindex failed");
   }
 
   /**
-   * The snapshot is complete: flush, then sweep every map entry whose key it
-   * did not hold. Yields to the event loop between chunks. Returns how many
-   * entries were removed.
+   * Delete every map entry of this region that is not marked (and every entry
+   * of another region). Yields to the event loop between chunks.
    */
-  async endSnapshot(): Promise<number> {
-    this.flush();
-    if (!this.snapshot) return 0;
-    this.snapshot = false;
+  private async sweep(onlyApplied = false): Promise<number> {
+    const flushesBefore = this.flushes;
     const stale: Uint8Array[] = [];
     let inKernel = 0;
-    for (const chunk of this.o.listAddresses()) {
+    if (onlyApplied) {
+      // Everything in the map came from this read (it began empty): the unmarked are the applied ones it deleted since.
+      inKernel = this.known.size;
+      this.known.forEachUnmarked((id) => {
+        const a = new Uint8Array(16);
+        writeEndpointAddress(a, 0, id.workspace, this.o.regionId, id.hi, id.lo);
+        stale.push(a);
+      });
+    }
+    for (const chunk of onlyApplied ? [] : this.o.map.endpointAddresses()) {
       for (const addr of chunk) {
         inKernel++;
-        if (regionOf(addr) !== this.o.regionId || !this.known.isMarked(idOfAddress(addr))) stale.push(addr);
+        const region = (addr[6]! << 8) | addr[7]!;
+        if (region !== this.o.regionId || !this.known.isMarked(this.idAt(addr, 0))) stale.push(addr);
       }
       await yieldToLoop();
     }
     let removed = 0;
     if (stale.length) {
-      removed = this.o.map.deleteEndpoints(stale);
-      this.o.log.info(
-        { removed, sample: stale.slice(0, 5).map((a) => formatAddress(a)) },
-        'swept map entries that the store no longer holds',
-      );
+      const keys = Buffer.alloc(stale.length * 16);
+      stale.forEach((a, i) => keys.set(a, i * 16));
+      removed = this.o.map.deleteEndpointBatch(keys, stale.length);
+      this.o.log.info({ removed, sample: stale.slice(0, 5).map((a) => formatAddress(a)) }, 'swept map entries that the store no longer holds');
     }
     let localsChanged = false;
     this.known.sweepUnmarked((id) => {
-      if (this.locals.delete(this.keyOfId(id))) localsChanged = true;
+      if (this.locals.delete(`${this.o.region}.${hex8(id.workspace)}.${hex8(id.hi)}${hex8(id.lo)}`)) localsChanged = true;
     });
+    // Seeded locals the read did not confirm (their entry is gone from the store) go too.
+    for (const [key, l] of this.locals) {
+      if (!this.known.has(this.idAt(l.addr, 0))) {
+        this.locals.delete(key);
+        localsChanged = true;
+      }
+    }
     const after = inKernel - removed;
-    this.forceFull = after !== this.known.size;
+    // Updates applied while the sweep listed the map make the count inexact: compare only a quiet sweep.
+    this.forceFull = this.flushes === flushesBefore && after !== this.known.size;
     if (this.forceFull) {
-      this.o.log.warn(
-        { inMap: after, applied: this.known.size },
-        'the endpoints map and the applied state disagree; the next reconcile re-applies every entry',
-      );
+      this.o.log.warn({ inMap: after, applied: this.known.size }, 'the endpoints map and the applied state disagree; the next reconcile re-applies every entry');
     }
     this.updateGauges();
-    this.o.metrics.mapEntries.set({ map: 'endpoints' }, after);
+    if (this.flushes === flushesBefore) this.o.metrics.mapEntries.set({ map: 'endpoints' }, after);
     if (localsChanged) this.o.onLocalsChanged();
     return removed;
   }
 
-  /** A snapshot was abandoned (the reader failed): forget the marks, sweep nothing. */
-  abortSnapshot(): void {
-    this.flush();
-    this.snapshot = false;
+  /** The endpoint key of a map address (for callers that hold addresses). */
+  endpointKeyOf(addr: Uint8Array): string {
+    return this.keyOfAddress(addr);
   }
 }
+
+/** Offset of the ifindex in an endpoints map value. */
+const S_IFINDEX = abi.structs.i6pn_endpoint.fields.ifindex.offset;

@@ -118,6 +118,13 @@ export class EndpointTable {
     return true;
   }
 
+  /** Call `fn` for every entry not marked in the current snapshot (the table is not changed). */
+  forEachUnmarked(fn: (id: EndpointId) => void): void {
+    for (let i = 0; i < this.cap; i++) {
+      if (this.state[i] === FULL && this.marks[i] !== this.epoch) fn({ workspace: this.keys[i * 3]!, hi: this.keys[i * 3 + 1]!, lo: this.keys[i * 3 + 2]! });
+    }
+  }
+
   /** Remove every entry not marked in the current snapshot; calls `removed` for each. */
   sweepUnmarked(removed: (id: EndpointId) => void): number {
     let n = 0;

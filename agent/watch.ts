@@ -1,215 +1,293 @@
 /**
- * Following the region's endpoints in the store: an ordered push consumer on
- * the endpoints bucket's stream, filtered to `<region>.>` (one wildcard
- * filter: nats-server 2.9 takes no more). It is read as an iterator, so the
- * server's flow-control requests are answered only when the agent reaches
- * them: the server cannot run ahead of the agent by more than its flow-control
- * window, and a million-entry region streams through in bounded memory.
- * (`kv.watch()` answers flow control on arrival and queues without bound.)
- * Same subjects as kv.watch(), so the agent's NATS permissions cover it.
+ * Following the region's endpoints: the live reader over the region's bucket
+ * (`i6pn_endpoints_<region>`, read whole: no filter for the server to
+ * evaluate), where it starts, and the background reconcile.
  *
- * - Start and every reconcile: deliver the last value of every key
- *   (a snapshot), then follow. When the snapshot is in, the sync sweeps.
- * - Lost connection: the ordered consumer recreates itself from the last
- *   sequence it delivered; if it gives up, this module resumes from the last
- *   revision applied, forever, with backoff. The dataplane keeps its state
+ * - Start: when the pinned sync_state map says the maps reflect this very
+ *   stream (same name, same creation time, same region) up to revision R, and
+ *   the stream still reaches R, the agent resumes at R + 1: a restart reads
+ *   only what changed while it was away, and a reconcile follows in the
+ *   background. Otherwise it reads the region whole and sweeps at the end.
+ * - A failed read (lost connection, gap, missed heartbeats) starts again from
+ *   the last revision taken, forever, with backoff; if the stream was
+ *   replaced meanwhile, from its start. The dataplane keeps its state
  *   meanwhile (frozen, never opened).
+ * - A missing bucket (the region has no endpoints bucket yet, or the store has
+ *   not been migrated) is waited for; nothing is swept on its account.
+ * - Every `reconcileIntervalMs` (and soon after a resume), a second reader
+ *   goes through the bucket beside the live one (MembershipSync.reconcile).
  */
-import { setImmediate as yieldToLoop, setTimeout as sleep } from 'node:timers/promises';
-import { DeliverPolicy, type JetStreamClient, type JsMsg, type ConsumerMessages } from '@nats-io/jetstream';
-import { ENDPOINTS_BUCKET, regionEndpointsFilter } from '../lib/schema.js';
+import type { JetStreamManager } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { endpointsBucket } from '../lib/schema.js';
+import type { SyncState } from './bpf/dataplane.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics } from './metrics.js';
-import type { MembershipSync, StoreEntry } from './sync.js';
-
-const KV_OPERATION = 'KV-Operation';
-/** Longest stretch of work between two turns of the event loop. */
-const YIELD_AFTER_MS = 10;
+import { StreamReader, backoff } from './reader.js';
+import { streamId, type LocalEndpoint, type MembershipSync, type Operation } from './sync.js';
 
 export interface FollowerOptions {
-  js: JetStreamClient;
+  nc: NatsConnection;
+  jsm: JetStreamManager;
   region: string;
+  regionId: number;
   sync: MembershipSync;
   metrics: AgentMetrics;
   log: Logger;
   reconcileIntervalMs: number;
-  /** Called when the first snapshot has been applied and swept. */
+  /** Where the pinned maps stand (sync_state). */
+  position: () => SyncState;
+  /** The local endpoints known without the store (the adopted veths), for a resume. */
+  adoptedLocals: () => LocalEndpoint[];
+  /** Called when the maps first reflect the store (read whole and swept, or resumed and caught up). */
   onInitialSync: () => void;
-  bucket?: string;
+  /** Reader tuning (tests, bench). */
+  reader?: { maxBytes?: number; batch?: number; heartbeatMs?: number };
 }
+
+/** A reconcile this soon after a resume (or the interval, if shorter). */
+const RECONCILE_AFTER_RESUME_MS = 10_000;
 
 export class MembershipFollower {
   private readonly o: FollowerOptions;
   private readonly stream: string;
   private readonly prefix: string;
   private stopped = false;
-  private reconcileRequested = false;
-  private messages: ConsumerMessages | null = null;
-  private timer: NodeJS.Timeout | null = null;
+  private live: StreamReader | null = null;
+  private reconciler: StreamReader | null = null;
+  private reconcileRunning = false;
   private loop: Promise<void> | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private soon: NodeJS.Timeout | null = null;
+  private streamIdNow: bigint | null = null;
+  private started = false;
+  private caughtUp = false;
   private initialDone = false;
-  private flushScheduled = false;
+  private ending: Promise<void> | null = null;
 
   constructor(o: FollowerOptions) {
     this.o = o;
-    const bucket = o.bucket ?? ENDPOINTS_BUCKET;
+    const bucket = endpointsBucket(o.region);
     this.stream = `KV_${bucket}`;
     this.prefix = `$KV.${bucket}.`;
   }
 
   start(): void {
     this.loop = this.run();
-    // A snapshot still being read is a reconcile already.
-    this.timer = setInterval(() => {
-      if (!this.o.sync.inSnapshot) this.requestReconcile();
-    }, this.o.reconcileIntervalMs);
+    this.timer = setInterval(() => this.requestReconcile(), this.o.reconcileIntervalMs);
     this.timer.unref();
   }
 
-  /** Re-read every key and sweep (the periodic reconcile; also callable on demand). */
+  /** Reconcile now in the background (also periodic). */
   requestReconcile(): void {
-    this.reconcileRequested = true;
-    this.messages?.stop();
+    if (this.stopped || !this.caughtUp || this.reconcileRunning || this.o.sync.inFullRead) return;
+    void this.reconcile();
   }
 
-  /**
-   * The connection came back: resume now from the last revision with a fresh
-   * consumer rather than wait for the old one's missed heartbeats.
-   */
+  /** The connection came back: start the live read again from the last revision, now. */
   resume(): void {
-    this.messages?.stop();
+    this.live?.stop();
+    this.reconciler?.stop();
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
-    this.messages?.stop();
+    if (this.soon) clearTimeout(this.soon);
+    this.live?.stop();
+    this.reconciler?.stop();
     await this.loop;
-  }
-
-  private async run(): Promise<void> {
-    let snapshot = true;
-    let failures = 0;
-    while (!this.stopped) {
-      this.reconcileRequested = false;
-      try {
-        await this.follow(snapshot);
-        failures = 0;
-        // Ended: by a reconcile request (snapshot next), or by the consumer giving up (resume).
-        snapshot = this.reconcileRequested;
-      } catch (err) {
-        if (this.stopped) break;
-        failures++;
-        const inSnapshot = this.o.sync.inSnapshot;
-        if (inSnapshot) {
-          this.o.sync.abortSnapshot();
-          this.o.metrics.reconciles.inc({ result: 'failed' });
-        }
-        // A snapshot cut short is started over (its keys do not arrive in revision order); updates resume.
-        snapshot = inSnapshot || snapshot || this.reconcileRequested;
-        const backoff = Math.min(10_000, 250 * 2 ** Math.min(failures, 6));
-        this.o.log.warn(
-          { err, retryInMs: backoff, resumeFrom: snapshot ? 'snapshot' : this.o.sync.lastRevision + 1 },
-          'reading the endpoints bucket failed; retrying (the dataplane keeps its last state)',
-        );
-        await sleep(backoff);
-      }
-    }
     this.o.sync.flush();
   }
 
-  private async follow(snapshot: boolean): Promise<void> {
-    const { js, sync, log } = this.o;
-    const filter = `${this.prefix}${regionEndpointsFilter(this.o.region)}`;
-    const consumer = await js.consumers.getPushConsumer(
-      this.stream,
-      snapshot
-        ? { filter_subjects: filter, deliver_policy: DeliverPolicy.LastPerSubject }
-        : { filter_subjects: filter, deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: sync.lastRevision + 1 },
-    );
-    const info = await consumer.info(true);
-    log.info(
-      { snapshot, pending: info.num_pending, from: snapshot ? 'last per key' : sync.lastRevision + 1 },
-      snapshot ? 'reading every endpoint of the region' : 'resuming the endpoint updates',
-    );
-    if (snapshot) {
-      sync.beginSnapshot();
-      if (info.num_pending === 0) await this.finishSnapshot();
-    }
-    const messages = await consumer.consume();
-    this.messages = messages;
-    if (this.stopped || this.reconcileRequested) messages.stop();
-    try {
-      // Queued messages are handed out without a trip through the event loop: give it a turn every
-      // few milliseconds of work, so that scrapes, probes and timers never wait behind a large region.
-      let since = performance.now();
-      for await (const m of messages) {
-        const wrote = sync.ingest(this.entryOf(m));
-        if (sync.inSnapshot && m.info.pending === 0) {
-          await this.finishSnapshot();
-          since = performance.now();
-        } else {
-          if (!wrote) this.scheduleFlush();
-          if (wrote || performance.now() - since > YIELD_AFTER_MS) {
-            await yieldToLoop();
-            since = performance.now();
-          }
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (!this.stopped) {
+      try {
+        await this.follow();
+        failures = 0;
+      } catch (err) {
+        if (this.stopped) break;
+        failures++;
+        if (this.o.sync.inFullRead) {
+          this.o.sync.abortFullRead();
+          this.o.metrics.reconciles.inc({ result: 'failed' });
         }
-        if (this.stopped || this.reconcileRequested) break;
+        this.o.log.warn(
+          { err: { message: (err as Error).message }, attempt: failures, resumeFrom: this.o.sync.lastRevision + 1 },
+          'reading the endpoints bucket failed; retrying (the dataplane keeps its last state)',
+        );
+        await backoff(failures);
       }
-    } finally {
-      this.messages = null;
-      messages.stop();
-      sync.flush();
     }
-    if (sync.inSnapshot && !this.stopped && !this.reconcileRequested) {
-      throw new Error('the consumer stopped before the snapshot was complete');
-    }
-    if (sync.inSnapshot) sync.abortSnapshot();
   }
 
-  private async finishSnapshot(): Promise<void> {
-    const t0 = Date.now();
+  /** One live read: decide where it starts, read until it stops or fails. */
+  private async follow(): Promise<void> {
+    const { jsm, sync, log, metrics } = this.o;
+    let info;
     try {
-      const removed = await this.o.sync.endSnapshot();
-      this.o.metrics.reconciles.inc({ result: 'ok' });
-      if (removed) this.o.metrics.reconcileRemoved.inc(removed);
-      this.o.log.info(
-        { endpoints: this.o.sync.size, removed, revision: this.o.sync.lastRevision, ms: Date.now() - t0 },
-        this.initialDone ? 'reconciled the endpoints map with the store' : 'initial sync done',
-      );
+      info = await jsm.streams.info(this.stream);
     } catch (err) {
-      this.o.metrics.reconciles.inc({ result: 'failed' });
+      if ((err as { code?: unknown; api_error?: { err_code?: number } }).api_error?.err_code === 10059 || /stream not found/i.test((err as Error).message)) {
+        throw new Error(`the region's endpoints bucket ${this.stream.slice(3)} does not exist (no endpoint was ever added to region ${this.o.region}, or the store was not migrated: i6pnctl migrate); waiting for it`);
+      }
       throw err;
     }
-    if (!this.initialDone) {
-      this.initialDone = true;
-      this.o.onInitialSync();
+    const sid = streamId(this.stream, info.created);
+    const last = info.state.last_seq;
+    let from: number;
+    if (!this.started) {
+      const p = this.o.position();
+      if (p.revision > 0 && p.stream === sid && p.region === this.o.regionId && p.revision <= last) {
+        sync.resumeAt(sid, p.revision, this.o.adoptedLocals());
+        from = p.revision + 1;
+        metrics.membershipStarts.inc({ from: 'revision' });
+        log.info({ revision: p.revision, behind: last - p.revision }, 'the pinned maps reflect this stream: resuming after their revision');
+      } else {
+        sync.beginFullRead(sid, info.state.messages);
+        from = 1;
+        metrics.membershipStarts.inc({ from: 'snapshot' });
+        log.info(
+          { stream: this.stream, messages: info.state.messages, pinned: p.revision > 0 ? { revision: p.revision, sameStream: p.stream === sid, region: p.region } : null },
+          'reading the region whole',
+        );
+      }
+      this.started = true;
+    } else if (this.streamIdNow === sid && sync.lastRevision <= last && !sync.inFullRead) {
+      from = sync.lastRevision + 1;
+    } else {
+      log.warn({ stream: this.stream, lastRevision: sync.lastRevision, streamLast: last }, 'the endpoints stream was replaced: reading the region whole');
+      sync.beginFullRead(sid);
+      from = 1;
+      metrics.membershipStarts.inc({ from: 'snapshot' });
+    }
+    this.streamIdNow = sid;
+    this.caughtUp = false;
+    const reader = new StreamReader({
+      nc: this.o.nc,
+      jsm,
+      stream: this.stream,
+      prefix: this.prefix,
+      startSeq: from,
+      headSeq: last,
+      log,
+      ...this.o.reader,
+      onMessage: (key, data, seq, op, timeMs) => void sync.ingest(key, data, seq, op, timeMs),
+      onIdle: () => this.flush(),
+      onHead: () => this.atHead(),
+    });
+    this.live = reader;
+    if (this.stopped) return;
+    const pending = await reader.start();
+    log.info({ from, pending }, from === 1 ? 'reading every endpoint of the region' : 'following the endpoint updates');
+    try {
+      await reader.done;
+    } finally {
+      this.live = null;
+      this.flush();
+      await this.ending;
     }
   }
 
-  /** Write what has been taken once the input pauses (a burst becomes one batch). */
-  private scheduleFlush(): void {
-    if (this.flushScheduled) return;
-    this.flushScheduled = true;
-    setImmediate(() => {
-      this.flushScheduled = false;
-      try {
-        this.o.sync.flush();
-      } catch (err) {
-        this.o.log.error({ err }, 'applying membership updates failed');
-      }
-    });
+  private flush(): void {
+    try {
+      this.o.sync.flush();
+    } catch (err) {
+      this.o.log.error({ err }, 'applying membership updates failed');
+    }
   }
 
-  private entryOf(m: JsMsg): StoreEntry {
-    const op = m.headers?.get(KV_OPERATION);
-    return {
-      key: m.subject.startsWith(this.prefix) ? m.subject.slice(this.prefix.length) : m.subject,
-      value: m.data,
-      revision: m.seq,
-      operation: op === 'DEL' ? 'DEL' : op === 'PURGE' ? 'PURGE' : 'PUT',
-      created: m.time,
-    };
+  /** The live reader has every message there was: end a full read, and the first time say so. */
+  private atHead(): void {
+    if (this.caughtUp) return;
+    this.caughtUp = true;
+    const sync = this.o.sync;
+    if (!sync.inFullRead) {
+      this.flush();
+      this.initial(false);
+      return;
+    }
+    const t0 = Date.now();
+    this.ending = (async () => {
+      try {
+        const removed = await sync.endFullRead();
+        this.o.metrics.reconciles.inc({ result: 'ok' });
+        if (removed) this.o.metrics.reconcileRemoved.inc(removed);
+        this.o.log.info({ endpoints: sync.size, removed, revision: sync.lastRevision, ms: Date.now() - t0 }, 'read the region whole and swept the endpoints map');
+        this.initial(true);
+      } catch (err) {
+        this.o.metrics.reconciles.inc({ result: 'failed' });
+        this.o.log.error({ err }, 'sweeping the endpoints map failed; reading again');
+        this.live?.stop();
+      } finally {
+        this.ending = null;
+      }
+    })();
+  }
+
+  private initial(swept: boolean): void {
+    if (this.initialDone) return;
+    this.initialDone = true;
+    this.o.log.info({ endpoints: this.o.sync.size, revision: this.o.sync.lastRevision }, 'initial sync done');
+    this.o.onInitialSync();
+    if (!swept && this.o.sync.needsReconcile) {
+      this.soon = setTimeout(() => this.requestReconcile(), Math.min(RECONCILE_AFTER_RESUME_MS, this.o.reconcileIntervalMs));
+      this.soon.unref();
+    }
+  }
+
+  /** A second reader through the whole bucket, beside the live one. */
+  private async reconcile(): Promise<void> {
+    const { sync, log, metrics } = this.o;
+    const t0 = Date.now();
+    this.reconcileRunning = true;
+    let head: number;
+    try {
+      head = (await this.o.jsm.streams.info(this.stream)).state.last_seq;
+    } catch (err) {
+      this.reconcileRunning = false;
+      metrics.reconciles.inc({ result: 'failed' });
+      log.warn({ err: { message: (err as Error).message } }, 'the reconcile could not start; the next one is at the next interval');
+      return;
+    }
+    sync.beginReconcile(sync.lastRevision);
+    let finished: Promise<number> | null = null;
+    const reader = new StreamReader({
+      nc: this.o.nc,
+      jsm: this.o.jsm,
+      stream: this.stream,
+      prefix: this.prefix,
+      startSeq: 1,
+      headSeq: Math.max(head, sync.lastRevision),
+      log,
+      ...this.o.reader,
+      onMessage: (key: string, data: Uint8Array, seq: number, op: Operation) => {
+        if (!finished) sync.reconcile(key, data, seq, op);
+      },
+      onIdle: () => this.flush(),
+      onHead: () => {
+        finished = sync.endReconcile();
+        reader.stop();
+      },
+    });
+    this.reconciler = reader;
+    try {
+      const pending = await reader.start();
+      log.info({ pending, upTo: sync.lastRevision }, 'reconciling the endpoints map with the store, in the background');
+      await reader.done;
+      if (!finished) throw new Error('the reconcile stopped before it read the whole bucket');
+      const removed = await finished;
+      metrics.reconciles.inc({ result: 'ok' });
+      if (removed) metrics.reconcileRemoved.inc(removed);
+      log.info({ endpoints: sync.size, removed, ms: Date.now() - t0 }, 'reconciled the endpoints map with the store');
+    } catch (err) {
+      sync.abortReconcile();
+      metrics.reconciles.inc({ result: 'failed' });
+      if (!this.stopped) log.warn({ err: { message: (err as Error).message } }, 'the reconcile failed; the next one is at the next interval');
+    } finally {
+      this.reconciler = null;
+      this.reconcileRunning = false;
+    }
   }
 }

@@ -118,6 +118,20 @@ struct i6pn_local_iface {
 	__u32 flags; /* enum i6pn_endpoint_flag */
 };
 
+/*
+ * sync_state map, one entry at index 0: the membership the endpoints map
+ * reflects, written by the agent after each batch it applies and read by none
+ * of the programs. A restarted agent resumes from `revision` when `stream`
+ * still names the same endpoints stream of the same region, instead of
+ * reading the region again.
+ */
+struct i6pn_sync_state {
+	__u64 revision; /* last store revision (stream sequence) applied; 0: none, read the region whole */
+	__u64 stream;   /* 64-bit hash of the endpoints stream's name and creation time */
+	__u32 region;   /* region id the entries belong to */
+	__u32 pad;
+};
+
 /* config map, one entry at index 0 */
 struct i6pn_config {
 	__u32 node;            /* this node's id */

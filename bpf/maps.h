@@ -53,6 +53,14 @@ struct {
 	__uint(max_entries, 1);
 } event_budget SEC(".maps");
 
+/* Where the agent's membership stands (see struct i6pn_sync_state); no program reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct i6pn_sync_state);
+	__uint(max_entries, 1);
+} sync_state SEC(".maps");
+
 /* BTF carrier for the ABI (see struct i6pn_abi); never read or written. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -134,6 +134,8 @@ export const nameSchema = z.string().regex(NAME_PATTERN, `must be ${NAME_RULE}`)
 export const nodeNameSchema = z.string().regex(NODE_NAME_PATTERN, `must be ${NODE_NAME_RULE}`);
 export const ifnameSchema = z.string().regex(IFNAME_PATTERN, `must be ${IFNAME_RULE}`);
 const timestamp = z.iso.datetime();
+/** The exact pattern the timestamp schema checks (the agent's fast decoder tests with it). */
+export const TIMESTAMP_PATTERN: RegExp = (timestamp as unknown as { _zod: { def: { pattern: RegExp } } })._zod.def.pattern;
 const workspaceId = z.number().refine(isWorkspaceId, 'must be a non-zero 32-bit unsigned integer');
 const regionId = z.number().refine(isRegionId, 'must be a non-zero 16-bit unsigned integer');
 const version = z.literal(SCHEMA_VERSION);

@@ -125,6 +125,15 @@ export const structs = {
       flags: { offset: 16, size: 4, kind: 'u32' },
     },
   },
+  i6pn_sync_state: {
+    size: 24,
+    fields: {
+      revision: { offset: 0, size: 8, kind: 'u64' },
+      stream: { offset: 8, size: 8, kind: 'u64' },
+      region: { offset: 16, size: 4, kind: 'u32' },
+      pad: { offset: 20, size: 4, kind: 'u32' },
+    },
+  },
   i6pn_config: {
     size: 24,
     fields: {

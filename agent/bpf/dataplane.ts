@@ -253,6 +253,7 @@ const MAP_SPECS: MapSpec[] = [
   { name: 'endpoints', type: MapType.HASH, keySize: IN6_ADDR_SIZE, valueSize: S.i6pn_endpoint.size, pin: true },
   { name: 'local_ifaces', type: MapType.HASH, keySize: 4, valueSize: S.i6pn_local_iface.size, pin: true },
   { name: 'config', type: MapType.ARRAY, keySize: 4, valueSize: S.i6pn_config.size, maxEntries: 1, pin: true },
+  { name: 'sync_state', type: MapType.ARRAY, keySize: 4, valueSize: S.i6pn_sync_state.size, maxEntries: 1, pin: true },
   {
     name: 'counters',
     type: MapType.PERCPU_ARRAY,
@@ -299,6 +300,32 @@ function encodeEndpoint(e: Endpoint, into: Buffer, at: number): void {
   into.writeUInt16LE((e.flags.i6pn ? abi.EndpointFlag.I6PN : 0) | (e.flags.local ? abi.EndpointFlag.LOCAL : 0), at + F.flags.offset);
   into.writeUInt32LE(e.node, at + F.node.offset);
   into.writeUInt32LE(e.ifindex, at + F.ifindex.offset);
+}
+
+/** Size of one endpoints map value, and of one slot of an EndpointBatch's values. */
+export const ENDPOINT_VALUE_SIZE = S.i6pn_endpoint.size;
+
+/**
+ * One endpoints map value written in place (the agent's hot path fills a batch
+ * buffer with these, no object per entry). flags: EndpointFlag bits.
+ */
+export function writeEndpointValue(into: Buffer, at: number, workspace: number, region: number, flags: number, node: number, ifindex: number): void {
+  const F = S.i6pn_endpoint.fields;
+  into.fill(0, at, at + S.i6pn_endpoint.size);
+  into.writeUInt32LE(workspace >>> 0, at + F.workspace.offset);
+  into.writeUInt16LE(region, at + F.region.offset);
+  into.writeUInt16LE(flags, at + F.flags.offset);
+  into.writeUInt32LE(node >>> 0, at + F.node.offset);
+  into.writeUInt32LE(ifindex >>> 0, at + F.ifindex.offset);
+}
+
+/** Where the membership in the maps stands (the sync_state map). */
+export interface SyncState {
+  /** Last store revision applied; 0: none. */
+  revision: number;
+  /** Hash of the stream the revision belongs to (bigint: 64 bits). */
+  stream: bigint;
+  region: number;
 }
 
 function decodeEndpoint(addr: Uint8Array, b: Buffer): Endpoint {
@@ -367,6 +394,7 @@ export class Dataplane {
   private readonly endpoints: MapFd;
   private readonly localIfaces: MapFd;
   private readonly config: MapFd;
+  private readonly syncState: MapFd;
   private readonly counters: MapFd;
   private readonly dropEventsFd: number;
   /** XDP links held by this process (without pinDir they die with close()). */
@@ -382,6 +410,7 @@ export class Dataplane {
     this.endpoints = object.map('endpoints').handle();
     this.localIfaces = object.map('local_ifaces').handle();
     this.config = object.map('config').handle();
+    this.syncState = object.map('sync_state').handle();
     this.counters = object.map('counters').handle();
     this.dropEventsFd = object.map('drop_events').fd;
   }
@@ -538,6 +567,114 @@ export class Dataplane {
     }
     return { applied, failed };
   }
+
+  /**
+   * Insert or overwrite `count` endpoints laid out in `keys` (16 bytes each)
+   * and `values` (ENDPOINT_VALUE_SIZE each, see writeEndpointValue): the
+   * agent's batches, without an object per entry. Refusals as upsertEndpoints
+   * (their index is the entry's position in the batch).
+   */
+  upsertEndpointBatch(keys: Buffer, values: Buffer, count: number): UpsertResult {
+    const ks = this.endpoints.keySize;
+    const vs = this.endpoints.valueBytes;
+    if (vs !== ENDPOINT_VALUE_SIZE) throw new DataplaneError(`endpoints map value is ${vs} bytes, the batch layout ${ENDPOINT_VALUE_SIZE}`);
+    if (keys.length < count * ks || values.length < count * vs) throw new RangeError(`batch of ${count} does not fit its buffers`);
+    const failed: EndpointFailure[] = [];
+    let applied = 0;
+    let i = 0;
+    while (i < count) {
+      try {
+        applied += this.endpoints.updateBatch(keys.subarray(i * ks), values.subarray(i * vs), count - i);
+        i = count;
+      } catch (err) {
+        if (!(err instanceof BatchError)) throw err;
+        if (['EBADF', 'EPERM', 'EFAULT', 'ENOMEM'].includes(err.code)) throw err;
+        if (err.done === 0 && (err.errno === EOPNOTSUPP || err.errno === 524 /* ENOTSUPP */)) {
+          for (; i < count; i++) {
+            try {
+              this.endpoints.update(keys.subarray(i * ks, (i + 1) * ks), values.subarray(i * vs, (i + 1) * vs));
+              applied++;
+            } catch (e) {
+              if (!(e instanceof LibbpfError)) throw e;
+              failed.push({ index: i, addr: new Uint8Array(keys.subarray(i * ks, (i + 1) * ks)), error: e });
+            }
+          }
+          break;
+        }
+        applied += err.done;
+        const at = i + err.done;
+        failed.push({
+          index: at,
+          addr: new Uint8Array(keys.subarray(at * ks, (at + 1) * ks)),
+          error: new LibbpfError('bpf_map_update_batch', err.errno, 'endpoints', err.errno === E2BIG ? 'map full' : undefined),
+        });
+        i = at + 1;
+      }
+    }
+    return { applied, failed };
+  }
+
+  /** Remove `count` endpoints whose addresses are laid out in `keys`; absent ones are skipped. Returns how many were removed. */
+  deleteEndpointBatch(keys: Buffer, count: number): number {
+    const ks = this.endpoints.keySize;
+    if (keys.length < count * ks) throw new RangeError(`batch of ${count} does not fit its buffer`);
+    let deleted = 0;
+    let i = 0;
+    while (i < count) {
+      try {
+        deleted += this.endpoints.deleteBatch(keys.subarray(i * ks), count - i);
+        i = count;
+      } catch (err) {
+        if (!(err instanceof BatchError) || err.errno !== ENOENT) throw err;
+        deleted += err.done;
+        i += err.done + 1; // the absent one
+      }
+    }
+    return deleted;
+  }
+
+  /** Whether the endpoints map holds no entry. */
+  endpointsEmpty(): boolean {
+    return this.endpoints.nextKey(null) === null;
+  }
+
+  /** Every address in the endpoints map, `chunk` at a time (batch lookups). */
+  *endpointAddresses(chunk = 2048): Generator<Uint8Array[]> {
+    let out: Uint8Array[] = [];
+    for (const [k] of this.endpoints.entriesBatch(chunk)) {
+      out.push(new Uint8Array(k));
+      if (out.length === chunk) {
+        yield out;
+        out = [];
+      }
+    }
+    if (out.length) yield out;
+  }
+
+  /** The membership the maps reflect, as the last agent recorded it. */
+  readSyncState(): SyncState {
+    const F = S.i6pn_sync_state.fields;
+    const b = this.syncState.lookup(u32key(0)) ?? Buffer.alloc(S.i6pn_sync_state.size);
+    return {
+      revision: Number(b.readBigUInt64LE(F.revision.offset)),
+      stream: b.readBigUInt64LE(F.stream.offset),
+      region: b.readUInt32LE(F.region.offset),
+    };
+  }
+
+  /** Record where the membership in the maps stands (after the batch it covers was written). */
+  writeSyncState(st: SyncState): void {
+    if (!Number.isSafeInteger(st.revision) || st.revision < 0) throw new RangeError(`sync revision must be a non-negative integer, got ${st.revision}`);
+    const F = S.i6pn_sync_state.fields;
+    const b = this.syncStateBuf;
+    b.writeBigUInt64LE(BigInt(st.revision), F.revision.offset);
+    b.writeBigUInt64LE(BigInt.asUintN(64, st.stream), F.stream.offset);
+    b.writeUInt32LE(st.region >>> 0, F.region.offset);
+    this.syncState.update(this.key0, b);
+  }
+
+  private readonly syncStateBuf = Buffer.alloc(S.i6pn_sync_state.size);
+  private readonly key0 = u32key(0);
 
   /** Remove endpoints; absent ones are skipped. Returns how many were removed. */
   deleteEndpoints(addrs: readonly Uint8Array[]): number {

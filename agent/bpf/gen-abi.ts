@@ -65,6 +65,7 @@ const ENUMS: EnumSpec[] = [
 const STRUCTS = [
   'i6pn_endpoint',
   'i6pn_local_iface',
+  'i6pn_sync_state',
   'i6pn_config',
   'i6pn_counter',
   'i6pn_drop_event',

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { Dataplane } from '../../agent/bpf/dataplane.js';
 import { createLogger } from '../../agent/log.js';
 import { AgentMetrics } from '../../agent/metrics.js';
-import { MembershipSync, type StoreEntry } from '../../agent/sync.js';
+import { MembershipSync, Operation } from '../../agent/sync.js';
 import { endpointIdOf, formatAddress, workspaceIdHex } from '../../lib/address.js';
 import { REPO_DIR } from '../lib/results.js';
 
@@ -38,7 +38,7 @@ async function main(): Promise<void> {
   randomFillSync(addrs);
   const v = new DataView(addrs.buffer);
   const now = new Date();
-  const entries: StoreEntry[] = [];
+  const entries: { key: string; value: Uint8Array; revision: number }[] = [];
   for (let i = 0; i < N; i++) {
     const ws = 0x5000_0000 + (i % 64);
     v.setUint16(i * 16, 0xfdaa);
@@ -46,20 +46,21 @@ async function main(): Promise<void> {
     v.setUint16(i * 16 + 6, REGION_ID);
     const a = addrs.subarray(i * 16, i * 16 + 16);
     const record = { v: 1, address: formatAddress(a), workspace: `ws-${ws.toString(16)}`, workspaceId: ws, region: REGION, regionId: REGION_ID, node: `node-${i % 100}`, ifname: `v${endpointIdOf(a).slice(0, 12)}`, i6pn: true, createdAt: now.toISOString() };
-    entries.push({ key: `${REGION}.${workspaceIdHex(ws)}.${endpointIdOf(a)}`, value: enc.encode(JSON.stringify(record)), revision: i + 1, operation: 'PUT', created: now });
+    entries.push({ key: `${workspaceIdHex(ws)}.${endpointIdOf(a)}`, value: enc.encode(JSON.stringify(record)), revision: i + 1 });
   }
   const log = createLogger('warn', {});
   const metrics = new AgentMetrics({ version: 'probe', node: 'probe-node', region: REGION, mode: 'enforce' }, log);
   const dp = await Dataplane.open({ object: join(REPO_DIR, 'build/bpf/i6pn.bpf.o'), maxEndpoints: N + 1024 });
-  const sync = new MembershipSync({ map: dp, listAddresses: () => [], node: 'probe-node', region: REGION, regionId: REGION_ID, ifindexOf: () => undefined, onLocalsChanged: () => {}, metrics, log });
+  const sync = new MembershipSync({ map: dp, node: 'probe-node', region: REGION, regionId: REGION_ID, ifindexOf: () => undefined, onLocalsChanged: () => {}, metrics, log });
 
   const session = new Session();
   session.connect();
   await session.post('Profiler.enable');
   await session.post('Profiler.start');
   const t0 = performance.now();
-  sync.beginSnapshot();
-  for (const e of entries) sync.ingest(e);
+  sync.beginFullRead(1n);
+  const created = now.getTime();
+  for (const e of entries) sync.ingest(e.key, e.value, e.revision, Operation.PUT, created);
   sync.flush();
   const ms = performance.now() - t0;
   const { profile } = (await session.post('Profiler.stop')) as unknown as { profile: { nodes: ProfileNode[]; samples: number[]; timeDeltas: number[] } };
@@ -86,7 +87,7 @@ async function main(): Promise<void> {
       incl.set(name, (incl.get(name) ?? 0) + dt);
     }
   });
-  const ours = [...incl.entries()].filter(([k]) => /sync\.ts|schema\.ts|address\.ts|dataplane\.ts|libbpf\.ts|ipv6\.js|garbage/.test(k)).sort((a, b) => b[1] - a[1]);
+  const ours = [...incl.entries()].filter(([k]) => /sync\.ts|decode\.ts|table\.ts|schema\.ts|address\.ts|dataplane\.ts|libbpf\.ts|ipv6\.js|garbage/.test(k)).sort((a, b) => b[1] - a[1]);
   for (const [k, us] of ours.slice(0, 15)) console.log(`${((100 * us) / total).toFixed(1).padStart(5)} %  ${k}`);
 }
 
