@@ -19,7 +19,7 @@ import { Kvm, type KV } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { endpointIdOf, formatAddress, makeEndpointAddress, parseAddress, workspaceIdHex } from '../lib/address.js';
 import { nodeId } from '../agent/sync.js';
-import { validateEndpointEntry } from '../lib/schema.js';
+import { ENDPOINTS_HISTORY, endpointsBucket, validateEndpointEntry } from '../lib/schema.js';
 import { METRIC_NAMES, OMITTED_DEFAULT_METRICS } from '../agent/metrics.js';
 import { parseHostPort } from '../agent/config.js';
 import {
@@ -76,7 +76,7 @@ async function register(workspace: string, node: string, ifname: string): Promis
   ) as { address: string; workspaceId: number; i6pn: boolean };
   const addr = parseAddress(rec.address);
   return {
-    key: `${REGION}.${workspaceIdHex(rec.workspaceId)}.${endpointIdOf(addr)}`,
+    key: `${workspaceIdHex(rec.workspaceId)}.${endpointIdOf(addr)}`,
     address: rec.address,
     ws: rec.workspaceId,
     node,
@@ -108,7 +108,7 @@ function unregistered(ws: number, low: number, node: string, ifname: string): Ep
   const addr = makeEndpointAddress(ws, REGION_ID, new Uint8Array(rand));
   const address = formatAddress(addr);
   return {
-    key: `${REGION}.${workspaceIdHex(ws)}.${endpointIdOf(addr)}`,
+    key: `${workspaceIdHex(ws)}.${endpointIdOf(addr)}`,
     address,
     ws,
     node,
@@ -162,10 +162,10 @@ async function stopAgent(signal: NodeJS.Signals = 'SIGTERM'): Promise<{ code: nu
 /** The store's endpoints of the region: address → expected map value. */
 async function storeView(): Promise<Map<string, { local: boolean; i6pn: boolean; workspace: number }>> {
   const out = new Map<string, { local: boolean; i6pn: boolean; workspace: number }>();
-  for await (const k of await endpoints.keys(`${REGION}.>`)) {
+  for await (const k of await endpoints.keys()) {
     const e = await endpoints.get(k);
     if (!e || e.operation !== 'PUT') continue;
-    const v = validateEndpointEntry(k, e.value);
+    const v = validateEndpointEntry(`${REGION}.${k}`, e.value);
     // Invalid entries are not expected in the map.
     if (v.ok && v.record.regionId === REGION_ID) out.set(v.record.address, { local: v.record.node === NODE, i6pn: v.record.i6pn, workspace: v.record.workspaceId });
   }
@@ -179,7 +179,8 @@ test.before(async () => {
   await i6pnctl(['region', 'add', REGION, '--id', String(REGION_ID)]);
   for (const w of ['one', 'two']) workspaceIds.set(w, (JSON.parse(await i6pnctl(['workspace', 'create', '--json', w])) as { id: number }).id);
   const kvm = new Kvm(jetstream(nc));
-  endpoints = await kvm.open('i6pn_endpoints');
+  // The region's bucket (i6pnctl creates it with the region; created here too, so the test does not depend on when).
+  endpoints = await kvm.create(endpointsBucket(REGION), { history: ENDPOINTS_HISTORY });
   nodes = await kvm.open('i6pn_nodes');
   // Containers whose veth exists before their entry (their address comes with it).
   await env.addContainer('a', 'ep-a');
@@ -292,7 +293,7 @@ test.serial('entries appear in the maps, updates replace, deletes remove; invali
   await endpoints.put(bad1.key, '{not json');
   await endpoints.put(bad2.key, record(bad2, { i6pn: 'yes' }));
   await endpoints.put(bad3.key, record(bad3, { regionId: REGION_ID + 1 })); // address bits disagree with the record
-  await endpoints.put(`${REGION}.${workspaceIdHex(workspaceIds.get('two')!)}.${bad4.key.split('.')[2]}`, record(bad4)); // key names another workspace
+  await endpoints.put(`${workspaceIdHex(workspaceIds.get('two')!)}.${bad4.key.split('.')[1]}`, record(bad4)); // key names another workspace
   // A valid entry written after them proves they were all processed.
   const G = await register('one', 'n2', 'ep-g');
   await eventually(() => readPinnedEndpoint(env.bpffs, G.address) !== null, 'G applied after the invalid ones');
@@ -573,7 +574,7 @@ test.serial('SIGKILL: the dataplane keeps enforcing; a restarted agent adopts it
   // A delete the dead agent misses entirely: the key's messages, delete marker included, are gone from the stream.
   const jsm = await jetstreamManager(nc);
   await unregister(F);
-  await jsm.streams.purge('KV_i6pn_endpoints', { filter: `$KV.i6pn_endpoints.${F.key}` });
+  await jsm.streams.purge(`KV_${endpointsBucket(REGION)}`, { filter: `$KV.${endpointsBucket(REGION)}.${F.key}` });
   t.truthy(readPinnedEndpoint(env.bpffs, F.address), 'frozen, not opened or cleared');
   // What an agent that trusted an entry's ifname left: the uplink in local_ifaces. The next one must not adopt it.
   const uplinkIfindex = (await env.ifindex(env.uplink))!;
@@ -581,7 +582,10 @@ test.serial('SIGKILL: the dataplane keeps enforcing; a restarted agent adopts it
 
   startAgent();
   await eventually(ready, '/readyz after restart', 20_000);
-  await eventually(() => readPinnedEndpoint(env.bpffs, F.address) === null, 'F swept by the new agent');
+  // The new agent resumes after the revision the pinned maps reflect (it does not read the region again);
+  // the delete lost from the stream is swept by the reconcile that follows a resume.
+  await agent!.waitLog((l) => l.msg === 'the pinned maps reflect this stream: resuming after their revision', 20_000);
+  await eventually(() => readPinnedEndpoint(env.bpffs, F.address) === null, 'F swept by the new agent', 30_000);
   t.true(agent!.logs.some((l) => l.msg === 'adopted local interfaces from the pinned map'));
   const { out } = await pinging;
   t.regex(out, / 0% packet loss/, `no gap:\n${out}`);
@@ -593,6 +597,8 @@ test.serial('SIGKILL: the dataplane keeps enforcing; a restarted agent adopts it
   t.is(readPinnedConfig(env.bpffs).uplinkIfindex, uplinkIfindex);
   const { samples } = await scrape();
   t.is(metricValue(samples, 'i6pn_reconcile_removed_total'), 1);
+  t.is(metricValue(samples, 'i6pn_membership_starts_total', { from: 'revision' }), 1);
+  t.is(metricValue(samples, 'i6pn_membership_starts_total', { from: 'snapshot' }), 0);
   t.is(metricValue(samples, 'i6pn_attached_hooks', { hook: 'to_endpoint' }), 4, 'ep-a, ep-b, ep-e and the sealed ep-h');
 
   // The sealed veth was adopted sealed, kept its hooks, and its own endpoint is still refused.
@@ -812,7 +818,7 @@ test.serial('a large snapshot is applied in batches while the agent keeps answer
   let inflight: Promise<unknown>[] = [];
   for (let i = 0; i < N; i++) {
     const e = unregistered(W1, 0x100000 + i, 'n2', `bulk${i}`);
-    inflight.push(js.publish(`$KV.i6pn_endpoints.${e.key}`, record(e)));
+    inflight.push(js.publish(`$KV.${endpointsBucket(REGION)}.${e.key}`, record(e)));
     if (inflight.length >= 1000) {
       await Promise.all(inflight);
       inflight = [];
@@ -821,7 +827,8 @@ test.serial('a large snapshot is applied in batches while the agent keeps answer
   await Promise.all(inflight);
   startAgent();
   // While it reads the snapshot, /healthz answers promptly: the event loop is not held.
-  const reading = await agent!.waitLog((l) => l.msg === 'reading every endpoint of the region', 30_000);
+  // The agent resumes after its pinned revision: what it reads is the N entries written since.
+  const reading = await agent!.waitLog((l) => l.msg === 'following the endpoint updates', 30_000);
   t.true(Number(reading.pending) >= N);
   const t0 = Date.now();
   let done = false;
