@@ -4,6 +4,7 @@ import {
   addressHex,
   endpointIdOf,
   formatAddress,
+  formatAddressReference,
   isPrivate,
   isRegionId,
   isWorkspaceId,
@@ -135,4 +136,25 @@ test('property: any 16 bytes format to a string that parses back to them', (t) =
     { numRuns: 2000 },
   );
   t.pass();
+});
+
+test('formatAddress prints from the bytes exactly what ip-address prints (RFC 5952), zero runs everywhere', (t) => {
+  // 8 groups, each zero half of the time, so runs of zeros of every length and position occur.
+  const groups = fc.array(fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 0xffff }), fc.constant(1), fc.constant(0xffff)), { minLength: 8, maxLength: 8 });
+  fc.assert(
+    fc.property(groups, (g) => {
+      const b = new Uint8Array(16);
+      g.forEach((v, i) => {
+        b[2 * i] = v >> 8;
+        b[2 * i + 1] = v & 0xff;
+      });
+      const text = formatAddress(b);
+      t.is(text, formatAddressReference(b));
+      t.deepEqual(parseAddress(text), b);
+    }),
+    { numRuns: 5000 },
+  );
+  for (const s of ['::', '::1', '1::', 'fdaa:0:0:1::', 'fdaa::1:0:0:1', '1:0:0:1:0:0:0:1', '1:0:0:0:1:0:0:1', '0:1:0:1:0:1:0:1']) {
+    t.is(formatAddress(parseAddress(s)), formatAddressReference(parseAddress(s)), s);
+  }
 });
