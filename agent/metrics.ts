@@ -181,7 +181,7 @@ export class AgentMetrics {
     });
     this.lastRevision = new Gauge({
       name: 'i6pn_membership_last_revision',
-      help: 'KV revision of the last membership update applied (endpoints bucket); the agents of one region converge on the same value.',
+      help: "KV revision of the last membership update applied (the region's endpoints bucket); the agents of one region converge on the same value.",
       registers,
     });
     this.membershipStarts = new Counter({

@@ -12,8 +12,13 @@ import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/trans
 import { NODES_BUCKET, REGIONS_BUCKET, decodeRecord, nodeKey, regionNameKey, regionRecord, type NodeRecord } from '../lib/schema.js';
 import type { Logger } from './log.js';
 
-/** JetStream API requests (consumer creation, KV get/put). */
-const JS_API_TIMEOUT_MS = 60_000;
+/**
+ * JetStream API requests (stream info, consumer creation, KV get/put). The
+ * endpoint reader's consumers are unfiltered and cost the server nothing to
+ * create, so an answer later than this means the server or the route is in
+ * trouble: the follower retries (and a reconnect retries at once).
+ */
+const JS_API_TIMEOUT_MS = 10_000;
 
 export interface AgentStoreOptions {
   servers: string[];
@@ -36,8 +41,6 @@ export class AgentStore {
 
   private constructor(readonly nc: NatsConnection, jsm: JetStreamManager) {
     this.jsm = jsm;
-    // A snapshot consumer over a large region takes nats-server seconds to create (it finds the last
-    // message of every key): a short API timeout would retry and pile up consumers.
     this.js = jetstream(nc, { timeout: JS_API_TIMEOUT_MS });
     this.kvm = new Kvm(this.js);
   }

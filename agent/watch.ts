@@ -64,6 +64,8 @@ export class MembershipFollower {
   private caughtUp = false;
   private initialDone = false;
   private ending: Promise<void> | null = null;
+  /** Ends the backoff early (a reconnect). */
+  private wake: (() => void) | null = null;
 
   constructor(o: FollowerOptions) {
     this.o = o;
@@ -84,10 +86,11 @@ export class MembershipFollower {
     void this.reconcile();
   }
 
-  /** The connection came back: start the live read again from the last revision, now. */
+  /** The connection came back: start the live read again from the last revision, now (not after the backoff). */
   resume(): void {
     this.live?.stop();
     this.reconciler?.stop();
+    this.wake?.();
   }
 
   async stop(): Promise<void> {
@@ -96,6 +99,7 @@ export class MembershipFollower {
     if (this.soon) clearTimeout(this.soon);
     this.live?.stop();
     this.reconciler?.stop();
+    this.wake?.();
     await this.loop;
     this.o.sync.flush();
   }
@@ -117,7 +121,8 @@ export class MembershipFollower {
           { err: { message: (err as Error).message }, attempt: failures, resumeFrom: this.o.sync.lastRevision + 1 },
           'reading the endpoints bucket failed; retrying (the dataplane keeps its last state)',
         );
-        await backoff(failures);
+        await Promise.race([backoff(failures), new Promise<void>((r) => (this.wake = r))]);
+        this.wake = null;
       }
     }
   }

@@ -733,7 +733,7 @@ test.serial('a full endpoints map: logged, counted, nothing evicted; the endpoin
   // Room appears: one of the four leaves the store; a refused endpoint takes its place at the next reconcile.
   const gone = before[0]!;
   const addr = parseAddress(gone);
-  await endpoints.delete(`${REGION}.${workspaceIdHex(new DataView(addr.buffer).getUint32(2))}.${endpointIdOf(addr)}`);
+  await endpoints.delete(`${workspaceIdHex(new DataView(addr.buffer).getUint32(2))}.${endpointIdOf(addr)}`);
   await eventually(() => {
     const m = readPinnedEndpoints(bpffs);
     return m.size === 4 && !m.has(gone);
