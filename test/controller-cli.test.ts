@@ -393,6 +393,7 @@ const LEAVES = [
   'endpoint list',
   'cluster create',
   'node list',
+  'migrate',
   'peers',
 ];
 
