@@ -456,6 +456,7 @@ test.serial("the provisioning Job's script, with the real i6pnctl and the contro
   const first = provision(join(dir, "controller.creds"));
   t.is(first.status, 0, `${first.stdout}${first.stderr}`);
   for (const name of ["eu-west", "eu-central", "acme"]) t.regex(first.stdout, new RegExp(`\\b${name}\\b`));
+  t.regex(first.stdout, /^nothing to migrate: there is no i6pn_endpoints bucket/m);
   const second = provision(join(dir, "controller.creds"));
   t.is(second.status, 0, `${second.stdout}${second.stderr}`);
   t.is(second.stdout, first.stdout.slice(first.stdout.length - second.stdout.length), "the second run adds nothing, and lists the same");
@@ -463,4 +464,6 @@ test.serial("the provisioning Job's script, with the real i6pnctl and the contro
   const regions: string[] = [];
   for await (const k of await (await new Kvm(ctl).open("i6pn_regions")).keys("name.>")) regions.push(k);
   t.deepEqual(regions.sort(), ["name.eu-central", "name.eu-west"]);
+  // Each region's endpoints bucket, made by `region add`, one value per key.
+  for (const region of ["eu-west", "eu-central"]) t.is((await new Kvm(ctl).open(endpointsBucket(region)).then((kv) => kv.status())).history, ENDPOINTS_HISTORY);
 });
