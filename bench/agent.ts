@@ -28,7 +28,7 @@ import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 
 import { MapFd } from '../agent/bpf/libbpf.js';
 import { formatAddress, workspaceIdHex, endpointIdOf } from '../lib/address.js';
-import { ENDPOINTS_BUCKET, NODES_BUCKET, REGIONS_BUCKET } from '../lib/schema.js';
+import { ENDPOINTS_HISTORY, NODES_BUCKET, REGIONS_BUCKET, endpointsBucket } from '../lib/schema.js';
 import { startNats, freePort } from '../test/helpers/nats.js';
 import { PREFIX, addNs, addVeth, cleanup, onCleanup, sh, sleep, spawnIn, sweepStale } from './lib/netns.js';
 import { REPO_DIR, log, percentile, printTable, ratio, saveSection, secondsSince, type Goal, type Table } from './lib/results.js';
@@ -38,6 +38,8 @@ const CHURN_RATE = Number(process.env.I6PN_BENCH_CHURN_RATE ?? 5000);
 const CHURN_SECONDS = Number(process.env.I6PN_BENCH_CHURN_SECONDS ?? 60);
 const REGION = 'bench';
 const REGION_ID = 0x0b0b;
+/** The region's endpoints bucket, keys `<workspace id>.<endpoint id>` (lib/schema.ts). */
+const ENDPOINTS_BUCKET = endpointsBucket(REGION);
 const NODE = 'bench-node';
 const WORKSPACES = 64;
 const MARKER_EVERY = 5;
@@ -102,7 +104,7 @@ function record(addr: Uint8Array, ws: number, node: string, createdAt: string): 
     i6pn: true,
     createdAt,
   };
-  return { key: `${REGION}.${workspaceIdHex(ws)}.${endpointIdOf(addr)}`, json: JSON.stringify(rec) };
+  return { key: `${workspaceIdHex(ws)}.${endpointIdOf(addr)}`, json: JSON.stringify(rec) };
 }
 
 /** `count` random endpoint addresses of the region, in one buffer. */
@@ -209,7 +211,7 @@ async function runRegion(n: number, tag: string, withChurn: boolean): Promise<Re
   const nc = await connect({ servers: nats.url });
   const kvm = new Kvm(jetstream(nc));
   const regions = await kvm.create(REGIONS_BUCKET);
-  await kvm.create(ENDPOINTS_BUCKET, { history: 1 });
+  await kvm.create(ENDPOINTS_BUCKET, { history: ENDPOINTS_HISTORY });
   await kvm.create(NODES_BUCKET);
   const region = JSON.stringify({ v: 1, name: REGION, id: REGION_ID });
   await regions.put(`name.${REGION}`, region);
@@ -406,7 +408,7 @@ async function runChurn(nc: NatsConnection, map: MapFd, metricsPort: number, pid
       } else {
         const i = dels++ % initialWs.length;
         const addr = initial.subarray(i * 16, i * 16 + 16);
-        nc.publish(`$KV.${ENDPOINTS_BUCKET}.${REGION}.${workspaceIdHex(initialWs[i]!)}.${endpointIdOf(addr)}`, undefined, { headers: delHeaders });
+        nc.publish(`$KV.${ENDPOINTS_BUCKET}.${workspaceIdHex(initialWs[i]!)}.${endpointIdOf(addr)}`, undefined, { headers: delHeaders });
       }
     }
     pollMarkers(map, value, markers, pending);
