@@ -396,6 +396,12 @@ async function settleLimited<T, R>(items: T[], limit: number, fn: (item: T, inde
 
 const enc = (v: unknown): string => JSON.stringify(v);
 
+/**
+ * An entry that breaks the schema, named as the store holds it: the real
+ * bucket (for endpoints `i6pn_endpoints_<region>`, or the first layout's
+ * `i6pn_endpoints`) and the key in that bucket (`<ws>.<ep>` in a region's),
+ * which is what `nats kv get|del <bucket> <key>` takes to fix or remove it.
+ */
 export interface InvalidEntry {
   bucket: string;
   key: string;
