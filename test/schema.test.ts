@@ -15,7 +15,6 @@ import {
   nodeRecord,
   locateEndpointKey,
   parseEndpointKey,
-  regionEndpointsFilter,
   regionIdKey,
   regionOfEndpointsBucket,
   validateEndpointEntry,
@@ -50,7 +49,6 @@ test('keys', (t) => {
   t.deepEqual(parseEndpointKey(KEY), { region: 'eu-west', workspaceId: WS, endpointId: '1b9d3a1171f25f0f' });
   t.is(parseEndpointKey('eu-west.51373ebf'), null);
   t.is(parseEndpointKey('EU.51373ebf.1b9d3a1171f25f0f'), null);
-  t.is(regionEndpointsFilter('eu-west'), 'eu-west.>');
   t.is(regionIdKey(0xa70), 'id.0a70');
   t.is(workspaceIdKey(1), 'id.00000001');
   t.is(ifnameKey('node-a', 'veth0'), 'node-a.7665746830');
