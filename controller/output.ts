@@ -5,7 +5,7 @@
  */
 import { regionIdHex, workspaceIdHex } from '../lib/address.js';
 import type { EndpointRecord, RegionRecord, WorkspaceRecord } from '../lib/schema.js';
-import type { InvalidEntry, NodeStatus } from '../lib/store.js';
+import type { InvalidEntry, MigrateConflict, MigrateReport, NodeStatus } from '../lib/store.js';
 
 export interface Io {
   out(s: string): void;
@@ -41,11 +41,46 @@ export function errorLine(what: string, hint?: string): string {
   return `i6pnctl: error: ${flat(what)}${hint ? ` — ${flat(hint)}` : ''}\n`;
 }
 
-/** Entries that break the schema are reported, never applied or crashed on. */
-export function warnInvalid(io: Io, invalid: InvalidEntry[]): void {
+/**
+ * Entries that break the schema are reported, never applied or crashed on.
+ * Each is named `<bucket>/<key>` as the store holds it (the key in that
+ * bucket: `nats kv get <bucket> <key>` finds it), whatever the bucket.
+ */
+export function warnInvalid(io: Io, invalid: InvalidEntry[], outcome = 'not listed'): void {
   for (const i of invalid) {
-    io.err(`i6pnctl: warning: invalid entry ${i.bucket}/${i.key} (${i.reason}: ${i.message}) — not listed; fix or delete it, only i6pnctl should write the store\n`);
+    io.err(`i6pnctl: warning: invalid entry ${i.bucket}/${i.key} (${i.reason}: ${i.message}) — ${outcome}; fix or delete it, only i6pnctl should write the store\n`);
   }
+}
+
+/** Endpoints that `migrate` found with another value in their region's bucket. */
+export function warnConflicts(io: Io, conflicts: MigrateConflict[]): void {
+  for (const c of conflicts) {
+    io.err(`i6pnctl: warning: conflict ${c.bucket}/${c.key} ${c.message} — compare the two with the nats CLI and fix or delete the wrong one\n`);
+  }
+}
+
+export function migrateText(io: Io, r: MigrateReport): void {
+  if (!r.found) {
+    io.out(`nothing to migrate: there is no ${r.legacyBucket} bucket (the store keeps one endpoints bucket per region)\n`);
+    return;
+  }
+  const pairs: [string, string][] = [
+    ['legacy bucket', `${r.legacyBucket} (${r.entries} endpoint${r.entries === 1 ? '' : 's'})`],
+    ['region buckets', r.buckets.length ? r.buckets.join(', ') : 'none (no region is registered)'],
+    ['copied', String(r.copied)],
+    ['already there', String(r.unchanged)],
+  ];
+  if (r.changedMeanwhile) pairs.push(['changed meanwhile', `${r.changedMeanwhile} (not copied; run i6pnctl migrate again)`]);
+  pairs.push(['conflicts', `${r.conflicts.length}${r.conflicts.length ? ' (not overwritten; see the warnings)' : ''}`]);
+  pairs.push(['invalid', `${r.invalid.length}${r.invalid.length ? ' (skipped; see the warnings)' : ''}`]);
+  pairs.push(['old agents', r.oldAgents.length ? r.oldAgents.map((a) => `${a.name} (${a.version})`).join(', ') : 'none']);
+  pairs.push([
+    'next',
+    r.finished
+      ? `${r.legacyBucket} is deleted; i6pnctl writes the region buckets only`
+      : `i6pnctl keeps writing both layouts; once every agent is upgraded: i6pnctl migrate --finish`,
+  ]);
+  keyValues(io, pairs);
 }
 
 export const regionIdText = (id: number): string => `0x${regionIdHex(id)}`;

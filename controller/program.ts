@@ -21,6 +21,7 @@ import {
   listNodes,
   listRegions,
   listWorkspaces,
+  migrateEndpoints,
   peersOf,
   removeEndpoint,
   workspaceEndpointCounts,
@@ -34,10 +35,12 @@ import {
   errorLine,
   json,
   keyValues,
+  migrateText,
   nodesTable,
   processIo,
   regionIdText,
   regionsTable,
+  warnConflicts,
   warnInvalid,
   workspaceIdText,
   workspacesTable,
@@ -192,7 +195,7 @@ export function buildProgram(ctx: Ctx): Command {
         .argParser(parseReplicas),
     )
     .addOption(
-      new Option('--kv-history <n>', 'values kept per key when i6pnctl creates a bucket (default 5)')
+      new Option('--kv-history <n>', 'values kept per key when i6pnctl creates a bucket (default 5; endpoints buckets keep 1)')
         .env('I6PN_KV_HISTORY')
         .argParser(parsePositiveInt('--kv-history', 64)),
     )
@@ -434,7 +437,9 @@ never handed out again. The interface name on its node becomes free.
       `Filters combine. Entries that break the schema are reported on stderr (and in
 "invalid" with --json) and not listed.
 --json: {"endpoints":[<as in \`endpoint add --json\`>, ...],
-         "invalid":[{"bucket":"i6pn_endpoints","key":"...","reason":"schema","message":"..."}]}`,
+         "invalid":[{"bucket":"i6pn_endpoints_eu-west","key":"<workspace id>.<endpoint id>",
+                     "reason":"schema","message":"..."}]}
+An invalid entry is named by its bucket and its key in that bucket.`,
       ['i6pnctl endpoint list', 'i6pnctl endpoint list --workspace acme --region eu-west', 'i6pnctl endpoint list --node node-a --json'],
     ),
   )
@@ -510,6 +515,47 @@ and its dataplane keeps enforcing the last state it knew.
       warnInvalid(io, r.invalid);
       if (o.json) json(io, r);
       else nodesTable(io, r.nodes);
+    });
+
+  // ------------------------------------------------------------ migrate
+  jsonOption(
+    leaf(
+      program,
+      'migrate',
+      'Move endpoints from the single i6pn_endpoints bucket to one bucket per region.',
+      `The first layout kept every endpoint in one bucket, i6pn_endpoints, under
+<region>.<workspace id>.<endpoint id>; this one keeps each region's endpoints in
+i6pn_endpoints_<region> under <workspace id>.<endpoint id>. migrate creates the
+bucket of every registered region and copies each legacy entry into it,
+create-if-absent: an entry already there with the same value is left alone, one
+with another value is a conflict (reported, not overwritten), an invalid legacy
+entry is reported and skipped. Running it again changes nothing.
+
+While i6pn_endpoints exists, i6pnctl writes every endpoint it adds or removes to
+both layouts and reads both, so agents not yet upgraded keep working. Once every
+agent runs this version, --finish deletes i6pn_endpoints. It refuses (exit 1)
+while a live agent (heartbeat younger than --stale-after) reports an older
+version, or while conflicts remain, unless --force. Without i6pn_endpoints there
+is nothing to migrate (exit 0). Conflicts and invalid entries are warnings on
+stderr.
+
+--json: {"legacyBucket":"i6pn_endpoints","found":true,"buckets":["i6pn_endpoints_eu-west"],
+         "entries":4,"copied":4,"unchanged":0,"changedMeanwhile":0,"conflicts":[],
+         "invalid":[],"oldAgents":[{"name":"node-a","region":"eu-west","version":"0.1.0"}],
+         "finished":false}`,
+      ['i6pnctl migrate', 'i6pnctl migrate --json', 'i6pnctl migrate --finish'],
+    ),
+  )
+    .option('--finish', 'after copying, delete the i6pn_endpoints bucket (refused while older agents are live)')
+    .option('--force', 'with --finish: delete it despite older agents or conflicts')
+    .option('--stale-after <seconds>', 'heartbeat age past which an agent no longer counts', parsePositiveInt('--stale-after', 86_400), DEFAULT_STALE_AFTER_MS / 1000)
+    .action(async (o: { json?: boolean; finish?: boolean; force?: boolean; staleAfter: number }, cmd: Command) => {
+      if (o.force && !o.finish) throw new StoreError('invalid', '--force goes with --finish', 'run `i6pnctl migrate --finish --force`');
+      const r = await withStore(cmd, (s) => migrateEndpoints(s, { version: VERSION, finish: o.finish === true, force: o.force === true, staleAfterMs: o.staleAfter * 1000 }));
+      warnInvalid(io, r.invalid, 'not copied');
+      warnConflicts(io, r.conflicts);
+      if (o.json) json(io, r);
+      else migrateText(io, r);
     });
 
   // ------------------------------------------------------------ peers

@@ -57,8 +57,6 @@ export const ENDPOINTS_HISTORY = 1;
  * history 5). `i6pnctl migrate` moves its entries into the region buckets.
  */
 export const LEGACY_ENDPOINTS_BUCKET = 'i6pn_endpoints';
-/** @deprecated the first layout's bucket; use endpointsBucket(region). */
-export const ENDPOINTS_BUCKET = LEGACY_ENDPOINTS_BUCKET;
 export const ADDRESSES_BUCKET = 'i6pn_addresses';
 export const IFNAMES_BUCKET = 'i6pn_ifnames';
 export const NODES_BUCKET = 'i6pn_nodes';
@@ -245,9 +243,6 @@ export function locateEndpointKey(key: string): { region: string; bucket: string
   if (!k) return null;
   return { region: k.region, bucket: endpointsBucket(k.region), key: key.slice(k.region.length + 1) };
 }
-
-/** The watch filter an agent used for its region in the first layout's single bucket. */
-export const regionEndpointsFilter = (region: string): string => `${region}.>`;
 
 const ENDPOINT_KEY_PATTERN = /^([a-z][a-z0-9-]{0,30})\.([0-9a-f]{8})\.([0-9a-f]{16})$/;
 

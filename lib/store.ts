@@ -20,9 +20,22 @@
  * that its workspace still exists). A failed step undoes the earlier ones; a
  * process killed between steps can leave an address burnt (never reused, by
  * design) or an ifname claimed, which `endpoint remove ADDRESS` clears.
+ *
+ * Endpoints live in one bucket per region (endpointsBucket(region), keys
+ * `<workspace id>.<endpoint id>`), created when the region is added or on first
+ * use, never for a region that is not registered. The store-wide name of an
+ * endpoint stays `<region>.<workspace id>.<endpoint id>` (endpointKey): claims
+ * point at it, and locateEndpointKey() says where its entry lives.
+ *
+ * The upgrade from the first layout (one `i6pn_endpoints` bucket, keys
+ * `<region>.<ws>.<ep>`): while that bucket exists, every endpoint created or
+ * removed is written to both layouts (agents of the old version read the old
+ * bucket), reads see the union of both (the region bucket wins for a key in
+ * both), and migrateEndpoints() copies what the old bucket holds into the
+ * region buckets, then, with `finish`, deletes it.
  */
 import { readFileSync } from 'node:fs';
-import { jetstream, JetStreamApiCodes, JetStreamApiError, StorageType } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, JetStreamApiCodes, JetStreamApiError, StorageType, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import {
@@ -44,8 +57,9 @@ import {
 } from './address.js';
 import {
   ADDRESSES_BUCKET,
-  ENDPOINTS_BUCKET,
+  ENDPOINTS_HISTORY,
   IFNAMES_BUCKET,
+  LEGACY_ENDPOINTS_BUCKET,
   NODES_BUCKET,
   REGIONS_BUCKET,
   SCHEMA_VERSION,
@@ -56,12 +70,16 @@ import {
   assertName,
   assertNodeName,
   decodeRecord,
+  endpointBucketKey,
   endpointKey,
+  endpointsBucket,
   ifnameKey,
   ifnameRecord,
+  locateEndpointKey,
   nodeRecord,
   regionIdKey,
   regionNameKey,
+  regionOfEndpointsBucket,
   regionRecord,
   validateEndpointEntry,
   workspaceIdKey,
@@ -89,6 +107,7 @@ export type StoreErrorCode =
   | 'conflict' // a concurrent writer changed the entry first
   | 'has-endpoints' // workspace delete without --force
   | 'exhausted' // no free random id after many draws
+  | 'upgrade-pending' // migrate --finish while agents of an older version or conflicts remain
   | 'corrupt'; // an entry the command needs breaks the schema
 
 /**
@@ -111,6 +130,11 @@ function isConflict(e: unknown): boolean {
     e instanceof JetStreamApiError &&
     (e.code === JetStreamApiCodes.StreamWrongLastSequence || e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
   );
+}
+
+/** The bucket's stream is not there (stream info, keys, destroy). */
+function isBucketGone(e: unknown): boolean {
+  return e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound;
 }
 
 // ---------------------------------------------------------------- connection
@@ -137,7 +161,10 @@ export interface StoreOptions {
   name?: string;
   /** Replicas of each bucket's stream when the store creates it (1, 3 or 5). */
   replicas?: number;
-  /** Values kept per key when the store creates a bucket. */
+  /**
+   * Values kept per key when the store creates a bucket (default 5). The
+   * endpoints buckets keep ENDPOINTS_HISTORY whatever this says.
+   */
   history?: number;
   /** Storage of a bucket the store creates (default "file"; "memory" loses it with the server). */
   storage?: 'file' | 'memory';
@@ -159,10 +186,23 @@ export interface Store {
   nc: NatsConnection;
   regions: KV;
   workspaces: KV;
-  endpoints: KV;
   addresses: KV;
   ifnames: KV;
   nodes: KV;
+  /**
+   * The endpoints bucket of a region, endpointsBucket(region), opened on first
+   * use and cached. Absent, it is created (history ENDPOINTS_HISTORY, the
+   * store's storage and replicas) for a region registered in the regions
+   * bucket; for any other region that is StoreError 'not-found'.
+   */
+  endpoints(region: string): Promise<KV>;
+  /** The regions whose endpoints bucket exists, sorted (from the server's stream names). */
+  endpointRegions(): Promise<string[]>;
+  /**
+   * The first layout's single bucket (LEGACY_ENDPOINTS_BUCKET) while it
+   * exists, else null. Looked up once per store; `recheck` asks the server again.
+   */
+  legacyEndpoints(opts?: { recheck?: boolean }): Promise<KV | null>;
   random: RandomSource;
   close(): Promise<void>;
 }
@@ -178,12 +218,14 @@ function reasonOf(e: unknown): string {
 }
 
 /**
- * Connect and open (creating on first use) every bucket. Fails with a
+ * Connect and open (creating on first use) the five fixed buckets; the
+ * endpoints buckets are opened per region, when first needed. Fails with a
  * StoreError whose message names the server and says what to do.
  *
  * Buckets are file-backed (or `storage`), keep `history` values per key
- * (default 5) and have `replicas` replicas (default 1; 3 on a NATS cluster). An existing bucket is
- * opened as it is: its settings are not changed.
+ * (default 5; the endpoints buckets ENDPOINTS_HISTORY) and have `replicas`
+ * replicas (default 1; 3 on a NATS cluster). An existing bucket is opened as
+ * it is: its settings are not changed.
  */
 export async function connectStore(opts: StoreOptions): Promise<Store> {
   const where = describeServers(opts.servers);
@@ -214,23 +256,87 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
     };
     const open = (bucket: string, description: string): Promise<KV> =>
       kvm.create(bucket, { ...settings, description });
-    const [regions, workspaces, endpoints, addresses, ifnames, nodes] = await Promise.all([
+    const [regions, workspaces, addresses, ifnames, nodes] = await Promise.all([
       open(REGIONS_BUCKET, 'i6pn regions: name <-> 16-bit id'),
       open(WORKSPACES_BUCKET, 'i6pn workspaces: name <-> 32-bit id and /48'),
-      open(ENDPOINTS_BUCKET, 'i6pn endpoints: <region>.<workspace id>.<endpoint id>'),
       open(ADDRESSES_BUCKET, 'i6pn addresses ever handed out (never deleted)'),
       open(IFNAMES_BUCKET, 'i6pn host-side interface names per node'),
       open(NODES_BUCKET, 'i6pn nodes: agent heartbeats'),
     ]);
     const random: RandomSource = { ...cryptoRandom, ...opts.random };
-    return {
+
+    let jsm: Promise<JetStreamManager> | null = null;
+    const manager = (): Promise<JetStreamManager> => {
+      jsm ??= jetstreamManager(nc, { timeout: requestTimeout }).catch((e: unknown) => {
+        jsm = null;
+        throw e;
+      });
+      return jsm;
+    };
+    // Cached per process, a failed open is forgotten so that the next call tries again.
+    const cached = <T>(cache: Map<string, Promise<T>>, key: string, make: () => Promise<T>): Promise<T> => {
+      let p = cache.get(key);
+      if (!p) {
+        p = make();
+        cache.set(key, p);
+        p.catch(() => cache.delete(key));
+      }
+      return p;
+    };
+    /**
+     * An existing bucket, bound as it is (never created), or null. `direct`
+     * false reads through the stream API, which answers "stream not found" at
+     * once for a bucket deleted meanwhile (a direct get waits for its timeout).
+     */
+    const bindExisting = async (bucket: string, direct = true): Promise<KV | null> => {
+      try {
+        const si = await (await manager()).streams.info(`KV_${bucket}`);
+        return await kvm.open(bucket, { allow_direct: direct && si.config.allow_direct === true });
+      } catch (e) {
+        if (isBucketGone(e)) return null;
+        throw e;
+      }
+    };
+    const endpointBuckets = new Map<string, Promise<KV>>();
+    // An existing bucket is opened whatever the regions bucket says (reads of a
+    // bucket made by hand still work); a new one only for a registered region.
+    const openEndpoints = (region: string): Promise<KV> =>
+      cached(endpointBuckets, region, async () => {
+        assertNameOrInvalid('region', region);
+        const bucket = endpointsBucket(region);
+        const existing = await bindExisting(bucket);
+        if (existing) return existing;
+        await requireRegion(store, region);
+        return kvm.create(bucket, { ...settings, history: ENDPOINTS_HISTORY, description: `i6pn endpoints of region ${region}: <workspace id>.<endpoint id>` });
+      });
+    let legacy: Promise<KV | null> | null = null;
+    const store: Store = {
       nc,
       regions: regions!,
       workspaces: workspaces!,
-      endpoints: endpoints!,
       addresses: addresses!,
       ifnames: ifnames!,
       nodes: nodes!,
+      endpoints: openEndpoints,
+      endpointRegions: async () => {
+        const out: string[] = [];
+        for await (const stream of (await manager()).streams.names()) {
+          const region = stream.startsWith('KV_') ? regionOfEndpointsBucket(stream.slice(3)) : null;
+          if (region !== null) out.push(region);
+        }
+        return out.sort();
+      },
+      legacyEndpoints: (o = {}) => {
+        if (!legacy || o.recheck) {
+          // Bound, not created: a deleted legacy bucket must never come back.
+          const p = bindExisting(LEGACY_ENDPOINTS_BUCKET, false);
+          legacy = p;
+          p.catch(() => {
+            if (legacy === p) legacy = null;
+          });
+        }
+        return legacy;
+      },
       random,
       close: async () => {
         if (nc.isClosed()) return;
@@ -245,6 +351,7 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
         if (!nc.isClosed()) await nc.close().catch(() => undefined);
       },
     };
+    return store;
   } catch (e) {
     await nc.close().catch(() => undefined);
     const msg = reasonOf(e);
@@ -289,6 +396,12 @@ async function settleLimited<T, R>(items: T[], limit: number, fn: (item: T, inde
 
 const enc = (v: unknown): string => JSON.stringify(v);
 
+/**
+ * An entry that breaks the schema, named as the store holds it: the real
+ * bucket (for endpoints `i6pn_endpoints_<region>`, or the first layout's
+ * `i6pn_endpoints`) and the key in that bucket (`<ws>.<ep>` in a region's),
+ * which is what `nats kv get|del <bucket> <key>` takes to fix or remove it.
+ */
 export interface InvalidEntry {
   bucket: string;
   key: string;
@@ -330,6 +443,159 @@ function decodeOrThrow<T>(schema: Parameters<typeof decodeRecord>[0], bucket: st
     );
   }
   return d.record as T;
+}
+
+// ---------------------------------------------------------------- endpoint entries
+
+/**
+ * An operation on the first layout's bucket, which `migrate --finish` may
+ * delete while another i6pnctl holds it open: then it did nothing and gives
+ * `otherwise`. A deleted stream does not always say so (a publish to it
+ * retries until its timeout, a delete reads "jetstream is not enabled"), so a
+ * failure is settled by asking the server whether the bucket is still there.
+ */
+async function ifLegacyExists<T>(store: Store, op: () => Promise<T>, otherwise: T): Promise<T> {
+  try {
+    return await op();
+  } catch (e) {
+    if (isBucketGone(e) || (await store.legacyEndpoints({ recheck: true })) === null) return otherwise;
+    throw e;
+  }
+}
+
+/** Where an endpoint entry lives: the real bucket and the key in it, and the endpoint's store-wide key. */
+interface EndpointRef {
+  kv: KV;
+  /** endpointsBucket(region), or LEGACY_ENDPOINTS_BUCKET. */
+  bucket: string;
+  /** The key in `bucket`: what `nats kv get BUCKET KEY` takes, and what InvalidEntry.key says. */
+  key: string;
+  /** `<region>.<workspace id>.<endpoint id>` (endpointKey): what claims point at and validateEndpointEntry takes. */
+  logical: string;
+}
+
+interface EndpointAt extends EndpointRef {
+  entry: KvEntry;
+}
+
+/** A selection of endpoint keys: one region or every one, one workspace id (8 hex) or every one, one endpoint id (16 hex) or every one. */
+interface EndpointSelection {
+  region?: string;
+  workspace?: string;
+  endpoint?: string;
+}
+
+/** One NATS filter for the selected keys (`>` selecting everything, so that a malformed key written by hand is read, and reported, too). */
+function selectionFilter(tokens: (string | undefined)[]): string {
+  return tokens.every((t) => t === undefined) ? '>' : tokens.map((t) => t ?? '*').join('.');
+}
+
+/**
+ * The keys of the selected endpoints: those of the region buckets (one, or
+ * every one that exists), then, while the first layout's bucket exists, its
+ * keys that no region bucket holds (the union of the layouts during an upgrade).
+ */
+async function endpointRefs(store: Store, sel: EndpointSelection): Promise<EndpointRef[]> {
+  const regions = sel.region !== undefined ? [sel.region] : await store.endpointRegions();
+  const filter = selectionFilter([sel.workspace, sel.endpoint]);
+  const perRegion = await settleLimited(regions, 8, async (region) => {
+    const kv = await store.endpoints(region);
+    const bucket = endpointsBucket(region);
+    return (await keysOf(kv, filter)).map((key): EndpointRef => ({ kv, bucket, key, logical: `${region}.${key}` }));
+  });
+  const refs: EndpointRef[] = [];
+  for (const r of perRegion) {
+    if (r.status === 'rejected') throw r.reason;
+    refs.push(...r.value);
+  }
+  const legacy = await store.legacyEndpoints();
+  if (legacy) {
+    const seen = new Set(refs.map((r) => r.logical));
+    for (const key of await ifLegacyExists(store, () => keysOf(legacy, selectionFilter([sel.region, sel.workspace, sel.endpoint])), [])) {
+      if (!seen.has(key)) refs.push({ kv: legacy, bucket: LEGACY_ENDPOINTS_BUCKET, key, logical: key });
+    }
+  }
+  return refs;
+}
+
+/** The live entries of the selected endpoints (endpointRefs), read 128 at a time. */
+async function endpointEntries(store: Store, sel: EndpointSelection): Promise<EndpointAt[]> {
+  const refs = await endpointRefs(store, sel);
+  const out: EndpointAt[] = [];
+  for (let i = 0; i < refs.length; i += 128) {
+    const got = await Promise.all(
+      refs.slice(i, i + 128).map(async (r) => {
+        const entry = await (r.bucket === LEGACY_ENDPOINTS_BUCKET ? ifLegacyExists(store, () => getLive(r.kv, r.key), null) : getLive(r.kv, r.key));
+        return entry ? { ...r, entry } : null;
+      }),
+    );
+    for (const e of got) if (e) out.push(e);
+  }
+  return out;
+}
+
+type ValidEndpoint = { at: EndpointAt; record: EndpointRecord; addr: Uint8Array };
+
+/** Entries as the agents judge them; an invalid one is reported by its real bucket and key. */
+function validateEndpoints(entries: EndpointAt[]): { valid: ValidEndpoint[]; invalid: InvalidEntry[] } {
+  const valid: ValidEndpoint[] = [];
+  const invalid: InvalidEntry[] = [];
+  for (const at of entries) {
+    const v = validateEndpointEntry(at.logical, at.entry.value);
+    if (v.ok) valid.push({ at, record: v.record, addr: v.addr });
+    else invalid.push({ bucket: at.bucket, key: at.key, reason: v.reason, message: v.message });
+  }
+  return { valid, invalid };
+}
+
+/** One endpoint's entries: in its region's bucket (`current`) and, while it exists, in the first layout's (`legacy`). */
+interface FoundEndpoint {
+  logical: string;
+  /** Its place in its region's bucket; null for a key that names no region. */
+  place: { kv: KV; bucket: string; key: string } | null;
+  current: EndpointAt | null;
+  legacy: EndpointAt | null;
+}
+
+async function findEndpoint(store: Store, logical: string): Promise<FoundEndpoint> {
+  const loc = locateEndpointKey(logical);
+  const legacyKv = await store.legacyEndpoints();
+  const legacyEntry = legacyKv ? await ifLegacyExists(store, () => getLive(legacyKv, logical), null) : null;
+  const legacy = legacyKv && legacyEntry ? { kv: legacyKv, bucket: LEGACY_ENDPOINTS_BUCKET, key: logical, logical, entry: legacyEntry } : null;
+  if (!loc) return { logical, place: null, current: null, legacy };
+  const kv = await store.endpoints(loc.region);
+  const place = { kv, bucket: loc.bucket, key: loc.key };
+  const entry = await getLive(kv, loc.key);
+  return { logical, place, current: entry ? { ...place, logical, entry } : null, legacy };
+}
+
+/**
+ * Delete what `found` holds. The first layout's entry goes first, then the
+ * region bucket's is read again and deleted: `migrate` copies an entry and
+ * then checks that it is still in the old bucket, so whichever of the two
+ * comes second sees the other's work and a removed endpoint is never copied
+ * back. A changed entry (compare-and-set) is StoreError 'conflict'.
+ */
+async function deleteEndpointEntries(store: Store, found: FoundEndpoint, what: string): Promise<void> {
+  const changed = (): StoreError => new StoreError('conflict', `endpoint ${what} changed while it was being removed`, 'run the command again');
+  const legacy = found.legacy;
+  if (legacy) {
+    try {
+      await ifLegacyExists(store, () => legacy.kv.delete(legacy.key, { previousSeq: legacy.entry.revision }), undefined);
+    } catch (e) {
+      if (isConflict(e)) throw changed();
+      throw e;
+    }
+  }
+  if (!found.place) return;
+  const now = found.legacy ? await getLive(found.place.kv, found.place.key) : found.current?.entry ?? null;
+  if (!now) return;
+  try {
+    await found.place.kv.delete(found.place.key, { previousSeq: now.revision });
+  } catch (e) {
+    if (isConflict(e)) throw changed();
+    throw e;
+  }
 }
 
 // ---------------------------------------------------------------- regions
@@ -379,6 +645,16 @@ export async function addRegion(store: Store, name: string, opts: { id?: number 
       await store.regions.delete(regionIdKey(id), { previousSeq: idRevision }).catch(() => undefined);
       if (isConflict(e)) throw new StoreError('exists', `region ${JSON.stringify(name)} already exists`, 'choose another name; `i6pnctl region list` shows the taken ones');
       throw e;
+    }
+    // Its endpoints bucket, now: the region's agents read it from the start.
+    try {
+      await store.endpoints(name);
+    } catch (e) {
+      throw new StoreError(
+        'jetstream',
+        `region ${name} is added (id 0x${regionIdHex(id)}) but its bucket ${endpointsBucket(name)} could not be created: ${reasonOf(e)}`,
+        'check the NATS account\'s JetStream limits; the next command that writes an endpoint of this region creates it',
+      );
     }
     return record;
   }
@@ -480,8 +756,8 @@ export async function deleteWorkspace(
   opts: { force?: boolean } = {},
 ): Promise<{ workspace: WorkspaceRecord; removedEndpoints: EndpointRecord[] }> {
   const { record, revision } = await requireWorkspace(store, name);
-  const filter = `*.${workspaceIdHex(record.id)}.*`;
-  const before = await keysOf(store.endpoints, filter);
+  const selection = { workspace: workspaceIdHex(record.id) };
+  const before = await endpointRefs(store, selection);
   if (before.length > 0 && !opts.force) {
     throw new StoreError(
       'has-endpoints',
@@ -491,7 +767,7 @@ export async function deleteWorkspace(
   }
   const removed: EndpointRecord[] = [];
   const sweep = async (): Promise<void> => {
-    const keys = await keysOf(store.endpoints, filter);
+    const keys = (await endpointRefs(store, selection)).map((r) => r.logical);
     for (let i = 0; i < keys.length; i += 64) {
       const done = await Promise.all(keys.slice(i, i + 64).map((k) => removeEndpointByKey(store, k).catch(() => null)));
       for (const r of done) if (r) removed.push(r);
@@ -567,6 +843,7 @@ async function register(store: Store, at: Resolved, spec: EndpointSpec): Promise
   } catch (e) {
     throw invalidInput(e);
   }
+  const endpoints = await store.endpoints(at.region.name);
   const tries = 16;
   for (let i = 0; i < tries; i++) {
     const addr = makeEndpointAddress(at.workspace.id, at.region.id, store.random.endpointBits());
@@ -622,10 +899,18 @@ async function register(store: Store, at: Resolved, spec: EndpointSpec): Promise
       throw e;
     }
 
-    // 3. The endpoint itself: what agents apply.
+    // 3. The endpoint itself, in its region's bucket: what agents apply. While
+    // the first layout's bucket exists, there too, for agents not yet upgraded.
+    const value = enc(record);
+    const bucketKey = endpointBucketKey(record);
+    let epRevision: number | null = null;
     try {
-      await store.endpoints.create(key, enc(record));
+      epRevision = await endpoints.create(bucketKey, value);
+      const legacy = await store.legacyEndpoints();
+      // put with previousSeq 0 is create without kv.create's second try, whose read of a deleted bucket would wait for its timeout.
+      if (legacy) await ifLegacyExists(store, () => legacy.put(key, value, { previousSeq: 0 }), 0);
     } catch (e) {
+      if (epRevision !== null) await endpoints.delete(bucketKey, { previousSeq: epRevision }).catch(() => undefined);
       await store.ifnames.delete(ifnameKey(spec.node, ifname), { previousSeq: ifRevision }).catch(() => undefined);
       await burnAddress();
       throw e;
@@ -702,10 +987,10 @@ async function endpointKeyOfAddress(store: Store, address: string): Promise<{ ke
   const addr = parseAddressArg(address);
   const e = await getLive(store.addresses, addressKey(addr));
   if (!e) {
-    // No claim: only an entry written past i6pnctl can have this address. Find it by its key.
-    const keys = await keysOf(store.endpoints, `*.${workspaceIdHex(workspaceOf(addr))}.${endpointIdOf(addr)}`);
-    if (keys.length === 0) throw new StoreError('not-found', `no endpoint has address ${formatAddress(addr)}`, 'list endpoints with `i6pnctl endpoint list`');
-    return { key: keys[0]!, addr, state: 'active' };
+    // No claim: only an entry written past i6pnctl can have this address. Find it by its key, in any region's bucket.
+    const refs = await endpointRefs(store, { workspace: workspaceIdHex(workspaceOf(addr)), endpoint: endpointIdOf(addr) });
+    if (refs.length === 0) throw new StoreError('not-found', `no endpoint has address ${formatAddress(addr)}`, 'list endpoints with `i6pnctl endpoint list`');
+    return { key: refs[0]!.logical, addr, state: 'active' };
   }
   const rec = decodeOrThrow<AddressRecord>(addressRecord, ADDRESSES_BUCKET, e);
   return { key: rec.endpointKey, addr, state: rec.state };
@@ -714,23 +999,26 @@ async function endpointKeyOfAddress(store: Store, address: string): Promise<{ ke
 export async function getEndpoint(store: Store, address: string): Promise<EndpointRecord | null> {
   const { key, state } = await endpointKeyOfAddress(store, address);
   if (state === 'removed') return null;
-  const e = await getLive(store.endpoints, key);
-  if (!e) return null;
-  const v = validateEndpointEntry(e.key, e.value);
-  if (!v.ok) throw new StoreError('corrupt', `entry ${ENDPOINTS_BUCKET}/${e.key} is invalid (${v.reason}: ${v.message})`, 'fix or delete it with the nats CLI; only i6pnctl should write the store');
+  const found = await findEndpoint(store, key);
+  const at = found.current ?? found.legacy;
+  if (!at) return null;
+  const v = validateEndpointEntry(at.logical, at.entry.value);
+  if (!v.ok) throw new StoreError('corrupt', `entry ${at.bucket}/${at.key} is invalid (${v.reason}: ${v.message})`, 'fix or delete it with the nats CLI; only i6pnctl should write the store');
   return v.record;
 }
 
 /**
- * Remove an endpoint by key: the endpoint entry (agents stop allowing it),
- * then its interface claim, then its address is marked removed (kept forever).
- * Returns the removed record, or null if there was no endpoint under the key.
+ * Remove an endpoint by its store-wide key: the endpoint entry (agents stop
+ * allowing it; both layouts during an upgrade), then its interface claim, then
+ * its address is marked removed (kept forever). Returns the removed record, or
+ * null if there was no valid endpoint under the key.
  */
 async function removeEndpointByKey(store: Store, key: string): Promise<EndpointRecord | null> {
-  const e = await getLive(store.endpoints, key);
-  if (!e) return null;
-  const v = validateEndpointEntry(e.key, e.value);
-  await store.endpoints.delete(key, { previousSeq: e.revision });
+  const found = await findEndpoint(store, key);
+  const at = found.current ?? found.legacy;
+  if (!at) return null;
+  const v = validateEndpointEntry(key, at.entry.value);
+  await deleteEndpointEntries(store, found, key);
   if (!v.ok) return null;
   await finishRemoval(store, v.record, v.addr, key);
   return v.record;
@@ -775,8 +1063,9 @@ async function finishRemoval(store: Store, record: Pick<EndpointRecord, 'node' |
 export async function removeEndpoint(store: Store, address: string): Promise<EndpointRecord> {
   const { key, addr, state } = await endpointKeyOfAddress(store, address);
   if (state === 'removed') throw new StoreError('not-found', `endpoint ${formatAddress(addr)} was already removed`, 'list live endpoints with `i6pnctl endpoint list`');
-  const e = await getLive(store.endpoints, key);
-  if (!e) {
+  const found = await findEndpoint(store, key);
+  const at = found.current ?? found.legacy;
+  if (!at) {
     // Registration or removal died half-way: clear what is left of it.
     for (const c of await readAll(store.ifnames, '>')) {
       const d = decodeRecord(ifnameRecord, c.value);
@@ -785,16 +1074,11 @@ export async function removeEndpoint(store: Store, address: string): Promise<End
     await finishRemoval(store, { node: '', ifname: '', address: formatAddress(addr) }, addr, key);
     throw new StoreError('not-found', `no endpoint has address ${formatAddress(addr)} (a half-finished registration was cleared)`, 'nothing more to do');
   }
-  const v = validateEndpointEntry(e.key, e.value);
-  try {
-    await store.endpoints.delete(key, { previousSeq: e.revision });
-  } catch (err) {
-    if (isConflict(err)) throw new StoreError('conflict', `endpoint ${formatAddress(addr)} changed while it was being removed`, 'run the command again');
-    throw err;
-  }
+  const v = validateEndpointEntry(key, at.entry.value);
+  await deleteEndpointEntries(store, found, formatAddress(addr));
   if (!v.ok) {
     await finishRemoval(store, { node: '', ifname: '', address: formatAddress(addr) }, addr, key);
-    throw new StoreError('corrupt', `endpoint entry ${ENDPOINTS_BUCKET}/${key} was invalid (${v.reason}: ${v.message}); it has been deleted`, 'nothing more to do');
+    throw new StoreError('corrupt', `endpoint entry ${at.bucket}/${at.key} was invalid (${v.reason}: ${v.message}); it has been deleted`, 'nothing more to do');
   }
   await finishRemoval(store, v.record, v.addr, key);
   return v.record;
@@ -818,15 +1102,11 @@ export async function listEndpoints(store: Store, filter: EndpointFilter = {}): 
       throw invalidInput(e);
     }
   }
-  // One wildcard filter per watch/keys call (nats-server 2.9 takes no more).
-  const subject = filter.region !== undefined ? `${filter.region}.${wsHex}.*` : wsHex === '*' ? '>' : `*.${wsHex}.*`;
-  const endpoints: EndpointRecord[] = [];
-  const invalid: InvalidEntry[] = [];
-  for (const e of await readAll(store.endpoints, subject)) {
-    const v = validateEndpointEntry(e.key, e.value);
-    if (!v.ok) invalid.push({ bucket: ENDPOINTS_BUCKET, key: e.key, reason: v.reason, message: v.message });
-    else if (filter.node === undefined || v.record.node === filter.node) endpoints.push(v.record);
-  }
+  // One region's bucket, or every one's; one wildcard filter per keys call (nats-server 2.9 takes no more).
+  const { valid, invalid } = validateEndpoints(
+    await endpointEntries(store, { ...(filter.region !== undefined ? { region: filter.region } : {}), ...(wsHex !== '*' ? { workspace: wsHex } : {}) }),
+  );
+  const endpoints = valid.map((e) => e.record).filter((r) => filter.node === undefined || r.node === filter.node);
   return { endpoints: sortEndpoints(endpoints), invalid };
 }
 
@@ -845,16 +1125,12 @@ export async function peersOf(store: Store, address: string): Promise<{ endpoint
   const endpoint = await getEndpoint(store, address);
   if (!endpoint) throw new StoreError('not-found', `no live endpoint has address ${formatAddress(parseAddressArg(address))}`, 'list endpoints with `i6pnctl endpoint list`');
   const addr = parseAddress(endpoint.address);
-  const subject = `${endpoint.region}.${workspaceIdHex(workspaceOf(addr))}.*`;
   const peers: EndpointRecord[] = [];
   const invalid: InvalidEntry[] = [];
   if (endpoint.i6pn) {
-    for (const e of await readAll(store.endpoints, subject)) {
-      const v = validateEndpointEntry(e.key, e.value);
-      if (!v.ok) {
-        invalid.push({ bucket: ENDPOINTS_BUCKET, key: e.key, reason: v.reason, message: v.message });
-        continue;
-      }
+    const read = validateEndpoints(await endpointEntries(store, { region: endpoint.region, workspace: workspaceIdHex(workspaceOf(addr)) }));
+    invalid.push(...read.invalid);
+    for (const v of read.valid) {
       if (v.record.address === endpoint.address || !v.record.i6pn) continue;
       if (workspaceOf(v.addr) !== workspaceOf(addr) || regionOf(v.addr) !== regionOf(addr)) continue;
       peers.push(v.record);
@@ -902,18 +1178,214 @@ export async function listNodes(
 /** Counts of a workspace's endpoints per region (for `workspace show`). */
 export async function workspaceEndpointCounts(store: Store, workspace: WorkspaceRecord): Promise<{ total: number; byRegion: Record<string, number>; invalid: InvalidEntry[] }> {
   const byRegion: Record<string, number> = {};
-  const invalid: InvalidEntry[] = [];
-  let total = 0;
-  for (const e of await readAll(store.endpoints, `*.${workspaceIdHex(workspace.id)}.*`)) {
-    const v = validateEndpointEntry(e.key, e.value);
-    if (!v.ok) {
-      invalid.push({ bucket: ENDPOINTS_BUCKET, key: e.key, reason: v.reason, message: v.message });
-      continue;
-    }
-    total++;
-    byRegion[v.record.region] = (byRegion[v.record.region] ?? 0) + 1;
+  const { valid, invalid } = validateEndpoints(await endpointEntries(store, { workspace: workspaceIdHex(workspace.id) }));
+  for (const v of valid) byRegion[v.record.region] = (byRegion[v.record.region] ?? 0) + 1;
+  return { total: valid.length, byRegion, invalid };
+}
+
+// ---------------------------------------------------------------- migration from the first layout
+
+/** An endpoint that the region bucket holds with another value than the first layout's bucket: not overwritten. */
+export interface MigrateConflict {
+  /** The region bucket and the key in it (the entry to look at). */
+  bucket: string;
+  key: string;
+  message: string;
+}
+
+/** A live agent that reports a version older than this i6pnctl's, or one that cannot be compared. */
+export interface OldAgent {
+  name: string;
+  region: string;
+  version: string;
+}
+
+export interface MigrateReport {
+  /** LEGACY_ENDPOINTS_BUCKET. */
+  legacyBucket: string;
+  /** Whether it exists; false: nothing to migrate (and nothing else was done). */
+  found: boolean;
+  /** The endpoints bucket of every registered region, each created if it was absent. */
+  buckets: string[];
+  /** Live entries in the legacy bucket. */
+  entries: number;
+  /** Created in their region's bucket by this run. */
+  copied: number;
+  /** Already in their region's bucket with the same value (a run before, or i6pnctl's double write). */
+  unchanged: number;
+  /** Removed or rewritten in the legacy bucket while this run copied them: not copied (run migrate again). */
+  changedMeanwhile: number;
+  conflicts: MigrateConflict[];
+  /** Legacy entries that break the schema or name a region that is not registered: skipped (agents never applied them). */
+  invalid: InvalidEntry[];
+  /** Live agents (heartbeat not stale) older than this version: they still read the legacy bucket. */
+  oldAgents: OldAgent[];
+  /** The legacy bucket was deleted (finish). */
+  finished: boolean;
+}
+
+export interface MigrateOptions {
+  /** This i6pnctl's version (package.json; an agent of the same release reports the same). */
+  version: string;
+  /** After copying, delete the legacy bucket: refused while `oldAgents` or `conflicts` are not empty, unless `force`. */
+  finish?: boolean;
+  force?: boolean;
+  /** Heartbeat age past which an agent is not counted (default DEFAULT_STALE_AFTER_MS). */
+  staleAfterMs?: number;
+}
+
+const VERSION_PATTERN = /^v?(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]*)?$/;
+
+/**
+ * Orders two versions `MAJOR.MINOR.PATCH[-pre][+build]` as semver does
+ * (`0.2.0-rc.1` < `0.2.0` < `0.10.0`); null when either is not one.
+ */
+export function compareVersions(a: string, b: string): number | null {
+  const pa = VERSION_PATTERN.exec(a);
+  const pb = VERSION_PATTERN.exec(b);
+  if (!pa || !pb) return null;
+  for (let i = 1; i <= 3; i++) {
+    const d = Number(pa[i]) - Number(pb[i]);
+    if (d !== 0) return Math.sign(d);
   }
-  return { total, byRegion, invalid };
+  const [ra, rb] = [pa[4], pb[4]];
+  if (ra === undefined || rb === undefined) return ra === rb ? 0 : ra === undefined ? 1 : -1;
+  const ia = ra.split('.');
+  const ib = rb.split('.');
+  for (let i = 0; i < Math.max(ia.length, ib.length); i++) {
+    const [x, y] = [ia[i], ib[i]];
+    if (x === undefined || y === undefined) return x === undefined ? -1 : 1;
+    const nx = /^\d+$/.test(x);
+    const ny = /^\d+$/.test(y);
+    const d = nx && ny ? Number(x) - Number(y) : nx !== ny ? (nx ? -1 : 1) : x < y ? -1 : x > y ? 1 : 0;
+    if (d !== 0) return Math.sign(d);
+  }
+  return 0;
+}
+
+/** Two values of one endpoint are the same: the same bytes, or the same valid record. */
+function sameEndpoint(logical: string, a: Uint8Array, b: Uint8Array): boolean {
+  if (Buffer.from(a).equals(Buffer.from(b))) return true;
+  const va = validateEndpointEntry(logical, a);
+  const vb = validateEndpointEntry(logical, b);
+  return va.ok && vb.ok && JSON.stringify(va.record) === JSON.stringify(vb.record);
+}
+
+/**
+ * Copy one legacy entry into its region's bucket, create-if-absent. After the
+ * copy the legacy entry must still be there, unchanged: a removal that ran in
+ * between deleted it before the copy existed, so the copy is deleted again
+ * (see deleteEndpointEntries).
+ */
+async function copyLegacyEntry(legacy: KV, kv: KV, bucket: string, key: string, e: KvEntry): Promise<'copied' | 'unchanged' | 'changed' | MigrateConflict> {
+  for (let attempt = 0; attempt < 4; attempt++) {
+    let revision: number;
+    try {
+      revision = await kv.create(key, e.value);
+    } catch (err) {
+      if (!isConflict(err)) throw err;
+      const there = await getLive(kv, key);
+      if (!there) continue; // removed in between: try again
+      if (sameEndpoint(e.key, there.value, e.value)) return 'unchanged';
+      return { bucket, key, message: `holds another value than ${LEGACY_ENDPOINTS_BUCKET}/${e.key}; not overwritten` };
+    }
+    const still = await getLive(legacy, e.key);
+    if (still?.revision === e.revision) return 'copied';
+    await kv.delete(key, { previousSeq: revision }).catch(() => undefined);
+    return 'changed';
+  }
+  return 'changed';
+}
+
+/**
+ * `i6pnctl migrate`: copy every entry of the first layout's bucket into its
+ * region's bucket (creating the bucket of every registered region), never
+ * overwriting: an entry already there with the same value counts as
+ * unchanged, one with another value is a conflict, an invalid legacy entry
+ * is skipped. Running it again changes nothing. With `finish`, the legacy
+ * bucket is then deleted, unless a live agent (its heartbeat not stale)
+ * reports an older version than `version`, or conflicts remain: StoreError
+ * 'upgrade-pending', unless `force`. Without a legacy bucket it does nothing
+ * (`found: false`).
+ */
+export async function migrateEndpoints(store: Store, opts: MigrateOptions): Promise<MigrateReport> {
+  const report: MigrateReport = {
+    legacyBucket: LEGACY_ENDPOINTS_BUCKET,
+    found: false,
+    buckets: [],
+    entries: 0,
+    copied: 0,
+    unchanged: 0,
+    changedMeanwhile: 0,
+    conflicts: [],
+    invalid: [],
+    oldAgents: [],
+    finished: false,
+  };
+  const legacy = await store.legacyEndpoints({ recheck: true });
+  if (!legacy) return report;
+  report.found = true;
+
+  const { regions } = await listRegions(store);
+  const registered = new Set(regions.map((r) => r.name));
+  for (const r of regions) {
+    await store.endpoints(r.name);
+    report.buckets.push(endpointsBucket(r.name));
+  }
+
+  const keys = await keysOf(legacy, '>');
+  const settled = await settleLimited(keys, 64, async (legacyKey) => {
+    const e = await getLive(legacy, legacyKey);
+    if (!e) return;
+    report.entries++;
+    const v = validateEndpointEntry(legacyKey, e.value);
+    if (!v.ok) {
+      report.invalid.push({ bucket: LEGACY_ENDPOINTS_BUCKET, key: legacyKey, reason: v.reason, message: v.message });
+      return;
+    }
+    const loc = locateEndpointKey(legacyKey)!;
+    if (!registered.has(loc.region)) {
+      report.invalid.push({ bucket: LEGACY_ENDPOINTS_BUCKET, key: legacyKey, reason: 'key', message: `region ${JSON.stringify(loc.region)} is not registered, so it has no endpoints bucket` });
+      return;
+    }
+    const r = await copyLegacyEntry(legacy, await store.endpoints(loc.region), loc.bucket, loc.key, e);
+    if (r === 'copied') report.copied++;
+    else if (r === 'unchanged') report.unchanged++;
+    else if (r === 'changed') report.changedMeanwhile++;
+    else report.conflicts.push(r);
+  });
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed) throw failed.reason;
+  report.conflicts.sort((a, b) => a.bucket.localeCompare(b.bucket) || a.key.localeCompare(b.key));
+  report.invalid.sort((a, b) => a.key.localeCompare(b.key));
+
+  const { nodes } = await listNodes(store, { staleAfterMs: opts.staleAfterMs ?? DEFAULT_STALE_AFTER_MS });
+  report.oldAgents = nodes
+    .filter((n) => !n.stale && (compareVersions(n.version, opts.version) ?? -1) < 0)
+    .map((n) => ({ name: n.name, region: n.region, version: n.version }));
+  if (!opts.finish) return report;
+
+  if (!opts.force && report.oldAgents.length > 0) {
+    const n = report.oldAgents.length;
+    const list = report.oldAgents.slice(0, 5).map((a) => `${a.name} (${a.version})`).join(', ');
+    throw new StoreError(
+      'upgrade-pending',
+      `${n} live agent${n === 1 ? '' : 's'} report${n === 1 ? 's' : ''} a version older than ${opts.version} and still read${n === 1 ? 's' : ''} ${LEGACY_ENDPOINTS_BUCKET}: ${list}${n > 5 ? `, and ${n - 5} more` : ''}`,
+      'upgrade them first (`i6pnctl node list` shows their versions), or pass --force; the legacy bucket is kept',
+    );
+  }
+  if (!opts.force && report.conflicts.length > 0) {
+    const n = report.conflicts.length;
+    throw new StoreError(
+      'upgrade-pending',
+      `${n} endpoint${n === 1 ? '' : 's'} differ${n === 1 ? 's' : ''} between ${LEGACY_ENDPOINTS_BUCKET} and the region buckets (first: ${report.conflicts[0]!.bucket}/${report.conflicts[0]!.key})`,
+      'see `i6pnctl migrate` for the list and fix or delete the entries with the nats CLI, or pass --force to keep the region buckets\' values; the legacy bucket is kept',
+    );
+  }
+  await ifLegacyExists(store, () => legacy.destroy(), true);
+  await store.legacyEndpoints({ recheck: true });
+  report.finished = true;
+  return report;
 }
 
 export { addressHex, regionIdHex, workspaceIdHex };

@@ -27,7 +27,7 @@ let url = '';
 test.before(async () => {
   await env.create();
   init(dir);
-  issueAgent(dir, 'n1');
+  issueAgent(dir, 'n1', 'ams');
   issueController(dir);
   const port = await freePort('::1');
   writeFileSync(join(dir, 'server.conf'), `listen: "[::]:${port}"\njetstream { store_dir: "${join(dir, 'js')}" }\ninclude ./auth.conf\n`);

@@ -9,9 +9,11 @@ import anyTest, { type TestFn } from 'ava';
 import { formatAddress, isPrivate, makeEndpointAddress as makeEndpointAddressFor, parseAddress, regionOf, workspaceOf, workspaceSubnet } from '../lib/address.js';
 import {
   ADDRESSES_BUCKET,
+  ENDPOINTS_HISTORY,
   addressKey,
   addressRecord,
   decodeRecord,
+  endpointBucketKey,
   endpointKey,
   workspaceIdKey,
   workspaceRecord,
@@ -313,6 +315,55 @@ test.serial('1000 concurrent endpoint registrations: unique addresses, none lost
   t.true(onNode.endpoints.every((e) => e.node === node3 && e.workspace === a.ws));
 });
 
+test('endpoints live in their region\'s bucket, keyed <workspace id>.<endpoint id>, one value per key', async (t) => {
+  const { store } = t.context;
+  const a = await setup(store);
+  const b = await setup(store);
+  // The region's bucket exists as soon as the region does (its agents read it from the start).
+  t.true((await store.endpointRegions()).includes(a.region));
+  const ea = await addEndpoint(store, { workspace: a.ws, region: a.region, node: a.nodeA, ifname: 'veth0' });
+  const eb = await addEndpoint(store, { workspace: b.ws, region: b.region, node: b.nodeA, ifname: 'veth0' });
+  const ka = await store.endpoints(a.region);
+  const st = await ka.status();
+  t.is(st.bucket, `i6pn_endpoints_${a.region}`);
+  t.is(st.history, 1);
+  const keysIn = async (region: string): Promise<string[]> => {
+    const out: string[] = [];
+    for await (const k of await (await store.endpoints(region)).keys()) out.push(k);
+    return out;
+  };
+  t.deepEqual(await keysIn(a.region), [endpointBucketKey(ea)]);
+  t.deepEqual(await keysIn(b.region), [endpointBucketKey(eb)]);
+  t.is(endpointKey(ea), `${a.region}.${endpointBucketKey(ea)}`);
+  t.deepEqual((await ka.get(endpointBucketKey(ea)))?.json(), ea);
+  // The claims still name the endpoint store-wide.
+  t.like(decodeRecord(addressRecord, (await store.addresses.get(addressKey(parseAddress(ea.address))))?.value), { ok: true, record: { endpointKey: endpointKey(ea) } });
+  // History 1: a rewrite replaces the value.
+  await ka.put(endpointBucketKey(ea), JSON.stringify(ea));
+  const history: number[] = [];
+  for await (const h of await ka.history({ key: endpointBucketKey(ea) })) history.push(h.revision);
+  t.is(history.length, 1);
+  // Lists: one region reads its bucket, no filter reads them all.
+  t.deepEqual((await listEndpoints(store, { region: a.region })).endpoints, [ea]);
+  const all = (await listEndpoints(store)).endpoints.map((e) => e.address);
+  t.true(all.includes(ea.address) && all.includes(eb.address));
+  t.deepEqual(await getEndpoint(store, eb.address), eb);
+  t.deepEqual(await removeEndpoint(store, eb.address), eb);
+  t.deepEqual(await keysIn(b.region), []);
+});
+
+test('a region that is not registered gets no endpoints bucket', async (t) => {
+  const { store } = t.context;
+  const ghost = name('r');
+  await expectStoreError(t, store.endpoints(ghost), 'not-found', `unknown region "${ghost}" (list regions with \`i6pnctl region list\` or add it with \`i6pnctl region add NAME\`)`);
+  await expectStoreError(t, store.endpoints('Bad.Region'), 'invalid', 'invalid region name "Bad.Region" (use a lowercase letter followed by up to 30 lowercase letters, digits or dashes)');
+  t.false((await store.endpointRegions()).includes(ghost));
+  // Asked again: still refused (a failure is not cached as a bucket), and created once the region is added.
+  await expectStoreError(t, store.endpoints(ghost), 'not-found', `unknown region "${ghost}" (list regions with \`i6pnctl region list\` or add it with \`i6pnctl region add NAME\`)`);
+  await addRegion(store, ghost);
+  t.is((await (await store.endpoints(ghost)).status()).bucket, `i6pn_endpoints_${ghost}`);
+});
+
 test('a removed endpoint\'s address is never handed out again', async (t) => {
   const at = await setup(t.context.store);
   const x = Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8]);
@@ -430,7 +481,7 @@ test.serial('an endpoint racing its workspace\'s deletion is undone', async (t) 
   await del;
   for (const r of results) if (r instanceof StoreError) t.is(r.code, 'not-found');
   let left: string[] = [];
-  for await (const k of await store.endpoints.keys(`*.${at.wsId.toString(16).padStart(8, '0')}.*`)) left.push(k);
+  for await (const k of await (await store.endpoints(at.region)).keys(`${at.wsId.toString(16).padStart(8, '0')}.*`)) left.push(k);
   t.deepEqual(left, []);
 });
 
@@ -461,19 +512,22 @@ test('entries written by hand that break the schema are reported by list, not ap
   const at = await setup(store);
   const good = await addEndpoint(store, { workspace: at.ws, region: at.region, node: at.nodeA, ifname: 'veth0' });
   const wsHex = at.wsId.toString(16).padStart(8, '0');
-  await store.endpoints.put(`${at.region}.${wsHex}.00000000000000aa`, 'this is not json');
-  await store.endpoints.put(`${at.region}.${wsHex}.00000000000000bb`, JSON.stringify({ ...good, v: 2 }));
-  await store.endpoints.put(`${at.region}.${wsHex}.00000000000000cc`, JSON.stringify(good));
+  const bucket = await store.endpoints(at.region);
+  await bucket.put(`${wsHex}.00000000000000aa`, 'this is not json');
+  await bucket.put(`${wsHex}.00000000000000bb`, JSON.stringify({ ...good, v: 2 }));
+  await bucket.put(`${wsHex}.00000000000000cc`, JSON.stringify(good));
   const r = await listEndpoints(store, { workspace: at.ws });
   t.deepEqual(r.endpoints, [good]);
+  // Named as the store holds them: the region's bucket and the key in it.
   t.deepEqual(
     r.invalid.map((i) => [i.bucket, i.key, i.reason]),
     [
-      ['i6pn_endpoints', `${at.region}.${wsHex}.00000000000000aa`, 'json'],
-      ['i6pn_endpoints', `${at.region}.${wsHex}.00000000000000bb`, 'schema'],
-      ['i6pn_endpoints', `${at.region}.${wsHex}.00000000000000cc`, 'key'],
+      [`i6pn_endpoints_${at.region}`, `${wsHex}.00000000000000aa`, 'json'],
+      [`i6pn_endpoints_${at.region}`, `${wsHex}.00000000000000bb`, 'schema'],
+      [`i6pn_endpoints_${at.region}`, `${wsHex}.00000000000000cc`, 'key'],
     ],
   );
+  t.is(r.invalid[2]!.message, `key ${at.region}.${wsHex}.00000000000000cc does not match the record (expected ${endpointKey(good)})`);
   t.is(r.invalid[1]!.message, 'v: Invalid input: expected 1');
   // peers reports them too, and skips them.
   const p = await peersOf(store, good.address);
@@ -528,14 +582,16 @@ test('bucket settings apply when the store creates the buckets, and existing buc
   const nats = await startNats();
   try {
     const s1 = await connectStore({ servers: nats.url, history: 3, storage: 'memory' });
-    const st = await s1.endpoints.status();
-    t.is(st.history, 3);
+    await addRegion(s1, 'eu-west');
+    const st = await (await s1.endpoints('eu-west')).status();
+    t.is(st.history, ENDPOINTS_HISTORY, 'an endpoints bucket keeps one value per key whatever --kv-history says');
     t.is(st.storage, 'memory');
     t.is(st.replicas, 1);
-    t.is(st.bucket, 'i6pn_endpoints');
+    t.is(st.bucket, 'i6pn_endpoints_eu-west');
+    t.is((await s1.workspaces.status()).history, 3);
     await s1.close();
     const s2 = await connectStore({ servers: nats.url, history: 10 });
-    t.is((await s2.endpoints.status()).history, 3);
+    t.is((await (await s2.endpoints('eu-west')).status()).history, 1);
     t.is((await s2.workspaces.status()).history, 3);
     await s2.close();
   } finally {
@@ -544,11 +600,14 @@ test('bucket settings apply when the store creates the buckets, and existing buc
   const fresh = await startNats();
   try {
     const s = await connectStore({ servers: fresh.url });
-    for (const kv of [s.regions, s.workspaces, s.endpoints, s.addresses, s.ifnames, s.nodes]) {
+    for (const kv of [s.regions, s.workspaces, s.addresses, s.ifnames, s.nodes]) {
       const st = await kv.status();
       t.is(st.history, 5);
       t.is(st.storage, 'file');
     }
+    // No endpoints bucket until a region is added, and never the first layout's.
+    t.deepEqual(await s.endpointRegions(), []);
+    t.is(await s.legacyEndpoints(), null);
     await s.close();
   } finally {
     await fresh.destroy();
@@ -561,7 +620,7 @@ test('an endpoint written past i6pnctl (no address claim) can still be removed, 
   const bits = Uint8Array.from([0xab, 0xcd, 0, 0, 0, 0, 0, 1]);
   const addr = formatAddress(makeEndpointAddressFor(at.wsId, at.regionId, bits));
   const record = { v: 1, address: addr, workspace: at.ws, workspaceId: at.wsId, region: at.region, regionId: at.regionId, node: at.nodeA, ifname: 'hand0', i6pn: true, createdAt: new Date().toISOString() };
-  await store.endpoints.put(endpointKey(record), JSON.stringify(record));
+  await (await store.endpoints(at.region)).put(endpointBucketKey(record), JSON.stringify(record));
   t.deepEqual((await peersOf(store, addr)).endpoint, record);
   t.deepEqual(await removeEndpoint(store, addr), record);
   t.like(decodeRecord(addressRecord, (await store.addresses.get(addressKey(parseAddress(addr))))?.value), { ok: true, record: { state: 'removed', address: addr } });

@@ -1,8 +1,10 @@
 // The NATS identities of deploy/nats/ against a real nats-server: an agent's
-// credentials read the membership buckets and write only their own node's
-// heartbeat key; they cannot write membership or another node's key. Runs
-// once on a single server and once on the three-server production
-// configuration (deploy/nats/nats-server.conf, TLS on clients and routes).
+// credentials read the regions and nodes buckets and its own region's
+// endpoints bucket (also with a pull consumer), no other region's, and write
+// only their own node's heartbeat key; they cannot write membership or another
+// node's key. Runs once on a single server and once on the three-server
+// production configuration (deploy/nats/nats-server.conf, TLS on clients and
+// routes).
 import test, { type ExecutionContext } from "ava";
 import { parseAllDocuments } from "yaml";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
@@ -12,9 +14,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { connect, credsAuthenticator, nkeys, type NatsConnection } from "@nats-io/transport-node";
-import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
-import { AGENT_BUCKETS, agentPermissions, assertNodeName, BUCKETS, credsFile, init, issueAgent, issueController } from "../deploy/nats/i6pn-nats-auth.js";
+import { AGENT_BUCKETS, agentBuckets, agentPermissions, assertNodeName, assertRegionName, BUCKETS, credsFile, init, issueAgent, issueController } from "../deploy/nats/i6pn-nats-auth.js";
+import { ENDPOINTS_HISTORY, endpointsBucket, LEGACY_ENDPOINTS_BUCKET } from "../lib/schema.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const prodConf = join(root, "deploy/nats/nats-server.conf");
@@ -112,132 +115,211 @@ async function outcome(op: () => Promise<unknown>): Promise<string> {
   }
 }
 
+const R1 = endpointsBucket("r1");
+const R2 = endpointsBucket("r2");
+
+/** The agents checkPermissions expects in dir/agents: node-a of r1, and node-u of r1 issued for the upgrade (--legacy-endpoints). */
+function issueAgents(dir: string): void {
+  issueAgent(dir, "node-a", "r1");
+  issueAgent(dir, "node-u", "r1", { legacyEndpoints: true });
+}
+
 /**
- * The controller creates the buckets and writes an endpoint; node-a's agent
- * reads it (get, watch, keys) and heartbeats; everything else it tries fails
- * with a permission error and changes nothing.
+ * The controller creates the buckets (the fixed ones, r1's and r2's endpoints
+ * buckets, and the first layout's) and writes endpoints; node-a's agent of r1
+ * reads r1's (get, watch, keys, a pull consumer) and heartbeats; everything
+ * else it tries fails with a permission error and changes nothing.
  */
 async function checkPermissions(t: ExecutionContext, dir: string, controllerEp: Endpoint, agentEp: Endpoint, replicas: number) {
   const ctl = await connectAs(t, controllerEp, join(dir, "controller.creds"), "i6pnctl");
   const kvm = new Kvm(ctl);
   const buckets = new Map<string, KV>();
   for (const b of BUCKETS) buckets.set(b, await until(`create ${b}`, () => kvm.create(b, { history: 1, replicas }), 60_000));
-  const endpoints = buckets.get("i6pn_endpoints")!;
+  for (const b of [R1, R2]) buckets.set(b, await until(`create ${b}`, () => kvm.create(b, { history: ENDPOINTS_HISTORY, replicas }), 60_000));
+  const legacy = await until(`create ${LEGACY_ENDPOINTS_BUCKET}`, () => kvm.create(LEGACY_ENDPOINTS_BUCKET, { history: 5, replicas }), 60_000);
+  const endpoints = buckets.get(R1)!;
   const nodes = buckets.get("i6pn_nodes")!;
   const entry = JSON.stringify({ v: 1, address: "fdaa:0:1:1::1" });
-  await endpoints.put("r1.w1.e1", entry);
+  await endpoints.put("w1.e1", entry);
+  await buckets.get(R2)!.put("w2.e2", entry);
+  await legacy.put("r1.w1.e1", entry);
   await nodes.put("node-b", "controller wrote node-b");
 
   const agent = await connectAs(t, agentEp, join(dir, "agents/node-a.creds"), "i6pn-agent@node-a");
   const akvm = new Kvm(agent);
-  const aEndpoints = await akvm.open("i6pn_endpoints");
+  const aEndpoints = await akvm.open(R1);
   const aNodes = await akvm.open("i6pn_nodes");
 
-  // Reads: get, a watch with the initial values, keys.
-  t.is((await aEndpoints.get("r1.w1.e1"))?.string(), entry);
-  const watch = await aEndpoints.watch({ key: "r1.>" });
+  // Reads of its region's bucket: get, a watch with the initial values, keys.
+  t.is((await aEndpoints.get("w1.e1"))?.string(), entry);
+  const watch = await aEndpoints.watch();
   let watched: string | undefined;
   for await (const e of watch) {
     watched = `${e.key}=${e.string()}`;
     break;
   }
   watch.stop();
-  t.is(watched, `r1.w1.e1=${entry}`);
+  t.is(watched, `w1.e1=${entry}`);
   const keys: string[] = [];
-  for await (const k of await aEndpoints.keys("r1.>")) keys.push(k);
-  t.deepEqual(keys, ["r1.w1.e1"]);
-  // The agent's own reader (agent/watch.ts): an ordered push consumer on the
-  // bucket's stream, filtered to its region, last value per key.
-  const consumer = await jetstream(agent).consumers.getPushConsumer("KV_i6pn_endpoints", {
-    filter_subjects: "$KV.i6pn_endpoints.r1.>",
-    deliver_policy: DeliverPolicy.LastPerSubject,
-  });
-  t.is((await consumer.info(true)).num_pending, 1);
-  const messages = await consumer.consume();
-  for await (const m of messages) {
-    t.is(`${m.subject}=${m.string()}`, `$KV.i6pn_endpoints.r1.w1.e1=${entry}`);
-    break;
-  }
-  messages.stop();
-  for (const b of AGENT_BUCKETS) t.truthy(await (await akvm.open(b)).status(), `agent opens ${b}`);
-  // The controller's ledgers are closed to agents, even for reading.
-  for (const b of BUCKETS.filter((x) => !(AGENT_BUCKETS as readonly string[]).includes(x))) {
+  for await (const k of await aEndpoints.keys()) keys.push(k);
+  t.deepEqual(keys, ["w1.e1"]);
+  // The agent's own reader (agent/): the stream's info, then a pull consumer
+  // over the whole stream ($JS.API.CONSUMER.CREATE.<stream>), its batches
+  // ($JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>), its info, its deletion.
+  const stream = `KV_${R1}`;
+  const jsm = await jetstreamManager(agent);
+  t.is((await jsm.streams.info(stream)).state.messages, 1);
+  const created = await jsm.consumers.add(stream, { ack_policy: AckPolicy.None, deliver_policy: DeliverPolicy.All, inactive_threshold: 60_000_000_000, mem_storage: true });
+  const consumer = await jetstream(agent).consumers.get(stream, created.name);
+  const m = await consumer.next({ expires: 5000 });
+  t.is(`${m?.subject}=${m?.string()}`, `$KV.${R1}.w1.e1=${entry}`);
+  t.is((await consumer.info()).num_pending, 0);
+  t.true(await jsm.consumers.delete(stream, created.name));
+  for (const b of agentBuckets("r1")) t.truthy(await (await akvm.open(b)).status(), `agent opens ${b}`);
+  t.deepEqual(agentBuckets("r1").filter((b) => !(AGENT_BUCKETS as readonly string[]).includes(b)), [R1]);
+  // The controller's ledgers, other regions' endpoints and the first layout's bucket are closed to it, even for reading.
+  for (const b of [...BUCKETS.filter((x) => !(AGENT_BUCKETS as readonly string[]).includes(x)), R2, LEGACY_ENDPOINTS_BUCKET]) {
     const message = await outcome(() => akvm.open(b).then((kv) => kv.status()));
     t.is(PERMISSION.exec(message)?.[1], `$JS.API.STREAM.INFO.KV_${b}`, `agent reads ${b}: ${message}`);
   }
+  const otherRegion = await akvm.open(R2);
 
   // Its own heartbeat: allowed.
   t.is(await outcome(() => aNodes.put("node-a", "alive")), "ok");
   t.is((await nodes.get("node-a"))?.string(), "alive");
 
-  // Membership and other nodes' keys: permission errors.
-  const denied: [string, () => Promise<unknown>, string][] = [
-    ["put an endpoint", () => aEndpoints.put("r1.w1.e2", entry), "$KV.i6pn_endpoints.r1.w1.e2"],
-    ["overwrite an endpoint", () => aEndpoints.put("r1.w1.e1", "{}"), "$KV.i6pn_endpoints.r1.w1.e1"],
-    ["delete an endpoint", () => aEndpoints.delete("r1.w1.e1"), "$KV.i6pn_endpoints.r1.w1.e1"],
-    ["create an endpoint", () => aEndpoints.create("r1.w1.e3", entry), "$KV.i6pn_endpoints.r1.w1.e3"],
+  // Membership, other regions and other nodes' keys: permission errors.
+  const denied: [string, () => Promise<unknown>, string | RegExp][] = [
+    ["put an endpoint", () => aEndpoints.put("w1.e2", entry), `$KV.${R1}.w1.e2`],
+    ["overwrite an endpoint", () => aEndpoints.put("w1.e1", "{}"), `$KV.${R1}.w1.e1`],
+    ["delete an endpoint", () => aEndpoints.delete("w1.e1"), `$KV.${R1}.w1.e1`],
+    ["create an endpoint", () => aEndpoints.create("w1.e3", entry), `$KV.${R1}.w1.e3`],
+    ["get from another region", () => otherRegion.get("w2.e2"), `$JS.API.STREAM.MSG.GET.KV_${R2}`],
+    ["direct-get from another region", () => agent.request(`$JS.API.DIRECT.GET.KV_${R2}.$KV.${R2}.w2.e2`, "", { timeout: 2000 }), `$JS.API.DIRECT.GET.KV_${R2}.$KV.${R2}.w2.e2`],
+    ["watch another region", () => otherRegion.watch(), new RegExp(`^\\$JS\\.API\\.CONSUMER\\.CREATE\\.KV_${R2}\\.oc_\\w+\\.\\$KV\\.${R2}\\.>$`)],
+    ["make a pull consumer on another region", () => jsm.consumers.add(`KV_${R2}`, { ack_policy: AckPolicy.None }), `$JS.API.CONSUMER.CREATE.KV_${R2}`],
+    ["pull from another region", () => agent.request(`$JS.API.CONSUMER.MSG.NEXT.KV_${R2}.c1`, '{"batch":1}', { timeout: 2000 }), `$JS.API.CONSUMER.MSG.NEXT.KV_${R2}.c1`],
+    ["pull from the first layout's bucket", () => agent.request(`$JS.API.CONSUMER.MSG.NEXT.KV_${LEGACY_ENDPOINTS_BUCKET}.c1`, '{"batch":1}', { timeout: 2000 }), `$JS.API.CONSUMER.MSG.NEXT.KV_${LEGACY_ENDPOINTS_BUCKET}.c1`],
     ["write another node's heartbeat", () => aNodes.put("node-b", "spoofed"), "$KV.i6pn_nodes.node-b"],
     ["write a key below its own", () => aNodes.put("node-a.x", "x"), "$KV.i6pn_nodes.node-a.x"],
     ["write a region", () => akvm.open("i6pn_regions").then((kv) => kv.put("r9", "{}")), "$KV.i6pn_regions.r9"],
-    ["purge the endpoints bucket", () => agent.request("$JS.API.STREAM.PURGE.KV_i6pn_endpoints", "{}", { timeout: 2000 }), "$JS.API.STREAM.PURGE.KV_i6pn_endpoints"],
-    ["delete the endpoints bucket", () => agent.request("$JS.API.STREAM.DELETE.KV_i6pn_endpoints", "", { timeout: 2000 }), "$JS.API.STREAM.DELETE.KV_i6pn_endpoints"],
+    ["purge its endpoints bucket", () => agent.request(`$JS.API.STREAM.PURGE.KV_${R1}`, "{}", { timeout: 2000 }), `$JS.API.STREAM.PURGE.KV_${R1}`],
+    ["delete its endpoints bucket", () => agent.request(`$JS.API.STREAM.DELETE.KV_${R1}`, "", { timeout: 2000 }), `$JS.API.STREAM.DELETE.KV_${R1}`],
     ["create a bucket", () => akvm.create("i6pn_rogue"), "$JS.API.STREAM.INFO.KV_i6pn_rogue"],
+    ["create another region's endpoints bucket", () => akvm.create(endpointsBucket("r3")), `$JS.API.STREAM.INFO.KV_${endpointsBucket("r3")}`],
   ];
   for (const [what, op, subject] of denied) {
     const message = await outcome(op);
     t.regex(message, PERMISSION, `agent could ${what}`);
-    t.is(PERMISSION.exec(message)?.[1], subject, what);
+    if (typeof subject === "string") t.is(PERMISSION.exec(message)?.[1], subject, what);
+    else t.regex(PERMISSION.exec(message)?.[1] ?? "", subject, what);
   }
+
+  // Issued for the upgrade (--legacy-endpoints), an agent also reads the first
+  // layout's bucket as the agents before 0.2.0 do (a filtered, ordered push
+  // consumer), and still writes none of it and reads no other region's bucket.
+  const upgrading = await connectAs(t, agentEp, join(dir, "agents/node-u.creds"), "i6pn-agent@node-u");
+  const ukvm = new Kvm(upgrading);
+  const uLegacy = await ukvm.open(LEGACY_ENDPOINTS_BUCKET);
+  t.is((await uLegacy.get("r1.w1.e1"))?.string(), entry);
+  const old = await jetstream(upgrading).consumers.getPushConsumer(`KV_${LEGACY_ENDPOINTS_BUCKET}`, {
+    filter_subjects: `$KV.${LEGACY_ENDPOINTS_BUCKET}.r1.>`,
+    deliver_policy: DeliverPolicy.LastPerSubject,
+  });
+  const messages = await old.consume();
+  for await (const msg of messages) {
+    t.is(`${msg.subject}=${msg.string()}`, `$KV.${LEGACY_ENDPOINTS_BUCKET}.r1.w1.e1=${entry}`);
+    break;
+  }
+  messages.stop();
+  t.is((await (await ukvm.open(R1)).get("w1.e1"))?.string(), entry);
+  t.is(PERMISSION.exec(await outcome(() => uLegacy.put("r1.w1.e9", entry)))?.[1], `$KV.${LEGACY_ENDPOINTS_BUCKET}.r1.w1.e9`);
+  t.is(PERMISSION.exec(await outcome(() => ukvm.open(R2).then((kv) => kv.status())))?.[1], `$JS.API.STREAM.INFO.KV_${R2}`);
 
   // Nothing changed, as the controller sees it; and the controller itself may
   // write what the agent may not (so the denials above are permissions).
-  t.is((await endpoints.get("r1.w1.e1"))?.string(), entry);
-  t.is(await endpoints.get("r1.w1.e2"), null);
+  t.is((await endpoints.get("w1.e1"))?.string(), entry);
+  t.is(await endpoints.get("w1.e2"), null);
+  t.is((await legacy.get("r1.w1.e9")), null);
   t.is((await nodes.get("node-b"))?.string(), "controller wrote node-b");
-  t.is(await outcome(() => endpoints.put("r1.w1.e2", entry)), "ok");
+  t.is(await outcome(() => endpoints.put("w1.e2", entry)), "ok");
   t.is(await outcome(() => nodes.put("node-a.x", "x")), "ok");
   t.true(agent.isClosed() === false, "permission errors do not close the agent's connection");
 }
 
 // ---------------------------------------------------------------- tests
 
-test.serial("agent permissions: node names with wildcards or spaces are refused", (t) => {
+test.serial("agent permissions: node and region names with wildcards or spaces are refused", (t) => {
   for (const bad of ["node-*", ">", "a.>", "a b", "Node-A", "", "-a", "a.", "a..b", "$SYS"]) {
     t.throws(() => assertNodeName(bad), { message: /not a Kubernetes node name/ }, JSON.stringify(bad));
+    t.throws(() => agentPermissions(bad, "r1"), { message: /not a Kubernetes node name/ }, JSON.stringify(bad));
+  }
+  for (const bad of ["r*", ">", "r1.>", "eu.west", "EU", "", "1r", "r 1"]) {
+    t.throws(() => assertRegionName(bad), { message: /not an i6pn region name/ }, JSON.stringify(bad));
+    t.throws(() => agentPermissions("node-a", bad), { message: /not an i6pn region name/ }, JSON.stringify(bad));
   }
   for (const good of ["node-a", "ip-10-0-0-1.ec2.internal", "n1"]) t.notThrows(() => assertNodeName(good));
-  const perms = agentPermissions("node-a");
+  const perms = agentPermissions("node-a", "eu-west");
   // Exactly one KV subject may be published, the node's own heartbeat key.
   t.deepEqual(perms.pub.allow.filter((s) => s.startsWith("$KV.")), ["$KV.i6pn_nodes.node-a"]);
   t.false(perms.pub.allow.some((s) => /\$JS\.API\.STREAM\.(CREATE|UPDATE|DELETE|PURGE|MSG\.DELETE)/.test(s)));
   t.false([...perms.pub.allow, ...perms.sub.allow].some((s) => s === ">" || s.startsWith("$KV.") && s.endsWith(">")));
+  // Endpoints: its own region's stream and no other, with the pull consumer's requests; no wildcard in a stream name.
+  const streams = new Set(perms.pub.allow.flatMap((s) => /KV_i6pn_endpoints[^.]*/.exec(s) ?? []));
+  t.deepEqual([...streams], ["KV_i6pn_endpoints_eu-west"]);
+  for (const s of ["$JS.API.STREAM.INFO.KV_i6pn_endpoints_eu-west", "$JS.API.CONSUMER.CREATE.KV_i6pn_endpoints_eu-west", "$JS.API.CONSUMER.MSG.NEXT.KV_i6pn_endpoints_eu-west.*", "$JS.API.CONSUMER.INFO.KV_i6pn_endpoints_eu-west.*", "$JS.API.CONSUMER.DELETE.KV_i6pn_endpoints_eu-west.*"]) {
+    t.true(perms.pub.allow.includes(s), s);
+  }
+  t.false(perms.pub.allow.some((s) => /KV_[^.]*[*>]/.test(s)));
+  // For the upgrade, the first layout's bucket too (read only).
+  const upgrading = agentPermissions("node-a", "eu-west", { legacyEndpoints: true });
+  t.deepEqual(upgrading.pub.allow.filter((s) => !perms.pub.allow.includes(s)).filter((s) => !s.includes("KV_i6pn_endpoints.") && !s.endsWith("KV_i6pn_endpoints")), []);
+  t.true(upgrading.pub.allow.includes("$JS.API.CONSUMER.CREATE.KV_i6pn_endpoints.>"));
+  t.deepEqual(upgrading.pub.allow.filter((s) => s.startsWith("$KV.")), ["$KV.i6pn_nodes.node-a"]);
 });
 
 test.serial("an agent's JWT fits the server's default 4 KB CONNECT line with room to spare", (t) => {
   const dir = tempDir(t);
   init(dir);
   const longest = `${"n".repeat(30)}.${"m".repeat(32)}`; // 63 characters, the longest node name
-  const jwt = /-----\n(\S+)\n------END NATS USER JWT/.exec(readFileSync(issueAgent(dir, longest), "utf8"))?.[1] ?? "";
-  t.true(jwt.length > 500, "no JWT found");
-  t.true(jwt.length < 3000, `agent JWT is ${jwt.length} bytes; the CONNECT line (JWT, signature, options) must stay under max_control_line 4096`);
+  const region = `r${"e".repeat(30)}`; // 31 characters, the longest region name
+  // Issued for the upgrade, 9 more subjects (the first layout's bucket): a
+  // smaller margin, for a while; the single-server test connects with it.
+  for (const [legacyEndpoints, bound] of [[false, 3000], [true, 3400]] as const) {
+    const jwt = /-----\n(\S+)\n------END NATS USER JWT/.exec(readFileSync(issueAgent(dir, longest, region, { legacyEndpoints }), "utf8"))?.[1] ?? "";
+    t.true(jwt.length > 500, "no JWT found");
+    t.true(jwt.length < bound, `agent JWT is ${jwt.length} bytes; the CONNECT line (JWT, signature, options) must stay under max_control_line 4096`);
+  }
 });
 
 test.serial("init refuses to replace existing keys and writes secrets mode 0600", (t) => {
   const dir = tempDir(t);
   init(dir);
   t.throws(() => init(dir), { message: /refusing to replace/ });
-  const creds = issueAgent(dir, "node-a");
+  const creds = issueAgent(dir, "node-a", "r1");
   for (const f of ["operator.nk", "sys.nk", "i6pn.nk", "agents/node-a.creds"]) t.is(statSync(join(dir, f)).mode & 0o777, 0o600, f);
   t.regex(readFileSync(creds, "utf8"), /-----BEGIN NATS USER JWT-----\n[\w-]+\.[\w-]+\.[\w-]+\n------END NATS USER JWT------[\s\S]*-----BEGIN USER NKEY SEED-----\nSU[A-Z2-7]+\n/);
-  const cli = spawnSync(process.execPath, ["--import=tsx", join(root, "deploy/nats/i6pn-nats-auth.ts"), "agent", dir, "bad>name"], { encoding: "utf8" });
-  t.is(cli.status, 1);
-  t.regex(cli.stderr, /not a Kubernetes node name/);
+  const auth = (...args: string[]) => spawnSync(process.execPath, ["--import=tsx", join(root, "deploy/nats/i6pn-nats-auth.ts"), "agent", dir, ...args], { encoding: "utf8" });
+  const badNode = auth("--region", "r1", "bad>name");
+  t.is(badNode.status, 1);
+  t.regex(badNode.stderr, /not a Kubernetes node name/);
+  const noRegion = auth("node-b");
+  t.is(noRegion.status, 1);
+  t.regex(noRegion.stderr, /^i6pn-nats-auth: agent: --region REGION is required: an agent may read its own region's endpoints bucket only/);
+  const badRegion = auth("node-b", "--region", "r.>");
+  t.is(badRegion.status, 1);
+  t.regex(badRegion.stderr, /not an i6pn region name/);
+  const ok = auth("node-b", "node-c", "--region", "r2", "--legacy-endpoints");
+  t.is(ok.status, 0, ok.stderr);
+  t.is(ok.stdout, ["node-b", "node-c"].map((n) => `wrote ${join(dir, "agents", `${n}.creds`)} (region r2, and i6pn_endpoints until the upgrade is finished)\n`).join(""));
+  const claims = JSON.parse(Buffer.from(/-----\n[\w-]+\.([\w-]+)\.[\w-]+\n/.exec(readFileSync(join(dir, "agents/node-b.creds"), "utf8"))?.[1] ?? "", "base64url").toString());
+  t.deepEqual(claims.nats.pub.allow, agentPermissions("node-b", "r2", { legacyEndpoints: true }).pub.allow);
 });
 
 test.serial("single server: an agent reads membership, writes its heartbeat, and cannot write membership or other nodes' keys", async (t) => {
   const dir = tempDir(t);
   init(dir);
-  issueAgent(dir, "node-a");
+  issueAgents(dir);
   issueController(dir);
   const port = await freePort();
   writeFileSync(join(dir, "server.conf"), `listen: 127.0.0.1:${port}\njetstream { store_dir: "${join(dir, "js")}" }\ninclude ./auth.conf\n`);
@@ -245,12 +327,16 @@ test.serial("single server: an agent reads membership, writes its heartbeat, and
   const ep = { servers: `nats://127.0.0.1:${port}` };
   await until("nats-server up", () => connectAs(t, ep, join(dir, "controller.creds"), "probe").then((nc) => nc.close()), 90_000);
   await checkPermissions(t, dir, ep, ep, 1);
+  // The largest agent JWT there is (longest node and region names, issued for the upgrade) passes the default max_control_line.
+  const largest = issueAgent(dir, `${"n".repeat(30)}.${"m".repeat(32)}`, `r${"e".repeat(30)}`, { legacyEndpoints: true });
+  const big = await connectAs(t, ep, largest, "largest");
+  t.is(await outcome(() => big.flush()), "ok");
 
   // No creds, or creds of another operator: not even connected.
   t.regex(await outcome(() => connect({ servers: ep.servers, maxReconnectAttempts: 0 })), /Authorization Violation/i);
   const other = tempDir(t);
   init(other);
-  const rogue = issueAgent(other, "node-a");
+  const rogue = issueAgent(other, "node-a", "r1");
   t.regex(await outcome(() => connectAs(t, ep, rogue, "rogue")), /Authorization Violation/i);
   // A creds file whose JWT was altered (permissions widened) fails its signature.
   const real = readFileSync(join(dir, "agents/node-a.creds"), "utf8");
@@ -270,7 +356,7 @@ test.serial("single server: an agent reads membership, writes its heartbeat, and
 test.serial("three-server production config (TLS, JetStream R3): the same permissions hold across the cluster", async (t) => {
   const dir = tempDir(t);
   init(dir);
-  issueAgent(dir, "node-a");
+  issueAgents(dir);
   issueController(dir);
   // A CA and one server certificate for 127.0.0.1, used by clients and routes.
   if (spawnSync("sh", ["-c", "command -v openssl"]).status !== 0) return t.fail("openssl is needed to make the test certificates: apt-get install openssl");
@@ -313,7 +399,7 @@ test.serial("three-server production config (TLS, JetStream R3): the same permis
 
   // The buckets really are replicated on three servers, and TLS is required.
   const ctl = await connectAs(t, ctlEp, join(dir, "controller.creds"), "i6pnctl-check");
-  const status = await (await new Kvm(ctl).open("i6pn_endpoints")).status();
+  const status = await (await new Kvm(ctl).open(R1)).status();
   t.is(status.replicas, 3);
   const plain = { servers: `nats://127.0.0.1:${client[1]}`, authenticator: credsAuthenticator(readFileSync(join(dir, "controller.creds"))), maxReconnectAttempts: 0, timeout: 3000 };
   t.regex(await serverInfo(client[1] ?? 0), /"tls_required":true/, "the server requires TLS of every client");
@@ -339,7 +425,7 @@ test.serial("three-server production config (TLS, JetStream R3): the same permis
 test.serial("the provisioning Job's script, with the real i6pnctl and the controller's creds, provisions once however often it runs", async (t) => {
   const dir = tempDir(t);
   init(dir);
-  issueAgent(dir, "node-a");
+  issueAgent(dir, "node-a", "eu-west");
   issueController(dir);
   const port = await freePort();
   writeFileSync(join(dir, "server.conf"), `listen: 127.0.0.1:${port}\njetstream { store_dir: "${join(dir, "js")}" }\ninclude ./auth.conf\n`);
@@ -370,6 +456,7 @@ test.serial("the provisioning Job's script, with the real i6pnctl and the contro
   const first = provision(join(dir, "controller.creds"));
   t.is(first.status, 0, `${first.stdout}${first.stderr}`);
   for (const name of ["eu-west", "eu-central", "acme"]) t.regex(first.stdout, new RegExp(`\\b${name}\\b`));
+  t.regex(first.stdout, /^nothing to migrate: there is no i6pn_endpoints bucket/m);
   const second = provision(join(dir, "controller.creds"));
   t.is(second.status, 0, `${second.stdout}${second.stderr}`);
   t.is(second.stdout, first.stdout.slice(first.stdout.length - second.stdout.length), "the second run adds nothing, and lists the same");
@@ -377,4 +464,6 @@ test.serial("the provisioning Job's script, with the real i6pnctl and the contro
   const regions: string[] = [];
   for await (const k of await (await new Kvm(ctl).open("i6pn_regions")).keys("name.>")) regions.push(k);
   t.deepEqual(regions.sort(), ["name.eu-central", "name.eu-west"]);
+  // Each region's endpoints bucket, made by `region add`, one value per key.
+  for (const region of ["eu-west", "eu-central"]) t.is((await new Kvm(ctl).open(endpointsBucket(region)).then((kv) => kv.status())).history, ENDPOINTS_HISTORY);
 });

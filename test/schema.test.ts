@@ -2,17 +2,21 @@ import test from 'ava';
 import { formatAddress, makeEndpointAddress } from '../lib/address.js';
 import {
   BUCKETS,
-  ENDPOINTS_BUCKET,
+  ENDPOINTS_HISTORY,
+  LEGACY_ENDPOINTS_BUCKET,
   decodeRecord,
+  endpointBucketKey,
   endpointKey,
+  endpointsBucket,
   ifnameKey,
   isValidIfname,
   isValidName,
   isValidNodeName,
   nodeRecord,
+  locateEndpointKey,
   parseEndpointKey,
-  regionEndpointsFilter,
   regionIdKey,
+  regionOfEndpointsBucket,
   validateEndpointEntry,
   workspaceIdKey,
   workspaceRecord,
@@ -45,12 +49,25 @@ test('keys', (t) => {
   t.deepEqual(parseEndpointKey(KEY), { region: 'eu-west', workspaceId: WS, endpointId: '1b9d3a1171f25f0f' });
   t.is(parseEndpointKey('eu-west.51373ebf'), null);
   t.is(parseEndpointKey('EU.51373ebf.1b9d3a1171f25f0f'), null);
-  t.is(regionEndpointsFilter('eu-west'), 'eu-west.>');
   t.is(regionIdKey(0xa70), 'id.0a70');
   t.is(workspaceIdKey(1), 'id.00000001');
   t.is(ifnameKey('node-a', 'veth0'), 'node-a.7665746830');
-  t.deepEqual([...BUCKETS], ['i6pn_regions', 'i6pn_workspaces', 'i6pn_endpoints', 'i6pn_addresses', 'i6pn_ifnames', 'i6pn_nodes']);
-  t.is(ENDPOINTS_BUCKET, 'i6pn_endpoints');
+  t.deepEqual([...BUCKETS], ['i6pn_regions', 'i6pn_workspaces', 'i6pn_addresses', 'i6pn_ifnames', 'i6pn_nodes']);
+  t.is(LEGACY_ENDPOINTS_BUCKET, 'i6pn_endpoints');
+});
+
+test('one endpoints bucket per region: its name, the key in it, and where a store-wide key lives', (t) => {
+  t.is(endpointsBucket('eu-west'), 'i6pn_endpoints_eu-west');
+  t.is(ENDPOINTS_HISTORY, 1);
+  for (const bad of ['EU', 'eu.west', 'eu*', '>', '', 'a'.repeat(32)]) t.throws(() => endpointsBucket(bad), { message: /invalid region name/ }, bad);
+  t.is(regionOfEndpointsBucket('i6pn_endpoints_eu-west'), 'eu-west');
+  // The first layout's bucket, other buckets and malformed names are no region's.
+  for (const other of ['i6pn_endpoints', 'i6pn_endpoints_', 'i6pn_endpoints_EU', 'i6pn_regions', 'KV_i6pn_endpoints_eu-west']) t.is(regionOfEndpointsBucket(other), null, other);
+  t.is(endpointBucketKey(record()), '51373ebf.1b9d3a1171f25f0f');
+  t.is(endpointKey(record()), `eu-west.${endpointBucketKey(record())}`);
+  t.deepEqual(locateEndpointKey(KEY), { region: 'eu-west', bucket: 'i6pn_endpoints_eu-west', key: '51373ebf.1b9d3a1171f25f0f' });
+  t.is(locateEndpointKey('51373ebf.1b9d3a1171f25f0f'), null);
+  t.is(locateEndpointKey('eu-west.51373ebf.1b9d3a1171f25f0f.x'), null);
 });
 
 test('a valid endpoint entry is accepted as bytes, string or object', (t) => {

@@ -2,10 +2,15 @@
 // system account and the i6pn account (decentralized JWT auth), then one
 // credentials file per agent and one for the controller. Least privilege:
 //
-//   agent <node>  reads the buckets it follows (regions, endpoints, nodes: get,
-//                 watch, keys) and writes one key only, its heartbeat
-//                 $KV.i6pn_nodes.<node>;
+//   agent <node> of <region>
+//                 reads the buckets it follows (regions and nodes: get, watch,
+//                 keys; its own region's endpoints bucket i6pn_endpoints_<region>,
+//                 also with a pull consumer, and no other region's) and writes
+//                 one key only, its heartbeat $KV.i6pn_nodes.<node>;
 //   controller    reads, writes and creates every i6pn_* bucket.
+//
+// A stream name cannot be wildcarded inside a subject token, so the region is
+// written into each agent's permissions: an agent is issued for one region.
 //
 // The server never holds user secrets: it trusts the operator JWT, preloads
 // the two account JWTs (auth.conf), and verifies each user JWT's signature by
@@ -13,7 +18,7 @@
 // reload. Seeds (*.nk) and creds are secrets; keep DIR out of git.
 //
 //   node --import=tsx deploy/nats/i6pn-nats-auth.ts init DIR
-//   node --import=tsx deploy/nats/i6pn-nats-auth.ts agent DIR NODE [NODE...]
+//   node --import=tsx deploy/nats/i6pn-nats-auth.ts agent DIR --region REGION [--legacy-endpoints] NODE [NODE...]
 //   node --import=tsx deploy/nats/i6pn-nats-auth.ts controller DIR
 //
 // The JWTs are the NATS v2 format (what nsc writes): header
@@ -24,28 +29,45 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { nkeys } from "@nats-io/transport-node";
 import {
-  ADDRESSES_BUCKET,
-  ENDPOINTS_BUCKET,
-  IFNAMES_BUCKET,
+  BUCKETS,
+  endpointsBucket,
+  isValidName,
   isValidNodeName,
+  LEGACY_ENDPOINTS_BUCKET,
   NODES_BUCKET,
   nodeKey,
   REGIONS_BUCKET,
-  WORKSPACES_BUCKET,
 } from "../../lib/schema.js";
 
 type KeyPair = ReturnType<typeof nkeys.createUser>;
 
-/** The KV buckets of the membership store, as lib/schema.ts names them. */
-export const BUCKETS = [REGIONS_BUCKET, WORKSPACES_BUCKET, ENDPOINTS_BUCKET, ADDRESSES_BUCKET, IFNAMES_BUCKET, NODES_BUCKET] as const;
+/** The fixed KV buckets of the membership store, as lib/schema.ts names them; besides, one endpoints bucket per region. */
+export { BUCKETS };
 /**
- * The buckets an agent reads (agent/: its region's id, the endpoints, the
- * nodes); the workspace, address and interface-name ledgers are the
- * controller's alone. A bucket added here costs ~9 subjects in every agent's
- * JWT, which travels in the CONNECT line (max_control_line, 4 KB by default).
+ * The fixed buckets an agent reads (agent/: its region's id, the nodes), besides
+ * its region's endpoints bucket; the workspace, address and interface-name
+ * ledgers are the controller's alone. A bucket added here costs ~9 subjects in
+ * every agent's JWT, which travels in the CONNECT line (max_control_line, 4 KB
+ * by default).
  */
-export const AGENT_BUCKETS = [REGIONS_BUCKET, ENDPOINTS_BUCKET, NODES_BUCKET] as const;
+export const AGENT_BUCKETS = [REGIONS_BUCKET, NODES_BUCKET] as const;
 export const HEARTBEAT_BUCKET = NODES_BUCKET;
+
+/** Every bucket an agent of `region` reads: AGENT_BUCKETS and its region's endpoints bucket (with the first layout's during an upgrade). */
+export function agentBuckets(region: string, opts: AgentOptions = {}): string[] {
+  return [REGIONS_BUCKET, endpointsBucket(region), ...(opts.legacyEndpoints ? [LEGACY_ENDPOINTS_BUCKET] : []), NODES_BUCKET];
+}
+
+export interface AgentOptions {
+  /**
+   * Also read the first layout's single bucket, i6pn_endpoints (every
+   * region's endpoints), as agents before 0.2.0 do. Only for the rolling
+   * upgrade: the creds of a node are shared by its old and new agent while
+   * the DaemonSet rolls, and an old agent restarted in that time reads them
+   * again. Issue creds without it once `i6pnctl migrate --finish` is done.
+   */
+  legacyEndpoints?: boolean;
+}
 
 export interface Permissions {
   pub: { allow: string[] };
@@ -57,6 +79,13 @@ export interface Permissions {
 export function assertNodeName(node: string): void {
   if (!isValidNodeName(node)) {
     throw new Error(`node name ${JSON.stringify(node)} is not a Kubernetes node name (lowercase DNS subdomain); it becomes a NATS subject and must not hold wildcards or spaces`);
+  }
+}
+
+// The region name becomes part of a stream name in a permission; the rule is i6pnctl's (lib/schema.ts).
+export function assertRegionName(region: string): void {
+  if (!isValidName(region)) {
+    throw new Error(`region name ${JSON.stringify(region)} is not an i6pn region name (a lowercase letter, then up to 30 lowercase letters, digits or dashes); it becomes part of a NATS subject`);
   }
 }
 
@@ -76,13 +105,24 @@ function kvReadSubjects(bucket: string): string[] {
   ];
 }
 
-export function agentPermissions(node: string): Permissions {
+/**
+ * What the agent's reader of its region's endpoints bucket needs besides:
+ * a pull consumer over the whole stream, whose batches it asks for.
+ */
+function pullConsumerSubjects(bucket: string): string[] {
+  return [`$JS.API.CONSUMER.MSG.NEXT.KV_${bucket}.*`];
+}
+
+export function agentPermissions(node: string, region: string, opts: AgentOptions = {}): Permissions {
   assertNodeName(node);
+  assertRegionName(region);
+  const endpoints = endpointsBucket(region);
   return {
     pub: {
       allow: [
         "$JS.API.INFO",
-        ...AGENT_BUCKETS.flatMap(kvReadSubjects),
+        ...agentBuckets(region, opts).flatMap(kvReadSubjects),
+        ...pullConsumerSubjects(endpoints),
         `$KV.${HEARTBEAT_BUCKET}.${nodeKey(node)}`, // its own heartbeat key, nothing else
       ],
     },
@@ -216,11 +256,31 @@ function issueUser(dir: string, name: string, permissions: Permissions, file: st
   return file;
 }
 
-/** Writes DIR/agents/<node>.creds for each node. */
-export function issueAgent(dir: string, node: string): string {
-  const permissions = agentPermissions(node);
+/** Writes DIR/agents/<node>.creds for a node of `region`. */
+export function issueAgent(dir: string, node: string, region: string, opts: AgentOptions = {}): string {
+  const permissions = agentPermissions(node, region, opts);
   mkdirSync(join(dir, "agents"), { recursive: true, mode: 0o700 });
   return issueUser(dir, `i6pn-agent@${node}`, permissions, join(dir, "agents", `${node}.creds`));
+}
+
+/** `agent DIR --region REGION [--legacy-endpoints] NODE...`, flags anywhere after DIR. */
+function parseAgentArgs(args: string[]): { region: string; nodes: string[]; opts: AgentOptions } {
+  let region: string | undefined;
+  const nodes: string[] = [];
+  const opts: AgentOptions = {};
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === "--region") {
+      region = args[++i];
+      if (region === undefined) throw new Error("agent: --region needs a region name");
+    } else if (a.startsWith("--region=")) region = a.slice("--region=".length);
+    else if (a === "--legacy-endpoints") opts.legacyEndpoints = true;
+    else if (a.startsWith("--")) throw new Error(`agent: unknown option ${a}`);
+    else nodes.push(a);
+  }
+  if (region === undefined) throw new Error("agent: --region REGION is required: an agent may read its own region's endpoints bucket only (issue each region's nodes separately)");
+  if (nodes.length === 0) throw new Error("agent: name at least one node");
+  return { region, nodes, opts };
 }
 
 /** Writes DIR/controller.creds. */
@@ -230,7 +290,7 @@ export function issueController(dir: string): string {
 
 function main(argv: string[]): number {
   const [command, dir, ...rest] = argv;
-  const usage = "usage: i6pn-nats-auth.ts init DIR | agent DIR NODE [NODE...] | controller DIR";
+  const usage = "usage: i6pn-nats-auth.ts init DIR | agent DIR --region REGION [--legacy-endpoints] NODE [NODE...] | controller DIR";
   if (!command || !dir) {
     console.error(usage);
     return 2;
@@ -242,10 +302,13 @@ function main(argv: string[]): number {
         console.log(`wrote ${r.authConf} (operator ${r.operator}, account i6pn ${r.account}); keep ${dir}/*.nk secret`);
         return 0;
       }
-      case "agent":
-        if (rest.length === 0) throw new Error("agent: name at least one node");
-        for (const node of rest) console.log(`wrote ${issueAgent(dir, node)}`);
+      case "agent": {
+        const { region, nodes, opts } = parseAgentArgs(rest);
+        for (const node of nodes) assertNodeName(node);
+        assertRegionName(region);
+        for (const node of nodes) console.log(`wrote ${issueAgent(dir, node, region, opts)} (region ${region}${opts.legacyEndpoints ? `, and ${LEGACY_ENDPOINTS_BUCKET} until the upgrade is finished` : ""})`);
         return 0;
+      }
       case "controller":
         console.log(`wrote ${issueController(dir)}`);
         return 0;
