@@ -47,6 +47,11 @@ export class EndpointTable {
     return this.count;
   }
 
+  /** Bytes the table holds outside the heap (its typed arrays). */
+  get bytes(): number {
+    return this.keys.byteLength + this.revs.byteLength + this.state.byteLength + this.marks.byteLength;
+  }
+
   private hash(ws: number, hi: number, lo: number): number {
     let h = Math.imul(ws ^ 0x9e3779b9, 0x85ebca6b);
     h = Math.imul(h ^ (h >>> 13) ^ hi, 0xc2b2ae35);

@@ -70,9 +70,10 @@ test('a million endpoints fit in about 40 MB outside the heap', (t) => {
   for (let i = 0; i < 1_000_000; i++) table.set({ workspace: (i % 97) + 1, hi: i >>> 5, lo: Math.imul(i, 2654435761) >>> 0 }, i + 1);
   const after = process.memoryUsage();
   t.is(table.size, 1_000_000);
-  const offHeapMB = (after.arrayBuffers - before.arrayBuffers) / 1e6;
-  t.log(`array buffers +${offHeapMB.toFixed(0)} MB, heap +${((after.heapUsed - before.heapUsed) / 1e6).toFixed(1)} MB`);
-  t.true(offHeapMB < 80);
+  // What the table holds (the arrays a growth replaced are garbage the collector takes when it likes).
+  const offHeapMB = table.bytes / 1e6;
+  t.log(`table arrays ${offHeapMB.toFixed(0)} MB, heap +${((after.heapUsed - before.heapUsed) / 1e6).toFixed(1)} MB`);
+  t.true(offHeapMB < 50);
   t.true((after.heapUsed - before.heapUsed) / 1e6 < 20);
   for (let i = 0; i < 1_000_000; i += 997) t.is(table.get({ workspace: (i % 97) + 1, hi: i >>> 5, lo: Math.imul(i, 2654435761) >>> 0 }), i + 1);
 });
