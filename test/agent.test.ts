@@ -810,9 +810,9 @@ test.serial('more local endpoints than local_ifaces slots: the extra veth keeps 
   t.deepEqual(await envF.tcPrograms(envF.uplink), { ingress: null, egress: null });
 });
 
-test.serial('a large snapshot is applied in batches while the agent keeps answering, and equals the store', async (t) => {
+test.serial('a large backlog is applied in batches while the agent keeps answering, and equals the store', async (t) => {
   await stopAgent('SIGTERM');
-  const N = 10_000;
+  const N = 40_000;
   const js = jetstream(nc);
   const W1 = workspaceIds.get('one')!;
   let inflight: Promise<unknown>[] = [];
