@@ -12,6 +12,7 @@
 //   updates written at the hub, with the origin's stream sequences;
 // - however many readers the rack has, the region's stream has one consumer
 //   for the rack (the mirror's);
+// - the leaf's link needs no more than LEAF_PERMISSIONS;
 // - a client of the leaf reads the global regions bucket and writes its
 //   heartbeat through the hub's domain ($JS.hub.API), with a user whose
 //   permissions name exactly that.
@@ -49,6 +50,20 @@ function natsServer(): string {
   return existsSync(fetched) ? fetched : "/usr/sbin/nats-server";
 }
 const NATS = natsServer();
+
+/**
+ * The leaf's link to the region's servers: what crosses it is the leaf's
+ * traffic (the mirror's) and its agents' (the global buckets, in the hub's
+ * domain). Towards the hub ("pub"): JetStream API requests in the hub's
+ * domain, the mirror's flow-control replies. Towards the leaf ("sub"): the
+ * mirror's consumer-create reply and deliveries, the agents' replies. Without
+ * $JSC.R.> or $JS.M.> the mirror does not catch up (tried on 2.9.10 and
+ * 2.10.27); $JS.FC.> is not exercised by this test's few messages.
+ */
+const LEAF_PERMISSIONS: Permissions = {
+  pub: { allow: [`$JS.${HUB_DOMAIN}.API.>`, "$JS.FC.>"] },
+  sub: { allow: ["$JSC.R.>", "$JS.M.>", "_INBOX.>"] },
+};
 
 // ---------------------------------------------------------------- harness
 
@@ -265,7 +280,7 @@ test.serial("two regions and a rack's leaf: placement by region tag, the region'
   const dir = tempDir(t);
   const { account } = init(dir);
   const controllerCreds = issueController(dir);
-  issueUser(dir, "leaf", null);
+  issueUser(dir, "leaf", LEAF_PERMISSIONS);
   makeCerts(dir);
   const tls = { caFile: join(dir, "ca.crt") };
 
