@@ -3,11 +3,12 @@
 // region here, three in production) joined by a gateway, and a rack's leaf
 // node (leaf.conf) connected to one of them. Shown on the real servers:
 //
-// - a region's endpoints bucket created with placement tags lands on the
-//   servers of that region, wherever the request came from; a tag no server
-//   has is refused;
-// - the leaf holds a read-only mirror of the region's bucket in its own
-//   JetStream domain, under the bucket's own stream name, and the agent's own
+// - a region's endpoints bucket created with placement tags (from
+//   endpoints-bucket.json, or as a program does) lands on the servers of that
+//   region, wherever the request came from; a tag no server has is refused;
+// - the leaf holds a read-only mirror of the region's bucket
+//   (endpoints-mirror.json) in its own JetStream domain, under the bucket's
+//   own stream name, and the agent's own
 //   reader (agent/reader.ts) on the leaf reads it whole and then follows
 //   updates written at the hub, with the origin's stream sequences;
 // - however many readers the rack has, the region's stream has one consumer
@@ -28,7 +29,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { connect, credsAuthenticator, nkeys, type NatsConnection } from "@nats-io/transport-node";
-import { jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
+import { jetstream, jetstreamManager, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { credsFile, init, issueController, type Permissions } from "../deploy/nats/i6pn-nats-auth.js";
 import { endpointsBucket, NODES_BUCKET, REGIONS_BUCKET } from "../lib/schema.js";
@@ -39,6 +40,8 @@ import { Operation } from "../agent/sync.js";
 const root = fileURLToPath(new URL("..", import.meta.url));
 const hubConf = join(root, "deploy/nats/fleet/hub-region.conf");
 const leafConf = join(root, "deploy/nats/fleet/leaf.conf");
+const bucketJson = join(root, "deploy/nats/fleet/endpoints-bucket.json");
+const mirrorJson = join(root, "deploy/nats/fleet/endpoints-mirror.json");
 const HUB_DOMAIN = "hub";
 const REGIONS = ["eu-west", "eu-central"] as const;
 type Region = (typeof REGIONS)[number];
@@ -201,6 +204,19 @@ function leafConfig(dir: string, p: { client: number; http: number }, hubLeaf: n
   return out;
 }
 
+/**
+ * A stream configuration of deploy/nats/fleet/ (written for eu-west) for
+ * `region`, with `replicas` (one server per region here, three in production).
+ */
+function streamConfig(file: string, region: Region, replicas: number): StreamConfig {
+  const name = file.slice(root.length);
+  const text = readFileSync(file, "utf8");
+  if (!text.includes("eu-west")) throw new Error(`${name} changed: no eu-west in it; update test/deploy-fleet.test.ts`);
+  const cfg = JSON.parse(text.replaceAll("eu-west", region)) as StreamConfig;
+  if (cfg.num_replicas !== 3 && cfg.num_replicas !== 1) throw new Error(`${name}: num_replicas ${cfg.num_replicas}`);
+  return { ...cfg, num_replicas: replicas };
+}
+
 /** `nats-server -t -c conf`: the configuration parses, with every variable and included file it names. */
 function configCheck(conf: string, cwd: string, env: Record<string, string>) {
   return spawnSync(NATS, ["-t", "-c", conf], { cwd, env: { ...process.env, ...env }, encoding: "utf8" });
@@ -322,8 +338,11 @@ test.serial("two regions and a rack's leaf: placement by region tag, the region'
   const jsm = await jetstreamManager(ctl, { timeout: 20_000, checkAPI: false });
   const bucketWest = endpointsBucket("eu-west");
   const bucketCentral = endpointsBucket("eu-central");
+  // eu-central's bucket from deploy/nats/fleet/endpoints-bucket.json (what `nats stream add --config` sends),
+  // eu-west's as a program creates it (nats.js, placement tags).
+  await jsm.streams.add(streamConfig(bucketJson, "eu-central", 1));
+  const central = await kvm.open(bucketCentral);
   const create = (bucket: string, tag: string) => kvm.create(bucket, { history: 1, replicas: 1, maxValueSize: 16 * 1024, placement: { cluster: "", tags: [tag] } });
-  const central = await until("eu-central's bucket created", () => create(bucketCentral, "region:eu-central"), 45_000);
   await create(bucketWest, "region:eu-west");
 
   // Placement: each region's bucket on its own region's server, though both were asked of eu-west's.
@@ -362,13 +381,16 @@ test.serial("two regions and a rack's leaf: placement by region tag, the region'
   const lctl = await until("controller on the leaf", () => connectAs(t, leaf, controllerCreds, "i6pnctl@leaf"), 30_000);
   const lkvm = new Kvm(jetstream(lctl, { timeout: 20_000 }));
   const ljsm = await jetstreamManager(lctl, { timeout: 20_000, checkAPI: false });
-  await lkvm.create(bucketCentral, { history: 1, replicas: 1, maxValueSize: 16 * 1024, mirror: { name: bucketCentral, domain: HUB_DOMAIN } });
+  await ljsm.streams.add(streamConfig(mirrorJson, "eu-central", 1));
+  const lkv = await lkvm.open(bucketCentral);
   const mirrorInfo = await until("the mirror caught up", async () => {
     const si = await ljsm.streams.info(`KV_${bucketCentral}`);
     if (si.state.last_seq !== originState.last_seq) throw new Error(`mirror at ${si.state.last_seq}, origin at ${originState.last_seq}`);
     return si;
   }, 30_000);
   t.is(mirrorInfo.config.mirror?.name, `KV_${bucketCentral}`);
+  t.is(mirrorInfo.config.mirror?.external?.api, `$JS.${HUB_DOMAIN}.API`);
+  t.is((await lkv.get("00000001.0000000000000001"))?.revision, origin.get("00000001.0000000000000001"), "a KV read of the mirror");
   t.deepEqual(mirrorInfo.config.subjects ?? [], [], "a mirror takes no writes of its own");
   t.not(mirrorInfo.created, (await jsm.streams.info(`KV_${bucketCentral}`)).created, "the mirror is another stream: another creation time, so another pinned-stream id");
 
