@@ -8,9 +8,9 @@
 //   region, wherever the request came from; a tag no server has is refused;
 // - the leaf holds a read-only mirror of the region's bucket
 //   (endpoints-mirror.json) in its own JetStream domain, under the bucket's
-//   own stream name, and the agent's own
-//   reader (agent/reader.ts) on the leaf reads it whole and then follows
-//   updates written at the hub, with the origin's stream sequences;
+//   own stream name; the agent's own reader (agent/reader.ts) on the leaf
+//   reads it whole and then follows updates written at the hub, with the
+//   origin's stream sequences;
 // - however many readers the rack has, the region's stream has one consumer
 //   for the rack (the mirror's);
 // - the leaf's link needs no more than LEAF_PERMISSIONS;
