@@ -14,6 +14,8 @@
 // - however many readers the rack has, the region's stream has one consumer
 //   for the rack (the mirror's);
 // - the leaf's link needs no more than LEAF_PERMISSIONS;
+// - a leaf that was down catches up when it is back, in the same mirror
+//   stream (so the rack's agents resume after their revision);
 // - a client of the leaf reads the global regions bucket and writes its
 //   heartbeat through the hub's domain ($JS.hub.API), with a user whose
 //   permissions name exactly that.
@@ -24,7 +26,7 @@ import test, { type ExecutionContext } from "ava";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { createServer, type AddressInfo, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -76,15 +78,18 @@ function tempDir(t: ExecutionContext): string {
   return dir;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const addr = s.address();
-      s.close(() => (typeof addr === "object" && addr ? resolve(addr.port) : reject(new Error("no port"))));
-    });
-  });
+/** n loopback ports, free a moment ago and all different (held open together until each is known). */
+async function freePorts(n: number): Promise<number[]> {
+  const held = await Promise.all(
+    Array.from({ length: n }, () => new Promise<Server>((resolve, reject) => {
+      const s = createServer();
+      s.once("error", reject);
+      s.listen(0, "127.0.0.1", () => resolve(s));
+    })),
+  );
+  const ports = held.map((s) => (s.address() as AddressInfo).port);
+  await Promise.all(held.map((s) => new Promise((r) => s.close(r))));
+  return ports;
 }
 
 /** nats-server, killed with the test process (parent-death signal) and stopped at the end of the test. */
@@ -104,6 +109,9 @@ function startServer(t: ExecutionContext, conf: string, cwd: string, env: Record
   return proc;
 }
 
+/** Ends an until() at once. */
+class Fatal extends Error {}
+
 async function until<T>(what: string, fn: () => Promise<T>, timeoutMs = 30_000): Promise<T> {
   const end = Date.now() + timeoutMs;
   let last: unknown;
@@ -111,6 +119,7 @@ async function until<T>(what: string, fn: () => Promise<T>, timeoutMs = 30_000):
     try {
       return await fn();
     } catch (err) {
+      if (err instanceof Fatal) throw err;
       last = err;
       await new Promise((r) => setTimeout(r, 250));
     }
@@ -300,7 +309,7 @@ test.serial("two regions and a rack's leaf: placement by region tag, the region'
   makeCerts(dir);
   const tls = { caFile: join(dir, "ca.crt") };
 
-  const ports = await Promise.all(Array.from({ length: 12 }, freePort));
+  const ports = await freePorts(12);
   const hub: Record<Region, HubPorts> = {
     "eu-west": { client: ports[0]!, http: ports[1]!, route: ports[2]!, gateway: ports[3]!, leaf: ports[4]! },
     "eu-central": { client: ports[5]!, http: ports[6]!, route: ports[7]!, gateway: ports[8]!, leaf: ports[9]! },
@@ -321,16 +330,20 @@ test.serial("two regions and a rack's leaf: placement by region tag, the region'
   const lconf = leafConfig(dir, leafPorts, hub["eu-central"].leaf);
   const lcheck = configCheck(lconf, dir, leafEnv);
   t.is(lcheck.status, 0, `${lcheck.stdout}${lcheck.stderr}`);
-  procs.push(startServer(t, lconf, dir, leafEnv));
+  let leafProc = startServer(t, lconf, dir, leafEnv);
 
   const west: Ep = { servers: `tls://127.0.0.1:${hub["eu-west"].client}`, tls };
   const leaf: Ep = { servers: `tls://127.0.0.1:${leafPorts.client}`, tls };
 
   // The controller talks to eu-west's server; JetStream answers once the super-cluster has a meta leader
   // (a few seconds: the servers find each other through the gateway first).
+  const logTail = (conf: string) => readFileSync(`${conf}.log`, "utf8").split("\n").slice(-15).join("\n");
   await until("a JetStream meta leader", async () => {
+    for (const [i, p] of procs.entries()) {
+      if (p.exitCode !== null || p.signalCode !== null) throw new Fatal(`nats-server nats-${REGIONS[i]}-0 exited:\n${logTail(join(dir, `hub-${REGIONS[i]}.conf`))}`);
+    }
     const jsz = (await (await fetch(`http://127.0.0.1:${hub["eu-west"].http}/jsz`)).json()) as { meta_cluster?: { leader?: string } };
-    if (!jsz.meta_cluster?.leader) throw new Error("no meta leader yet");
+    if (!jsz.meta_cluster?.leader) throw new Error(`no meta leader yet; eu-west's log ends:\n${logTail(join(dir, "hub-eu-west.conf"))}`);
     return jsz.meta_cluster.leader;
   }, 60_000);
   const ctl = await until("controller connected", () => connectAs(t, west, controllerCreds, "i6pnctl"), 30_000);
@@ -458,5 +471,26 @@ test.serial("two regions and a rack's leaf: placement by region tag, the region'
   t.regex(await outcome(() => ajsm.streams.info(`KV_${bucketWest}`)), /Permissions Violation/);
   t.regex(await outcome(() => new Kvm(jetstream(agent, { domain: HUB_DOMAIN, timeout: 5000 })).open(bucketCentral).then((kv) => kv.status())), /Permissions Violation/);
 
-  for (const p of procs) t.is(p.exitCode, null, "nats-server still running");
+  // The leaf goes down; the region changes meanwhile; back up, its mirror catches up by itself.
+  await agent.close();
+  await lctl.close();
+  const stopped = new Promise((r) => leafProc.once("exit", r));
+  leafProc.kill("SIGTERM");
+  await stopped;
+  const whileDown = await central.put("00000002.0000000000000006", entry(6));
+  await central.delete("00000001.0000000000000003");
+  leafProc = startServer(t, lconf, dir, leafEnv);
+  const back = await until("the leaf back", () => connectAs(t, leaf, controllerCreds, "i6pnctl@leaf-again"), 30_000);
+  const bjsm = await jetstreamManager(back, { timeout: 20_000, checkAPI: false });
+  const caughtUp = await until("the mirror caught up after the leaf's restart", async () => {
+    const si = await bjsm.streams.info(stream);
+    if (si.state.last_seq !== whileDown + 1) throw new Error(`mirror at ${si.state.last_seq}, origin at ${whileDown + 1}`);
+    return si;
+  }, 60_000);
+  t.is(caughtUp.created, mirrorInfo.created, "the same mirror stream (the agents' pinned revision still names it)");
+  const bkv = await new Kvm(jetstream(back, { timeout: 20_000 })).open(bucketCentral);
+  t.is((await bkv.get("00000002.0000000000000006"))?.revision, whileDown);
+  t.is((await bkv.get("00000001.0000000000000003"))?.operation, "DEL");
+
+  for (const p of [...procs, leafProc]) t.is(p.exitCode, null, "nats-server still running");
 });
