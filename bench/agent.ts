@@ -30,6 +30,7 @@ import { MapFd } from '../agent/bpf/libbpf.js';
 import { formatAddress, workspaceIdHex, endpointIdOf } from '../lib/address.js';
 import { ENDPOINTS_BUCKET, NODES_BUCKET, REGIONS_BUCKET } from '../lib/schema.js';
 import { startNats, freePort } from '../test/helpers/nats.js';
+import { natsServerBin } from '../test/helpers/nats-server-bin.js';
 import { PREFIX, addNs, addVeth, cleanup, onCleanup, sh, sleep, spawnIn, sweepStale } from './lib/netns.js';
 import { REPO_DIR, log, percentile, printTable, ratio, saveSection, secondsSince, type Goal, type Table } from './lib/results.js';
 
@@ -536,7 +537,7 @@ function report(first: RegionRun, second: RegionRun | null, seconds: number): vo
 }
 
 function natsVersion(): string {
-  return sh(['nats-server', '--version'], { allowFail: true }).trim() || 'nats-server';
+  return sh([natsServerBin(), '--version'], { allowFail: true }).trim() || 'nats-server';
 }
 
 // ---------------------------------------------------------------- outside: namespace and pins
