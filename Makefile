@@ -12,15 +12,26 @@ BPF_OBJS  := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRCS))
 BPF_HDRS  := $(wildcard bpf/*.h)
 ABI_TS    := agent/bpf/abi.generated.ts
 
-APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool nats-server prometheus iproute2 \
+APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool prometheus iproute2 \
             iputils-ping python3-scapy tcpdump util-linux nftables iperf3 procps \
             g++ make openssl ethtool
 DEPS_STAMP := node_modules/.i6pn-deps
 
-.PHONY: deps bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fabric bench-binding clean
+# nats-server: Debian 13's (trixie), not Debian 12's 2.9.10: fetched by
+# scripts/fetch-nats-server.sh into .deps/ (make clean leaves it). Tests, the
+# demo and the benches run $(NATS_SERVER_BIN); test/helpers/nats-server-bin.ts
+# defaults to the same path when run outside make.
+NATS_DEB_VERSION := 2.10.27-1+b2
+NATS_DIR         := .deps/nats-server
+export NATS_SERVER_BIN := $(CURDIR)/$(NATS_DIR)/usr/sbin/nats-server
 
-## deps: install apt packages and npm modules (idempotent, quick when done)
-deps: $(DEPS_STAMP)
+.PHONY: deps deps-nats-server bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fabric bench-binding clean
+
+## deps: install apt packages, npm modules and nats-server (idempotent, quick when done)
+deps: $(DEPS_STAMP) deps-nats-server
+
+deps-nats-server:
+	@scripts/fetch-nats-server.sh $(NATS_DEB_VERSION) $(NATS_DIR)
 
 $(DEPS_STAMP): package.json package-lock.json
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -28,7 +39,8 @@ $(DEPS_STAMP): package.json package-lock.json
 	  echo "deps: installing apt packages:" $$missing; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
-	@# Debian starts these as services on install; i6pn runs its own instances.
+	@# Debian starts these as services on install (nats-server: a machine that had Debian 12's
+	@# package from an earlier make deps); i6pn runs its own instances.
 	@for s in prometheus nats-server; do systemctl disable --now $$s >/dev/null 2>&1 || true; done
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@

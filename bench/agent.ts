@@ -36,7 +36,8 @@ import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import { MapFd } from '../agent/bpf/libbpf.js';
 import { endpointIdOf, formatAddress, workspaceIdHex } from '../lib/address.js';
 import { ENDPOINTS_HISTORY, NODES_BUCKET, REGIONS_BUCKET, endpointsBucket } from '../lib/schema.js';
-import { NATS_SERVER, freePort, startNats } from '../test/helpers/nats.js';
+import { freePort, startNats } from '../test/helpers/nats.js';
+import { natsServerBin } from '../test/helpers/nats-server-bin.js';
 import { PREFIX, addNs, addVeth, cleanup, onCleanup, sh, sleep, spawnIn, sweepStale } from './lib/netns.js';
 import { REPO_DIR, log, percentile, printTable, ratio, saveSection, secondsSince, type Goal, type Table } from './lib/results.js';
 
@@ -475,7 +476,7 @@ async function inside(): Promise<void> {
   if (!existsSync(AGENT)) throw new Error(`${AGENT} is missing: run make build`);
   const nats = await startNats({ host: '127.0.0.1' });
   onCleanup(() => void nats.destroy());
-  const serverPid = Number(sh(['pgrep', '-n', '-f', `${NATS_SERVER} -a 127.0.0.1 -p ${nats.port}`], { allowFail: true }).trim()) || NaN;
+  const serverPid = Number(sh(['pgrep', '-n', '-f', `${natsServerBin()} -a 127.0.0.1 -p ${nats.port}`], { allowFail: true }).trim()) || NaN;
   const nc = await connect({ servers: nats.url });
   const kvm = new Kvm(nc);
   const regions = await kvm.create(REGIONS_BUCKET);
@@ -581,7 +582,7 @@ function fmtCount(n: number): string {
 }
 
 function natsVersion(): string {
-  return sh([NATS_SERVER, '--version'], { allowFail: true }).trim() || NATS_SERVER;
+  return sh([natsServerBin(), '--version'], { allowFail: true }).trim() || natsServerBin();
 }
 
 function churnRow(name: string, c: ChurnResult): string[] {

@@ -18,6 +18,7 @@ import { readFileSync } from 'node:fs';
 import { init, issueAgent, issueController } from '../deploy/nats/i6pn-nats-auth.js';
 import { AgentEnv, eventually, readPinnedEndpoint } from './helpers/agent-env.js';
 import { ctl, freePort } from './helpers/nats.js';
+import { natsServerBin } from './helpers/nats-server-bin.js';
 
 const env = new AgentEnv('auth');
 const dir = mkdtempSync(join(tmpdir(), 'i6pn-agent-auth-'));
@@ -32,7 +33,7 @@ test.before(async () => {
   const port = await freePort('::1');
   writeFileSync(join(dir, 'server.conf'), `listen: "[::]:${port}"\njetstream { store_dir: "${join(dir, 'js')}" }\ninclude ./auth.conf\n`);
   const fd = openSync(join(dir, 'server.log'), 'a');
-  server = spawn('setpriv', ['--pdeathsig', 'KILL', 'nats-server', '-c', join(dir, 'server.conf')], { cwd: dir, stdio: ['ignore', fd, fd] });
+  server = spawn('setpriv', ['--pdeathsig', 'KILL', natsServerBin(), '-c', join(dir, 'server.conf')], { cwd: dir, stdio: ['ignore', fd, fd] });
   closeSync(fd);
   url = `nats://[::1]:${port}`;
   await eventually(async () => {

@@ -20,8 +20,8 @@
 //   heartbeat through the hub's domain ($JS.hub.API), with a user whose
 //   permissions name exactly that.
 //
-// The nats-server is NATS_SERVER_BIN, else the repository's .deps one (make
-// deps), else Debian's /usr/sbin/nats-server; nothing here needs 2.10.
+// The nats-server is the one every test runs (make deps); nothing here needs 2.10.
+import { natsServerBin } from "./helpers/nats-server-bin.js";
 import test, { type ExecutionContext } from "ava";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -48,13 +48,8 @@ const HUB_DOMAIN = "hub";
 const REGIONS = ["eu-west", "eu-central"] as const;
 type Region = (typeof REGIONS)[number];
 
-/** The server the tests run: NATS_SERVER_BIN, the one `make deps` fetches, or Debian's. */
-function natsServer(): string {
-  if (process.env["NATS_SERVER_BIN"]) return process.env["NATS_SERVER_BIN"];
-  const fetched = join(root, ".deps/nats-server/usr/sbin/nats-server");
-  return existsSync(fetched) ? fetched : "/usr/sbin/nats-server";
-}
-const NATS = natsServer();
+/** The server every test runs (test/helpers/nats-server-bin.ts). */
+const NATS = natsServerBin();
 
 /**
  * The leaf's link to the region's servers: what crosses it is the leaf's

@@ -18,6 +18,7 @@ import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/
 import { Kvm, type KV } from "@nats-io/kv";
 import { AGENT_BUCKETS, agentBuckets, agentPermissions, assertNodeName, assertRegionName, BUCKETS, credsFile, init, issueAgent, issueController } from "../deploy/nats/i6pn-nats-auth.js";
 import { ENDPOINTS_HISTORY, endpointsBucket, LEGACY_ENDPOINTS_BUCKET } from "../lib/schema.js";
+import { natsServerBin } from "./helpers/nats-server-bin.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const prodConf = join(root, "deploy/nats/nats-server.conf");
@@ -45,7 +46,7 @@ async function freePort(): Promise<number> {
 /** Starts nats-server; stopped (and awaited) at the end of the test. */
 function startServer(t: ExecutionContext, conf: string, cwd: string, log: string, env: Record<string, string> = {}): ChildProcess {
   const fd = openSync(log, "a");
-  const proc = spawn("nats-server", ["-c", conf], { cwd, env: { ...process.env, ...env }, stdio: ["ignore", fd, fd] });
+  const proc = spawn(natsServerBin(), ["-c", conf], { cwd, env: { ...process.env, ...env }, stdio: ["ignore", fd, fd] });
   closeSync(fd);
   t.teardown(async () => {
     if (proc.exitCode === null && proc.signalCode === null) {
@@ -386,7 +387,7 @@ test.serial("three-server production config (TLS, JetStream R3): the same permis
     conf = replace(conf, '"/data/jetstream"', `"${dir}/js-${i}"`);
     for (let j = 0; j < 3; j++) conf = replace(conf, `nats-${j}.nats.i6pn-system.svc.cluster.local:6222`, `127.0.0.1:${route[j]}`);
     writeFileSync(join(dir, `nats-${i}.conf`), conf);
-    const check = spawnSync("nats-server", ["-c", `nats-${i}.conf`, "-t"], { cwd: dir, encoding: "utf8", env: { ...process.env, NATS_SERVER_NAME: `nats-${i}` } });
+    const check = spawnSync(natsServerBin(), ["-c", `nats-${i}.conf`, "-t"], { cwd: dir, encoding: "utf8", env: { ...process.env, NATS_SERVER_NAME: `nats-${i}` } });
     t.is(check.status, 0, `${check.stdout}${check.stderr}`);
   }
   const procs = [0, 1, 2].map((i) => startServer(t, join(dir, `nats-${i}.conf`), dir, join(dir, `nats-${i}.log`), { NATS_SERVER_NAME: `nats-${i}` }));

@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { accessSync, constants, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { natsServerBin } from '../helpers/nats-server-bin.js';
 import { inNetns, sleep } from './exec.js';
 import type { Fabric, FabricNode } from './fabric.js';
 
@@ -118,7 +119,6 @@ export async function httpOk(url: string): Promise<boolean> {
   return r.ok;
 }
 
-export const NATS_SERVER = process.env.NATS_SERVER_BIN ?? '/usr/sbin/nats-server';
 export const PROMETHEUS = process.env.PROMETHEUS_BIN ?? '/usr/bin/prometheus';
 
 export interface Nats extends Service {
@@ -137,7 +137,7 @@ export async function startNats(fabric: Fabric, port = 4222): Promise<Nats> {
   const svc = startService(
     fabric,
     'nats-server',
-    [NATS_SERVER, '-js', '-a', fabric.mgmtAddress, '-p', String(port), '-sd', dir, '-n', `i6pn-${fabric.runId}`],
+    [natsServerBin(), '-js', '-a', fabric.mgmtAddress, '-p', String(port), '-sd', dir, '-n', `i6pn-${fabric.runId}`],
     { cmdlineMark: dir },
   );
   await waitUntil(`nats-server on [${fabric.mgmtAddress}]:${port}`, () => tcpOpen(fabric.mgmtAddress, port), 10_000, svc);

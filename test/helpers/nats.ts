@@ -14,8 +14,8 @@ import { createServer, connect as tcpConnect } from 'node:net';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { natsServerBin } from './nats-server-bin.js';
 
-export const NATS_SERVER = process.env.NATS_SERVER_BIN ?? '/usr/sbin/nats-server';
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 export interface NatsServer {
@@ -106,7 +106,7 @@ export async function startNats(opts: { host?: string; port?: number; jetstream?
 
   const launch = async (): Promise<void> => {
     const js = opts.jetstream === false ? [] : ['-js', '-sd', dir];
-    const args = ['--pdeathsig', 'KILL', NATS_SERVER, '-a', host, '-p', String(port), ...js];
+    const args = ['--pdeathsig', 'KILL', natsServerBin(), '-a', host, '-p', String(port), ...js];
     const p = spawn('setpriv', args, { stdio: ['ignore', 'ignore', 'pipe'] });
     stderr = '';
     p.stderr?.on('data', (d: Buffer) => {
