@@ -16,6 +16,7 @@
  * test/agent-decode.test.ts holds the two to the same verdict on random and
  * mutated entries.
  */
+import { compressedRun } from '../lib/address.js';
 import { EndpointFlag } from './bpf/abi.generated.js';
 import { TIMESTAMP_PATTERN, SCHEMA_VERSION, type EndpointRecord } from '../lib/schema.js';
 
@@ -155,21 +156,9 @@ export function isCanonicalAddress(b: Uint8Array, at: number, end: number, works
   g[5] = hi & 0xffff;
   g[6] = lo >>> 16;
   g[7] = lo & 0xffff;
-  let runAt = -1;
-  let runLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > runLen) {
-      runAt = i;
-      runLen = j - i;
-    }
-    i = j;
-  }
+  const run = compressedRun(g);
+  const runAt = run < 0 ? -1 : run & 0xff;
+  const runLen = run < 0 ? 1 : run >>> 8;
   let p = at;
   for (let i = 0; i < 8; i++) {
     if (i === runAt) {

@@ -62,6 +62,20 @@ export function formatAddress(bytes: Uint8Array): string {
   }
   const g: number[] = [];
   for (let i = 0; i < 8; i++) g.push((bytes[2 * i]! << 8) | bytes[2 * i + 1]!);
+  const run = compressedRun(g);
+  const hex = (from: number, to: number): string => g.slice(from, to).map((x) => x.toString(16)).join(':');
+  if (run < 0) return hex(0, 8);
+  const len = run >>> 8;
+  const start = run & 0xff;
+  return `${hex(0, start)}::${hex(start + len, 8)}`;
+}
+
+/**
+ * The run of zero groups RFC 5952 compresses in 8 groups: the longest of two
+ * or more, the first on a tie. Returns (length << 8) | start, or -1 when
+ * there is none.
+ */
+export function compressedRun(g: ArrayLike<number>): number {
   let bestStart = -1;
   let bestLen = 1;
   for (let i = 0; i < 8; ) {
@@ -77,9 +91,7 @@ export function formatAddress(bytes: Uint8Array): string {
     }
     i = j;
   }
-  const hex = (from: number, to: number): string => g.slice(from, to).map((x) => x.toString(16)).join(':');
-  if (bestStart < 0) return hex(0, 8);
-  return `${hex(0, bestStart)}::${hex(bestStart + bestLen, 8)}`;
+  return bestStart < 0 ? -1 : (bestLen << 8) | bestStart;
 }
 
 /** The same text through ip-address, the reference formatAddress is tested against. */

@@ -21,7 +21,7 @@
 //   permissions name exactly that.
 //
 // The nats-server is the one every test runs (make deps); nothing here needs 2.10.
-import { natsServerBin } from "./helpers/nats-server-bin.js";
+import { natsServerBin, startConfiguredServer } from "./helpers/nats-server-bin.js";
 import test, { type ExecutionContext } from "ava";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -87,21 +87,9 @@ async function freePorts(n: number): Promise<number[]> {
   return ports;
 }
 
-/** nats-server, killed with the test process (parent-death signal) and stopped at the end of the test. */
+/** nats-server with `conf`, its log beside it; stopped at the end of the test. */
 function startServer(t: ExecutionContext, conf: string, cwd: string, env: Record<string, string>): ChildProcess {
-  const fd = openSync(`${conf}.log`, "a");
-  const proc = spawn("setpriv", ["--pdeathsig", "KILL", NATS, "-c", conf], { cwd, env: { ...process.env, ...env }, stdio: ["ignore", fd, fd] });
-  closeSync(fd);
-  t.teardown(async () => {
-    if (proc.exitCode === null && proc.signalCode === null) {
-      const exited = new Promise((r) => proc.once("exit", r));
-      proc.kill("SIGTERM");
-      const timer = setTimeout(() => proc.kill("SIGKILL"), 5000);
-      await exited;
-      clearTimeout(timer);
-    }
-  });
-  return proc;
+  return startConfiguredServer(t, conf, cwd, `${conf}.log`, env);
 }
 
 /** Ends an until() at once. */

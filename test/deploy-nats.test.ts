@@ -18,7 +18,7 @@ import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/
 import { Kvm, type KV } from "@nats-io/kv";
 import { AGENT_BUCKETS, agentBuckets, agentPermissions, assertNodeName, assertRegionName, BUCKETS, credsFile, init, issueAgent, issueController } from "../deploy/nats/i6pn-nats-auth.js";
 import { ENDPOINTS_HISTORY, endpointsBucket, LEGACY_ENDPOINTS_BUCKET } from "../lib/schema.js";
-import { natsServerBin } from "./helpers/nats-server-bin.js";
+import { natsServerBin, startConfiguredServer } from "./helpers/nats-server-bin.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const prodConf = join(root, "deploy/nats/nats-server.conf");
@@ -45,19 +45,7 @@ async function freePort(): Promise<number> {
 
 /** Starts nats-server; stopped (and awaited) at the end of the test. */
 function startServer(t: ExecutionContext, conf: string, cwd: string, log: string, env: Record<string, string> = {}): ChildProcess {
-  const fd = openSync(log, "a");
-  const proc = spawn(natsServerBin(), ["-c", conf], { cwd, env: { ...process.env, ...env }, stdio: ["ignore", fd, fd] });
-  closeSync(fd);
-  t.teardown(async () => {
-    if (proc.exitCode === null && proc.signalCode === null) {
-      const exited = new Promise((r) => proc.once("exit", r));
-      proc.kill("SIGTERM");
-      const timer = setTimeout(() => proc.kill("SIGKILL"), 5000);
-      await exited;
-      clearTimeout(timer);
-    }
-  });
-  return proc;
+  return startConfiguredServer(t, conf, cwd, log, env);
 }
 
 async function until<T>(what: string, fn: () => Promise<T>, timeoutMs = 30_000): Promise<T> {
