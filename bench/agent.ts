@@ -394,6 +394,30 @@ function poll(map: MapFd, value: Buffer, markers: { addr: Uint8Array; written: n
   }
 }
 
+interface GcPauses {
+  minor: number;
+  minorOver10ms: number;
+  major: number;
+  majorOver10ms: number;
+}
+
+/** The agent's garbage collections so far, from prom-client's nodejs_gc_duration_seconds (bucket bounds 1 ms, 10 ms, 100 ms, …). */
+async function gcPauses(port: number): Promise<GcPauses> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const at = (kind: string, le: string): number => {
+    for (const line of text.split('\n')) {
+      if (line.startsWith('i6pn_agent_nodejs_gc_duration_seconds_bucket{') && line.includes(`kind="${kind}"`) && line.includes(`le="${le}"`)) return Number(line.split(' ').at(-1));
+    }
+    return 0;
+  };
+  return {
+    minor: at('minor', '+Inf'),
+    minorOver10ms: at('minor', '+Inf') - at('minor', '0.01'),
+    major: at('major', '+Inf'),
+    majorOver10ms: at('major', '+Inf') - at('major', '0.01'),
+  };
+}
+
 // ---------------------------------------------------------------- 4. restart
 
 interface RestartResult {
@@ -463,7 +487,7 @@ async function restart(nc: NatsConnection, natsUrl: string, a: Agent, churn: { e
       seconds,
       processSeconds: at('i6pn-agent starting'),
       dataplaneSeconds: at('dataplane loaded (pinned maps adopted or created)'),
-      readSeconds: Math.min(at('following the endpoint updates'), at('reading every endpoint of the region')) || at('following the endpoint updates'),
+      readSeconds: next.seen.has('following the endpoint updates') ? at('following the endpoint updates') : at('reading every endpoint of the region'),
       from,
     },
   };
@@ -529,6 +553,8 @@ async function inside(): Promise<void> {
   log(`churn: ${CHURN_RATE}/s for ${CHURN_SECONDS} s`);
   const steady = await churner.run(map, CHURN_RATE, CHURN_SECONDS);
   log(`churn alone: p50 ${steady.latencyMs.p50.toFixed(1)} ms, p99 ${steady.latencyMs.p99.toFixed(1)} ms, kept up ${steady.keptUp}`);
+  const gc = await gcPauses(agent.metricsPort);
+  log(`garbage collection so far: ${gc.minor} scavenges (${gc.minorOver10ms} over 10 ms), ${gc.major} major (${gc.majorOver10ms} over 10 ms)`);
   const second = await startAgent(nats.url, join(process.env.I6PN_BENCH_BPFFS!, 'b'), `${NODE}-2`, N * 2);
   const secondStart = process.hrtime.bigint();
   const besideSync = await churner.run(map, CHURN_RATE, CHURN_SECONDS);
@@ -562,11 +588,12 @@ async function inside(): Promise<void> {
   await stopAgent(agent, { teardown: true });
   await nc.close();
   await nats.destroy();
-  report({ sync, steady, besideSync, secondSeconds, secondReady, rates, best: best ?? null, resumed: resumed.result, full: full.result }, secondsSince(t0));
+  report({ sync, gc, steady, besideSync, secondSeconds, secondReady, rates, best: best ?? null, resumed: resumed.result, full: full.result }, secondsSince(t0));
 }
 
 interface Run {
   sync: SyncResult;
+  gc: GcPauses;
   steady: ChurnResult;
   besideSync: ChurnResult;
   secondSeconds: number;
@@ -603,6 +630,7 @@ function report(r: Run, seconds: number): void {
         ['peak RSS (VmHWM)', `${s.bare.peakRssMB.toFixed(0)} MB`, `${s.peakRssMB.toFixed(0)} MB`, ratio(s.peakRssMB, s.bare.peakRssMB)],
         ['spawn → endpoints map pinned (start-up, load, attach)', '', `${s.startSeconds.toFixed(2)} s`, ''],
         ['nats-server CPU seconds during the agent\'s read', '', `${s.serverCpuSeconds.toFixed(1)} s`, ''],
+        ['garbage collections of the agent over the read and 30 s of churn: scavenges (> 10 ms) / major (> 10 ms)', '', `${r.gc.minor} (${r.gc.minorOver10ms}) / ${r.gc.major} (${r.gc.majorOver10ms})`, ''],
         ['bucket written (puts/s)', `${s.writeSeconds.toFixed(1)} s (${Math.round(N / s.writeSeconds).toLocaleString('en')}/s)`, '', ''],
       ],
     },
