@@ -340,11 +340,6 @@ export class MembershipSync {
     return removed;
   }
 
-  /** A full read was abandoned (the reader failed): forget the marks, sweep nothing; the next start reads again. */
-  abortFullRead(): void {
-    this.flush();
-    this.fullRead = false;
-  }
 
   // ------------------------------------------------------------ batches
 

@@ -76,7 +76,21 @@ export class MembershipFollower {
 
   start(): void {
     this.loop = this.run();
-    this.timer = setInterval(() => this.requestReconcile(), this.o.reconcileIntervalMs);
+    this.scheduleReconcile();
+  }
+
+  /**
+   * The next periodic reconcile, at the interval ± 20 %: agents started
+   * together (a rollout, a region's power cut) must not read their region
+   * together at every interval after.
+   */
+  private scheduleReconcile(): void {
+    if (this.stopped) return;
+    const ms = this.o.reconcileIntervalMs * (0.8 + 0.4 * Math.random());
+    this.timer = setTimeout(() => {
+      this.requestReconcile();
+      this.scheduleReconcile();
+    }, ms);
     this.timer.unref();
   }
 
@@ -95,7 +109,7 @@ export class MembershipFollower {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.timer) clearInterval(this.timer);
+    if (this.timer) clearTimeout(this.timer);
     if (this.soon) clearTimeout(this.soon);
     this.live?.stop();
     this.reconciler?.stop();
@@ -113,10 +127,7 @@ export class MembershipFollower {
       } catch (err) {
         if (this.stopped) break;
         failures++;
-        if (this.o.sync.inFullRead) {
-          this.o.sync.abortFullRead();
-          this.o.metrics.reconciles.inc({ result: 'failed' });
-        }
+        // A full read cut short goes on from where it stopped (its marks stay): the stream is read in order.
         this.o.log.warn(
           { err: { message: (err as Error).message }, attempt: failures, resumeFrom: this.o.sync.lastRevision + 1 },
           'reading the endpoints bucket failed; retrying (the dataplane keeps its last state)',
@@ -159,7 +170,8 @@ export class MembershipFollower {
         );
       }
       this.started = true;
-    } else if (this.streamIdNow === sid && sync.lastRevision <= last && !sync.inFullRead) {
+    } else if (this.streamIdNow === sid && sync.lastRevision <= last) {
+      // The same stream: go on after the last revision taken (a full read under way continues, marks and all).
       from = sync.lastRevision + 1;
     } else {
       log.warn({ stream: this.stream, lastRevision: sync.lastRevision, streamLast: last }, 'the endpoints stream was replaced: reading the region whole');

@@ -220,6 +220,28 @@ test.serial('an unusable position falls back to a full read and a sweep: a repla
   await b.follower.stop();
 });
 
+test.serial('a full read cut short (a reconnect) goes on from where it stopped, then sweeps and records its position', async (t) => {
+  const p = dp.readSyncState();
+  dp.writeSyncState({ ...p, revision: 0 }); // no position: the next start reads the region whole
+  const stale = newEp();
+  dp.upsertEndpoints([{ addr: stale.addr, workspace: stale.ws, region: REGION_ID, node: 1, flags: { i6pn: true, local: false }, ifindex: 0 }]);
+  await putAll(Array.from({ length: 20_000 }, () => newEp()));
+  const a = startAgent();
+  // Cut the read short three times, as reconnects do.
+  for (let i = 0; i < 3; i++) {
+    await eventually(() => a.sync.lastRevision > 0 && a.sync.inFullRead, 'the full read under way', 10_000, 5);
+    a.follower.resume();
+    await new Promise((r) => setTimeout(r, 30));
+  }
+  await a.initial;
+  t.is(await counter(a, 'i6pn_membership_starts_total', { from: 'snapshot' }), 1, 'one full read, continued, not started over');
+  t.false(a.logs.some((l) => String(l.msg).includes('replaced')), 'not mistaken for a replaced stream');
+  t.false(mapView().has(stale.address), 'the sweep ran at its end');
+  t.true(sameSet(mapView(), await storeView()));
+  t.is(dp.readSyncState().revision, a.sync.lastRevision, 'its position is recorded');
+  await a.follower.stop();
+});
+
 test.serial('the background reconcile never undoes updates made while it runs', async (t) => {
   const many = Array.from({ length: 4000 }, () => newEp());
   await putAll(many);
