@@ -17,7 +17,7 @@ APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool nats-server prometheus iproute
             g++ make openssl ethtool
 DEPS_STAMP := node_modules/.i6pn-deps
 
-.PHONY: deps bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fabric bench-binding clean
+.PHONY: deps bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fleet bench-fabric bench-binding clean
 
 ## deps: install apt packages and npm modules (idempotent, quick when done)
 deps: $(DEPS_STAMP)
@@ -67,7 +67,7 @@ demo-shell:
 	bash test/fabric/demo.sh shell $(NODE)
 
 ## bench: every benchmark against its baseline; writes bench/results/<date>.json and the table in bench/README.md
-bench: bench-dataplane bench-fabric bench-agent bench-binding
+bench: bench-dataplane bench-fabric bench-agent bench-fleet bench-binding
 
 BENCH_OBJS := $(BUILD)/bench/xdp_redirect.bpf.o
 
@@ -84,6 +84,9 @@ bench-fabric: build bpffs $(BENCH_OBJS)
 
 bench-agent: build bpffs
 	node --import=tsx bench/agent.ts
+
+bench-fleet: build
+	node --import=tsx bench/fleet.ts
 
 bench-binding: build bpffs
 	node --import=tsx bench/binding.ts
