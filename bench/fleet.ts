@@ -1096,11 +1096,15 @@ function report(runs: FleetRun[], seconds: number): void {
   let measured = 'not run';
   if (big) {
     const c = big.churn.cpu;
+    const p99 = (r: FleetRun): string =>
+      r.latencyMs.p99 === Infinity
+        ? `no p99: ${r.latencyMs.count.toLocaleString('en')} of ${(r.markers * r.n).toLocaleString('en')} (follower, marker) pairs applied by the end`
+        : `p99 ${ms(r.latencyMs.p99)} (p50 ${ms(r.latencyMs.p50)})`;
     measured =
-      `p99 ${ms(big.latencyMs.p99)} (p50 ${ms(big.latencyMs.p50)}; ${big.latencyMs.count.toLocaleString('en')} of ${(big.markers * big.n).toLocaleString('en')} pairs applied); kept up: ${big.keptUp ? 'yes' : 'no'}; ` +
+      `${p99(big)}; kept up: ${big.keptUp ? 'yes' : 'no'}; ` +
       `churn CPU (200 % = the machine): nats-server ${pct(c.serverPct)}, followers ${pct(c.followersPct)}, writer ${pct(c.writerPct)}, other work ${pct(c.otherPct)}; ` +
       `on paper nats-server needs ${((big.churn.serverUsPerMessage * GOAL_N * RATE) / 1e6).toFixed(1)} cores for it`;
-    if (small) measured += `; ${small.n} followers: p99 ${ms(small.latencyMs.p99)}`;
+    if (small) measured += `; ${small.n} followers: ${p99(small)}, kept up: ${small.keptUp ? 'yes' : 'no'}`;
   }
   const goals: Goal[] = [
     {
