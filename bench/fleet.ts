@@ -56,9 +56,8 @@ import { AgentStore } from '../agent/store-client.js';
 import { writeEndpointAddress } from '../agent/decode.js';
 import { MembershipSync, type EndpointMap } from '../agent/sync.js';
 import { EndpointTable, type EndpointId } from '../agent/table.js';
-import { printAddress } from '../agent/validate.js';
 import { MembershipFollower } from '../agent/watch.js';
-import { endpointIdOf, workspaceIdHex } from '../lib/address.js';
+import { endpointIdOf, formatAddress, workspaceIdHex } from '../lib/address.js';
 import { ENDPOINTS_HISTORY, endpointsBucket } from '../lib/schema.js';
 import { startNats } from '../test/helpers/nats.js';
 import { cleanup, onCleanup, sh, sleep, spawnIn } from './lib/netns.js';
@@ -153,7 +152,7 @@ function record(addr: Uint8Array, node: string, createdAt: string): { key: strin
   const ws = ((addr[2]! << 24) | (addr[3]! << 16) | (addr[4]! << 8) | addr[5]!) >>> 0;
   const rec = {
     v: 1,
-    address: printAddress(addr),
+    address: formatAddress(addr),
     workspace: `ws-${ws.toString(16)}`,
     workspaceId: ws,
     region: REGION,
