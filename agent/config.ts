@@ -266,7 +266,7 @@ function buildProgram(onRun: (o: Record<string, unknown>) => void, onTeardown: (
     )
     .addOption(opt('--object <path>', 'I6PN_OBJECT', 'the compiled BPF object, relative to the package root', DEFAULT_OBJECT))
     .addOption(
-      opt('--reconcile-interval <seconds>', 'I6PN_RECONCILE_INTERVAL', 'period of the full reconcile (mark and sweep) of the maps against the store', '300'),
+      opt('--reconcile-interval <seconds>', 'I6PN_RECONCILE_INTERVAL', 'period (± 20 %) of the background reconcile (mark and sweep) of the maps against the store', '300'),
     )
     .addOption(opt('--heartbeat-interval <seconds>', 'I6PN_HEARTBEAT_INTERVAL', 'period of the node heartbeat in the nodes bucket', '5'))
     .addOption(

@@ -9,13 +9,13 @@
  *   only what changed while it was away, and a reconcile follows in the
  *   background. Otherwise it reads the region whole and sweeps at the end.
  * - A failed read (lost connection, gap, missed heartbeats) starts again from
- *   the last revision taken, forever, with backoff; if the stream was
- *   replaced meanwhile, from its start. The dataplane keeps its state
- *   meanwhile (frozen, never opened).
+ *   the last revision taken, forever, with backoff (a full read under way goes
+ *   on, marks and all); if the stream was replaced meanwhile, from its start.
+ *   The dataplane keeps its state meanwhile (frozen, never opened).
  * - A missing bucket (the region has no endpoints bucket yet, or the store has
  *   not been migrated) is waited for; nothing is swept on its account.
- * - Every `reconcileIntervalMs` (and soon after a resume), a second reader
- *   goes through the bucket beside the live one (MembershipSync.reconcile).
+ * - Every `reconcileIntervalMs` ± 20 % (and soon after a resume), a second
+ *   reader goes through the bucket beside the live one (MembershipSync.reconcile).
  */
 import type { JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
