@@ -1,7 +1,7 @@
 /**
  * Following the region's endpoints in the store: an ordered push consumer on
  * the endpoints bucket's stream, filtered to `<region>.>` (one wildcard
- * filter: nats-server 2.9 takes no more). It is read as an iterator, so the
+ * filter, which nats-server 2.9 takes too). It is read as an iterator, so the
  * server's flow-control requests are answered only when the agent reaches
  * them: the server cannot run ahead of the agent by more than its flow-control
  * window, and a million-entry region streams through in bounded memory.
