@@ -194,10 +194,6 @@ export class MembershipSync {
     return this.fullRead;
   }
 
-  get inReconcile(): boolean {
-    return this.reconciling;
-  }
-
   // ------------------------------------------------------------ starting points
 
   /**
@@ -416,12 +412,6 @@ export class MembershipSync {
     this.o.log.warn({ key, revision, reason, problem: message }, 'invalid endpoint entry rejected');
   }
 
-  /** The endpoint key (`<region>.<ws>.<ep>`) of a map address. */
-  private keyOfAddress(a: Uint8Array, at = 0): string {
-    const v = new DataView(a.buffer, a.byteOffset + at, 16);
-    return `${this.o.region}.${hex8(v.getUint32(2))}.${hex8(v.getUint32(8))}${hex8(v.getUint32(12))}`;
-  }
-
   /** The endpoint the 16 address bytes at `at` name (the region is the agent's). */
   private idAt(a: Uint8Array, at: number): EndpointId {
     this.id.workspace = u32be(a, at + 2);
@@ -610,11 +600,6 @@ export class MembershipSync {
     if (this.flushes === flushesBefore) this.o.metrics.mapEntries.set({ map: 'endpoints' }, after);
     if (localsChanged) this.o.onLocalsChanged();
     return removed;
-  }
-
-  /** The endpoint key of a map address (for callers that hold addresses). */
-  endpointKeyOf(addr: Uint8Array): string {
-    return this.keyOfAddress(addr);
   }
 }
 
