@@ -85,14 +85,22 @@ test('labels are snake_case names indexed by value', (t) => {
   for (const n of abi.REASON_NAMES) t.regex(n, /^[a-z][a-z0-9_]*$/);
 });
 
-test('each map of the loaded object has the key and value sizes of the generated structs', (t) => {
+test('the generated map table is what the kernel creates, and each map holds the generated structs', (t) => {
   const obj = BpfObject.open(I6PN_OBJECT);
   t.teardown(() => obj.close());
   obj.load();
+  // Generated from the BTF against the kernel's view of every created map.
+  t.deepEqual(Object.keys(abi.maps).sort(), obj.maps().map((m) => m.name).sort(), 'every map of the object is in the table');
+  for (const [name, m] of Object.entries(abi.maps)) {
+    const k = obj.map(name).handle();
+    t.deepEqual({ type: k.type, keySize: k.keySize, valueSize: k.valueSize, maxEntries: k.maxEntries }, { ...m }, name);
+  }
+  // And against the layouts the agent encodes (independently of the map table).
   const want: Record<string, { type: number; key: number; value: number; max?: number }> = {
     endpoints: { type: MapType.HASH, key: 16, value: abi.structs.i6pn_endpoint.size },
     local_ifaces: { type: MapType.HASH, key: 4, value: abi.structs.i6pn_local_iface.size },
     config: { type: MapType.ARRAY, key: 4, value: abi.structs.i6pn_config.size, max: 1 },
+    sync_state: { type: MapType.ARRAY, key: 4, value: abi.structs.i6pn_sync_state.size, max: 1 },
     counters: {
       type: MapType.PERCPU_ARRAY,
       key: 4,
@@ -103,14 +111,14 @@ test('each map of the loaded object has the key and value sizes of the generated
     drop_events: { type: MapType.RINGBUF, key: 0, value: 0 },
   };
   for (const [name, w] of Object.entries(want)) {
-    const m = obj.map(name).handle(); // the kernel's view of the created map
+    const m = abi.maps[name as abi.MapName];
     t.is(m.type, w.type, `${name} type`);
     t.is(m.keySize, w.key, `${name} key size`);
     t.is(m.valueSize, w.value, `${name} value size`);
     if (w.max !== undefined) t.is(m.maxEntries, w.max, `${name} max_entries`);
   }
   // The ABI carrier's value embeds the drop event and the budget.
-  t.true(obj.map('i6pn_abi').valueSize >= abi.structs.i6pn_drop_event.size + abi.structs.i6pn_event_budget.size);
+  t.true(abi.maps.i6pn_abi.valueSize >= abi.structs.i6pn_drop_event.size + abi.structs.i6pn_event_budget.size);
 });
 
 test('the generator fails loudly, naming the missing type, on an object without the ABI', (t) => {

@@ -178,3 +178,17 @@ export const structs = {
 } as const;
 
 export type StructName = keyof typeof structs;
+
+/** The maps of bpf/maps.h: BPF map type, key and value sizes (0 when the map has none), max_entries. */
+export const maps = {
+  endpoints: { type: 1, keySize: 16, valueSize: 16, maxEntries: 65536 },
+  local_ifaces: { type: 1, keySize: 4, valueSize: 20, maxEntries: 4096 },
+  config: { type: 2, keySize: 4, valueSize: 24, maxEntries: 1 },
+  counters: { type: 6, keySize: 4, valueSize: 16, maxEntries: 288 },
+  drop_events: { type: 27, keySize: 0, valueSize: 0, maxEntries: 262144 },
+  event_budget: { type: 6, keySize: 4, valueSize: 16, maxEntries: 1 },
+  sync_state: { type: 2, keySize: 4, valueSize: 24, maxEntries: 1 },
+  i6pn_abi: { type: 2, keySize: 4, valueSize: 104, maxEntries: 1 },
+} as const;
+
+export type MapName = keyof typeof maps;

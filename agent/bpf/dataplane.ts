@@ -240,40 +240,27 @@ const S = abi.structs;
 const IN6_ADDR_SIZE = 16;
 
 interface MapSpec {
-  name: string;
+  name: abi.MapName;
   type: number;
   keySize: number;
   valueSize: number;
-  /** Required max_entries, when fixed by the ABI. */
+  /** Required max_entries: an array's index space is part of the ABI; hash maps and the ring buffer are sized at load. */
   maxEntries?: number;
+  /** Every map is pinned but the BTF carrier, which no program reads. */
   pin: boolean;
 }
 
-const MAP_SPECS: MapSpec[] = [
-  { name: 'endpoints', type: MapType.HASH, keySize: IN6_ADDR_SIZE, valueSize: S.i6pn_endpoint.size, pin: true },
-  { name: 'local_ifaces', type: MapType.HASH, keySize: 4, valueSize: S.i6pn_local_iface.size, pin: true },
-  { name: 'config', type: MapType.ARRAY, keySize: 4, valueSize: S.i6pn_config.size, maxEntries: 1, pin: true },
-  { name: 'sync_state', type: MapType.ARRAY, keySize: 4, valueSize: S.i6pn_sync_state.size, maxEntries: 1, pin: true },
-  {
-    name: 'counters',
-    type: MapType.PERCPU_ARRAY,
-    keySize: 4,
-    valueSize: S.i6pn_counter.size,
-    maxEntries: COUNTERS_MAX,
-    pin: true,
-  },
-  { name: 'drop_events', type: MapType.RINGBUF, keySize: 0, valueSize: 0, pin: true },
-  {
-    name: 'event_budget',
-    type: MapType.PERCPU_ARRAY,
-    keySize: 4,
-    valueSize: S.i6pn_event_budget.size,
-    maxEntries: 1,
-    pin: true,
-  },
-  // BTF carrier only; never pinned, its value layout is i6pn_abi's.
-  { name: 'i6pn_abi', type: MapType.ARRAY, keySize: 4, valueSize: -1, maxEntries: 1, pin: false },
-];
+/** The maps this agent was built against (bpf/maps.h through the BTF; see gen-abi.ts). */
+const MAP_SPECS: MapSpec[] = (Object.entries(abi.maps) as Array<[abi.MapName, (typeof abi.maps)[abi.MapName]]>).map(
+  ([name, m]) => ({
+    name,
+    type: m.type,
+    keySize: m.keySize,
+    valueSize: m.valueSize,
+    maxEntries: m.type === MapType.ARRAY || m.type === MapType.PERCPU_ARRAY ? m.maxEntries : undefined,
+    pin: name !== 'i6pn_abi',
+  }),
+);
 
 function u32key(n: number): Buffer {
   const b = Buffer.alloc(4);
@@ -1175,9 +1162,7 @@ function checkObjectMap(map: BpfMap, spec: MapSpec, object: string): void {
   if (map.type !== spec.type) problems.push(`type ${map.type}, expected ${spec.type}`);
   if (spec.type !== MapType.RINGBUF) {
     if (map.keySize !== spec.keySize) problems.push(`key size ${map.keySize}, ABI says ${spec.keySize}`);
-    if (spec.valueSize >= 0 && map.valueSize !== spec.valueSize) {
-      problems.push(`value size ${map.valueSize}, ABI says ${spec.valueSize}`);
-    }
+    if (map.valueSize !== spec.valueSize) problems.push(`value size ${map.valueSize}, ABI says ${spec.valueSize}`);
   }
   if (spec.maxEntries !== undefined && map.maxEntries !== spec.maxEntries) {
     problems.push(`max_entries ${map.maxEntries}, ABI says ${spec.maxEntries}`);

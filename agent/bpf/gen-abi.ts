@@ -1,8 +1,9 @@
 /**
  * Build step: read the BTF of the compiled i6pn object and write
- * agent/bpf/abi.generated.ts, the TypeScript view of bpf/i6pn.h: every enum as
- * a const object (plus label arrays indexed by value) and the size and field
- * offsets of every shared struct. The agent never hand-codes these, so the two
+ * agent/bpf/abi.generated.ts, the TypeScript view of bpf/i6pn.h and
+ * bpf/maps.h: every enum as a const object (plus label arrays indexed by
+ * value), the size and field offsets of every shared struct, and every map of
+ * the `.maps` section with its type, key and value sizes and max_entries. The agent never hand-codes these, so the two
  * sides cannot drift; test/abi.test.ts regenerates and compares.
  *
  *   node --import=tsx agent/bpf/gen-abi.ts build/bpf/i6pn.bpf.o agent/bpf/abi.generated.ts
@@ -30,6 +31,7 @@ interface BtfType {
   members?: BtfMember[];
   values?: Array<{ name: string; val: number }>;
   nr_elems?: number;
+  vars?: Array<{ type_id: number }>;
 }
 
 /** An enum of i6pn.h and how it appears in TypeScript. */
@@ -196,6 +198,42 @@ function generate(objectPath: string, types: BtfType[]): string {
   }
   lines.push('} as const;', '');
   lines.push('export type StructName = keyof typeof structs;', '');
+
+  // The maps of bpf/maps.h, as libbpf reads them: each `.maps` variable is a
+  // struct whose members encode the attributes (type and max_entries as
+  // pointers to arrays of that many elements, key and value as pointers to
+  // their types).
+  const maps = types.find((t) => t.kind === 'DATASEC' && t.name === '.maps');
+  if (!maps?.vars?.length) throw new AbiError(objectPath, 'no .maps section in BTF');
+  lines.push('/** The maps of bpf/maps.h: BPF map type, key and value sizes (0 when the map has none), max_entries. */');
+  lines.push('export const maps = {');
+  for (const v of maps.vars) {
+    const variable = byId.get(v.type_id);
+    const def = variable && resolve(variable.type_id ?? -1);
+    if (!variable || variable.kind !== 'VAR' || !def || def.kind !== 'STRUCT') {
+      throw new AbiError(objectPath, `.maps entry ${v.type_id} is not a map definition`);
+    }
+    const pointee = (member: string): BtfType | undefined => {
+      const m = def.members?.find((x) => x.name === member);
+      const ptr = m && resolve(m.type_id);
+      if (m && ptr?.kind !== 'PTR') throw new AbiError(objectPath, `map ${variable.name}: ${member} is not a pointer`);
+      return ptr ? resolve(ptr.type_id ?? -1) : undefined;
+    };
+    const count = (member: string): number => {
+      const t = pointee(member);
+      if (!t || t.kind !== 'ARRAY') throw new AbiError(objectPath, `map ${variable.name}: no ${member}`);
+      return t.nr_elems ?? 0;
+    };
+    const size = (member: string): number => {
+      const t = pointee(member);
+      return t ? sizeOf(t) : 0;
+    };
+    lines.push(
+      `  ${variable.name}: { type: ${count('type')}, keySize: ${size('key')}, valueSize: ${size('value')}, maxEntries: ${count('max_entries')} },`,
+    );
+  }
+  lines.push('} as const;', '');
+  lines.push('export type MapName = keyof typeof maps;', '');
   return lines.join('\n');
 }
 
