@@ -85,6 +85,11 @@ export async function ifindexOf(name: string): Promise<number | null> {
   }
 }
 
+/** The ifindex of every interface of this namespace (teardown's sweep). */
+export async function interfaceIndexes(): Promise<number[]> {
+  return (JSON.parse((await ip(['-j', 'link', 'show'])) || '[]') as Array<{ ifindex: number }>).map((l) => l.ifindex);
+}
+
 /** One interface of the namespace. */
 export interface Link {
   ifname: string;

@@ -9,16 +9,14 @@
  * and only then does membership change the maps; SIGTERM leaves everything in
  * place and enforcing.
  */
-import { join } from 'node:path';
 import type { Server } from 'node:http';
 import { Dataplane } from './bpf/dataplane.js';
-import { MapFd } from './bpf/libbpf.js';
 import { formatAddress } from '../lib/address.js';
 import { Attacher } from './attach.js';
 import { AGENT_VERSION, ConfigError, parseCommandLine, type AgentConfig, type TeardownConfig } from './config.js';
 import { Heartbeat } from './heartbeat.js';
 import { startHttp } from './http.js';
-import { Interfaces, flushAgentRoutes } from './links.js';
+import { Interfaces, flushAgentRoutes, interfaceIndexes } from './links.js';
 import { createLogger, type Logger } from './log.js';
 import { AgentMetrics } from './metrics.js';
 import { AgentStore } from './store-client.js';
@@ -55,10 +53,9 @@ async function run(cfg: AgentConfig): Promise<void> {
       debug: (obj, msg) => dpLog.debug(obj, msg),
     },
   });
-  const localIfacesMap = MapFd.fromPin(join(cfg.bpffs, 'local_ifaces'), 'local_ifaces');
   state.mapsLoaded = true;
   metrics.mapCapacity.set({ map: 'endpoints' }, dp.maxEndpoints);
-  metrics.mapCapacity.set({ map: 'local_ifaces' }, localIfacesMap.maxEntries);
+  metrics.mapCapacity.set({ map: 'local_ifaces' }, dp.maxLocalIfaces);
   metrics.setCounterSource(() => dp.readCounters());
   const dropLog = log.child({ component: 'drop' });
   const drops = dp.watchDropEvents((e) => {
@@ -111,7 +108,6 @@ async function run(cfg: AgentConfig): Promise<void> {
     drops.close();
     await store?.close().catch(() => {});
     server.close();
-    localIfacesMap.close();
     dp.close();
     log.info('stopped');
     process.exit(0);
@@ -198,7 +194,7 @@ async function run(cfg: AgentConfig): Promise<void> {
 async function teardown(cfg: TeardownConfig): Promise<void> {
   const log = createLogger(cfg.logLevel, { command: 'teardown' });
   await flushAgentRoutes().catch((err: unknown) => log.warn({ err }, 'removing the agent\'s routes failed'));
-  Dataplane.teardown(cfg.bpffs, { allInterfaces: cfg.allInterfaces });
+  Dataplane.teardown(cfg.bpffs, { interfaces: cfg.allInterfaces ? await interfaceIndexes() : [] });
   log.info({ bpffs: cfg.bpffs, allInterfaces: cfg.allInterfaces }, 'removed the i6pn dataplane: XDP link, TC filters, routes and pins');
 }
 

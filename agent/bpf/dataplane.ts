@@ -16,7 +16,6 @@
  * libbpf keeps one global log callback: the last open() with a logger wins.
  */
 import { existsSync, mkdirSync, readdirSync, rmSync, rmdirSync, unlinkSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 
 import * as abi from './abi.generated.js';
@@ -315,17 +314,21 @@ export interface SyncState {
   region: number;
 }
 
-function decodeEndpoint(addr: Uint8Array, b: Buffer): Endpoint {
+/** An endpoints map value at byte `at` of `view`: the one decoder of struct i6pn_endpoint. */
+export function readEndpointValue(view: DataView, at: number): Omit<Endpoint, 'addr'> {
   const F = S.i6pn_endpoint.fields;
-  const flags = b.readUInt16LE(F.flags.offset);
+  const flags = view.getUint16(at + F.flags.offset, true);
   return {
-    addr: new Uint8Array(addr),
-    workspace: b.readUInt32LE(F.workspace.offset),
-    region: b.readUInt16LE(F.region.offset),
-    node: b.readUInt32LE(F.node.offset),
+    workspace: view.getUint32(at + F.workspace.offset, true),
+    region: view.getUint16(at + F.region.offset, true),
+    node: view.getUint32(at + F.node.offset, true),
     flags: { i6pn: (flags & abi.EndpointFlag.I6PN) !== 0, local: (flags & abi.EndpointFlag.LOCAL) !== 0 },
-    ifindex: b.readUInt32LE(F.ifindex.offset),
+    ifindex: view.getUint32(at + F.ifindex.offset, true),
   };
+}
+
+function decodeEndpoint(addr: Uint8Array, b: Buffer): Endpoint {
+  return { addr: new Uint8Array(addr), ...readEndpointValue(new DataView(b.buffer, b.byteOffset, b.length), 0) };
 }
 
 function validateEndpoint(e: Endpoint, i: number): void {
@@ -357,15 +360,6 @@ function decodeDropEvent(b: Buffer): DropEvent {
 
 /** A batch size that keeps each syscall's buffers modest. */
 const BATCH = 4096;
-
-function listInterfaceIndexes(): number[] {
-  try {
-    const out = execFileSync('ip', ['-j', 'link', 'show'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-    return (JSON.parse(out) as Array<{ ifindex: number }>).map((l) => l.ifindex);
-  } catch {
-    return [];
-  }
-}
 
 function isGone(err: unknown): boolean {
   return err instanceof LibbpfError && (err.code === 'ENODEV' || err.code === 'ENOENT' || err.code === 'ENXIO');
@@ -498,6 +492,11 @@ export class Dataplane {
   /** Capacity of the endpoints map. */
   get maxEndpoints(): number {
     return this.endpoints.maxEntries;
+  }
+
+  /** Capacity of the local_ifaces map (veths this node can bind). */
+  get maxLocalIfaces(): number {
+    return this.localIfaces.maxEntries;
   }
 
   /**
@@ -697,24 +696,12 @@ export class Dataplane {
     const out: Endpoint[] = [];
     const ks = this.endpoints.keySize;
     const vs = this.endpoints.valueBytes;
-    const F = S.i6pn_endpoint.fields;
     for (const { keys, values, count } of this.endpoints.lookupBatchChunks(BATCH)) {
       // One copy of the chunk's keys, viewed per endpoint: a million separate
       // 16-byte allocations cost seconds, views of one buffer do not.
       const addrs = new Uint8Array(keys.subarray(0, count * ks));
       const dv = new DataView(values.buffer, values.byteOffset, count * vs);
-      for (let i = 0; i < count; i++) {
-        const o = i * vs;
-        const flags = dv.getUint16(o + F.flags.offset, true);
-        out.push({
-          addr: addrs.subarray(i * ks, (i + 1) * ks),
-          workspace: dv.getUint32(o + F.workspace.offset, true),
-          region: dv.getUint16(o + F.region.offset, true),
-          node: dv.getUint32(o + F.node.offset, true),
-          flags: { i6pn: (flags & abi.EndpointFlag.I6PN) !== 0, local: (flags & abi.EndpointFlag.LOCAL) !== 0 },
-          ifindex: dv.getUint32(o + F.ifindex.offset, true),
-        });
-      }
+      for (let i = 0; i < count; i++) out.push({ addr: addrs.subarray(i * ks, (i + 1) * ks), ...readEndpointValue(dv, i * vs) });
     }
     return out;
   }
@@ -1074,12 +1061,13 @@ export class Dataplane {
   /**
    * Remove everything pinned under pinDir: detach the XDP links, detach the
    * TC filters from every veth registered in the pinned local_ifaces map
-   * (and, with allInterfaces, from every interface of this network namespace
-   * at i6pn's handle and priority), unpin the maps, remove the directory.
+   * (and from every ifindex of opts.interfaces, at i6pn's handle and priority:
+   * the caller lists the namespace's interfaces, links.ts interfaceIndexes()),
+   * unpin the maps, remove the directory.
    */
-  static teardown(pinDir: string, opts: { allInterfaces?: boolean } = {}): void {
+  static teardown(pinDir: string, opts: { interfaces?: Iterable<number> } = {}): void {
     if (!existsSync(pinDir)) {
-      if (opts.allInterfaces) for (const ifindex of listInterfaceIndexes()) detachTc(ifindex);
+      for (const ifindex of opts.interfaces ?? []) detachTc(ifindex);
       return;
     }
     const ifindexes = new Set<number>();
@@ -1092,7 +1080,7 @@ export class Dataplane {
         m.close();
       }
     }
-    if (opts.allInterfaces) for (const i of listInterfaceIndexes()) ifindexes.add(i);
+    for (const i of opts.interfaces ?? []) ifindexes.add(i);
     for (const ifindex of ifindexes) detachTc(ifindex);
     for (const name of readdirSync(pinDir)) {
       const path = join(pinDir, name);

@@ -12,6 +12,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { Dataplane } from '../../agent/bpf/dataplane.js';
+import { interfaceIndexes } from '../../agent/links.js';
 import { addressBytes } from './policy.js';
 
 export interface StaticMember {
@@ -82,7 +83,7 @@ async function counters(pinDir: string, object: string): Promise<void> {
 const [cmd, arg, object = 'build/bpf/i6pn.bpf.o'] = process.argv.slice(2);
 if (cmd === 'load' && arg) await load(JSON.parse(arg) as StaticLoad);
 else if (cmd === 'counters' && arg) await counters(arg, object);
-else if (cmd === 'teardown' && arg) Dataplane.teardown(arg, { allInterfaces: true });
+else if (cmd === 'teardown' && arg) Dataplane.teardown(arg, { interfaces: await interfaceIndexes() });
 else {
   process.stderr.write('usage: static-dataplane.ts load JSON | counters PINDIR [OBJECT] | teardown PINDIR\n');
   process.exit(2);

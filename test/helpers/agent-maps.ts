@@ -5,6 +5,7 @@
  */
 import { join } from 'node:path';
 import { structs as abiStructs, ConfigFlag, EndpointFlag } from '../../agent/bpf/abi.generated.js';
+import { readEndpointValue } from '../../agent/bpf/dataplane.js';
 import { MapFd } from '../../agent/bpf/libbpf.js';
 import { formatAddress, parseAddress } from '../../lib/address.js';
 
@@ -29,16 +30,8 @@ function withMap<T>(bpffs: string, name: string, f: (m: MapFd) => T): T {
 }
 
 function decodeEndpoint(v: Buffer): PinnedEndpoint {
-  const F = abiStructs.i6pn_endpoint.fields;
-  const flags = v.readUInt16LE(F.flags.offset);
-  return {
-    workspace: v.readUInt32LE(F.workspace.offset),
-    region: v.readUInt16LE(F.region.offset),
-    i6pn: (flags & EndpointFlag.I6PN) !== 0,
-    local: (flags & EndpointFlag.LOCAL) !== 0,
-    node: v.readUInt32LE(F.node.offset),
-    ifindex: v.readUInt32LE(F.ifindex.offset),
-  };
+  const e = readEndpointValue(new DataView(v.buffer, v.byteOffset, v.length), 0);
+  return { workspace: e.workspace, region: e.region, i6pn: e.flags.i6pn, local: e.flags.local, node: e.node, ifindex: e.ifindex };
 }
 
 export function readPinnedEndpoint(bpffs: string, address: string): PinnedEndpoint | null {
