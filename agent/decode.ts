@@ -16,7 +16,7 @@
  * test/agent-decode.test.ts holds the two to the same verdict on random and
  * mutated entries.
  */
-import { compressedRun } from '../lib/address.js';
+import { isCanonicalAddress } from '../lib/address.js';
 import { EndpointFlag } from './bpf/abi.generated.js';
 import { TIMESTAMP_PATTERN, SCHEMA_VERSION, type EndpointRecord } from '../lib/schema.js';
 
@@ -115,72 +115,6 @@ export function parseBucketKey(key: string, out: KeyParts): boolean {
   out.hi = hi;
   out.lo = lo;
   return true;
-}
-
-/** The 16 bytes of fdaa:<workspace>:<region>:<endpoint id>. */
-export function writeEndpointAddress(into: Uint8Array, at: number, workspace: number, region: number, hi: number, lo: number): void {
-  into[at] = 0xfd;
-  into[at + 1] = 0xaa;
-  into[at + 2] = workspace >>> 24;
-  into[at + 3] = (workspace >>> 16) & 0xff;
-  into[at + 4] = (workspace >>> 8) & 0xff;
-  into[at + 5] = workspace & 0xff;
-  into[at + 6] = region >>> 8;
-  into[at + 7] = region & 0xff;
-  into[at + 8] = hi >>> 24;
-  into[at + 9] = (hi >>> 16) & 0xff;
-  into[at + 10] = (hi >>> 8) & 0xff;
-  into[at + 11] = hi & 0xff;
-  into[at + 12] = lo >>> 24;
-  into[at + 13] = (lo >>> 16) & 0xff;
-  into[at + 14] = (lo >>> 8) & 0xff;
-  into[at + 15] = lo & 0xff;
-}
-
-// ---------------------------------------------------------------- the address text
-
-const groups = new Uint16Array(8);
-
-/**
- * Whether b[at, end) is the RFC 5952 text of fdaa:<workspace>:<region>:<hi>:<lo>
- * (lowercase, no leading zeros, the longest run of two or more zero groups
- * compressed, the first on a tie), compared byte by byte.
- */
-export function isCanonicalAddress(b: Uint8Array, at: number, end: number, workspace: number, region: number, hi: number, lo: number): boolean {
-  const g = groups;
-  g[0] = 0xfdaa;
-  g[1] = workspace >>> 16;
-  g[2] = workspace & 0xffff;
-  g[3] = region;
-  g[4] = hi >>> 16;
-  g[5] = hi & 0xffff;
-  g[6] = lo >>> 16;
-  g[7] = lo & 0xffff;
-  const run = compressedRun(g);
-  const runAt = run < 0 ? -1 : run & 0xff;
-  const runLen = run < 0 ? 1 : run >>> 8;
-  let p = at;
-  for (let i = 0; i < 8; i++) {
-    if (i === runAt) {
-      // "::" replaces the run and the separators around it.
-      if (p + 1 >= end || b[p] !== 58 || b[p + 1] !== 58) return false;
-      p += 2;
-      i += runLen - 1;
-      continue;
-    }
-    if (i > 0 && i !== runAt + runLen) {
-      if (p >= end || b[p] !== 58) return false;
-      p++;
-    }
-    const v = g[i]!;
-    const digits = v >= 0x1000 ? 4 : v >= 0x100 ? 3 : v >= 0x10 ? 2 : 1;
-    for (let d = digits - 1; d >= 0; d--) {
-      const nib = (v >>> (d * 4)) & 0xf;
-      if (p >= end || b[p] !== (nib < 10 ? 48 + nib : 87 + nib)) return false;
-      p++;
-    }
-  }
-  return p === end;
 }
 
 // ---------------------------------------------------------------- the patterns, on bytes

@@ -36,11 +36,11 @@
  * that endpoint is removed (the store no longer vouches for it: fail closed).
  */
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
-import { formatAddress, regionIdHex } from '../lib/address.js';
+import { endpointHalfAt, formatAddress, regionAt, regionIdHex, workspaceAt, writeEndpointAddress } from '../lib/address.js';
 import { validateEndpointEntry, type EndpointRecord, type InvalidReason } from '../lib/schema.js';
 import * as abi from './bpf/abi.generated.js';
 import { ENDPOINT_VALUE_SIZE, writeEndpointValue, type SyncState, type UpsertResult } from './bpf/dataplane.js';
-import { DecodeContext, addressOf, decodeEndpoint, flagsOf, fromRecord, ifnameOf, newDecoded, parseBucketKey, writeEndpointAddress, type Decoded, type KeyParts } from './decode.js';
+import { DecodeContext, addressOf, decodeEndpoint, flagsOf, fromRecord, ifnameOf, newDecoded, parseBucketKey, type Decoded, type KeyParts } from './decode.js';
 import { EndpointTable, type EndpointId } from './table.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics } from './metrics.js';
@@ -89,7 +89,6 @@ export interface SyncOptions {
   batchSize?: number;
 }
 
-const u32be = (a: Uint8Array, at: number): number => ((a[at]! << 24) | (a[at + 1]! << 16) | (a[at + 2]! << 8) | a[at + 3]!) >>> 0;
 const hex8 = (n: number): string => (n >>> 0).toString(16).padStart(8, '0');
 
 export { nodeId } from './decode.js';
@@ -414,9 +413,9 @@ export class MembershipSync {
 
   /** The endpoint the 16 address bytes at `at` name (the region is the agent's). */
   private idAt(a: Uint8Array, at: number): EndpointId {
-    this.id.workspace = u32be(a, at + 2);
-    this.id.hi = u32be(a, at + 8);
-    this.id.lo = u32be(a, at + 12);
+    this.id.workspace = workspaceAt(a, at);
+    this.id.hi = endpointHalfAt(a, at, 0);
+    this.id.lo = endpointHalfAt(a, at, 1);
     return this.id;
   }
 
@@ -567,8 +566,7 @@ export class MembershipSync {
     for (const chunk of onlyApplied ? [] : this.o.map.endpointAddresses()) {
       for (const addr of chunk) {
         inKernel++;
-        const region = (addr[6]! << 8) | addr[7]!;
-        if (region !== this.o.regionId || !this.known.isMarked(this.idAt(addr, 0))) stale.push(addr);
+        if (regionAt(addr, 0) !== this.o.regionId || !this.known.isMarked(this.idAt(addr, 0))) stale.push(addr);
       }
       await yieldToLoop();
     }

@@ -4,8 +4,10 @@
  *   0        16                 48        64                               128
  *   | fdaa   | workspace id (32) | region  | endpoint id (64, random)         |
  *
- * Parsing and formatting go through the `ip-address` library; the layout is
- * read and written as bytes. Addresses travel through the program as 16-byte
+ * Text is parsed through the `ip-address` library (user input) and printed
+ * from the bytes; the layout is read and written as bytes, with a codec that
+ * allocates nothing for the agent's hot path (writeEndpointAddress,
+ * workspaceAt, regionAt, endpointHalfAt, isCanonicalAddress). Addresses travel through the program as 16-byte
  * Uint8Arrays and leave it as canonical RFC 5952 strings.
  */
 import { randomBytes } from 'node:crypto';
@@ -94,6 +96,90 @@ export function compressedRun(g: ArrayLike<number>): number {
   return bestStart < 0 ? -1 : (bestLen << 8) | bestStart;
 }
 
+// ---------------------------------------------------------------- the hot path's codec
+// Byte loops with no allocation and no check: the agent's decoder and sync call
+// these per entry. Callers pass ids already validated.
+
+/** The 16 bytes of fdaa:<workspace>:<region>:<endpoint id hi>:<lo> written at `at`. */
+export function writeEndpointAddress(into: Uint8Array, at: number, workspace: number, region: number, hi: number, lo: number): void {
+  into[at] = PRIVATE_PREFIX >>> 8;
+  into[at + 1] = PRIVATE_PREFIX & 0xff;
+  into[at + 2] = workspace >>> 24;
+  into[at + 3] = (workspace >>> 16) & 0xff;
+  into[at + 4] = (workspace >>> 8) & 0xff;
+  into[at + 5] = workspace & 0xff;
+  into[at + 6] = region >>> 8;
+  into[at + 7] = region & 0xff;
+  into[at + 8] = hi >>> 24;
+  into[at + 9] = (hi >>> 16) & 0xff;
+  into[at + 10] = (hi >>> 8) & 0xff;
+  into[at + 11] = hi & 0xff;
+  into[at + 12] = lo >>> 24;
+  into[at + 13] = (lo >>> 16) & 0xff;
+  into[at + 14] = (lo >>> 8) & 0xff;
+  into[at + 15] = lo & 0xff;
+}
+
+const groups = new Uint16Array(8);
+
+/**
+ * Whether b[at, end) is the RFC 5952 text of fdaa:<workspace>:<region>:<hi>:<lo>
+ * (lowercase, no leading zeros, the longest run of two or more zero groups
+ * compressed, the first on a tie), compared byte by byte.
+ */
+export function isCanonicalAddress(b: Uint8Array, at: number, end: number, workspace: number, region: number, hi: number, lo: number): boolean {
+  const g = groups;
+  g[0] = 0xfdaa;
+  g[1] = workspace >>> 16;
+  g[2] = workspace & 0xffff;
+  g[3] = region;
+  g[4] = hi >>> 16;
+  g[5] = hi & 0xffff;
+  g[6] = lo >>> 16;
+  g[7] = lo & 0xffff;
+  const run = compressedRun(g);
+  const runAt = run < 0 ? -1 : run & 0xff;
+  const runLen = run < 0 ? 1 : run >>> 8;
+  let p = at;
+  for (let i = 0; i < 8; i++) {
+    if (i === runAt) {
+      // "::" replaces the run and the separators around it.
+      if (p + 1 >= end || b[p] !== 58 || b[p + 1] !== 58) return false;
+      p += 2;
+      i += runLen - 1;
+      continue;
+    }
+    if (i > 0 && i !== runAt + runLen) {
+      if (p >= end || b[p] !== 58) return false;
+      p++;
+    }
+    const v = g[i]!;
+    const digits = v >= 0x1000 ? 4 : v >= 0x100 ? 3 : v >= 0x10 ? 2 : 1;
+    for (let d = digits - 1; d >= 0; d--) {
+      const nib = (v >>> (d * 4)) & 0xf;
+      if (p >= end || b[p] !== (nib < 10 ? 48 + nib : 87 + nib)) return false;
+      p++;
+    }
+  }
+  return p === end;
+}
+
+/** The workspace id of the address at `at` (no check). */
+export function workspaceAt(a: Uint8Array, at: number): number {
+  return ((a[at + 2]! << 24) | (a[at + 3]! << 16) | (a[at + 4]! << 8) | a[at + 5]!) >>> 0;
+}
+
+/** The region id of the address at `at` (no check). */
+export function regionAt(a: Uint8Array, at: number): number {
+  return (a[at + 6]! << 8) | a[at + 7]!;
+}
+
+/** The endpoint id's high (`half` 0) or low (1) 32 bits of the address at `at` (no check). */
+export function endpointHalfAt(a: Uint8Array, at: number, half: 0 | 1): number {
+  const o = at + 8 + 4 * half;
+  return ((a[o]! << 24) | (a[o + 1]! << 16) | (a[o + 2]! << 8) | a[o + 3]!) >>> 0;
+}
+
 /** The same text through ip-address, the reference formatAddress is tested against. */
 export function formatAddressReference(bytes: Uint8Array): string {
   return Address6.fromUnsignedByteArray(Array.from(bytes)).correctForm();
@@ -164,10 +250,7 @@ export function makeEndpointAddress(workspaceId: number, regionId: number, rand?
   const low = rand ?? randomEndpointBits();
   if (low.length !== 8) throw new Error(`endpoint id must be 8 bytes, got ${low.length}`);
   const out = new Uint8Array(16);
-  const v = new DataView(out.buffer);
-  v.setUint16(0, PRIVATE_PREFIX, false);
-  v.setUint32(2, workspaceId, false);
-  v.setUint16(6, regionId, false);
+  writeEndpointAddress(out, 0, workspaceId, regionId, 0, 0);
   out.set(low, 8);
   return out;
 }
@@ -176,9 +259,7 @@ export function makeEndpointAddress(workspaceId: number, regionId: number, rand?
 export function workspaceSubnet(workspaceId: number): string {
   if (!isWorkspaceId(workspaceId)) throw new Error(`workspace id must be a non-zero 32-bit number, got ${workspaceId}`);
   const b = new Uint8Array(16);
-  const v = new DataView(b.buffer);
-  v.setUint16(0, PRIVATE_PREFIX, false);
-  v.setUint32(2, workspaceId, false);
+  writeEndpointAddress(b, 0, workspaceId, 0, 0, 0);
   return `${formatAddress(b)}/48`;
 }
 

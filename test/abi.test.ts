@@ -111,7 +111,7 @@ test('the generated map table is what the kernel creates, and each map holds the
     drop_events: { type: MapType.RINGBUF, key: 0, value: 0 },
   };
   for (const [name, w] of Object.entries(want)) {
-    const m = abi.maps[name as abi.MapName];
+    const m: { type: number; keySize: number; valueSize: number; maxEntries: number } = abi.maps[name as abi.MapName];
     t.is(m.type, w.type, `${name} type`);
     t.is(m.keySize, w.key, `${name} key size`);
     t.is(m.valueSize, w.value, `${name} value size`);

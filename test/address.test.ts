@@ -2,9 +2,11 @@ import test from 'ava';
 import fc from 'fast-check';
 import {
   addressHex,
+  endpointHalfAt,
   endpointIdOf,
   formatAddress,
   formatAddressReference,
+  isCanonicalAddress,
   isPrivate,
   isRegionId,
   isWorkspaceId,
@@ -12,10 +14,13 @@ import {
   parseAddress,
   randomRegionId,
   randomWorkspaceId,
+  regionAt,
   regionOf,
   regionSubnet,
+  workspaceAt,
   workspaceOf,
   workspaceSubnet,
+  writeEndpointAddress,
 } from '../lib/address.js';
 
 const bytes = (...b: number[]): Uint8Array => Uint8Array.from(b);
@@ -157,4 +162,33 @@ test('formatAddress prints from the bytes exactly what ip-address prints (RFC 59
   for (const s of ['::', '::1', '1::', 'fdaa:0:0:1::', 'fdaa::1:0:0:1', '1:0:0:1:0:0:0:1', '1:0:0:0:1:0:0:1', '0:1:0:1:0:1:0:1']) {
     t.is(formatAddress(parseAddress(s)), formatAddressReference(parseAddress(s)), s);
   }
+});
+
+test('property: the hot path\'s codec writes and reads the layout makeEndpointAddress and workspaceOf/regionOf define', (t) => {
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 0xffff_ffff }),
+      fc.integer({ min: 1, max: 0xffff }),
+      fc.uint8Array({ minLength: 8, maxLength: 8 }),
+      fc.nat(32),
+      (ws, region, rand, at) => {
+        const want = makeEndpointAddress(ws, region, rand);
+        const hi = Buffer.from(rand).readUInt32BE(0);
+        const lo = Buffer.from(rand).readUInt32BE(4);
+        const buf = new Uint8Array(at + 16 + 3).fill(0xee);
+        writeEndpointAddress(buf, at, ws, region, hi, lo);
+        t.deepEqual(buf.subarray(at, at + 16), want);
+        t.true(buf.subarray(0, at).every((b) => b === 0xee) && buf.subarray(at + 16).every((b) => b === 0xee), 'nothing written outside');
+        t.is(workspaceAt(buf, at), workspaceOf(want));
+        t.is(regionAt(buf, at), regionOf(want));
+        t.is(((BigInt(endpointHalfAt(buf, at, 0)) << 32n) | BigInt(endpointHalfAt(buf, at, 1))).toString(16).padStart(16, '0'), endpointIdOf(want));
+        const text = Buffer.from(`x${formatAddress(want)}y`, 'latin1');
+        t.true(isCanonicalAddress(text, 1, text.length - 1, ws, region, hi, lo));
+        t.false(isCanonicalAddress(text, 1, text.length - 1, ws, region, hi, lo ^ 1));
+        const upper = Buffer.from(formatAddress(want).toUpperCase(), 'latin1');
+        if (/[a-f]/.test(formatAddress(want))) t.false(isCanonicalAddress(upper, 0, upper.length, ws, region, hi, lo), 'uppercase is not canonical');
+      },
+    ),
+    { numRuns: 500 },
+  );
 });

@@ -9,9 +9,9 @@
  */
 import test from 'ava';
 import fc from 'fast-check';
-import { endpointIdOf, formatAddress, makeEndpointAddress, workspaceIdHex } from '../lib/address.js';
+import { endpointIdOf, formatAddress, isCanonicalAddress, makeEndpointAddress, workspaceIdHex } from '../lib/address.js';
 import { validateEndpointEntry } from '../lib/schema.js';
-import { DecodeContext, addressOf, decodeEndpoint, ifnameOf, isCanonicalAddress, newDecoded, nodeId, parseBucketKey, type KeyParts } from '../agent/decode.js';
+import { DecodeContext, addressOf, decodeEndpoint, ifnameOf, newDecoded, nodeId, parseBucketKey, type KeyParts } from '../agent/decode.js';
 
 const REGION = 'eu-west';
 const REGION_ID = 0x0e01;

@@ -6,6 +6,7 @@
  * clever: a test states the packet it wants, including the malformed ones
  * (wrong lengths, truncations, odd next-header values).
  */
+import { writeEndpointAddress } from '../../lib/address.js';
 
 export const EtherType = { IPV4: 0x0800, IPV6: 0x86dd, VLAN: 0x8100, QINQ: 0x88a8, ARP: 0x0806 } as const;
 
@@ -146,12 +147,9 @@ function addr6(a: Address): Uint8Array {
  * `endpoint` is a bigint or a number (< 2^53).
  */
 export function privateAddress(workspace: number, region: number, endpoint: bigint | number): Uint8Array {
+  const id = BigInt.asUintN(64, BigInt(endpoint));
   const b = new Uint8Array(16);
-  const v = new DataView(b.buffer);
-  v.setUint16(0, 0xfdaa);
-  v.setUint32(2, workspace >>> 0);
-  v.setUint16(6, region & 0xffff);
-  v.setBigUint64(8, BigInt(endpoint));
+  writeEndpointAddress(b, 0, workspace >>> 0, region & 0xffff, Number(id >> 32n), Number(id & 0xffff_ffffn));
   return b;
 }
 
