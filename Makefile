@@ -81,14 +81,14 @@ demo-shell:
 ## bench: every benchmark against its baseline; writes bench/results/<date>.json and the table in bench/README.md
 bench: bench-dataplane bench-fabric bench-agent bench-fleet bench-binding
 
-BENCH_OBJS := $(BUILD)/bench/xdp_redirect.bpf.o
+BENCH_OBJS := $(BUILD)/bench/xdp_redirect.bpf.o $(BUILD)/bench/empty.bpf.o
 
 # Bench-only programs (the flood generator): not product code, so not in bpf/.
 $(BUILD)/bench/%.bpf.o: bench/bpf/%.bpf.c
 	@mkdir -p $(dir $@)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
-bench-dataplane: build bpffs
+bench-dataplane: build bpffs $(BUILD)/bench/empty.bpf.o
 	node --import=tsx bench/dataplane.ts
 
 bench-fabric: build bpffs $(BENCH_OBJS)

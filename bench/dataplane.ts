@@ -1,7 +1,7 @@
 /**
  * `make bench-dataplane`: ns per packet of each hook and verdict through
  * BPF_PROG_TEST_RUN, with 1 thousand, 100 thousand and 1 million endpoints
- * in the map, beside the empty programs of bpf/empty.bpf.c; and the
+ * in the map, beside the empty programs of bench/bpf/empty.bpf.c; and the
  * verifier's processed-instruction count of every program.
  *
  * Each figure is the median of RUNS calls of REPEAT runs each (the kernel
@@ -23,7 +23,7 @@ import type { CaseInfo, Ready, RoundResult } from './lib/dataplane-worker.js';
 import { BENCH_DIR, REPO_DIR, log, median, printTable, ratio, saveSection, secondsSince, type Goal, type Table } from './lib/results.js';
 
 const OBJECT = join(REPO_DIR, 'build/bpf/i6pn.bpf.o');
-const EMPTY_OBJECT = join(REPO_DIR, 'build/bpf/empty.bpf.o');
+const EMPTY_OBJECT = join(REPO_DIR, 'build/bench/empty.bpf.o');
 const REPEAT = Number(process.env.I6PN_BENCH_REPEAT ?? 2_000_000);
 const RUNS = Number(process.env.I6PN_BENCH_RUNS ?? 7);
 const SIZES = (process.env.I6PN_BENCH_SIZES ?? '1000,100000,1000000').split(',').map(Number);
@@ -143,7 +143,7 @@ async function main(): Promise<void> {
   const cases = rows[0]!.cases;
   const table: Table = {
     title: 'Dataplane: ns per packet (BPF_PROG_TEST_RUN)',
-    note: `Median of ${RUNS} calls × ${REPEAT.toExponential(0)} repeats; 84-byte UDP packet; ratio to the empty program of the same type (bpf/empty.bpf.c). Endpoints are random members of 8 workspaces in two regions; fill rate through upsertEndpoints (batch). Every call is checked against its counter (pass_private, cross_workspace, cross_region).`,
+    note: `Median of ${RUNS} calls × ${REPEAT.toExponential(0)} repeats; 84-byte UDP packet; ratio to the empty program of the same type (bench/bpf/empty.bpf.c). Endpoints are random members of 8 workspaces in two regions; fill rate through upsertEndpoints (batch). Every call is checked against its counter (pass_private, cross_workspace, cross_region).`,
     columns: ['hook', 'case', ...rows.flatMap((r) => [`${fmtN(r.endpoints)} eps ns`, `×empty`])],
     rows: [],
   };

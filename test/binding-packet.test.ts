@@ -20,7 +20,7 @@ import {
   rawFrame,
   truncate,
   type Ipv6Spec,
-} from '../agent/bpf/packet.js';
+} from './tools/packet.js';
 
 const A = privateAddress(0x1111_1111, 7, 1n);
 const B = privateAddress(0x1111_1111, 7, 2n);

@@ -5,13 +5,14 @@
  * one counter (hook, verdict, reason) moved by one packet and its bytes.
  */
 import test from 'ava';
-import { ipv4Packet, ipv6, ipv6Offsets, ipv6Packet, rawFrame, truncate, type Ipv6Spec } from '../agent/bpf/packet.js';
+import { ipv4Packet, ipv6, ipv6Offsets, ipv6Packet, rawFrame, truncate, type Ipv6Spec } from './tools/packet.js';
 import type { HookName, ReasonName } from '../agent/bpf/dataplane.js';
 import { decide, isPass, MAX_EXT_HDRS, type Reason } from './policy-model.js';
 import { M, NODE_ADDRESS, observe, openFixture, R1, R2, W1, type Fixture } from './helpers/golden.js';
 import { REASON_NAMES } from '../agent/bpf/abi.generated.js';
 import { LibbpfError } from '../agent/bpf/dataplane.js';
-import { privateAddress } from '../agent/bpf/packet.js';
+import { privateAddress } from './tools/packet.js';
+import { runPacket } from './tools/run-packet.js';
 
 type Iface = 'local' | 'local2' | 'localNoI6pn' | 'unregistered' | 'uplink' | 'sealed';
 
@@ -419,8 +420,8 @@ test.serial('drops are sampled into the ring buffer within the per-CPU budget', 
   fx.dp.drainDropEvents();
   fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 2, uplinkIfindex: fx.ifindex.uplink });
   const packet = p6(M.otherWorkspace, M.local);
-  for (let i = 0; i < 20; i++) fx.dp.runPacket('from_fabric', packet);
-  fx.dp.runPacket('from_fabric', p6(M.remote, M.local)); // a pass is never an event
+  for (let i = 0; i < 20; i++) runPacket(fx.dp, 'from_fabric', packet);
+  runPacket(fx.dp, 'from_fabric', p6(M.remote, M.local)); // a pass is never an event
   const events = fx.dp.drainDropEvents();
   fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink });
   t.true(events.length >= 2, `got ${events.length} events`);
@@ -433,7 +434,7 @@ test.serial('drops are sampled into the ring buffer within the per-CPU budget', 
     t.deepEqual(Buffer.from(e.dst), Buffer.from(M.local));
     t.is(e.len, packet.length);
   }
-  for (let i = 0; i < 5; i++) fx.dp.runPacket('from_fabric', packet);
+  for (let i = 0; i < 5; i++) runPacket(fx.dp, 'from_fabric', packet);
   t.deepEqual(fx.dp.drainDropEvents(), [], 'events disabled at 0 per second');
 });
 

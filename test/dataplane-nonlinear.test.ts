@@ -14,11 +14,12 @@ import test, { type ExecutionContext } from 'ava';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { BpfObject, tcAttach, tcDetach, tcHookCreate, TcAttachPoint } from '../agent/bpf/libbpf.js';
-import { ipv4Packet, ipv6, ipv6Packet, type Ipv6Spec } from '../agent/bpf/packet.js';
+import { ipv4Packet, ipv6, ipv6Packet, type Ipv6Spec } from './tools/packet.js';
 import type { ReasonName } from '../agent/bpf/dataplane.js';
 import { decide, type Reason } from './policy-model.js';
 import { M, R1, openFixture, type Fixture } from './helpers/golden.js';
 import { compileFixture, ifindexOf, removeFixtureBuilds } from './fixtures/binding-helpers.js';
+import { runPacket } from './tools/run-packet.js';
 
 const TAP = `i6nl${process.pid % 100000}`;
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
@@ -132,7 +133,7 @@ async function checkNonLinear(t: ExecutionContext, hook: 'from_endpoint' | 'from
   const counts = () => new Map(fx.dp.readCounters({ nonZero: true }).map((r) => [key(r), r.packets]));
   for (const c of list) {
     const expected: Reason = decide(hook, c.packet, fx.model, hook === 'from_endpoint' ? tapIfindex : 0);
-    const linear = fx.dp.runPacket(hook, c.packet, hook === 'from_endpoint' ? { ifindex: tapIfindex } : { uplinkHook: 'tc' });
+    const linear = runPacket(fx.dp, hook, c.packet, hook === 'from_endpoint' ? { ifindex: tapIfindex } : { uplinkHook: 'tc' });
     t.is(linear.verdict === 'pass', expected.startsWith('pass_'), `linear: ${c.name}`);
     const before = counts();
     await write(split(c.packet));

@@ -2,9 +2,11 @@
  * The i6pn dataplane in the project's own terms: load the programs of
  * build/bpf/i6pn.bpf.o, adopt or pin their maps, attach them to the uplink
  * (XDP) and to endpoint veths (TC), fill the maps with endpoints and local
- * interfaces, read counters and drop events, and run packets through the
- * programs (BPF_PROG_TEST_RUN). Layouts come from abi.generated.ts (the
- * object's BTF); the FFI is libbpf.ts. No Buffer crosses this module's surface.
+ * interfaces, read counters and drop events. Layouts come from
+ * abi.generated.ts (the object's BTF); the FFI is libbpf.ts. No Buffer crosses
+ * this module's surface. Running packets through the programs
+ * (BPF_PROG_TEST_RUN) is a test tool, test/tools/run-packet.ts, that finds
+ * them by programIds().
  *
  * Life cycle (ARCHITECTURE.md): with a pinDir, every map is pinned at
  * `<pinDir>/<map>` and the uplink's XDP link at `<pinDir>/xdp_uplink_<ifindex>`,
@@ -30,13 +32,9 @@ import {
   MapFd,
   MapType,
   RingBuffer,
-  TcAction,
   TcAttachPoint,
-  TestRunFlags,
-  XdpAction,
   XdpFlags,
   closeFd,
-  layouts,
   mapInfoByFd,
   objGet,
   perCpuStride,
@@ -139,35 +137,6 @@ export interface DropEvent {
   reason: ReasonName;
 }
 
-export interface PacketResult {
-  /** What the hook did with the packet (monitor mode passes would-drops). */
-  verdict: 'pass' | 'drop';
-  /** The program's raw return code (XDP_* or TC_ACT_*). */
-  retval: number;
-  /** Average ns per run. */
-  durationNs: number;
-}
-
-export interface RunPacketOptions {
-  /**
-   * The interface the hook runs on: xdp_md.ingress_ifindex for from_fabric,
-   * __sk_buff.ifindex for the TC hooks (from_endpoint also gets it as
-   * ingress_ifindex). The kernel resolves it in the caller's network
-   * namespace, so it must be an existing interface there (ENODEV otherwise);
-   * without it the kernel uses the loopback device (ifindex 1).
-   */
-  ifindex?: number;
-  /**
-   * Where the packet entered the node (__sk_buff.ingress_ifindex) for
-   * to_endpoint and to_fabric; from_endpoint's is its own veth. Default 0:
-   * made by the node's own stack.
-   */
-  ingressIfindex?: number;
-  /** from_fabric only: run the TC flavour (from_fabric_tc) instead of the XDP program. */
-  uplinkHook?: UplinkHook;
-  /** Runs to average over (BPF_PROG_TEST_RUN repeat); default 1. */
-  repeat?: number;
-}
 
 /** Pino's Logger fits; so does anything with these three methods. */
 export interface DataplaneLogger {
@@ -791,13 +760,6 @@ export class Dataplane {
     return { packets, bytes };
   }
 
-  /** Zero every counter on every CPU (tests; the agent exports monotonic counters). */
-  resetCounters(): void {
-    const keys = Buffer.alloc(COUNTERS_MAX * 4);
-    for (let i = 0; i < COUNTERS_MAX; i++) keys.writeUInt32LE(i, i * 4);
-    this.counters.updateBatch(keys, Buffer.alloc(COUNTERS_MAX * this.counters.valueBytes), COUNTERS_MAX);
-  }
-
   // ------------------------------------------------------------ drop events
 
   /**
@@ -835,59 +797,6 @@ export class Dataplane {
       rb.close();
     }
     return events;
-  }
-
-  // ------------------------------------------------------------ running packets
-
-  /** Run one packet through a hook's program with BPF_PROG_TEST_RUN. */
-  runPacket(hook: HookName, packet: Uint8Array, opts: RunPacketOptions = {}): PacketResult {
-    let prog = this.programs.get(hook);
-    if (!prog) throw new RangeError(`no hook ${String(hook)}; hooks are ${HOOK_PROGRAMS.join(', ')}`);
-    const tcFromFabric = hook === 'from_fabric' && opts.uplinkHook === 'tc';
-    if (tcFromFabric) prog = this.fromFabricTc;
-    let ctx: Buffer | undefined;
-    if (hook === 'from_fabric' && !tcFromFabric) {
-      if (opts.ifindex !== undefined) {
-        const L = layouts.xdp_md;
-        ctx = Buffer.alloc(L.size);
-        ctx.writeUInt32LE(packet.length, L.data_end); // the kernel wants data_end == packet length
-        ctx.writeUInt32LE(opts.ifindex, L.ingress_ifindex);
-      }
-    } else if (opts.ifindex !== undefined) {
-      const L = layouts.__sk_buff;
-      ctx = Buffer.alloc(L.size);
-      ctx.writeUInt32LE(opts.ifindex, L.ifindex);
-      const ingress = hook === 'from_endpoint' || hook === 'from_fabric' ? opts.ifindex : (opts.ingressIfindex ?? 0);
-      ctx.writeUInt32LE(ingress, L.ingress_ifindex);
-    }
-    const r = prog.testRun({
-      data: packet,
-      ...(ctx ? { ctx } : {}),
-      repeat: opts.repeat ?? 1,
-    });
-    return { verdict: retvalVerdict(tcFromFabric ? 'to_fabric' : hook, r.retval), retval: r.retval, durationNs: r.durationNs };
-  }
-
-  /**
-   * Run from_fabric on `repeat` live frames (BPF_F_TEST_XDP_LIVE_FRAMES):
-   * each frame is a real xdp_frame, and what passes goes up the stack of the
-   * loopback device (or `ifindex`). The kernel reports no verdict in this
-   * mode, only the time; read the counters for what happened.
-   */
-  runLiveFrames(packet: Uint8Array, opts: { repeat: number; ifindex?: number; batchSize?: number }): { durationNs: number } {
-    const prog = this.program('from_fabric');
-    const L = layouts.xdp_md;
-    const ctx = Buffer.alloc(L.size);
-    ctx.writeUInt32LE(packet.length, L.data_end);
-    ctx.writeUInt32LE(opts.ifindex ?? 1, L.ingress_ifindex);
-    const r = prog.testRun({
-      data: packet,
-      ctx,
-      repeat: opts.repeat,
-      flags: TestRunFlags.XDP_LIVE_FRAMES,
-      ...(opts.batchSize ? { batchSize: opts.batchSize } : {}),
-    });
-    return { durationNs: r.durationNs };
   }
 
   /** Instructions the verifier processed for each program (growth shows up in the build and bench). */
@@ -1132,18 +1041,6 @@ function detachTc(ifindex: number): boolean {
   return any;
 }
 
-function retvalVerdict(hook: HookName, retval: number): 'pass' | 'drop' {
-  if (hook === 'from_fabric') {
-    if (retval === XdpAction.PASS) return 'pass';
-    if (retval === XdpAction.DROP || retval === XdpAction.ABORTED) return 'drop';
-  } else {
-    const r = retval | 0; // TC_ACT_UNSPEC is -1
-    // TC_ACT_REDIRECT: passed, and delivered locally past the stack (the config's local fast path).
-    if (r === TcAction.OK || r === TcAction.UNSPEC || r === TcAction.REDIRECT) return 'pass';
-    if (r === TcAction.SHOT) return 'drop';
-  }
-  throw new DataplaneError(`${hook} returned ${retval}, which is neither pass nor drop`);
-}
 
 function checkObjectMap(map: BpfMap, spec: MapSpec, object: string): void {
   const problems: string[] = [];

@@ -165,6 +165,7 @@ const f = {
   map_delete_batch: lib.func('int bpf_map_delete_batch(int fd, void *keys, void *count, void *opts)'),
   // objects in bpffs, info
   obj_get: lib.func('int bpf_obj_get(const char *path)'),
+  prog_get_fd_by_id: lib.func('int bpf_prog_get_fd_by_id(uint32_t id)'),
   obj_pin: lib.func('int bpf_obj_pin(int fd, const char *path)'),
   obj_get_info_by_fd: lib.func('int bpf_obj_get_info_by_fd(int fd, void *info, void *info_len)'),
   prog_test_run_opts: lib.func('int bpf_prog_test_run_opts(int prog_fd, void *opts)'),
@@ -425,6 +426,11 @@ export function linkInfoByFd(fd: number, subject?: string): LinkInfo {
 /** Open a pinned object (map, program, link) from bpffs; the caller closes the fd. */
 export function objGet(path: string): number {
   return checkInt(f.obj_get(path) as number, 'bpf_obj_get', path);
+}
+
+/** A new fd of the loaded program with kernel id `id` (close it with closeFd). */
+export function progFdById(id: number): number {
+  return checkInt(f.prog_get_fd_by_id(id) as number, 'bpf_prog_get_fd_by_id', `program id ${id}`);
 }
 
 /** Pin an fd at a bpffs path. */

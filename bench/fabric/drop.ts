@@ -25,7 +25,7 @@ import { join } from 'node:path';
 
 import { Dataplane } from '../../agent/bpf/dataplane.js';
 import { BpfObject, LinkFd, XdpFlags } from '../../agent/bpf/libbpf.js';
-import { ipv6Packet, parseIpv6, privateAddress } from '../../agent/bpf/packet.js';
+import { ipv6Packet, parseIpv6, privateAddress } from '../../test/tools/packet.js';
 import { REPO_DIR } from '../lib/results.js';
 
 export interface DropArgs {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 
 import { Dataplane } from '../../agent/bpf/dataplane.js';
 import { BpfObject, LinkFd, XdpFlags } from '../../agent/bpf/libbpf.js';
-import { parseIpv6 } from '../../agent/bpf/packet.js';
+import { parseIpv6 } from '../../test/tools/packet.js';
 import { REPO_DIR } from '../lib/results.js';
 
 export interface NodeArgs {

@@ -16,7 +16,8 @@ import { createInterface } from 'node:readline';
 
 import type { Dataplane as DataplaneT, Endpoint, HookName } from '../../agent/bpf/dataplane.js';
 import type { BpfObject as BpfObjectT } from '../../agent/bpf/libbpf.js';
-import { ipv6Packet, privateAddress } from '../../agent/bpf/packet.js';
+import { ipv6Packet, privateAddress } from '../../test/tools/packet.js';
+import { runPacket } from '../../test/tools/run-packet.js';
 
 const AGENT_DIR = process.env.I6PN_BENCH_AGENT_DIR!;
 const OBJECT = process.env.I6PN_BENCH_OBJECT!;
@@ -150,7 +151,7 @@ async function main(): Promise<void> {
       if (!hooks.includes(c.hook)) return null;
       const counter = () => dp.readCounter(c.hook, c.verdict, c.reason as never).packets;
       const before = counter();
-      const res = dp.runPacket(c.hook, c.packet, { repeat: REPEAT, ifindex: c.ifindex, ingressIfindex: c.ingressIfindex });
+      const res = runPacket(dp, c.hook, c.packet, { repeat: REPEAT, ifindex: c.ifindex, ingressIfindex: c.ingressIfindex });
       if (res.verdict !== c.verdict) throw new Error(`${c.name} on ${c.hook}: expected ${c.verdict}, got ${res.verdict} (retval ${res.retval})`);
       if (counter() - before !== BigInt(REPEAT)) {
         const moved = dp.readCounters({ nonZero: true }).map((x) => `${x.hook}/${x.verdict}/${x.reason}=${x.packets}`).join(', ');

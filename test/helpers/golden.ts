@@ -7,9 +7,10 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Dataplane, type HookName, type ReasonName, type VerdictName } from '../../agent/bpf/dataplane.js';
-import { parseIpv6, privateAddress } from '../../agent/bpf/packet.js';
+import { parseIpv6, privateAddress } from '../tools/packet.js';
 import { I6PN_OBJECT } from '../fixtures/binding-helpers.js';
 import type { ModelMember, ModelState } from '../policy-model.js';
+import { runPacket } from '../tools/run-packet.js';
 
 export const W1 = 0x5137_3ebf;
 export const W2 = 0x0a70_1b9d;
@@ -168,7 +169,7 @@ export function observe(
   uplinkHook?: 'xdp' | 'tc',
 ): Observed {
   const before = snapshot(dp);
-  const r = dp.runPacket(hook, packet, {
+  const r = runPacket(dp, hook, packet, {
     ...(ifindex === undefined ? {} : { ifindex }),
     ...(ingressIfindex === undefined ? {} : { ingressIfindex }),
     ...(uplinkHook === undefined ? {} : { uplinkHook }),
