@@ -98,7 +98,6 @@ function checkPtr(ret: bigint | null, call: string, subject?: string): bigint {
 koffi.opaque('bpf_object');
 koffi.opaque('bpf_map');
 koffi.opaque('bpf_program');
-koffi.opaque('bpf_link');
 koffi.opaque('ring_buffer');
 
 const PrintFn = koffi.proto('int libbpf_print_fn(int level, const char *fmt, void *ap)');
@@ -121,28 +120,15 @@ const f = {
   map_max_entries: lib.func('uint32_t bpf_map__max_entries(bpf_map *map)'),
   map_set_max_entries: lib.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t max_entries)'),
   map_set_pin_path: lib.func('int bpf_map__set_pin_path(bpf_map *map, const char *path)'),
-  map_pin_path: lib.func('const char *bpf_map__pin_path(bpf_map *map)'),
   map_is_pinned: lib.func('bool bpf_map__is_pinned(bpf_map *map)'),
-  map_reuse_fd: lib.func('int bpf_map__reuse_fd(bpf_map *map, int fd)'),
   map_pin: lib.func('int bpf_map__pin(bpf_map *map, const char *path)'),
-  map_unpin: lib.func('int bpf_map__unpin(bpf_map *map, const char *path)'),
   map_fd: lib.func('int bpf_map__fd(bpf_map *map)'),
-  map_set_autocreate: lib.func('int bpf_map__set_autocreate(bpf_map *map, bool autocreate)'),
   // program
   program_name: lib.func('const char *bpf_program__name(bpf_program *prog)'),
   program_fd: lib.func('int bpf_program__fd(bpf_program *prog)'),
   program_type: lib.func('int bpf_program__type(bpf_program *prog)'),
   program_set_autoload: lib.func('int bpf_program__set_autoload(bpf_program *prog, bool autoload)'),
-  program_attach_xdp: lib.func('bpf_link *bpf_program__attach_xdp(bpf_program *prog, int ifindex)'),
   // link (libbpf objects)
-  link_open: lib.func('bpf_link *bpf_link__open(const char *path)'),
-  link_fd: lib.func('int bpf_link__fd(bpf_link *link)'),
-  link_pin: lib.func('int bpf_link__pin(bpf_link *link, const char *path)'),
-  link_unpin: lib.func('int bpf_link__unpin(bpf_link *link)'),
-  link_update_program: lib.func('int bpf_link__update_program(bpf_link *link, bpf_program *prog)'),
-  link_detach: lib.func('int bpf_link__detach(bpf_link *link)'),
-  link_disconnect: lib.func('void bpf_link__disconnect(bpf_link *link)'),
-  link_destroy: lib.func('int bpf_link__destroy(bpf_link *link)'),
   // link (fds)
   link_create: lib.func('int bpf_link_create(int prog_fd, int target_fd, int attach_type, void *opts)'),
   link_update: lib.func('int bpf_link_update(int link_fd, int new_prog_fd, void *opts)'),
@@ -680,26 +666,12 @@ export class BpfMap {
   setPinPath(path: string | null): void {
     checkInt(f.map_set_pin_path(this.ptr, path) as number, 'bpf_map__set_pin_path', this.name);
   }
-  get pinPath(): string | null {
-    return (f.map_pin_path(this.ptr) as string | null) ?? null;
-  }
   get isPinned(): boolean {
     return f.map_is_pinned(this.ptr) as boolean;
-  }
-  /** Before load: use an existing map fd (dup'ed by libbpf) instead of creating the map. */
-  reuseFd(fd: number): void {
-    checkInt(f.map_reuse_fd(this.ptr, fd) as number, 'bpf_map__reuse_fd', this.name);
-  }
-  /** Before load: do not create this map (no program may use it). */
-  setAutocreate(on: boolean): void {
-    checkInt(f.map_set_autocreate(this.ptr, on) as number, 'bpf_map__set_autocreate', this.name);
   }
   /** After load. Path null: the pin path set before. */
   pin(path: string | null = null): void {
     checkInt(f.map_pin(this.ptr, path) as number, 'bpf_map__pin', path ?? this.name);
-  }
-  unpin(path: string | null = null): void {
-    checkInt(f.map_unpin(this.ptr, path) as number, 'bpf_map__unpin', path ?? this.name);
   }
   /** After load: the map's fd (owned by the object). */
   get fd(): number {
@@ -797,10 +769,7 @@ export class BpfProgram {
   testRun(o: TestRunOptions): TestRunResult {
     return progTestRun(this.fd, o, this.name);
   }
-  /** libbpf's own XDP link (mode chosen by the kernel: native when the driver has it). */
-  attachXdp(ifindex: number): BpfLink {
-    return new BpfLink(checkPtr(f.program_attach_xdp(this.ptr, ifindex) as bigint | null, 'bpf_program__attach_xdp', this.name));
-  }
+
 }
 
 export interface OpenOptions {
@@ -879,57 +848,6 @@ export class BpfObject {
 }
 
 // ---------------------------------------------------------------- links
-
-/** A link held as a libbpf `struct bpf_link` (bpf_program__attach_xdp, bpf_link__open). */
-export class BpfLink {
-  private ptr: bigint | null;
-
-  constructor(ptr: bigint) {
-    this.ptr = ptr;
-  }
-
-  /** bpf_link__open: a link pinned in bpffs. */
-  static open(path: string): BpfLink {
-    return new BpfLink(checkPtr(f.link_open(path) as bigint | null, 'bpf_link__open', path));
-  }
-
-  private get p(): bigint {
-    if (this.ptr === null) throw new Error('bpf_link is destroyed');
-    return this.ptr;
-  }
-
-  get fd(): number {
-    return checkInt(f.link_fd(this.p) as number, 'bpf_link__fd');
-  }
-  pin(path: string): void {
-    checkInt(f.link_pin(this.p, path) as number, 'bpf_link__pin', path);
-  }
-  unpin(): void {
-    checkInt(f.link_unpin(this.p) as number, 'bpf_link__unpin');
-  }
-  /** Atomically run `prog` in place of the link's program. */
-  updateProgram(prog: BpfProgram): void {
-    checkInt(f.link_update_program(this.p, prog.ptr) as number, 'bpf_link__update_program', prog.name);
-  }
-  info(): LinkInfo {
-    return linkInfoByFd(this.fd);
-  }
-  /** Detach the program from its hook now (even if pinned). */
-  detach(): void {
-    checkInt(f.link_detach(this.p) as number, 'bpf_link__detach');
-  }
-  /** Keep the link attached after destroy() (it lives on through its pin). */
-  disconnect(): void {
-    f.link_disconnect(this.p);
-  }
-  /** Free the link: detaches it unless pinned elsewhere or disconnected. */
-  destroy(): void {
-    if (this.ptr !== null) {
-      f.link_destroy(this.ptr);
-      this.ptr = null;
-    }
-  }
-}
 
 /** A link held by its fd (bpf_link_create): used for XDP links with an explicit mode. */
 export class LinkFd {
