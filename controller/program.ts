@@ -28,7 +28,7 @@ import {
   type Store,
 } from '../lib/store.js';
 import { parseAddress } from '../lib/address.js';
-import { assertIfname, assertName, assertNodeName } from '../lib/schema.js';
+import { InvalidNameError, assertIfname, assertName, assertNodeName } from '../lib/schema.js';
 import {
   type Io,
   endpointsTable,
@@ -157,10 +157,8 @@ function check(input: { region?: string | undefined; workspace?: string | undefi
     if (input.ifname !== undefined) assertIfname(input.ifname);
     if (input.address !== undefined) parseAddress(input.address);
   } catch (e) {
-    const msg = (e as Error).message;
-    const m = /^(.*?): use (.*)$/.exec(msg);
-    if (m) throw new StoreError('invalid', m[1]!, `use ${m[2]!}`);
-    throw new StoreError('invalid', msg, 'pass an endpoint address such as fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f');
+    if (e instanceof InvalidNameError) throw new StoreError('invalid', e.what, `use ${e.rule}`);
+    throw new StoreError('invalid', (e as Error).message, 'pass an endpoint address such as fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f');
   }
 }
 

@@ -114,17 +114,28 @@ const NAME_RULE = 'a lowercase letter followed by up to 30 lowercase letters, di
 const NODE_NAME_RULE = 'lowercase DNS labels (letters, digits, dashes) joined by dots, at most 63 characters';
 const IFNAME_RULE = 'a Linux interface name: 1 to 15 letters, digits, "_", "." or "-", not starting with "." or "-"';
 
-/** Throws an Error that states the rule, for input at the edge (CLI flags). */
+/** A name given at the edge (a CLI flag) that breaks its rule: what was wrong, and the rule to follow. */
+export class InvalidNameError extends Error {
+  override readonly name = 'InvalidNameError';
+  constructor(
+    readonly what: string,
+    readonly rule: string,
+  ) {
+    super(`${what}: use ${rule}`);
+  }
+}
+
+/** Throws an InvalidNameError that states the rule, for input at the edge (CLI flags). */
 export function assertName(kind: 'region' | 'workspace', s: string): string {
-  if (!isValidName(s)) throw new Error(`invalid ${kind} name ${JSON.stringify(s)}: use ${NAME_RULE}`);
+  if (!isValidName(s)) throw new InvalidNameError(`invalid ${kind} name ${JSON.stringify(s)}`, NAME_RULE);
   return s;
 }
 export function assertNodeName(s: string): string {
-  if (!isValidNodeName(s)) throw new Error(`invalid node name ${JSON.stringify(s)}: use ${NODE_NAME_RULE}`);
+  if (!isValidNodeName(s)) throw new InvalidNameError(`invalid node name ${JSON.stringify(s)}`, NODE_NAME_RULE);
   return s;
 }
 export function assertIfname(s: string): string {
-  if (!isValidIfname(s)) throw new Error(`invalid interface name ${JSON.stringify(s)}: use ${IFNAME_RULE}`);
+  if (!isValidIfname(s)) throw new InvalidNameError(`invalid interface name ${JSON.stringify(s)}`, IFNAME_RULE);
   return s;
 }
 

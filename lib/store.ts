@@ -67,6 +67,7 @@ import {
   addressKey,
   addressRecord,
   assertIfname,
+  InvalidNameError,
   assertName,
   assertNodeName,
   decodeRecord,
@@ -821,9 +822,8 @@ export function clusterIfname(address: Uint8Array): string {
 }
 
 function invalidInput(e: unknown): StoreError {
-  const msg = (e as Error).message;
-  const m = /^(.*?): use (.*)$/.exec(msg);
-  return m ? new StoreError('invalid', m[1]!, `use ${m[2]!}`) : new StoreError('invalid', msg, 'see --help');
+  if (e instanceof InvalidNameError) return new StoreError('invalid', e.what, `use ${e.rule}`);
+  return new StoreError('invalid', (e as Error).message, 'see --help');
 }
 
 type Resolved = { workspace: WorkspaceRecord; region: RegionRecord };
