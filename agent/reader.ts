@@ -25,6 +25,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AckPolicy, DeliverPolicy, type JetStreamManager } from '@nats-io/jetstream';
 import { createInbox, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { KV_OPERATION_HEADER } from '../lib/schema.js';
 import type { Logger } from './log.js';
 import { Operation } from './sync.js';
 
@@ -232,7 +233,7 @@ export class StreamReader {
     let op: Operation = Operation.PUT;
     const h = m.headers;
     if (h) {
-      const v = h.get('KV-Operation');
+      const v = h.get(KV_OPERATION_HEADER);
       if (v === 'DEL') op = Operation.DEL;
       else if (v === 'PURGE') op = Operation.PURGE;
     }

@@ -1,15 +1,17 @@
 /**
- * The agent's side of the membership store: a NATS connection that reconnects
- * forever, the region lookup (regions bucket), the node heartbeat (nodes
- * bucket), and the JetStream client the endpoint follower reads with. Only
- * the subjects the agent's NATS identity may use (deploy/nats): reads of the
- * i6pn_* buckets and its own heartbeat key.
+ * The agent's side of the membership store, on lib/'s connection
+ * (lib/nats.ts) and bucket table (lib/schema.ts): the connection's state in
+ * the agent's log and metrics, the region lookup (regions bucket), the node
+ * heartbeat (nodes bucket), and the JetStream clients the endpoint follower
+ * reads with. Buckets are bound, never created: only the subjects the agent's
+ * NATS identity may use (deploy/nats derives them from the same table).
  */
-import { readFileSync } from 'node:fs';
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
-import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
-import { NODES_BUCKET, REGIONS_BUCKET, decodeRecord, nodeKey, regionNameKey, regionRecord, type NodeRecord } from '../lib/schema.js';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { connectNats, openBucket } from '../lib/nats.js';
+import { BUCKET_TABLE, nodeKey, type BucketSpec, type NodeRecord } from '../lib/schema.js';
+import { getRegion } from '../lib/store.js';
 import type { Logger } from './log.js';
 
 /**
@@ -51,14 +53,12 @@ export class AgentStore {
    * forever.
    */
   static async connect(o: AgentStoreOptions): Promise<AgentStore> {
-    const nc = await connect({
+    const nc = await connectNats({
       servers: o.servers,
+      creds: o.creds,
       name: o.name,
-      ...(o.creds ? { authenticator: credsAuthenticator(readFileSync(o.creds)) } : {}),
       waitOnFirstConnect: true,
-      maxReconnectAttempts: -1,
-      reconnectTimeWait: 1000,
-      pingInterval: 10_000,
+      pingIntervalMs: 10_000,
       maxPingOut: 3,
     });
     o.onConnected(true);
@@ -91,30 +91,24 @@ export class AgentStore {
     return new AgentStore(nc, await jetstreamManager(nc, { timeout: JS_API_TIMEOUT_MS, checkAPI: false }));
   }
 
-  private bucket(name: string): Promise<KV> {
-    let b = this.buckets.get(name);
+  private bucket(spec: BucketSpec): Promise<KV> {
+    let b = this.buckets.get(spec.name);
     if (!b) {
-      b = this.kvm.open(name);
-      b.catch(() => this.buckets.delete(name));
-      this.buckets.set(name, b);
+      b = openBucket(this.kvm, spec);
+      b.catch(() => this.buckets.delete(spec.name));
+      this.buckets.set(spec.name, b);
     }
     return b;
   }
 
-  /** The region's 16-bit id, or null when the region is not registered (or its record is invalid). */
+  /** The region's 16-bit id, or null when the region is not registered; an invalid record throws. */
   async regionId(region: string): Promise<number | null> {
-    const kv = await this.bucket(REGIONS_BUCKET);
-    const e = await kv.get(regionNameKey(region));
-    if (!e || e.operation !== 'PUT') return null;
-    const d = decodeRecord(regionRecord, e.value);
-    if (!d.ok) throw new Error(`region ${region}: invalid record in ${REGIONS_BUCKET}: ${d.message}`);
-    if (d.record.name !== region) throw new Error(`region ${region}: record names ${d.record.name}`);
-    return d.record.id;
+    return (await getRegion({ regions: await this.bucket(BUCKET_TABLE.regions) }, region))?.id ?? null;
   }
 
   /** Write this node's record (its heartbeat). */
   async putNode(record: NodeRecord): Promise<void> {
-    const kv = await this.bucket(NODES_BUCKET);
+    const kv = await this.bucket(BUCKET_TABLE.nodes);
     await kv.put(nodeKey(record.name), JSON.stringify(record));
   }
 

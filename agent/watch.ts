@@ -19,7 +19,7 @@
  */
 import type { JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { endpointsBucket } from '../lib/schema.js';
+import { endpointsBucket, kvStream, kvSubject } from '../lib/schema.js';
 import type { SyncState } from './bpf/dataplane.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics } from './metrics.js';
@@ -70,8 +70,8 @@ export class MembershipFollower {
   constructor(o: FollowerOptions) {
     this.o = o;
     const bucket = endpointsBucket(o.region);
-    this.stream = `KV_${bucket}`;
-    this.prefix = `$KV.${bucket}.`;
+    this.stream = kvStream(bucket);
+    this.prefix = kvSubject(bucket, '');
   }
 
   start(): void {

@@ -60,9 +60,6 @@ export const LEGACY_ENDPOINTS_BUCKET = 'i6pn_endpoints';
 export const ADDRESSES_BUCKET = 'i6pn_addresses';
 export const IFNAMES_BUCKET = 'i6pn_ifnames';
 export const NODES_BUCKET = 'i6pn_nodes';
-/** The buckets of the store that exist once (the endpoints buckets are one per region). */
-export const BUCKETS = [REGIONS_BUCKET, WORKSPACES_BUCKET, ADDRESSES_BUCKET, IFNAMES_BUCKET, NODES_BUCKET] as const;
-export type BucketName = (typeof BUCKETS)[number];
 
 /** The endpoints bucket of a region. Region names are valid bucket-name characters. */
 export function endpointsBucket(region: string): string {
@@ -348,3 +345,62 @@ export function validateEndpointEntry(key: string, value: Uint8Array | string | 
   }
   return { ok: true, record, addr };
 }
+
+// ---------------------------------------------------------------- the buckets, as one table
+
+/**
+ * How JetStream KV lays a bucket over a stream, which the agent's reader (it
+ * reads the stream itself) and the NATS permissions (deploy/nats) build on:
+ * key K of bucket B is the subject `$KV.B.K` of stream `KV_B`, and a delete or
+ * purge is a message with an empty body and this header.
+ */
+export const KV_SUBJECT_PREFIX = '$KV.';
+export const KV_OPERATION_HEADER = 'KV-Operation';
+export const kvStream = (bucket: string): string => `KV_${bucket}`;
+/** The bucket a stream holds, or null when it is not a KV stream. */
+export const bucketOfKvStream = (stream: string): string | null => (stream.startsWith('KV_') ? stream.slice(3) : null);
+/** The subject of `key` in `bucket` (`>`: every key). */
+export const kvSubject = (bucket: string, key = '>'): string => `${KV_SUBJECT_PREFIX}${bucket}.${key}`;
+
+/** One bucket of the store: what it holds, how its keys are made, and what a node's agent may do with it. */
+export interface BucketSpec {
+  name: string;
+  /** The stream's description on the server. */
+  description: string;
+  /** The key format (documentation, and the table in the README). */
+  key: string;
+  record: z.ZodType;
+  /** Values kept per key; unset: the store's default (--history, 5). */
+  history?: number;
+  /**
+   * The controller (i6pnctl) creates and writes every bucket. An agent reads
+   * only the buckets marked `read` (its region's endpoints bucket among
+   * them) and writes one key of `read, own key`: its heartbeat.
+   */
+  agent: 'none' | 'read' | 'read, own key';
+}
+
+/** The buckets that exist once; besides, one endpoints bucket per region (endpointsBucketSpec). */
+export const BUCKET_TABLE = {
+  regions: { name: REGIONS_BUCKET, description: 'i6pn regions: name <-> 16-bit id', key: 'name.<region> and id.<region id, 4 hex>', record: regionRecord, agent: 'read' },
+  workspaces: { name: WORKSPACES_BUCKET, description: 'i6pn workspaces: name <-> 32-bit id and /48', key: 'name.<workspace> and id.<workspace id, 8 hex>', record: workspaceRecord, agent: 'none' },
+  addresses: { name: ADDRESSES_BUCKET, description: 'i6pn addresses ever handed out (never deleted)', key: '<address, 32 hex>', record: addressRecord, agent: 'none' },
+  ifnames: { name: IFNAMES_BUCKET, description: 'i6pn host-side interface names per node', key: '<node>.<ifname, hex of its bytes>', record: ifnameRecord, agent: 'none' },
+  nodes: { name: NODES_BUCKET, description: 'i6pn nodes: agent heartbeats', key: '<node>', record: nodeRecord, agent: 'read, own key' },
+} as const satisfies Record<string, BucketSpec>;
+
+/** The names of the buckets that exist once, in the table's order. */
+export const BUCKETS: readonly string[] = Object.values(BUCKET_TABLE).map((b) => b.name);
+
+/** The endpoints bucket of a region, as a row of the table. */
+export function endpointsBucketSpec(region: string): BucketSpec {
+  return {
+    name: endpointsBucket(region),
+    description: `i6pn endpoints of region ${region}: <workspace id>.<endpoint id>`,
+    key: '<workspace id, 8 hex>.<endpoint id, 16 hex>',
+    record: endpointRecord,
+    history: ENDPOINTS_HISTORY,
+    agent: 'read',
+  };
+}
+

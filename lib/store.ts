@@ -34,10 +34,10 @@
  * both), and migrateEndpoints() copies what the old bucket holds into the
  * region buckets, then, with `finish`, deletes it.
  */
-import { readFileSync } from 'node:fs';
-import { jetstream, jetstreamManager, JetStreamApiCodes, JetStreamApiError, StorageType, type JetStreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, JetStreamApiCodes, JetStreamApiError, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
-import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { CredsError, connectNats, openBucket, type BucketSettings } from './nats.js';
 import {
   addressHex,
   endpointIdOf,
@@ -57,7 +57,10 @@ import {
 } from './address.js';
 import {
   ADDRESSES_BUCKET,
-  ENDPOINTS_HISTORY,
+  BUCKET_TABLE,
+  bucketOfKvStream,
+  endpointsBucketSpec,
+  kvStream,
   IFNAMES_BUCKET,
   LEGACY_ENDPOINTS_BUCKET,
   NODES_BUCKET,
@@ -232,38 +235,31 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
   const where = describeServers(opts.servers);
   let nc: NatsConnection;
   try {
-    nc = await connect({
+    nc = await connectNats({
       servers: opts.servers,
+      creds: opts.creds,
       name: opts.name ?? 'i6pn',
       timeout: opts.timeout ?? 5000,
-      maxReconnectAttempts: -1,
-      reconnectTimeWait: 1000,
       waitOnFirstConnect: opts.waitOnFirstConnect ?? false,
-      ...(opts.creds ? { authenticator: credsAuthenticator(readCreds(opts.creds)) } : {}),
     });
   } catch (e) {
-    if (e instanceof StoreError) throw e;
+    if (e instanceof CredsError) throw new StoreError('invalid', e.message, 'set --creds or I6PN_NATS_CREDS to a readable .creds file');
     throw new StoreError('unreachable', `cannot reach NATS at ${where}: ${reasonOf(e)}`, CONNECT_HINT);
   }
   try {
     const requestTimeout = opts.requestTimeout ?? 20_000;
     const kvm = new Kvm(jetstream(nc, { timeout: requestTimeout }));
-    const settings = {
+    const settings: BucketSettings = {
       history: opts.history ?? 5,
       replicas: opts.replicas ?? 1,
-      storage: opts.storage === 'memory' ? StorageType.Memory : StorageType.File,
+      storage: opts.storage ?? 'file',
       maxValueSize: 16 * 1024,
       timeout: requestTimeout,
     };
-    const open = (bucket: string, description: string): Promise<KV> =>
-      kvm.create(bucket, { ...settings, description });
-    const [regions, workspaces, addresses, ifnames, nodes] = await Promise.all([
-      open(REGIONS_BUCKET, 'i6pn regions: name <-> 16-bit id'),
-      open(WORKSPACES_BUCKET, 'i6pn workspaces: name <-> 32-bit id and /48'),
-      open(ADDRESSES_BUCKET, 'i6pn addresses ever handed out (never deleted)'),
-      open(IFNAMES_BUCKET, 'i6pn host-side interface names per node'),
-      open(NODES_BUCKET, 'i6pn nodes: agent heartbeats'),
-    ]);
+    const T = BUCKET_TABLE;
+    const [regions, workspaces, addresses, ifnames, nodes] = await Promise.all(
+      [T.regions, T.workspaces, T.addresses, T.ifnames, T.nodes].map((spec) => openBucket(kvm, spec, settings)),
+    );
     const random: RandomSource = { ...cryptoRandom, ...opts.random };
 
     let jsm: Promise<JetStreamManager> | null = null;
@@ -291,7 +287,7 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
      */
     const bindExisting = async (bucket: string, direct = true): Promise<KV | null> => {
       try {
-        const si = await (await manager()).streams.info(`KV_${bucket}`);
+        const si = await (await manager()).streams.info(kvStream(bucket));
         return await kvm.open(bucket, { allow_direct: direct && si.config.allow_direct === true });
       } catch (e) {
         if (isBucketGone(e)) return null;
@@ -304,11 +300,10 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
     const openEndpoints = (region: string): Promise<KV> =>
       cached(endpointBuckets, region, async () => {
         assertNameOrInvalid('region', region);
-        const bucket = endpointsBucket(region);
-        const existing = await bindExisting(bucket);
+        const existing = await bindExisting(endpointsBucket(region));
         if (existing) return existing;
         await requireRegion(store, region);
-        return kvm.create(bucket, { ...settings, history: ENDPOINTS_HISTORY, description: `i6pn endpoints of region ${region}: <workspace id>.<endpoint id>` });
+        return openBucket(kvm, endpointsBucketSpec(region), settings);
       });
     let legacy: Promise<KV | null> | null = null;
     const store: Store = {
@@ -322,7 +317,8 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
       endpointRegions: async () => {
         const out: string[] = [];
         for await (const stream of (await manager()).streams.names()) {
-          const region = stream.startsWith('KV_') ? regionOfEndpointsBucket(stream.slice(3)) : null;
+          const bucket = bucketOfKvStream(stream);
+          const region = bucket === null ? null : regionOfEndpointsBucket(bucket);
           if (region !== null) out.push(region);
         }
         return out.sort();
@@ -367,13 +363,6 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
   }
 }
 
-function readCreds(path: string): Uint8Array {
-  try {
-    return readFileSync(path);
-  } catch (e) {
-    throw new StoreError('invalid', `cannot read NATS credentials ${path}: ${(e as Error).message}`, 'set --creds or I6PN_NATS_CREDS to a readable .creds file');
-  }
-}
 
 // ---------------------------------------------------------------- reading
 
@@ -601,7 +590,7 @@ async function deleteEndpointEntries(store: Store, found: FoundEndpoint, what: s
 
 // ---------------------------------------------------------------- regions
 
-export async function getRegion(store: Store, name: string): Promise<RegionRecord | null> {
+export async function getRegion(store: Pick<Store, 'regions'>, name: string): Promise<RegionRecord | null> {
   assertNameOrInvalid('region', name);
   const e = await getLive(store.regions, regionNameKey(name));
   return e ? decodeOrThrow<RegionRecord>(regionRecord, REGIONS_BUCKET, e) : null;

@@ -1,7 +1,13 @@
 import test from 'ava';
 import { formatAddress, makeEndpointAddress } from '../lib/address.js';
 import {
+  BUCKET_TABLE,
   BUCKETS,
+  bucketOfKvStream,
+  endpointRecord,
+  endpointsBucketSpec,
+  kvStream,
+  kvSubject,
   ENDPOINTS_HISTORY,
   LEGACY_ENDPOINTS_BUCKET,
   decodeRecord,
@@ -54,6 +60,27 @@ test('keys', (t) => {
   t.is(ifnameKey('node-a', 'veth0'), 'node-a.7665746830');
   t.deepEqual([...BUCKETS], ['i6pn_regions', 'i6pn_workspaces', 'i6pn_addresses', 'i6pn_ifnames', 'i6pn_nodes']);
   t.is(LEGACY_ENDPOINTS_BUCKET, 'i6pn_endpoints');
+});
+
+test('the bucket table: names, what an agent may do with each, and the KV subjects over their streams', (t) => {
+  t.deepEqual(
+    Object.values(BUCKET_TABLE).map((b) => [b.name, b.agent]),
+    [
+      ['i6pn_regions', 'read'],
+      ['i6pn_workspaces', 'none'],
+      ['i6pn_addresses', 'none'],
+      ['i6pn_ifnames', 'none'],
+      ['i6pn_nodes', 'read, own key'],
+    ],
+  );
+  const ep = endpointsBucketSpec('eu-west');
+  t.like(ep, { name: 'i6pn_endpoints_eu-west', history: ENDPOINTS_HISTORY, agent: 'read', record: endpointRecord });
+  t.throws(() => endpointsBucketSpec('EU West'), { message: /invalid region name/ });
+  t.is(kvStream(ep.name), 'KV_i6pn_endpoints_eu-west');
+  t.is(bucketOfKvStream('KV_i6pn_nodes'), 'i6pn_nodes');
+  t.is(bucketOfKvStream('OBJ_i6pn_nodes'), null);
+  t.is(kvSubject('i6pn_nodes', 'node-a'), '$KV.i6pn_nodes.node-a');
+  t.is(kvSubject('i6pn_nodes'), '$KV.i6pn_nodes.>');
 });
 
 test('one endpoints bucket per region: its name, the key in it, and where a store-wide key lives', (t) => {

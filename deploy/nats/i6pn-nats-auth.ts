@@ -29,14 +29,16 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { nkeys } from "@nats-io/transport-node";
 import {
+  BUCKET_TABLE,
   BUCKETS,
-  endpointsBucket,
+  endpointsBucketSpec,
   isValidName,
   isValidNodeName,
+  kvStream,
+  kvSubject,
   LEGACY_ENDPOINTS_BUCKET,
-  NODES_BUCKET,
   nodeKey,
-  REGIONS_BUCKET,
+  type BucketSpec,
 } from "../../lib/schema.js";
 
 type KeyPair = ReturnType<typeof nkeys.createUser>;
@@ -44,18 +46,25 @@ type KeyPair = ReturnType<typeof nkeys.createUser>;
 /** The fixed KV buckets of the membership store, as lib/schema.ts names them; besides, one endpoints bucket per region. */
 export { BUCKETS };
 /**
- * The fixed buckets an agent reads (agent/: its region's id, the nodes), besides
- * its region's endpoints bucket; the workspace, address and interface-name
- * ledgers are the controller's alone. A bucket added here costs ~9 subjects in
- * every agent's JWT, which travels in the CONNECT line (max_control_line, 4 KB
- * by default).
+ * The fixed buckets an agent reads (agent/: its region's id, the nodes), from
+ * the table's `agent` column, besides its region's endpoints bucket; the
+ * workspace, address and interface-name ledgers are the controller's alone. A
+ * bucket an agent reads costs ~9 subjects in every agent's JWT, which travels
+ * in the CONNECT line (max_control_line, 4 KB by default).
  */
-export const AGENT_BUCKETS = [REGIONS_BUCKET, NODES_BUCKET] as const;
-export const HEARTBEAT_BUCKET = NODES_BUCKET;
+const agentReads = (b: BucketSpec): boolean => b.agent !== "none";
+export const AGENT_BUCKETS: readonly string[] = Object.values(BUCKET_TABLE).filter(agentReads).map((b) => b.name);
+/** The bucket where an agent writes one key, its own (the heartbeat). */
+export const HEARTBEAT_BUCKET: string = (() => {
+  const own = Object.values(BUCKET_TABLE).filter((b: BucketSpec) => b.agent === "read, own key");
+  if (own.length !== 1) throw new Error(`lib/schema.ts BUCKET_TABLE: expected one bucket an agent writes its own key in, found ${own.length}`);
+  return own[0]!.name;
+})();
 
 /** Every bucket an agent of `region` reads: AGENT_BUCKETS and its region's endpoints bucket (with the first layout's during an upgrade). */
 export function agentBuckets(region: string, opts: AgentOptions = {}): string[] {
-  return [REGIONS_BUCKET, endpointsBucket(region), ...(opts.legacyEndpoints ? [LEGACY_ENDPOINTS_BUCKET] : []), NODES_BUCKET];
+  const endpoints = endpointsBucketSpec(region);
+  return [...AGENT_BUCKETS, ...(agentReads(endpoints) ? [endpoints.name] : []), ...(opts.legacyEndpoints ? [LEGACY_ENDPOINTS_BUCKET] : [])];
 }
 
 export interface AgentOptions {
@@ -91,7 +100,7 @@ export function assertRegionName(region: string): void {
 
 /** What a KV client needs to open, get, watch and list keys of a bucket, without writing it. */
 function kvReadSubjects(bucket: string): string[] {
-  const stream = `KV_${bucket}`;
+  const stream = kvStream(bucket);
   return [
     `$JS.API.STREAM.INFO.${stream}`, // open the bucket, status
     `$JS.API.STREAM.MSG.GET.${stream}`, // get (when direct get is off)
@@ -110,20 +119,20 @@ function kvReadSubjects(bucket: string): string[] {
  * a pull consumer over the whole stream, whose batches it asks for.
  */
 function pullConsumerSubjects(bucket: string): string[] {
-  return [`$JS.API.CONSUMER.MSG.NEXT.KV_${bucket}.*`];
+  return [`$JS.API.CONSUMER.MSG.NEXT.${kvStream(bucket)}.*`];
 }
 
 export function agentPermissions(node: string, region: string, opts: AgentOptions = {}): Permissions {
   assertNodeName(node);
   assertRegionName(region);
-  const endpoints = endpointsBucket(region);
+  const endpoints = endpointsBucketSpec(region).name;
   return {
     pub: {
       allow: [
         "$JS.API.INFO",
         ...agentBuckets(region, opts).flatMap(kvReadSubjects),
         ...pullConsumerSubjects(endpoints),
-        `$KV.${HEARTBEAT_BUCKET}.${nodeKey(node)}`, // its own heartbeat key, nothing else
+        kvSubject(HEARTBEAT_BUCKET, nodeKey(node)), // its own heartbeat key, nothing else
       ],
     },
     // Replies (API responses, put acks, watch deliveries) arrive on inboxes.

@@ -1,0 +1,89 @@
+/**
+ * The NATS connection of i6pn, for the controller and the agent alike: how to
+ * connect (credentials, reconnecting forever, pings) and how to open the
+ * store's buckets from the table of lib/schema.ts, either created when absent
+ * (the controller) or only bound (an agent, whose credentials cannot create a
+ * stream; deploy/nats).
+ */
+import { readFileSync } from 'node:fs';
+import { StorageType } from '@nats-io/jetstream';
+import type { KV, Kvm } from '@nats-io/kv';
+import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import type { BucketSpec } from './schema.js';
+
+export interface ConnectOptions {
+  servers: string | string[];
+  /** NATS credentials file (JWT + nkey seed). */
+  creds?: string | undefined;
+  /** Connection name shown by the server (monitoring, logs). */
+  name: string;
+  /** Milliseconds to wait for the first connection (default 5000). */
+  timeout?: number;
+  /** Keep trying until the first connection succeeds (the agent), instead of failing fast (the CLI). */
+  waitOnFirstConnect?: boolean;
+  /** Ping every this many ms; a connection that misses `maxPingOut` answers in a row is dropped and made again. */
+  pingIntervalMs?: number;
+  maxPingOut?: number;
+}
+
+/** A credentials file that cannot be read. */
+export class CredsError extends Error {
+  override readonly name = 'CredsError';
+  constructor(
+    readonly path: string,
+    readonly reason: string,
+  ) {
+    super(`cannot read NATS credentials ${path}: ${reason}`);
+  }
+}
+
+export function readCreds(path: string): Uint8Array {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new CredsError(path, (e as Error).message);
+  }
+}
+
+/** Connect; once connected, the connection reconnects forever (every second). */
+export function connectNats(o: ConnectOptions): Promise<NatsConnection> {
+  return connect({
+    servers: o.servers,
+    name: o.name,
+    timeout: o.timeout ?? 5000,
+    waitOnFirstConnect: o.waitOnFirstConnect ?? false,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 1000,
+    ...(o.pingIntervalMs !== undefined ? { pingInterval: o.pingIntervalMs } : {}),
+    ...(o.maxPingOut !== undefined ? { maxPingOut: o.maxPingOut } : {}),
+    ...(o.creds ? { authenticator: credsAuthenticator(readCreds(o.creds)) } : {}),
+  });
+}
+
+/** How the controller creates a bucket that is not there yet. */
+export interface BucketSettings {
+  /** Values per key, unless the table fixes it (BucketSpec.history). */
+  history: number;
+  replicas: number;
+  storage: 'file' | 'memory';
+  maxValueSize: number;
+  /** JetStream request timeout, ms. */
+  timeout: number;
+}
+
+/**
+ * A bucket of the table. With `create`, a bucket that is not there is created
+ * with those settings (one that is there is opened as it is: its settings are
+ * never changed); without, it is only bound, and a missing bucket is an error.
+ */
+export function openBucket(kvm: Kvm, spec: BucketSpec, create?: BucketSettings): Promise<KV> {
+  if (!create) return kvm.open(spec.name);
+  return kvm.create(spec.name, {
+    history: spec.history ?? create.history,
+    replicas: create.replicas,
+    storage: create.storage === 'memory' ? StorageType.Memory : StorageType.File,
+    maxValueSize: create.maxValueSize,
+    timeout: create.timeout,
+    description: spec.description,
+  });
+}
