@@ -57,8 +57,9 @@
  * node not at all, whatever it forges and however far the agent has
  * converged: nothing on that path depends on the forged packet's claims.
  *
- * The TypeScript reference model in test/policy-model.ts states the same
- * rules; the golden and property tests hold the programs to it.
+ * The TypeScript model in lib/policy.ts states the same rules; the golden
+ * and property tests hold the programs to it, and `i6pnctl explain` answers
+ * from it.
  */
 #ifndef I6PN_POLICY_H
 #define I6PN_POLICY_H

@@ -7,7 +7,7 @@
 import test from 'ava';
 import { ipv4Packet, ipv6, ipv6Offsets, ipv6Packet, rawFrame, truncate, type Ipv6Spec } from '../agent/bpf/packet.js';
 import type { HookName, ReasonName } from '../agent/bpf/dataplane.js';
-import { decide, isPass, MAX_EXT_HDRS, type Reason } from './policy-model.js';
+import { decide, isPass, MAX_EXT_HDRS, type Reason } from '../lib/policy.js';
 import { M, NODE_ADDRESS, observe, openFixture, R1, R2, W1, type Fixture } from './helpers/golden.js';
 import { REASON_NAMES } from '../agent/bpf/abi.generated.js';
 import { LibbpfError } from '../agent/bpf/dataplane.js';
