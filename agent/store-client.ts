@@ -1,15 +1,17 @@
 /**
  * The agent's side of the membership store: a NATS connection that reconnects
  * forever, the region lookup (regions bucket), the node heartbeat (nodes
- * bucket), and the JetStream client the endpoint follower reads with. Only
- * the subjects the agent's NATS identity may use (deploy/nats): reads of the
- * i6pn_* buckets and its own heartbeat key.
+ * bucket), the JetStream client the endpoint follower reads with, and the
+ * publication of drop events. Only the subjects the agent's NATS identity may
+ * use (deploy/nats): reads of the i6pn_* buckets, its own heartbeat key, its
+ * own events subject, and replies below its own inbox prefix.
  */
 import { readFileSync } from 'node:fs';
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
-import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
-import { NODES_BUCKET, REGIONS_BUCKET, decodeRecord, nodeKey, regionNameKey, regionRecord, type NodeRecord } from '../lib/schema.js';
+import { connect, credsAuthenticator, PermissionViolationError, type NatsConnection } from '@nats-io/transport-node';
+import { EVENTS_SUBJECT_PREFIX } from '../lib/events.js';
+import { NODES_BUCKET, REGIONS_BUCKET, agentInboxPrefix, decodeRecord, nodeKey, regionNameKey, regionRecord, type NodeRecord } from '../lib/schema.js';
 import type { Logger } from './log.js';
 
 /**
@@ -23,13 +25,15 @@ const JS_API_TIMEOUT_MS = 10_000;
 export interface AgentStoreOptions {
   servers: string[];
   creds: string | undefined;
-  /** Connection name shown by the server (monitoring, logs). */
-  name: string;
+  /** This node: the connection's name (`i6pn-agent@<node>`) and inbox prefix (agentInboxPrefix). */
+  node: string;
   log: Logger;
   /** Connection state changes (true: connected). */
   onConnected: (connected: boolean) => void;
   /** The connection came back after a loss. */
   onReconnect: () => void;
+  /** The server refused a publish to one of the events subjects (the credentials do not allow it). */
+  onEventsDenied?: (subject: string) => void;
 }
 
 export class AgentStore {
@@ -39,7 +43,14 @@ export class AgentStore {
   private readonly kvm: Kvm;
   private readonly buckets = new Map<string, Promise<KV>>();
 
-  private constructor(readonly nc: NatsConnection, jsm: JetStreamManager) {
+  private connected_ = true;
+
+  private constructor(
+    readonly nc: NatsConnection,
+    jsm: JetStreamManager,
+    /** Where this connection's replies arrive (agentInboxPrefix). */
+    readonly inboxPrefix: string,
+  ) {
     this.jsm = jsm;
     this.js = jetstream(nc, { timeout: JS_API_TIMEOUT_MS });
     this.kvm = new Kvm(this.js);
@@ -51,9 +62,11 @@ export class AgentStore {
    * forever.
    */
   static async connect(o: AgentStoreOptions): Promise<AgentStore> {
+    const inboxPrefix = agentInboxPrefix(o.node);
     const nc = await connect({
       servers: o.servers,
-      name: o.name,
+      name: `i6pn-agent@${o.node}`,
+      inboxPrefix,
       ...(o.creds ? { authenticator: credsAuthenticator(readFileSync(o.creds)) } : {}),
       waitOnFirstConnect: true,
       maxReconnectAttempts: -1,
@@ -63,19 +76,29 @@ export class AgentStore {
     });
     o.onConnected(true);
     o.log.info({ server: nc.getServer() }, 'connected to NATS');
+    // No $JS.API.INFO check here: the agent's credentials need not allow account info.
+    const store = new AgentStore(nc, await jetstreamManager(nc, { timeout: JS_API_TIMEOUT_MS, checkAPI: false }), inboxPrefix);
+    const connected = (up: boolean): void => {
+      store.connected_ = up;
+      o.onConnected(up);
+    };
     void (async () => {
       for await (const s of nc.status()) {
         switch (s.type) {
           case 'disconnect':
-            o.onConnected(false);
+            connected(false);
             o.log.warn({ server: s.server }, 'NATS connection lost; reconnecting (the dataplane keeps its last state)');
             break;
           case 'reconnect':
-            o.onConnected(true);
+            connected(true);
             o.log.info({ server: s.server }, 'reconnected to NATS');
             o.onReconnect();
             break;
           case 'error':
+            if (s.error instanceof PermissionViolationError && s.error.operation === 'publish' && s.error.subject.startsWith(`${EVENTS_SUBJECT_PREFIX}.`)) {
+              o.onEventsDenied?.(s.error.subject);
+              break;
+            }
             o.log.warn({ err: s.error }, 'NATS error');
             break;
           default:
@@ -84,11 +107,20 @@ export class AgentStore {
       }
     })();
     void nc.closed().then((err) => {
-      o.onConnected(false);
+      connected(false);
       if (err) o.log.error({ err }, 'NATS connection closed');
     });
-    // No $JS.API.INFO check here: the agent's credentials need not allow account info.
-    return new AgentStore(nc, await jetstreamManager(nc, { timeout: JS_API_TIMEOUT_MS, checkAPI: false }));
+    return store;
+  }
+
+  /** Connected now (false between a disconnect and the reconnect, and once closed). */
+  get connected(): boolean {
+    return this.connected_ && !this.nc.isClosed();
+  }
+
+  /** One drop event on core NATS (see agent/events.ts); throws when the connection cannot take it. */
+  publish(subject: string, data: Uint8Array): void {
+    this.nc.publish(subject, data);
   }
 
   private bucket(name: string): Promise<KV> {

@@ -35,7 +35,8 @@
  * region buckets, then, with `finish`, deletes it.
  */
 import { readFileSync } from 'node:fs';
-import { jetstream, jetstreamManager, JetStreamApiCodes, JetStreamApiError, StorageType, type JetStreamManager } from '@nats-io/jetstream';
+import { DiscardPolicy, jetstream, jetstreamManager, JetStreamApiCodes, JetStreamApiError, RetentionPolicy, StorageType, type JetStreamManager } from '@nats-io/jetstream';
+import { nanos } from '@nats-io/transport-node';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import {
@@ -92,6 +93,7 @@ import {
   type RegionRecord,
   type WorkspaceRecord,
 } from './schema.js';
+import { EVENT_MAX_BYTES, EVENTS_STREAM, EVENTS_STREAM_MAX_AGE_MS, EVENTS_STREAM_MAX_BYTES, EVENTS_SUBJECT_PREFIX } from './events.js';
 
 export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
 const CONNECT_HINT = 'is nats-server running? set --nats or I6PN_NATS_URL';
@@ -256,15 +258,6 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
     };
     const open = (bucket: string, description: string): Promise<KV> =>
       kvm.create(bucket, { ...settings, description });
-    const [regions, workspaces, addresses, ifnames, nodes] = await Promise.all([
-      open(REGIONS_BUCKET, 'i6pn regions: name <-> 16-bit id'),
-      open(WORKSPACES_BUCKET, 'i6pn workspaces: name <-> 32-bit id and /48'),
-      open(ADDRESSES_BUCKET, 'i6pn addresses ever handed out (never deleted)'),
-      open(IFNAMES_BUCKET, 'i6pn host-side interface names per node'),
-      open(NODES_BUCKET, 'i6pn nodes: agent heartbeats'),
-    ]);
-    const random: RandomSource = { ...cryptoRandom, ...opts.random };
-
     let jsm: Promise<JetStreamManager> | null = null;
     const manager = (): Promise<JetStreamManager> => {
       jsm ??= jetstreamManager(nc, { timeout: requestTimeout }).catch((e: unknown) => {
@@ -273,6 +266,16 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
       });
       return jsm;
     };
+    const [regions, workspaces, addresses, ifnames, nodes] = await Promise.all([
+      open(REGIONS_BUCKET, 'i6pn regions: name <-> 16-bit id'),
+      open(WORKSPACES_BUCKET, 'i6pn workspaces: name <-> 32-bit id and /48'),
+      open(ADDRESSES_BUCKET, 'i6pn addresses ever handed out (never deleted)'),
+      open(IFNAMES_BUCKET, 'i6pn host-side interface names per node'),
+      open(NODES_BUCKET, 'i6pn nodes: agent heartbeats'),
+      manager().then((m) => ensureEventsStream(m, { replicas: settings.replicas, storage: settings.storage })),
+    ]);
+    const random: RandomSource = { ...cryptoRandom, ...opts.random };
+
     // Cached per process, a failed open is forgotten so that the next call tries again.
     const cached = <T>(cache: Map<string, Promise<T>>, key: string, make: () => Promise<T>): Promise<T> => {
       let p = cache.get(key);
@@ -363,6 +366,42 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
       );
     }
     throw new StoreError('jetstream', `cannot open the i6pn buckets on NATS at ${where}: ${msg}`, 'check the NATS account permissions and JetStream limits');
+  }
+}
+
+/**
+ * The stream of recent drop events (lib/events.ts: I6PN_EVENTS over
+ * i6pn.events.>, an hour and 64 MiB at most, the oldest dropped first),
+ * created when absent with the store's replicas and storage; an existing
+ * one is left as it is. The agents publish with core NATS: the stream
+ * captures what they send, and `i6pnctl observe --since/--last` reads it.
+ */
+/** nats-server's JSStreamNameExistErr: a stream of that name exists with other settings. */
+const JS_STREAM_NAME_EXISTS = 10058;
+
+export async function ensureEventsStream(jsm: JetStreamManager, opts: { replicas?: number; storage?: StorageType } = {}): Promise<void> {
+  try {
+    await jsm.streams.info(EVENTS_STREAM);
+    return;
+  } catch (e) {
+    if (!isBucketGone(e)) throw e;
+  }
+  try {
+    await jsm.streams.add({
+      name: EVENTS_STREAM,
+      description: 'i6pn drop events of every node (i6pnctl observe --since/--last)',
+      subjects: [`${EVENTS_SUBJECT_PREFIX}.>`],
+      retention: RetentionPolicy.Limits,
+      discard: DiscardPolicy.Old,
+      max_age: nanos(EVENTS_STREAM_MAX_AGE_MS),
+      max_bytes: EVENTS_STREAM_MAX_BYTES,
+      max_msg_size: EVENT_MAX_BYTES,
+      storage: opts.storage ?? StorageType.File,
+      num_replicas: opts.replicas ?? 1,
+    });
+  } catch (e) {
+    // Another i6pnctl made it meanwhile, with other settings (the same ones are no error).
+    if (!(e instanceof JetStreamApiError && e.code === JS_STREAM_NAME_EXISTS)) throw e;
   }
 }
 
