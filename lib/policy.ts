@@ -378,7 +378,9 @@ export class FleetModel {
    * Each hook is decided as in monitor mode, where a drop is counted and the
    * packet goes on; in enforce mode the first step that does not pass is where
    * the packet stops. The walk ends after from_endpoint when `dst` is not a
-   * live private endpoint: no node routes it.
+   * live private endpoint (no node routes it), or when `src`'s node is not
+   * known (the store keeps none for a removed endpoint: its sealed veth
+   * drops everything, and where the packet would go on is not known).
    */
   path(src: FleetEndpoint, dst: FleetEndpoint): PathStep[] {
     const srcVeth = this.add(src);
@@ -390,7 +392,7 @@ export class FleetModel {
       reason: decide(hook, pkt, this.nodeState(node, regionOf(src.address)), ifindex, ingress),
     });
     const steps = [at('from_endpoint', src.node, srcVeth, srcVeth)];
-    if (!dst.live || dst.node === null || !isPrivate(dst.address)) return steps;
+    if (!dst.live || dst.node === null || !isPrivate(dst.address) || src.node === null) return steps;
     const sameNode = src.node !== null && dst.node === src.node;
     if (!sameNode) {
       steps.push(at('to_fabric', src.node, UPLINK_IFINDEX, srcVeth));
