@@ -76,6 +76,8 @@ interface RateResult {
   rate: number;
   sent: number;
   published: number;
+  /** Events a second the ring buffer had no room for (the agent did not read fast enough). */
+  ringFull: number;
   agentCpu: number;
   serverCpu: number;
 }
@@ -94,6 +96,7 @@ async function window(agentPid: number, serverPid: number, metricsPort: number, 
   const a0 = cpuSeconds(agentPid);
   const s0 = cpuSeconds(serverPid);
   const p0 = await metric(metricsPort, 'i6pn_drop_events_published_total');
+  const f0 = await metric(metricsPort, 'i6pn_drop_events_suppressed_total{cause="ring_full"}');
   const t0 = process.hrtime.bigint();
   const sent = rate > 0 ? Number(nsSh(CONTAINER, ['python3', '-c', FLOOD, dst, String(rate), String(SECONDS)]).trim()) : (await sleep(SECONDS * 1000), 0);
   await sleep(300); // what was read last is published
@@ -102,10 +105,11 @@ async function window(agentPid: number, serverPid: number, metricsPort: number, 
     rate,
     sent,
     published: ((await metric(metricsPort, 'i6pn_drop_events_published_total')) - p0) / seconds,
+    ringFull: ((await metric(metricsPort, 'i6pn_drop_events_suppressed_total{cause="ring_full"}')) - f0) / seconds,
     agentCpu: ((cpuSeconds(agentPid) - a0) / seconds) * 100,
     serverCpu: ((cpuSeconds(serverPid) - s0) / seconds) * 100,
   };
-  log(`rate ${rate}/s: ${sent} sent, ${r.published.toFixed(0)} events/s published, agent ${r.agentCpu.toFixed(1)} % CPU, nats-server ${r.serverCpu.toFixed(1)} %`);
+  log(`rate ${rate}/s: ${sent} sent, ${r.published.toFixed(0)} events/s published, ${r.ringFull.toFixed(0)}/s lost to a full ring, agent ${r.agentCpu.toFixed(1)} % CPU, nats-server ${r.serverCpu.toFixed(1)} %`);
   return r;
 }
 
@@ -205,10 +209,11 @@ async function inside(): Promise<void> {
     {
       title: 'Drop events: CPU per thousand events a second',
       note: `A container's paced UDP flood to another workspace, every drop sampled (--events-per-sec 1000000), each event resolved and published by the agent, kept by the I6PN_EVENTS stream; CPU of each process over ${SECONDS} s, against the same window without traffic (idle: agent ${idle.agentCpu.toFixed(2)} %, nats-server ${idle.serverCpu.toFixed(2)} % of one core).`,
-      columns: ['drops/s sent', 'events/s published', 'agent CPU', 'agent CPU per 1,000 events/s', 'nats-server CPU', 'nats-server CPU per 1,000 events/s'],
+      columns: ['drops/s sent', 'events/s published', 'lost to a full ring buffer', 'agent CPU', 'agent CPU per 1,000 events/s', 'nats-server CPU', 'nats-server CPU per 1,000 events/s'],
       rows: rates.slice(1).map((r, i) => [
         r.rate,
         r.published.toFixed(0),
+        `${r.ringFull.toFixed(0)}/s`,
         `${r.agentCpu.toFixed(1)} %`,
         `${costs[i]!.toFixed(2)} % of a core`,
         `${r.serverCpu.toFixed(1)} %`,
