@@ -11,9 +11,9 @@
  */
 import type { Server } from 'node:http';
 import { Dataplane } from './bpf/dataplane.js';
-import { formatAddress } from '../lib/address.js';
 import { Attacher } from './attach.js';
 import { AGENT_VERSION, ConfigError, parseCommandLine, type AgentConfig, type TeardownConfig } from './config.js';
+import { DropEventPublisher } from './events.js';
 import { Heartbeat } from './heartbeat.js';
 import { startHttp } from './http.js';
 import { Interfaces, flushAgentRoutes, interfaceIndexes } from './links.js';
@@ -57,14 +57,7 @@ async function run(cfg: AgentConfig): Promise<void> {
   metrics.mapCapacity.set({ map: 'endpoints' }, dp.maxEndpoints);
   metrics.mapCapacity.set({ map: 'local_ifaces' }, dp.maxLocalIfaces);
   metrics.setCounterSource(() => dp.readCounters());
-  const dropLog = log.child({ component: 'drop' });
-  const drops = dp.watchDropEvents((e) => {
-    metrics.dropEvents.inc();
-    dropLog.info(
-      { hook: e.hook, verdict: e.verdict, reason: e.reason, src: formatAddress(e.src), dst: formatAddress(e.dst), ifindex: e.ifindex, len: e.len },
-      'sampled drop',
-    );
-  });
+  metrics.setEventLossSource(() => dp.readEventLosses());
   log.info({ bpffs: cfg.bpffs, capacity: dp.maxEndpoints }, 'dataplane loaded (pinned maps adopted or created)');
 
   // Interfaces, then the uplink and the adopted local interfaces.
@@ -94,6 +87,23 @@ async function run(cfg: AgentConfig): Promise<void> {
   let store: AgentStore | null = null;
   let stopping = false;
 
+  // Drop events: from the ring buffer to NATS (queued until the first connection).
+  const publisher = new DropEventPublisher({
+    node: cfg.node,
+    region: cfg.region,
+    sink: { get connected() { return store?.connected ?? false; }, publish: (subject, data) => store!.publish(subject, data) },
+    membership: {
+      member: (addr) => {
+        const e = dp.getEndpoint(addr);
+        return e ? { i6pn: e.flags.i6pn, local: e.flags.local } : null;
+      },
+      localIfname: (key) => sync?.localEndpoints().get(key)?.ifname,
+    },
+    metrics,
+    log: log.child({ component: 'events' }),
+  });
+  const drops = dp.watchDropEvents((e) => publisher.take(e), { onInvalid: (err) => publisher.invalid(err) });
+
   const shutdown = async (signal: string): Promise<void> => {
     if (stopping) return;
     stopping = true;
@@ -119,12 +129,17 @@ async function run(cfg: AgentConfig): Promise<void> {
   store = await AgentStore.connect({
     servers: cfg.nats,
     creds: cfg.creds,
-    name: `i6pn-agent@${cfg.node}`,
+    node: cfg.node,
     log: storeLog,
     onConnected: (up) => metrics.natsConnected.set(up ? 1 : 0),
-    onReconnect: () => follower?.resume(),
+    onReconnect: () => {
+      publisher.flush();
+      follower?.resume();
+    },
+    onEventsDenied: (subject) => publisher.denied(subject),
   });
   if (stopping) return;
+  publisher.flush();
 
   heartbeat = new Heartbeat({
     node: cfg.node,
@@ -174,6 +189,7 @@ async function run(cfg: AgentConfig): Promise<void> {
   });
   follower = new MembershipFollower({
     nc: store.nc,
+    inboxPrefix: store.inboxPrefix,
     jsm: store.jsm,
     region: cfg.region,
     regionId,

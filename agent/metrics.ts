@@ -35,6 +35,9 @@ export const METRIC_NAMES = [
   'i6pn_unhooked_endpoints',
   'i6pn_map_full_total',
   'i6pn_drop_events_total',
+  'i6pn_drop_events_suppressed_total',
+  'i6pn_drop_events_published_total',
+  'i6pn_drop_events_unpublished_total',
   'i6pn_heartbeat_last_success_timestamp_seconds',
   'i6pn_agent_info',
 ] as const;
@@ -90,6 +93,20 @@ export type SealReason = (typeof SEAL_REASONS)[number];
  */
 export const REFUSE_REASONS = ['uplink', 'not_veth', 'bound_to_other', 'duplicate_ifname', 'sealed'] as const;
 export type RefuseReason = (typeof REFUSE_REASONS)[number];
+/**
+ * Drops the kernel did not write as events: past the per-CPU budget
+ * (--events-per-sec), or with no room in the ring buffer (the agent not
+ * reading). With events on, every drop is an event or one of these.
+ */
+export const SUPPRESSED_CAUSES = ['budget', 'ring_full'] as const;
+/**
+ * Events read but not published: the queue held while NATS is unreachable
+ * overflowed (oldest first); the server refused the subject (credentials);
+ * the connection refused the message (closed); a record that could not be
+ * decoded or encoded.
+ */
+export const UNPUBLISHED_CAUSES = ['queue_full', 'denied', 'error', 'invalid'] as const;
+export type UnpublishedCause = (typeof UNPUBLISHED_CAUSES)[number];
 export const APPLY_LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 /** One row of the BPF counters, summed over CPUs (Dataplane.readCounters()). */
@@ -128,10 +145,13 @@ export class AgentMetrics {
   readonly unhookedEndpoints: Gauge;
   readonly mapFull: Counter;
   readonly dropEvents: Counter;
+  readonly dropEventsPublished: Counter;
+  readonly dropEventsUnpublished: Counter<'cause'>;
   readonly heartbeatLastSuccess: Gauge;
   readonly info: Gauge<'version' | 'node' | 'region' | 'mode'>;
 
   private counterSource: (() => CounterRow[]) | null = null;
+  private eventLossSource: (() => { overBudget: bigint; ringFull: bigint }) | null = null;
   private cached: { at: number; rows: CounterRow[] } | null = null;
   private lastReadError = 0;
 
@@ -249,6 +269,28 @@ export class AgentMetrics {
       help: 'Sampled drop events read from the ring buffer.',
       registers,
     });
+    new Counter({
+      name: 'i6pn_drop_events_suppressed_total',
+      help:
+        'Drops the BPF programs did not write as events, by cause: budget (past --events-per-sec on a CPU), ring_full (no room in the ring buffer: the agent is not reading). With events on, every drop counted in i6pn_packets_total is an event or one of these.',
+      labelNames: ['cause'],
+      registers,
+      collect() {
+        self.fillSuppressed(this);
+      },
+    });
+    this.dropEventsPublished = new Counter({
+      name: 'i6pn_drop_events_published_total',
+      help: 'Drop events handed to the NATS connection, on subject i6pn.events.<region>.<node>.',
+      registers,
+    });
+    this.dropEventsUnpublished = new Counter({
+      name: 'i6pn_drop_events_unpublished_total',
+      help:
+        'Drop events read but not published, by cause: queue_full (NATS unreachable too long; the oldest went first), denied (the server refused the subject: credentials), error (the connection refused it), invalid (a record that could not be decoded).',
+      labelNames: ['cause'],
+      registers,
+    });
     this.heartbeatLastSuccess = new Gauge({
       name: 'i6pn_heartbeat_last_success_timestamp_seconds',
       help: "Unix time of the last successful write of this node's heartbeat key (i6pn_nodes.<node>).",
@@ -282,6 +324,8 @@ export class AgentMetrics {
     this.reconcileRemoved.inc(0);
     this.mapFull.inc(0);
     this.dropEvents.inc(0);
+    this.dropEventsPublished.inc(0);
+    for (const cause of UNPUBLISHED_CAUSES) this.dropEventsUnpublished.inc({ cause }, 0);
     this.info.set({ ...info }, 1);
 
     collectDefaultMetrics({ register: this.registry, prefix: DEFAULT_METRICS_PREFIX });
@@ -292,6 +336,24 @@ export class AgentMetrics {
   setCounterSource(read: (() => CounterRow[]) | null): void {
     this.counterSource = read;
     this.cached = null;
+  }
+
+  /** Where the kernel's count of drops not sampled comes from (the dataplane, once open); null: zeros. */
+  setEventLossSource(read: (() => { overBudget: bigint; ringFull: bigint }) | null): void {
+    this.eventLossSource = read;
+  }
+
+  private fillSuppressed(c: Counter<'cause'>): void {
+    let lost = { overBudget: 0n, ringFull: 0n };
+    try {
+      if (this.eventLossSource) lost = this.eventLossSource();
+    } catch (err) {
+      this.log.warn({ err }, 'reading the BPF event stats failed; keeping the last values');
+      return;
+    }
+    c.reset();
+    c.inc({ cause: 'budget' }, Number(lost.overBudget));
+    c.inc({ cause: 'ring_full' }, Number(lost.ringFull));
   }
 
   /** Prometheus text exposition of the registry. */

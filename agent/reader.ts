@@ -31,6 +31,8 @@ import { Operation } from './sync.js';
 
 export interface ReaderOptions {
   nc: NatsConnection;
+  /** The connection's inbox prefix (its credentials may subscribe there only; default `_INBOX`). */
+  inboxPrefix?: string;
   jsm: JetStreamManager;
   stream: string;
   /** The subjects' common prefix, removed to make the key (`$KV.<bucket>.`). */
@@ -100,7 +102,7 @@ export class ReadError extends Error {
 }
 
 export class StreamReader {
-  private readonly o: Required<Omit<ReaderOptions, 'onIdle' | 'onHead' | 'headSeq'>> & Pick<ReaderOptions, 'onIdle' | 'onHead' | 'headSeq'>;
+  private readonly o: Required<Omit<ReaderOptions, 'onIdle' | 'onHead' | 'headSeq' | 'inboxPrefix'>> & Pick<ReaderOptions, 'onIdle' | 'onHead' | 'headSeq' | 'inboxPrefix'>;
   private atHead = false;
   private sub: Subscription | null = null;
   private consumer = '';
@@ -133,7 +135,7 @@ export class StreamReader {
   /** Create the consumer and ask for the first messages. Resolves with the messages pending at creation. */
   async start(): Promise<number> {
     const o = this.o;
-    this.inbox = createInbox();
+    this.inbox = createInbox(o.inboxPrefix);
     this.sub = o.nc.subscribe(this.inbox, { callback: (err, m) => (err ? this.fail(new ReadError(`subscription failed: ${err.message}`)) : this.take(m)) });
     let info;
     try {

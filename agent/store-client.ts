@@ -2,15 +2,18 @@
  * The agent's side of the membership store, on lib/'s connection
  * (lib/nats.ts) and bucket table (lib/schema.ts): the connection's state in
  * the agent's log and metrics, the region lookup (regions bucket), the node
- * heartbeat (nodes bucket), and the JetStream clients the endpoint follower
- * reads with. Buckets are bound, never created: only the subjects the agent's
- * NATS identity may use (deploy/nats derives them from the same table).
+ * heartbeat (nodes bucket), the JetStream clients the endpoint follower reads
+ * with, and the publication of drop events. Buckets are bound, never created:
+ * only the subjects the agent's NATS identity may use (deploy/nats derives
+ * them from the same table): reads of the buckets an agent reads, its own
+ * heartbeat key, its own events subject, and replies below its own inbox prefix.
  */
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
-import type { NatsConnection } from '@nats-io/transport-node';
+import { PermissionViolationError, type NatsConnection } from '@nats-io/transport-node';
+import { EVENTS_SUBJECT_PREFIX } from '../lib/events.js';
 import { connectNats, openBucket } from '../lib/nats.js';
-import { BUCKET_TABLE, nodeKey, type BucketSpec, type NodeRecord } from '../lib/schema.js';
+import { BUCKET_TABLE, agentInboxPrefix, nodeKey, type BucketSpec, type NodeRecord } from '../lib/schema.js';
 import { getRegion } from '../lib/store.js';
 import type { Logger } from './log.js';
 
@@ -25,13 +28,15 @@ const JS_API_TIMEOUT_MS = 10_000;
 export interface AgentStoreOptions {
   servers: string[];
   creds: string | undefined;
-  /** Connection name shown by the server (monitoring, logs). */
-  name: string;
+  /** This node: the connection's name (`i6pn-agent@<node>`) and inbox prefix (agentInboxPrefix). */
+  node: string;
   log: Logger;
   /** Connection state changes (true: connected). */
   onConnected: (connected: boolean) => void;
   /** The connection came back after a loss. */
   onReconnect: () => void;
+  /** The server refused a publish to one of the events subjects (the credentials do not allow it). */
+  onEventsDenied?: (subject: string) => void;
 }
 
 export class AgentStore {
@@ -41,7 +46,14 @@ export class AgentStore {
   private readonly kvm: Kvm;
   private readonly buckets = new Map<string, Promise<KV>>();
 
-  private constructor(readonly nc: NatsConnection, jsm: JetStreamManager) {
+  private connected_ = true;
+
+  private constructor(
+    readonly nc: NatsConnection,
+    jsm: JetStreamManager,
+    /** Where this connection's replies arrive (agentInboxPrefix). */
+    readonly inboxPrefix: string,
+  ) {
     this.jsm = jsm;
     this.js = jetstream(nc, { timeout: JS_API_TIMEOUT_MS });
     this.kvm = new Kvm(this.js);
@@ -53,29 +65,41 @@ export class AgentStore {
    * forever.
    */
   static async connect(o: AgentStoreOptions): Promise<AgentStore> {
+    const inboxPrefix = agentInboxPrefix(o.node);
     const nc = await connectNats({
       servers: o.servers,
       creds: o.creds,
-      name: o.name,
+      name: `i6pn-agent@${o.node}`,
+      inboxPrefix,
       waitOnFirstConnect: true,
       pingIntervalMs: 10_000,
       maxPingOut: 3,
     });
     o.onConnected(true);
     o.log.info({ server: nc.getServer() }, 'connected to NATS');
+    // No $JS.API.INFO check here: the agent's credentials need not allow account info.
+    const store = new AgentStore(nc, await jetstreamManager(nc, { timeout: JS_API_TIMEOUT_MS, checkAPI: false }), inboxPrefix);
+    const connected = (up: boolean): void => {
+      store.connected_ = up;
+      o.onConnected(up);
+    };
     void (async () => {
       for await (const s of nc.status()) {
         switch (s.type) {
           case 'disconnect':
-            o.onConnected(false);
+            connected(false);
             o.log.warn({ server: s.server }, 'NATS connection lost; reconnecting (the dataplane keeps its last state)');
             break;
           case 'reconnect':
-            o.onConnected(true);
+            connected(true);
             o.log.info({ server: s.server }, 'reconnected to NATS');
             o.onReconnect();
             break;
           case 'error':
+            if (s.error instanceof PermissionViolationError && s.error.operation === 'publish' && s.error.subject.startsWith(`${EVENTS_SUBJECT_PREFIX}.`)) {
+              o.onEventsDenied?.(s.error.subject);
+              break;
+            }
             o.log.warn({ err: s.error }, 'NATS error');
             break;
           default:
@@ -84,11 +108,20 @@ export class AgentStore {
       }
     })();
     void nc.closed().then((err) => {
-      o.onConnected(false);
+      connected(false);
       if (err) o.log.error({ err }, 'NATS connection closed');
     });
-    // No $JS.API.INFO check here: the agent's credentials need not allow account info.
-    return new AgentStore(nc, await jetstreamManager(nc, { timeout: JS_API_TIMEOUT_MS, checkAPI: false }));
+    return store;
+  }
+
+  /** Connected now (false between a disconnect and the reconnect, and once closed). */
+  get connected(): boolean {
+    return this.connected_ && !this.nc.isClosed();
+  }
+
+  /** One drop event on core NATS (see agent/events.ts); throws when the connection cannot take it. */
+  publish(subject: string, data: Uint8Array): void {
+    this.nc.publish(subject, data);
   }
 
   private bucket(spec: BucketSpec): Promise<KV> {

@@ -28,6 +28,8 @@ import { streamId, type LocalEndpoint, type MembershipSync, type Operation } fro
 
 export interface FollowerOptions {
   nc: NatsConnection;
+  /** The connection's inbox prefix (the agent's credentials may subscribe there only). */
+  inboxPrefix?: string;
   jsm: JetStreamManager;
   region: string;
   regionId: number;
@@ -183,6 +185,7 @@ export class MembershipFollower {
     this.caughtUp = false;
     const reader = new StreamReader({
       nc: this.o.nc,
+      ...(this.o.inboxPrefix !== undefined ? { inboxPrefix: this.o.inboxPrefix } : {}),
       jsm,
       stream: this.stream,
       prefix: this.prefix,
@@ -272,6 +275,7 @@ export class MembershipFollower {
     let finished: Promise<number> | null = null;
     const reader = new StreamReader({
       nc: this.o.nc,
+      ...(this.o.inboxPrefix !== undefined ? { inboxPrefix: this.o.inboxPrefix } : {}),
       jsm: this.o.jsm,
       stream: this.stream,
       prefix: this.prefix,

@@ -38,7 +38,7 @@ import { endpointIdOf, formatAddress, workspaceIdHex } from '../lib/address.js';
 import { ENDPOINTS_HISTORY, NODES_BUCKET, REGIONS_BUCKET, endpointsBucket } from '../lib/schema.js';
 import { freePort, startNats } from '../test/helpers/nats.js';
 import { natsServerBin } from '../test/helpers/nats-server-bin.js';
-import { PREFIX, addNs, addVeth, cleanup, onCleanup, sh, sleep, spawnIn, sweepStale } from './lib/netns.js';
+import { PREFIX, addNs, addVeth, benchMain, cpuSeconds, onCleanup, rerunInside, sh, sleep, spawnIn, sweepStale } from './lib/netns.js';
 import { REPO_DIR, log, percentile, printTable, ratio, saveSection, secondsSince, type Goal, type Table } from './lib/results.js';
 
 const N = Number(process.env.I6PN_BENCH_AGENT_N ?? 1_000_000);
@@ -121,16 +121,6 @@ function rssMB(pid: number, field: 'VmHWM' | 'VmRSS'): number {
   try {
     const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) / 1024 : NaN;
-  } catch {
-    return NaN;
-  }
-}
-
-/** utime + stime of a process, in seconds. */
-function cpuSeconds(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return (Number(f[11]) + Number(f[12])) / 100;
   } catch {
     return NaN;
   }
@@ -698,18 +688,7 @@ async function outside(): Promise<void> {
     for (const sub of ['a', 'b']) sh(['nsenter', `--net=/run/netns/${ns}`, '--', process.execPath, AGENT, 'teardown', '--bpffs', join(bpffs, sub)], { allowFail: true });
     rmSync(bpffs, { recursive: true, force: true });
   });
-  const child = spawnIn(ns, [process.execPath, '--import=tsx', join(REPO_DIR, 'bench/agent.ts')], {
-    stdio: 'inherit',
-    env: { ...process.env, I6PN_BENCH_IN_NS: '1', I6PN_BENCH_BPFFS: bpffs },
-  });
-  const code = await new Promise<number>((res) => child.on('exit', (c) => res(c ?? 1)));
-  cleanup();
-  if (code !== 0) process.exit(code);
+  await rerunInside(ns, join(REPO_DIR, 'bench/agent.ts'), { I6PN_BENCH_BPFFS: bpffs });
 }
 
-(process.env.I6PN_BENCH_IN_NS ? inside() : outside()).catch((err: unknown) => {
-  console.error(err);
-  cleanup();
-  process.exit(1);
-});
-
+benchMain(inside, outside);

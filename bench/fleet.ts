@@ -357,7 +357,7 @@ async function worker(): Promise<void> {
     sim.store = await AgentStore.connect({
       servers: [cfg.url],
       creds: undefined,
-      name: `i6pn-agent@${node}`,
+      node,
       log,
       onConnected: () => {},
       onReconnect: () => {
@@ -380,6 +380,7 @@ async function worker(): Promise<void> {
     };
     sim.follower = new MembershipFollower({
       nc: sim.store.nc,
+      inboxPrefix: sim.store.inboxPrefix,
       jsm: sim.store.jsm,
       region: REGION,
       regionId: REGION_ID,

@@ -45,7 +45,8 @@ int from_fabric(struct xdp_md *ctx)
 	if (!cfg)
 		return XDP_DROP; /* cannot happen (an array's entry 0); fail closed */
 	reason = i6pn_decide_from_fabric(data, data_end, cfg, &pkt);
-	return i6pn_verdict(cfg, I6PN_HOOK_FROM_FABRIC, reason, &pkt, ctx->ingress_ifindex, (__u32)(data_end - data))
+	return i6pn_verdict(ctx, data, data_end, 0, cfg, I6PN_HOOK_FROM_FABRIC, reason, &pkt, ctx->ingress_ifindex,
+			    (__u32)(data_end - data))
 		       ? XDP_PASS
 		       : XDP_DROP;
 }
@@ -91,7 +92,8 @@ static __always_inline int i6pn_tc_veth(struct __sk_buff *skb, __u32 hook, const
 		reason = i6pn_decide_veth(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->ifindex,
 					  skb->ingress_ifindex, cfg, &pkt, to_endpoint);
 	}
-	if (!i6pn_verdict(cfg, hook, reason, &pkt, skb->ifindex, skb->len))
+	if (!i6pn_verdict(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, 1, cfg, hook, reason, &pkt, skb->ifindex,
+			  skb->len))
 		return TC_ACT_SHOT;
 	return to_endpoint ? TC_ACT_OK : i6pn_tc_pass(cfg, reason, &pkt);
 }
@@ -130,7 +132,8 @@ int from_fabric_tc(struct __sk_buff *skb)
 		__builtin_memset(&pkt, 0, sizeof(pkt));
 		reason = i6pn_decide_from_fabric((void *)(long)skb->data, (void *)(long)skb->data_end, cfg, &pkt);
 	}
-	if (!i6pn_verdict(cfg, I6PN_HOOK_FROM_FABRIC, reason, &pkt, skb->ifindex, skb->len))
+	if (!i6pn_verdict(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, 1, cfg, I6PN_HOOK_FROM_FABRIC, reason,
+			  &pkt, skb->ifindex, skb->len))
 		return TC_ACT_SHOT;
 	return i6pn_tc_pass(cfg, reason, &pkt);
 }
@@ -152,8 +155,10 @@ int to_fabric(struct __sk_buff *skb)
 		reason = i6pn_decide_to_fabric((void *)(long)skb->data, (void *)(long)skb->data_end,
 					       skb->ingress_ifindex, &pkt);
 	}
-	return i6pn_verdict(cfg, I6PN_HOOK_TO_FABRIC, reason, &pkt, skb->ifindex, skb->len) ? TC_ACT_OK
-												 : TC_ACT_SHOT;
+	return i6pn_verdict(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, 1, cfg, I6PN_HOOK_TO_FABRIC, reason,
+			    &pkt, skb->ifindex, skb->len)
+		       ? TC_ACT_OK
+		       : TC_ACT_SHOT;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

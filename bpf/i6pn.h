@@ -156,24 +156,57 @@ static inline __u32 i6pn_counter_index(__u32 hook, __u32 verdict, __u32 reason)
 	return (hook * I6PN_VERDICT_MAX + verdict) * I6PN_REASON_MAX + reason;
 }
 
-/* ring buffer record of a sampled drop (or would-drop) */
+/* Bits of i6pn_drop_event.flags: which of its fields the packet filled. */
+enum i6pn_event_flag {
+	I6PN_EVENT_IPV6 = 1 << 0,  /* an IPv6 packet: src, dst and proto are its own (else all zero) */
+	I6PN_EVENT_PORTS = 1 << 1, /* TCP or UDP: sport and dport */
+	I6PN_EVENT_ICMP = 1 << 2,  /* ICMPv6: icmp_type and icmp_code */
+};
+
+/*
+ * Ring buffer record of a sampled drop (or would-drop). A record of another
+ * size (from programs of an older agent, still in the pinned ring buffer after
+ * an upgrade) is refused by the reader, not misread.
+ */
 struct i6pn_drop_event {
-	__u64 ts_ns;
-	struct in6_addr src;
+	__u64 ts_ns;           /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	struct in6_addr src;   /* the fixed IPv6 header's addresses */
 	struct in6_addr dst;
-	__u32 ifindex;
-	__u32 len;
+	__u32 ifindex;         /* the interface the hook runs on */
+	__u32 len;             /* the frame's length */
 	enum i6pn_hook hook;
 	enum i6pn_verdict verdict;
 	enum i6pn_reason reason;
+	__u8 proto;            /* upper-layer protocol after the extension headers; the fixed
+				* header's next header when the chain cannot be walked */
+	__u8 flags;            /* enum i6pn_event_flag */
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u16 sport;           /* host byte order */
+	__u16 dport;
 	__u32 pad;
 };
 
-/* per-CPU token bucket behind the drop-event rate limit */
+/*
+ * Per-CPU token bucket behind the drop-event rate limit. `used` counts every
+ * drop of the window, sampled or not: past the budget it is how many were
+ * not sampled (folded into i6pn_event_stats when the window closes).
+ */
 struct i6pn_event_budget {
 	__u64 window_start_ns;
 	__u32 used;
 	__u32 pad;
+};
+
+/*
+ * event_stats map, one per-CPU entry: drop events never written, so that
+ * every drop is either an event or counted here (the agent adds the open
+ * window's `used` past the budget). Written only when a budget window closes
+ * and when the ring buffer is full, never per dropped packet.
+ */
+struct i6pn_event_stats {
+	__u64 over_budget; /* drops past the budget, in windows already closed */
+	__u64 ring_full;   /* events the ring buffer had no room for (the agent is not reading) */
 };
 
 /*
@@ -188,8 +221,10 @@ struct i6pn_abi {
 	enum i6pn_mode mode;
 	enum i6pn_endpoint_flag flag;
 	enum i6pn_config_flag config_flag;
+	enum i6pn_event_flag event_flag;
 	struct i6pn_drop_event event;
 	struct i6pn_event_budget budget;
+	struct i6pn_event_stats event_stats;
 };
 
 #endif /* I6PN_H */

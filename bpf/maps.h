@@ -53,6 +53,14 @@ struct {
 	__uint(max_entries, 1);
 } event_budget SEC(".maps");
 
+/* Drop events not written: past the budget, or no room in the ring buffer (struct i6pn_event_stats). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct i6pn_event_stats);
+	__uint(max_entries, 1);
+} event_stats SEC(".maps");
+
 /* Where the agent's membership stands (see struct i6pn_sync_state); no program reads it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

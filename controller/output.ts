@@ -6,6 +6,7 @@
 import { regionIdHex, workspaceIdHex } from '../lib/address.js';
 import type { EndpointRecord, RegionRecord, WorkspaceRecord } from '../lib/schema.js';
 import type { InvalidEntry, MigrateConflict, MigrateReport, NodeStatus } from '../lib/store.js';
+import type { ExplainedEnd, Explanation } from './explain.js';
 
 export interface Io {
   out(s: string): void;
@@ -22,11 +23,11 @@ export function json(io: Io, value: unknown): void {
 }
 
 /** Columns padded to their widest cell; the last column is not padded. */
-export function table(io: Io, header: string[], rows: string[][]): void {
+export function table(io: Io, header: string[], rows: string[][], indent = ''): void {
   const all = [header, ...rows];
   const widths = header.map((_, i) => Math.max(...all.map((r) => (r[i] ?? '').length)));
   for (const r of all) {
-    io.out(`${r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')}\n`);
+    io.out(`${indent}${r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd()}\n`);
   }
 }
 
@@ -128,4 +129,18 @@ export function nodesTable(io: Io, nodes: NodeStatus[]): void {
     ['NAME', 'REGION', 'VERSION', 'HEARTBEAT', 'AGE', 'STATUS'],
     nodes.map((n) => [n.name, n.region, n.version, n.heartbeatAt, `${n.heartbeatAgeSeconds}s`, n.stale ? 'STALE' : 'ok']),
   );
+}
+
+/**
+ * fdaa:…:1 (acme, ams-1/ep-a1) → fdaa:…:2 (globex, ams-1/ep-g1): dropped
+ *   stopped by from_endpoint on ams-1: cross_workspace — different workspaces: acme vs globex
+ *   the hooks it meets (monitor mode counts each and lets it through):
+ *     from_endpoint  ams-1  drop  cross_workspace  different workspaces: acme vs globex
+ */
+export function explainText(io: Io, r: Explanation, label: (e: ExplainedEnd) => string): void {
+  io.out(`${label(r.from)} → ${label(r.to)}: ${r.delivered ? 'delivered' : 'dropped'}\n`);
+  if (r.stop) io.out(`  stopped by ${r.stop.hook} on ${r.stop.node ?? 'the node that ran it'}: ${r.stop.reason} — ${r.stop.why}\n`);
+  else io.out(`  ${r.why}\n`);
+  io.out(r.delivered ? '  the hooks it meets:\n' : '  the hooks it meets (monitor mode counts each and lets it through):\n');
+  table(io, ['HOOK', 'NODE', 'VERDICT', 'REASON', 'WHY'], r.path.map((s) => [s.hook, s.node ?? '(its node)', s.verdict, s.reason, s.verdict === 'pass' ? '' : s.why]), '    ');
 }

@@ -13,6 +13,7 @@ import {
   addEndpoint,
   addRegion,
   connectStore,
+  findEndpointByName,
   createCluster,
   createWorkspace,
   deleteWorkspace,
@@ -27,12 +28,16 @@ import {
   workspaceEndpointCounts,
   type Store,
 } from '../lib/store.js';
-import { parseAddress } from '../lib/address.js';
+import { formatAddress, parseAddress } from '../lib/address.js';
+import { HOOK_NAMES, REASON_NAMES } from '../agent/bpf/abi.generated.js';
 import { InvalidNameError, assertIfname, assertName, assertNodeName } from '../lib/schema.js';
+import { endLabel, explain } from './explain.js';
+import { eventLine, observe, type EventFilter } from './observe.js';
 import {
   type Io,
   endpointsTable,
   errorLine,
+  explainText,
   json,
   keyValues,
   migrateText,
@@ -48,9 +53,9 @@ import {
 
 /**
  * Exit codes:
- *   0  success
- *   1  the store refused or lacks something (unknown name, taken name, endpoints left, conflict)
- *   2  usage: bad flags, arguments, names or addresses
+ *   0  success (explain: delivered)
+ *   1  the store refused or lacks something (unknown name, taken name, endpoints left, conflict); explain: dropped
+ *   2  usage: bad flags, arguments, names or addresses (explain: also an endpoint it cannot find)
  *   3  the store cannot be used: NATS unreachable, no JetStream, no permission, invalid entry in the way
  */
 export const EXIT = { ok: 0, refused: 1, usage: 2, store: 3 } as const;
@@ -576,6 +581,168 @@ Prints one address per line.
     warnInvalid(io, r.invalid);
     if (o.json) json(io, r);
     else for (const p of r.peers) io.out(`${p.address}\n`);
+  });
+
+  // ------------------------------------------------------------ observe
+  const DROP_REASONS = REASON_NAMES.filter((r) => !r.startsWith('pass_'));
+  const choices = (what: string, allowed: readonly string[]) => (v: string, prev?: Set<string>): Set<string> => {
+    const out = new Set(prev);
+    for (const x of parseList(v)) {
+      if (!allowed.includes(x)) throw new InvalidArgumentError(`${what} ${JSON.stringify(x)} is not one of ${allowed.join(', ')}.`);
+      out.add(x);
+    }
+    return out;
+  };
+  const UNIT_MS = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+  const parseSince = (v: string): Date => {
+    const ago = /^([0-9]{1,9})([smhd])$/.exec(v);
+    const t = ago ? Date.now() - Number(ago[1]) * UNIT_MS[ago[2] as keyof typeof UNIT_MS] : /^\d{4}-\d\d-\d\dT/.test(v) ? Date.parse(v) : NaN;
+    if (!Number.isFinite(t)) throw new InvalidArgumentError('--since takes a duration (90s, 10m, 2h, 1d) or an RFC 3339 time (2026-12-02T12:00:00Z).');
+    if (t > Date.now() + 1000) throw new InvalidArgumentError('--since is in the future.');
+    return new Date(t);
+  };
+  /** An address (any spelling) or an endpoint name, as its canonical address. */
+  const addressOf = async (s: Store, v: string): Promise<string> => {
+    try {
+      return formatAddress(parseAddress(v));
+    } catch {
+      const r = await findEndpointByName(s, v);
+      if (!r) throw new StoreError('not-found', `no live endpoint is named ${JSON.stringify(v)}`, 'list endpoints with `i6pnctl endpoint list`, or pass an address');
+      return r.address;
+    }
+  };
+  jsonOption(
+    leaf(
+      program,
+      'observe',
+      'Print the drop events of every node, as they happen or from the last hour.',
+      `Each agent publishes the drops its BPF programs sample (at most --events-per-sec
+per CPU; the rest are counted in i6pn_drop_events_suppressed_total) on NATS:
+i6pn.events.<region>.<node>. observe prints one line per event:
+
+  <time> <node> <hook> <drop|would_drop> <reason> <protocol> <source> → <destination> len <bytes>
+
+with each address's workspace and region from the store, its veth on the node
+that reported it, and "not a member here" for a private address that node does
+not hold as a live member. would_drop is monitor mode (the packet went on).
+
+Without --since or --last it follows live events until interrupted (Ctrl-C
+exits 0). --since and --last read the I6PN_EVENTS stream (an hour, 64 MiB at
+most), then exit, or go on live with --follow, without a gap. Filters combine;
+--reason and --hook take comma-separated lists. --region and --node select the
+nodes that report; --workspace an event either of whose addresses is in it;
+--from and --to the source and destination: an address, <node>/<ifname> or
+<region>.<workspace id>.<endpoint id>.
+
+--json: one object per line:
+  {"v":1,"time":"...","node":"ams-1","region":"ams","hook":"from_endpoint",
+   "verdict":"drop","reason":"cross_workspace","wouldDrop":false,
+   "src":{"address":"fdaa:...","workspaceId":...,"regionId":...,"endpoint":"ams.<ws>.<ep>",
+          "i6pn":true,"local":true,"ifname":"veth1a2b","workspace":"acme","region":"ams"},
+   "dst":{...},"proto":"udp","sport":40001,"dport":7001,"len":62,"ifindex":7}
+Needs the operator's (controller's) NATS credentials: agents cannot read events.`,
+      [
+        'i6pnctl observe',
+        'i6pnctl observe --workspace acme --reason cross_workspace,cross_region',
+        'i6pnctl observe --node ams-1 --hook from_endpoint --json',
+        'i6pnctl observe --last 20',
+        'i6pnctl observe --since 10m --follow --to ams-1/veth1a2b',
+      ],
+    ),
+  )
+    .option('--workspace <name>', 'events either of whose addresses is in this workspace')
+    .option('--region <name>', 'events reported by the nodes of this region')
+    .option('--node <name>', 'events reported by this node')
+    .option('--reason <reasons>', `drop reasons, comma-separated: ${DROP_REASONS.join(', ')}`, choices('reason', DROP_REASONS))
+    .option('--hook <hooks>', `hooks, comma-separated: ${HOOK_NAMES.join(', ')}`, choices('hook', HOOK_NAMES))
+    .option('--from <endpoint>', 'source: an address or an endpoint name')
+    .option('--to <endpoint>', 'destination: an address or an endpoint name')
+    .option('--since <time>', 'from the stream, since a duration ago (90s, 10m, 2h) or an RFC 3339 time', parseSince)
+    .option('--last <n>', 'from the stream, the last N matching events', parsePositiveInt('--last', 100_000))
+    .option('--follow', 'with --since or --last: go on with live events')
+    .action(
+      async (
+        o: { json?: boolean; workspace?: string; region?: string; node?: string; reason?: Set<string>; hook?: Set<string>; from?: string; to?: string; since?: Date; last?: number; follow?: boolean },
+        cmd: Command,
+      ) => {
+        check(o);
+        if (o.follow && o.since === undefined && o.last === undefined) {
+          throw new StoreError('invalid', '--follow goes with --since or --last', 'without them observe follows live events anyway');
+        }
+        await withStore(cmd, async (s) => {
+          const filter: EventFilter = {
+            ...(o.region !== undefined ? { region: o.region } : {}),
+            ...(o.node !== undefined ? { node: o.node } : {}),
+            ...(o.reason ? { reasons: o.reason } : {}),
+            ...(o.hook ? { hooks: o.hook } : {}),
+          };
+          if (o.workspace !== undefined) {
+            const w = await getWorkspace(s, o.workspace);
+            if (!w) throw new StoreError('not-found', `unknown workspace ${JSON.stringify(o.workspace)}`, 'list workspaces with `i6pnctl workspace list`');
+            filter.workspaceId = w.record.id;
+          }
+          if (o.from !== undefined) filter.from = await addressOf(s, o.from);
+          if (o.to !== undefined) filter.to = await addressOf(s, o.to);
+          const interrupted = new AbortController();
+          const stop = (): void => interrupted.abort();
+          process.once('SIGINT', stop);
+          process.once('SIGTERM', stop);
+          try {
+            await observe(s, {
+              filter,
+              ...(o.since !== undefined ? { since: o.since } : {}),
+              ...(o.last !== undefined ? { last: o.last } : {}),
+              follow: o.follow === true,
+              signal: interrupted.signal,
+              onEvent: (e) => io.out(o.json ? `${JSON.stringify(e)}\n` : `${eventLine(e)}\n`),
+              onInvalid: (subject, problem) => io.err(`i6pnctl: warning: invalid event on ${subject} (${problem}) — skipped; only i6pn agents should publish there\n`),
+            });
+          } finally {
+            process.off('SIGINT', stop);
+            process.off('SIGTERM', stop);
+          }
+        });
+      },
+    );
+
+  // ------------------------------------------------------------ explain
+  jsonOption(
+    leaf(
+      program,
+      'explain <from> <to>',
+      'Say whether a packet from one endpoint to another would be delivered, and why.',
+      `Reads only the store and answers from the model of the policy the BPF programs
+enforce (lib/policy.ts, which the tests hold the kernel to): each node as its
+agent holds it once converged, the hooks the packet meets (the sender's
+from_endpoint; across nodes the sender's to_fabric and the receiver's
+from_fabric; the receiver's to_endpoint), the one that stops it and why:
+"different workspaces: acme vs globex", "different regions: ams vs sjc",
+"no i6pn: ... was registered with --no-i6pn", "endpoint sealed: ... was
+removed at ...", "not a live endpoint: ...". Ports and protocols do not matter
+to the policy between endpoints.
+
+FROM is an endpoint, live or removed; TO an endpoint or any IPv6 address. Each
+is an address, <node>/<ifname> (the host-side veth on its node) or
+<region>.<workspace id>.<endpoint id>.
+
+Exit status: 0 delivered, 1 dropped, 2 usage (or an endpoint it cannot find),
+3 store unreachable.
+--json: {"from":{"asked":"...","address":"...","state":"live","endpoint":"...","workspace":"acme",
+          "region":"ams","node":"ams-1","ifname":"ep-a1","i6pn":true},"to":{...},
+         "delivered":false,"stop":{"hook":"from_endpoint","node":"ams-1","reason":"cross_workspace",
+          "verdict":"drop","why":"different workspaces: acme vs globex"},
+         "why":"different workspaces: acme vs globex","path":[{...}, ...]}`,
+      [
+        'i6pnctl explain fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f fdaa:5137:3ebf:a70::9',
+        'i6pnctl explain ams-1/veth1a2b ams-2/veth3c4d --json',
+        'i6pnctl explain ams-1/veth1a2b ams-2/veth3c4d >/dev/null && echo reachable',
+      ],
+    ),
+  ).action(async (from: string, to: string, o: { json?: boolean }, cmd: Command) => {
+    const r = await withStore(cmd, (s) => explain(s, from, to));
+    if (o.json) json(io, r);
+    else explainText(io, r, endLabel);
+    ctx.exitCode = r.delivered ? EXIT.ok : EXIT.refused;
   });
 
   return program;

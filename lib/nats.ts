@@ -17,6 +17,8 @@ export interface ConnectOptions {
   creds?: string | undefined;
   /** Connection name shown by the server (monitoring, logs). */
   name: string;
+  /** Where replies arrive (default _INBOX); an agent's is its own, so no other node reads them. */
+  inboxPrefix?: string;
   /** Milliseconds to wait for the first connection (default 5000). */
   timeout?: number;
   /** Keep trying until the first connection succeeds (the agent), instead of failing fast (the CLI). */
@@ -50,6 +52,7 @@ export function connectNats(o: ConnectOptions): Promise<NatsConnection> {
   return connect({
     servers: o.servers,
     name: o.name,
+    ...(o.inboxPrefix !== undefined ? { inboxPrefix: o.inboxPrefix } : {}),
     timeout: o.timeout ?? 5000,
     waitOnFirstConnect: o.waitOnFirstConnect ?? false,
     maxReconnectAttempts: -1,

@@ -225,6 +225,19 @@ export const regionIdKey = (id: number): string => `id.${regionIdHex(id)}`;
 export const workspaceNameKey = (name: string): string => `name.${name}`;
 export const workspaceIdKey = (id: number): string => `id.${workspaceIdHex(id)}`;
 export const nodeKey = (name: string): string => name;
+
+/**
+ * Where the agent of node `node` receives replies (JetStream API answers,
+ * pull batches, watches): its credentials may subscribe below this prefix
+ * and nowhere else, so that no agent reads what another client is sent
+ * (another region's membership, the operator's drop events). The dots of a
+ * node name become underscores (no node name holds one), so that one node's
+ * prefix is never below another's (node `a` and node `a.b`).
+ */
+export function agentInboxPrefix(node: string): string {
+  if (!isValidNodeName(node)) throw new Error(`invalid node name ${JSON.stringify(node)}`);
+  return `_INBOX.i6pn-agent.${node.replaceAll('.', '_')}`;
+}
 export const addressKey = (addr: Uint8Array): string => addressHex(addr);
 export const ifnameKey = (node: string, ifname: string): string =>
   `${node}.${Buffer.from(ifname, 'utf8').toString('hex')}`;
@@ -237,6 +250,11 @@ export const ifnameKey = (node: string, ifname: string): string =>
  */
 export function endpointKey(record: Pick<EndpointRecord, 'region' | 'workspaceId' | 'address'>): string {
   return `${record.region}.${endpointBucketKey(record)}`;
+}
+
+/** The store-wide name of the endpoint of region `region` with address `addr` (its bits spell the rest). */
+export function endpointKeyOf(region: string, addr: Uint8Array): string {
+  return `${region}.${workspaceIdHex(workspaceOf(addr))}.${endpointIdOf(addr)}`;
 }
 
 /** The key of an endpoint inside its region's bucket: `<workspace id, 8 hex>.<endpoint id, 16 hex>`. */

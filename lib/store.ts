@@ -34,7 +34,8 @@
  * both), and migrateEndpoints() copies what the old bucket holds into the
  * region buckets, then, with `finish`, deletes it.
  */
-import { jetstream, jetstreamManager, JetStreamApiCodes, JetStreamApiError, type JetStreamManager } from '@nats-io/jetstream';
+import { DiscardPolicy, jetstream, jetstreamManager, JetStreamApiCodes, JetStreamApiError, RetentionPolicy, StorageType, type JetStreamManager } from '@nats-io/jetstream';
+import { nanos } from '@nats-io/transport-node';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { CredsError, connectNats, openBucket, type BucketSettings } from './nats.js';
@@ -81,6 +82,7 @@ import {
   ifnameRecord,
   locateEndpointKey,
   nodeRecord,
+  parseEndpointKey,
   regionIdKey,
   regionNameKey,
   regionOfEndpointsBucket,
@@ -91,11 +93,13 @@ import {
   workspaceRecord,
   type AddressRecord,
   type EndpointRecord,
+  type IfnameRecord,
   type InvalidReason,
   type NodeRecord,
   type RegionRecord,
   type WorkspaceRecord,
 } from './schema.js';
+import { EVENT_MAX_BYTES, EVENTS_STREAM, EVENTS_STREAM_MAX_AGE_MS, EVENTS_STREAM_MAX_BYTES, EVENTS_SUBJECT_PREFIX } from './events.js';
 
 export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
 const CONNECT_HINT = 'is nats-server running? set --nats or I6PN_NATS_URL';
@@ -256,12 +260,6 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
       maxValueSize: 16 * 1024,
       timeout: requestTimeout,
     };
-    const T = BUCKET_TABLE;
-    const [regions, workspaces, addresses, ifnames, nodes] = await Promise.all(
-      [T.regions, T.workspaces, T.addresses, T.ifnames, T.nodes].map((spec) => openBucket(kvm, spec, settings)),
-    );
-    const random: RandomSource = { ...cryptoRandom, ...opts.random };
-
     let jsm: Promise<JetStreamManager> | null = null;
     const manager = (): Promise<JetStreamManager> => {
       jsm ??= jetstreamManager(nc, { timeout: requestTimeout }).catch((e: unknown) => {
@@ -270,6 +268,13 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
       });
       return jsm;
     };
+    const T = BUCKET_TABLE;
+    const [[regions, workspaces, addresses, ifnames, nodes]] = await Promise.all([
+      Promise.all([T.regions, T.workspaces, T.addresses, T.ifnames, T.nodes].map((spec) => openBucket(kvm, spec, settings))),
+      manager().then((m) => ensureEventsStream(m, { replicas: settings.replicas, storage: settings.storage === 'memory' ? StorageType.Memory : StorageType.File })),
+    ]);
+    const random: RandomSource = { ...cryptoRandom, ...opts.random };
+
     // Cached per process, a failed open is forgotten so that the next call tries again.
     const cached = <T>(cache: Map<string, Promise<T>>, key: string, make: () => Promise<T>): Promise<T> => {
       let p = cache.get(key);
@@ -363,6 +368,41 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
   }
 }
 
+/**
+ * The stream of recent drop events (lib/events.ts: I6PN_EVENTS over
+ * i6pn.events.>, an hour and 64 MiB at most, the oldest dropped first),
+ * created when absent with the store's replicas and storage; an existing
+ * one is left as it is. The agents publish with core NATS: the stream
+ * captures what they send, and `i6pnctl observe --since/--last` reads it.
+ */
+/** nats-server's JSStreamNameExistErr: a stream of that name exists with other settings. */
+const JS_STREAM_NAME_EXISTS = 10058;
+
+export async function ensureEventsStream(jsm: JetStreamManager, opts: { replicas?: number; storage?: StorageType } = {}): Promise<void> {
+  try {
+    await jsm.streams.info(EVENTS_STREAM);
+    return;
+  } catch (e) {
+    if (!isBucketGone(e)) throw e;
+  }
+  try {
+    await jsm.streams.add({
+      name: EVENTS_STREAM,
+      description: 'i6pn drop events of every node (i6pnctl observe --since/--last)',
+      subjects: [`${EVENTS_SUBJECT_PREFIX}.>`],
+      retention: RetentionPolicy.Limits,
+      discard: DiscardPolicy.Old,
+      max_age: nanos(EVENTS_STREAM_MAX_AGE_MS),
+      max_bytes: EVENTS_STREAM_MAX_BYTES,
+      max_msg_size: EVENT_MAX_BYTES,
+      storage: opts.storage ?? StorageType.File,
+      num_replicas: opts.replicas ?? 1,
+    });
+  } catch (e) {
+    // Another i6pnctl made it meanwhile, with other settings (the same ones are no error).
+    if (!(e instanceof JetStreamApiError && e.code === JS_STREAM_NAME_EXISTS)) throw e;
+  }
+}
 
 // ---------------------------------------------------------------- reading
 
@@ -988,12 +1028,91 @@ async function endpointKeyOfAddress(store: Store, address: string): Promise<{ ke
 export async function getEndpoint(store: Store, address: string): Promise<EndpointRecord | null> {
   const { key, state } = await endpointKeyOfAddress(store, address);
   if (state === 'removed') return null;
+  return liveEndpointByKey(store, key);
+}
+
+/** The valid live entry under an endpoint's store-wide key, or null; an invalid one is StoreError 'corrupt'. */
+async function liveEndpointByKey(store: Store, key: string): Promise<EndpointRecord | null> {
   const found = await findEndpoint(store, key);
   const at = found.current ?? found.legacy;
   if (!at) return null;
   const v = validateEndpointEntry(at.logical, at.entry.value);
   if (!v.ok) throw new StoreError('corrupt', `entry ${at.bucket}/${at.key} is invalid (${v.reason}: ${v.message})`, 'fix or delete it with the nats CLI; only i6pnctl should write the store');
   return v.record;
+}
+
+/** What the store says of an address: the live endpoint that has it, a removed one and when, or none ever. */
+export type AddressLookup =
+  | { state: 'live'; record: EndpointRecord }
+  | { state: 'removed'; address: string; endpointKey: string; removedAt: string | undefined }
+  | { state: 'unknown'; address: string };
+
+/**
+ * The address's history in the ledger (i6pn_addresses, never deleted) and,
+ * when active, its endpoint. An address outside fdaa::/16 is 'unknown'
+ * without a lookup; one that is not an address is StoreError 'invalid'.
+ */
+export async function lookupAddress(store: Store, address: string): Promise<AddressLookup> {
+  let addr: Uint8Array;
+  try {
+    addr = parseAddress(address);
+  } catch (e) {
+    throw new StoreError('invalid', (e as Error).message, 'pass an IPv6 address such as fdaa:1234:5678:a70:1b9d:3a11:71f2:5f0f');
+  }
+  const canonical = formatAddress(addr);
+  if (!isPrivate(addr)) return { state: 'unknown', address: canonical };
+  const e = await getLive(store.addresses, addressKey(addr));
+  if (e) {
+    const rec = decodeOrThrow<AddressRecord>(addressRecord, ADDRESSES_BUCKET, e);
+    if (rec.state === 'removed') return { state: 'removed', address: canonical, endpointKey: rec.endpointKey, removedAt: rec.removedAt };
+  }
+  // Active, or an entry written past i6pnctl (no claim): the endpoint entry says.
+  const claimed = e !== null || (await endpointRefs(store, { workspace: workspaceIdHex(workspaceOf(addr)), endpoint: endpointIdOf(addr) })).length > 0;
+  const record = claimed ? await getEndpoint(store, canonical) : null;
+  return record ? { state: 'live', record } : { state: 'unknown', address: canonical };
+}
+
+/**
+ * The live endpoint with this name: its store-wide name
+ * `<region>.<workspace id>.<endpoint id>`, or `<node>/<ifname>` (the host-side
+ * veth a runtime named on its node). null when no live endpoint has it;
+ * StoreError 'invalid' for something that is neither form.
+ */
+export async function findEndpointByName(store: Store, name: string): Promise<EndpointRecord | null> {
+  const slash = name.indexOf('/');
+  let key: string;
+  if (slash >= 0) {
+    const node = name.slice(0, slash);
+    const ifname = name.slice(slash + 1);
+    try {
+      assertNodeName(node);
+      assertIfname(ifname);
+    } catch (e) {
+      throw invalidInput(e);
+    }
+    const claim = await getLive(store.ifnames, ifnameKey(node, ifname));
+    if (!claim) return null;
+    key = decodeOrThrow<IfnameRecord>(ifnameRecord, IFNAMES_BUCKET, claim).endpointKey;
+  } else if (parseEndpointKey(name)) {
+    key = name;
+  } else {
+    throw new StoreError('invalid', `${JSON.stringify(name)} is not an endpoint address or name`, 'pass an address, <region>.<workspace id>.<endpoint id>, or <node>/<ifname>');
+  }
+  const region = parseEndpointKey(key)?.region;
+  if (region === undefined || !(await getRegion(store, region))) return null;
+  return liveEndpointByKey(store, key);
+}
+
+/** The region with this id (its id key), or null. */
+export async function regionById(store: Store, id: number): Promise<RegionRecord | null> {
+  const e = await getLive(store.regions, regionIdKey(id));
+  return e ? decodeOrThrow<RegionRecord>(regionRecord, REGIONS_BUCKET, e) : null;
+}
+
+/** The workspace with this id, deleted ones included (their id key is kept, with `deletedAt`), or null. */
+export async function workspaceById(store: Store, id: number): Promise<WorkspaceRecord | null> {
+  const e = await getLive(store.workspaces, workspaceIdKey(id));
+  return e ? decodeOrThrow<WorkspaceRecord>(workspaceRecord, WORKSPACES_BUCKET, e) : null;
 }
 
 /**

@@ -35,6 +35,7 @@ test('enums and struct layouts equal what the C compiler makes of bpf/i6pn.h', (
     [abi.Mode, 'I6PN_MODE_'],
     [abi.EndpointFlag, 'I6PN_EP_'],
     [abi.ConfigFlag, 'I6PN_CFG_'],
+    [abi.EventFlag, 'I6PN_EVENT_'],
   ];
   const expected: Record<string, number> = {};
   for (const [values, prefix] of enums) {
@@ -108,6 +109,7 @@ test('the generated map table is what the kernel creates, and each map holds the
       max: abi.HOOK_MAX * abi.VERDICT_MAX * abi.REASON_MAX,
     },
     event_budget: { type: MapType.PERCPU_ARRAY, key: 4, value: abi.structs.i6pn_event_budget.size, max: 1 },
+    event_stats: { type: MapType.PERCPU_ARRAY, key: 4, value: abi.structs.i6pn_event_stats.size, max: 1 },
     drop_events: { type: MapType.RINGBUF, key: 0, value: 0 },
   };
   for (const [name, w] of Object.entries(want)) {
@@ -117,8 +119,8 @@ test('the generated map table is what the kernel creates, and each map holds the
     t.is(m.valueSize, w.value, `${name} value size`);
     if (w.max !== undefined) t.is(m.maxEntries, w.max, `${name} max_entries`);
   }
-  // The ABI carrier's value embeds the drop event and the budget.
-  t.true(abi.maps.i6pn_abi.valueSize >= abi.structs.i6pn_drop_event.size + abi.structs.i6pn_event_budget.size);
+  // The ABI carrier's value embeds the drop event, the budget and the event stats.
+  t.true(abi.maps.i6pn_abi.valueSize >= abi.structs.i6pn_drop_event.size + abi.structs.i6pn_event_budget.size + abi.structs.i6pn_event_stats.size);
 });
 
 test('the generator fails loudly, naming the missing type, on an object without the ABI', (t) => {

@@ -2,8 +2,9 @@
  * i6pn-agent under its production NATS identity (deploy/nats): a server with
  * decentralized JWT auth, the controller's credentials for i6pnctl, and the
  * node's own agent credentials, which allow reading the regions, endpoints
- * and nodes buckets and writing one key, its heartbeat. The agent must sync,
- * attach and heartbeat with no permission error; with another node's
+ * and nodes buckets, writing one key, its heartbeat, and publishing its
+ * drop events on its own subject. The agent must sync, attach, heartbeat and
+ * publish its drop events with no permission error; with another node's
  * credentials its heartbeat is refused, and it says so.
  */
 import test from 'ava';
@@ -16,6 +17,7 @@ import { Kvm } from '@nats-io/kv';
 import { connect, credsAuthenticator } from '@nats-io/transport-node';
 import { readFileSync } from 'node:fs';
 import { init, issueAgent, issueController } from '../deploy/nats/i6pn-nats-auth.js';
+import { decodeDropEvent, eventsFilter } from '../lib/events.js';
 import { AgentEnv, eventually, readPinnedEndpoint } from './helpers/agent-env.js';
 import { ctl, freePort } from './helpers/nats.js';
 import { natsServerBin } from './helpers/nats-server-bin.js';
@@ -91,8 +93,25 @@ test.serial('with its own least-privilege credentials the agent syncs, attaches 
   const second = (await i6pnctl(['endpoint', 'add', '--workspace', 'one', '--region', 'ams', '--node', 'n2', '--ifname', 'ep-b'])).trim();
   await eventually(() => readPinnedEndpoint(env.bpffs, second) !== null, 'update applied');
 
+  // A drop, published on the node's own subject, which the controller's identity receives.
+  await i6pnctl(['workspace', 'create', 'two']);
+  const other = (await i6pnctl(['endpoint', 'add', '--workspace', 'two', '--region', 'ams', '--node', 'n2', '--ifname', 'ep-c'])).trim();
+  const events = nc.subscribe(eventsFilter({}));
+  await nc.flush();
+  const first = (async () => {
+    for await (const m of events) return { subject: m.subject, event: decodeDropEvent(m.data) };
+    return null;
+  })();
+  t.false((await env.ping('a', other)).ok, 'a reaches another workspace');
+  const got = await Promise.race([first, new Promise<null>((r) => setTimeout(() => r(null), 15_000))]);
+  events.unsubscribe();
+  t.is(got?.subject, 'i6pn.events.ams.n1');
+  t.like(got?.event, { ok: true, record: { node: 'n1', hook: 'from_endpoint', reason: 'cross_workspace', src: { address }, dst: { address: other } } });
+
   const problems = agent.logs.filter((l) => /permission/i.test(JSON.stringify(l)));
   t.deepEqual(problems, [], 'no permission errors');
+  const metrics = await (await fetch(`${env.metricsUrl}/metrics`)).text();
+  t.regex(metrics, /^i6pn_drop_events_unpublished_total\{cause="denied"\} 0$/m);
   t.true((await fetch(`${env.metricsUrl}/readyz`)).ok);
 });
 

@@ -21,6 +21,7 @@ import { endpointIdOf, formatAddress, makeEndpointAddress, parseAddress, workspa
 import { nodeId } from '../agent/sync.js';
 import { ENDPOINTS_HISTORY, endpointsBucket, validateEndpointEntry } from '../lib/schema.js';
 import { METRIC_NAMES, OMITTED_DEFAULT_METRICS } from '../agent/metrics.js';
+import { decodeDropEvent, eventsSubject } from '../lib/events.js';
 import { parseHostPort } from '../agent/config.js';
 import {
   AgentEnv,
@@ -458,6 +459,16 @@ test.serial('/metrics is exactly the catalogue, passes promtool, and counts real
   const pass = (s: Sample[], hook: string) => metricValue(s, 'i6pn_packets_total', { hook, verdict: 'pass', reason: 'pass_private' });
   const drop = (s: Sample[]) => metricValue(s, 'i6pn_packets_total', { hook: 'from_endpoint', verdict: 'drop', reason: 'cross_workspace' });
   const bytes = (s: Sample[]) => metricValue(s, 'i6pn_bytes_total', { hook: 'from_endpoint', verdict: 'pass', reason: 'pass_private' });
+  // The drop is published on the node's events subject, resolved against the membership.
+  const events = nc.subscribe(eventsSubject(REGION, NODE));
+  const published = (async () => {
+    for await (const m of events) {
+      const d = decodeDropEvent(m.data);
+      if (!d.ok) throw new Error(`invalid event ${m.string()}: ${d.message}`);
+      if (d.record.dst?.address === E.address) return d.record;
+    }
+    return null;
+  })();
   t.true((await env.ping('a', B.address, { count: 3 })).ok, 'A reaches B');
   t.false((await env.ping('a', E.address)).ok, 'A does not reach E');
   const s2 = (await scrape()).samples;
@@ -466,7 +477,27 @@ test.serial('/metrics is exactly the catalogue, passes promtool, and counts real
   t.true(bytes(s2) - bytes(samples) >= 6 * 104, 'bytes count whole packets');
   t.is(drop(s2) - drop(samples), 1);
   await eventually(async () => metricValue((await scrape()).samples, 'i6pn_drop_events_total') >= 1, 'a sampled drop event');
-  t.true(agent!.logs.some((l) => l.msg === 'sampled drop' && l.reason === 'cross_workspace' && l.dst === E.address));
+  const event = await Promise.race([published, new Promise<null>((r) => setTimeout(() => r(null), 10_000))]);
+  events.unsubscribe();
+  t.like(event, {
+    node: NODE,
+    region: REGION,
+    hook: 'from_endpoint',
+    verdict: 'drop',
+    reason: 'cross_workspace',
+    wouldDrop: false,
+    proto: 'icmpv6',
+    icmpType: 128,
+    icmpCode: 0,
+    src: { address: A.address, workspaceId: A.ws, regionId: REGION_ID, endpoint: `${REGION}.${A.key}`, i6pn: true, local: true, ifname: 'ep-a' },
+    dst: { address: E.address, workspaceId: E.ws, regionId: REGION_ID, endpoint: `${REGION}.${E.key}`, i6pn: true, local: true, ifname: 'ep-e' },
+  });
+  t.true(Math.abs(Date.parse(event!.time) - Date.now()) < 30_000, `event time ${event?.time}`);
+  const s3 = (await scrape()).samples;
+  t.true(metricValue(s3, 'i6pn_drop_events_published_total') >= 1);
+  t.is(metricValue(s3, 'i6pn_drop_events_unpublished_total', { cause: 'invalid' }), 0);
+  // Every drop is an event or counted as not sampled (the budget is far from reached here).
+  t.is(metricValue(s3, 'i6pn_drop_events_suppressed_total', { cause: 'budget' }), 0);
 });
 
 /** The agent's error line refusing the entry of that address. */

@@ -56,7 +56,7 @@ const udp = (src: Uint8Array, dst: Uint8Array) => ipv6Packet({ src, dst, l4: { p
 
 test('open pins every map, config round-trips, programs report verified instructions', async (t) => {
   const { dp, pinDir } = await openTemp(t);
-  t.deepEqual(readdirSync(pinDir!).sort(), ['config', 'counters', 'drop_events', 'endpoints', 'event_budget', 'local_ifaces', 'sync_state']);
+  t.deepEqual(readdirSync(pinDir!).sort(), ['config', 'counters', 'drop_events', 'endpoints', 'event_budget', 'event_stats', 'local_ifaces', 'sync_state']);
   t.deepEqual(dp.readSyncState(), { revision: 0, stream: 0n, region: 0 }, 'a new sync_state says: nothing applied');
   dp.writeSyncState({ revision: 2 ** 40 + 3, stream: 0xfedcba9876543210n, region: REGION });
   t.deepEqual(dp.readSyncState(), { revision: 2 ** 40 + 3, stream: 0xfedcba9876543210n, region: REGION });

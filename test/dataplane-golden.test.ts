@@ -7,7 +7,7 @@
 import test from 'ava';
 import { ipv4Packet, ipv6, ipv6Offsets, ipv6Packet, rawFrame, truncate, type Ipv6Spec } from './tools/packet.js';
 import type { HookName, ReasonName } from '../agent/bpf/dataplane.js';
-import { decide, isPass, MAX_EXT_HDRS, type Reason } from './policy-model.js';
+import { decide, isPass, MAX_EXT_HDRS, type Reason } from '../lib/policy.js';
 import { M, NODE_ADDRESS, observe, openFixture, R1, R2, W1, type Fixture } from './helpers/golden.js';
 import { REASON_NAMES } from '../agent/bpf/abi.generated.js';
 import { LibbpfError } from '../agent/bpf/dataplane.js';
@@ -416,26 +416,56 @@ test.serial('local fast path: a packet passed for an endpoint bound here leaves 
   }
 });
 
-test.serial('drops are sampled into the ring buffer within the per-CPU budget', (t) => {
+test.serial('drops are sampled into the ring buffer within the per-CPU budget; every other drop is counted as not sampled', (t) => {
   fx.dp.drainDropEvents();
   fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 2, uplinkIfindex: fx.ifindex.uplink });
+  const lost0 = fx.dp.readEventLosses();
   const packet = p6(M.otherWorkspace, M.local);
   for (let i = 0; i < 20; i++) runPacket(fx.dp, 'from_fabric', packet);
   runPacket(fx.dp, 'from_fabric', p6(M.remote, M.local)); // a pass is never an event
   const events = fx.dp.drainDropEvents();
+  const lost = fx.dp.readEventLosses();
   fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink });
   t.true(events.length >= 2, `got ${events.length} events`);
   t.true(events.length <= 2 * 8, `budget exceeded: ${events.length} events`);
+  // Each of the 20 drops is an event or counted past the budget; none is lost to a full ring.
+  t.is(BigInt(events.length) + lost.overBudget - lost0.overBudget, 20n);
+  t.is(lost.ringFull, lost0.ringFull);
   for (const e of events) {
-    t.is(e.hook, 'from_fabric');
-    t.is(e.reason, 'cross_workspace');
-    t.is(e.verdict, 'drop');
+    t.like(e, { hook: 'from_fabric', reason: 'cross_workspace', verdict: 'drop', ipv6: true, len: packet.length, proto: 17, icmp: null });
     t.deepEqual(Buffer.from(e.src), Buffer.from(M.otherWorkspace));
     t.deepEqual(Buffer.from(e.dst), Buffer.from(M.local));
-    t.is(e.len, packet.length);
+    t.deepEqual(e.ports, { src: 12345, dst: 7 });
   }
   for (let i = 0; i < 5; i++) runPacket(fx.dp, 'from_fabric', packet);
   t.deepEqual(fx.dp.drainDropEvents(), [], 'events disabled at 0 per second');
+});
+
+test.serial('a drop event says what the packet carried: protocol, ports or ICMPv6 type, behind the extension headers the decision walked', (t) => {
+  fx.dp.drainDropEvents();
+  fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 1000, uplinkIfindex: fx.ifindex.uplink });
+  try {
+    const cases: Array<[string, HookName, Uint8Array, number | undefined, object]> = [
+      ['TCP, dropped on the address bits', 'from_fabric', p6(M.otherWorkspace, M.local, { l4: { proto: 'tcp', srcPort: 40001, dstPort: 443 } }), undefined, { reason: 'cross_workspace', proto: 6, ports: { src: 40001, dst: 443 }, icmp: null }],
+      ['ICMPv6 echo', 'from_fabric', p6(M.otherWorkspace, M.local, { l4: { proto: 'icmpv6', icmpType: 128, code: 0 } }), undefined, { reason: 'cross_workspace', proto: 58, ports: null, icmp: { type: 128, code: 0 } }],
+      // The decision walked the chain (unknown_dest comes after it): the upper layer behind it.
+      ['UDP behind hop-by-hop and destination options', 'from_endpoint', p6(M.local, M.unknown, { ext: [{ type: 'hop-by-hop' }, { type: 'dest-opts' }], l4: { proto: 'udp', srcPort: 5353, dstPort: 53 } }), fx.ifindex.local, { reason: 'unknown_dest', proto: 17, ports: { src: 5353, dst: 53 } }],
+      // Dropped on the address bits, before the walk: the first extension header's number, no ports.
+      ['UDP behind hop-by-hop, across workspaces', 'from_endpoint', p6(M.local, M.otherWorkspace, { ext: [{ type: 'hop-by-hop' }], l4: { proto: 'udp' } }), fx.ifindex.local, { reason: 'cross_workspace', proto: 0, ports: null }],
+      // A chain that cannot be walked: the fixed header's next header, no ports.
+      ['a routing header', 'from_fabric', p6(M.remote, M.local, { ext: [{ type: 'routing' }] }), undefined, { reason: 'routing_header', proto: 43, ports: null, icmp: null }],
+      ['a later fragment', 'from_fabric', p6(M.otherWorkspace, M.local, { ext: [{ type: 'fragment', offset: 185 }] }), undefined, { reason: 'cross_workspace', proto: 44, ports: null }],
+      ['IPv4 on a veth', 'from_endpoint', ipv4Packet({ src: '10.0.0.1', dst: '10.0.0.2' }), fx.ifindex.local, { reason: 'non_private', ipv6: false, proto: null, ports: null, icmp: null }],
+    ];
+    for (const [what, hook, packet, ifindex, want] of cases) {
+      runPacket(fx.dp, hook, packet, ifindex === undefined ? {} : { ifindex });
+      const events = fx.dp.drainDropEvents();
+      t.is(events.length, 1, what);
+      t.like(events[0], { hook, verdict: 'drop', len: packet.length, ...want }, what);
+    }
+  } finally {
+    fx.dp.setConfig({ node: 7, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: fx.ifindex.uplink });
+  }
 });
 
 test.serial('each program passes the verifier; its processed-instruction count is reported', (t) => {

@@ -16,7 +16,7 @@ import { createInterface } from 'node:readline';
 import { BpfObject, tcAttach, tcDetach, tcHookCreate, TcAttachPoint } from '../agent/bpf/libbpf.js';
 import { ipv4Packet, ipv6, ipv6Packet, type Ipv6Spec } from './tools/packet.js';
 import type { ReasonName } from '../agent/bpf/dataplane.js';
-import { decide, type Reason } from './policy-model.js';
+import { decide, type Reason } from '../lib/policy.js';
 import { M, R1, openFixture, type Fixture } from './helpers/golden.js';
 import { compileFixture, ifindexOf, removeFixtureBuilds } from './fixtures/binding-helpers.js';
 import { runPacket } from './tools/run-packet.js';

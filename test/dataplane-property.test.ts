@@ -13,7 +13,7 @@ import test from 'ava';
 import fc from 'fast-check';
 import { ipv6, ipv6Packet, privateAddress, type ExtHeader, type Ipv6Spec, type L4, type VlanTag } from './tools/packet.js';
 import { LibbpfError, type HookName } from '../agent/bpf/dataplane.js';
-import { decide, isPass } from './policy-model.js';
+import { decide, isPass } from '../lib/policy.js';
 import { M, observe, openFixture, R1, R2, W1, W2, type Fixture } from './helpers/golden.js';
 
 let fx: Fixture;

@@ -2,9 +2,11 @@
 // credentials read the regions and nodes buckets and its own region's
 // endpoints bucket (also with a pull consumer), no other region's, and write
 // only their own node's heartbeat key; they cannot write membership or another
-// node's key. Runs once on a single server and once on the three-server
-// production configuration (deploy/nats/nats-server.conf, TLS on clients and
-// routes).
+// node's key. Drop events: an agent publishes on its own node's subject only,
+// and cannot receive events at all (no subscription to them, to another
+// client's inbox or to the events stream); the controller's credentials can.
+// Runs once on a single server and once on the three-server production
+// configuration (deploy/nats/nats-server.conf, TLS on clients and routes).
 import test, { type ExecutionContext } from "ava";
 import { parseAllDocuments } from "yaml";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
@@ -13,11 +15,13 @@ import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { connect, credsAuthenticator, nkeys, type NatsConnection } from "@nats-io/transport-node";
+import { connect, credsAuthenticator, nkeys, PermissionViolationError, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { AGENT_BUCKETS, agentBuckets, agentPermissions, assertNodeName, assertRegionName, BUCKETS, credsFile, init, issueAgent, issueController } from "../deploy/nats/i6pn-nats-auth.js";
-import { ENDPOINTS_HISTORY, endpointsBucket, LEGACY_ENDPOINTS_BUCKET } from "../lib/schema.js";
+import { agentInboxPrefix, ENDPOINTS_HISTORY, endpointsBucket, LEGACY_ENDPOINTS_BUCKET } from "../lib/schema.js";
+import { EVENTS_STREAM, eventsFilter, eventsSubject } from "../lib/events.js";
+import { ensureEventsStream } from "../lib/store.js";
 import { natsServerBin, startConfiguredServer } from "./helpers/nats-server-bin.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -81,10 +85,12 @@ function serverInfo(port: number): Promise<string> {
 
 interface Endpoint { servers: string; tls?: { caFile: string } }
 
-async function connectAs(t: ExecutionContext, ep: Endpoint, creds: string, name: string): Promise<NatsConnection> {
+/** `agent`: an agent's connection, with the inbox prefix its credentials allow (as agent/store-client.ts connects). */
+async function connectAs(t: ExecutionContext, ep: Endpoint, creds: string, name: string, agent?: { node: string }): Promise<NatsConnection> {
   const nc = await connect({
     servers: ep.servers,
     name,
+    ...(agent ? { inboxPrefix: agentInboxPrefix(agent.node) } : {}),
     authenticator: credsAuthenticator(readFileSync(creds)),
     ...(ep.tls ? { tls: ep.tls } : {}),
     maxReconnectAttempts: 0,
@@ -134,7 +140,7 @@ async function checkPermissions(t: ExecutionContext, dir: string, controllerEp: 
   await legacy.put("r1.w1.e1", entry);
   await nodes.put("node-b", "controller wrote node-b");
 
-  const agent = await connectAs(t, agentEp, join(dir, "agents/node-a.creds"), "i6pn-agent@node-a");
+  const agent = await connectAs(t, agentEp, join(dir, "agents/node-a.creds"), "i6pn-agent@node-a", { node: "node-a" });
   const akvm = new Kvm(agent);
   const aEndpoints = await akvm.open(R1);
   const aNodes = await akvm.open("i6pn_nodes");
@@ -207,7 +213,7 @@ async function checkPermissions(t: ExecutionContext, dir: string, controllerEp: 
   // Issued for the upgrade (--legacy-endpoints), an agent also reads the first
   // layout's bucket as the agents before 0.2.0 do (a filtered, ordered push
   // consumer), and still writes none of it and reads no other region's bucket.
-  const upgrading = await connectAs(t, agentEp, join(dir, "agents/node-u.creds"), "i6pn-agent@node-u");
+  const upgrading = await connectAs(t, agentEp, join(dir, "agents/node-u.creds"), "i6pn-agent@node-u", { node: "node-u" });
   const ukvm = new Kvm(upgrading);
   const uLegacy = await ukvm.open(LEGACY_ENDPOINTS_BUCKET);
   t.is((await uLegacy.get("r1.w1.e1"))?.string(), entry);
@@ -234,6 +240,91 @@ async function checkPermissions(t: ExecutionContext, dir: string, controllerEp: 
   t.is(await outcome(() => endpoints.put("w1.e2", entry)), "ok");
   t.is(await outcome(() => nodes.put("node-a.x", "x")), "ok");
   t.true(agent.isClosed() === false, "permission errors do not close the agent's connection");
+}
+
+/** The subject of the next publish the server refused on this connection (it says so asynchronously), or null within `ms`. */
+function nextPublishDenied(nc: NatsConnection, ms = 3000): Promise<string | null> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(null), ms);
+    void (async () => {
+      for await (const s of nc.status()) {
+        if (s.type === "error" && s.error instanceof PermissionViolationError && s.error.operation === "publish") {
+          clearTimeout(timer);
+          resolve(s.error.subject);
+          return;
+        }
+      }
+    })();
+  });
+}
+
+/** "ok" when the server lets the subscription stand (a round trip later), else the subject it refused. */
+async function subscribeOutcome(nc: NatsConnection, subject: string): Promise<string> {
+  const sub = nc.subscribe(subject);
+  const closed = sub.closed.then((err) => (err instanceof PermissionViolationError ? `denied ${err.subject}` : `closed ${String(err)}`));
+  await nc.flush();
+  const r = await Promise.race([closed, new Promise<string>((res) => setTimeout(() => res("ok"), 1500))]);
+  if (r === "ok") sub.unsubscribe();
+  return r;
+}
+
+/** The messages a subscription receives within `ms`. */
+async function received(sub: Subscription, ms: number): Promise<string[]> {
+  const out: string[] = [];
+  const timer = setTimeout(() => sub.unsubscribe(), ms);
+  for await (const m of sub) out.push(`${m.subject} ${m.string()}`);
+  clearTimeout(timer);
+  return out;
+}
+
+/**
+ * Drop events: node-a of r1 publishes on i6pn.events.r1.node-a and nowhere
+ * else; the controller (on another server of a cluster) receives exactly
+ * that, and the I6PN_EVENTS stream, made by i6pnctl's store, keeps it. The
+ * agent's credentials receive no event by any way: not by subscribing to
+ * the events, to everything, or to the inboxes of other clients (where the
+ * controller's stream consumer delivers), nor by reading the stream.
+ */
+async function checkEventPermissions(t: ExecutionContext, dir: string, controllerEp: Endpoint, agentEp: Endpoint, replicas: number) {
+  const ctl = await connectAs(t, controllerEp, join(dir, "controller.creds"), "i6pnctl-observe");
+  // The stream, as i6pnctl's store creates it with the buckets.
+  await ensureEventsStream(await jetstreamManager(ctl), { replicas });
+  const live = ctl.subscribe(eventsFilter({}));
+  await ctl.flush();
+  const agent = await connectAs(t, agentEp, join(dir, "agents/node-a.creds"), "i6pn-agent@node-a", { node: "node-a" });
+  const own = eventsSubject("r1", "node-a");
+  const denied = nextPublishDenied(agent, 5000);
+  agent.publish(own, '{"v":1,"mine":true}');
+  await agent.flush();
+  t.is(await denied, null, "publishing its own node's events is allowed");
+  for (const other of [eventsSubject("r1", "node-b"), eventsSubject("r2", "node-a"), `${own}.x`, "i6pn.events.r1", "i6pn.other"]) {
+    const refused = nextPublishDenied(agent);
+    agent.publish(other, '{"v":1,"forged":true}');
+    await agent.flush();
+    t.is(await refused, other, `the agent published as ${other}`);
+  }
+  t.deepEqual(await received(live, 1500), [`${own} {"v":1,"mine":true}`], "the controller receives the agent's own event and no forged one");
+  // The stream kept it (on a cluster, wherever it lives).
+  const jsm = await jetstreamManager(ctl);
+  await until("the stream holds the event", async () => {
+    const si = await jsm.streams.info(EVENTS_STREAM);
+    if (si.state.messages !== 1) throw new Error(`${si.state.messages} messages`);
+  });
+
+  // No way in for the agent's credentials.
+  for (const subject of [eventsFilter({}), own, eventsFilter({ region: "r1" }), ">", "_INBOX.>", "_INBOX.i6pn-agent.node-b.>", "i6pn.>"]) {
+    t.is(await subscribeOutcome(agent, subject), `denied ${subject}`, `the agent subscribed to ${subject}`);
+  }
+  t.is(await subscribeOutcome(agent, "_INBOX.i6pn-agent.node-a.x"), "ok", "its own inbox is its own");
+  const ajsm = await jetstreamManager(agent, { checkAPI: false });
+  t.regex(await outcome(() => ajsm.streams.info(EVENTS_STREAM)), PERMISSION);
+  t.regex(await outcome(() => ajsm.consumers.add(EVENTS_STREAM, { ack_policy: AckPolicy.None })), PERMISSION);
+  t.regex(await outcome(() => agent.request(`$JS.API.DIRECT.GET.${EVENTS_STREAM}`, '{"seq":1}', { timeout: 2000 })), PERMISSION);
+  // The controller reads the stream back (observe --last).
+  const c = await jetstream(ctl).consumers.get(EVENTS_STREAM, { deliver_policy: DeliverPolicy.All });
+  const m = await c.next({ expires: 5000 });
+  t.is(`${m?.subject} ${m?.string()}`, `${own} {"v":1,"mine":true}`);
+  t.false(agent.isClosed());
 }
 
 // ---------------------------------------------------------------- tests
@@ -265,6 +356,12 @@ test.serial("agent permissions: node and region names with wildcards or spaces a
   t.deepEqual(upgrading.pub.allow.filter((s) => !perms.pub.allow.includes(s)).filter((s) => !s.includes("KV_i6pn_endpoints.") && !s.endsWith("KV_i6pn_endpoints")), []);
   t.true(upgrading.pub.allow.includes("$JS.API.CONSUMER.CREATE.KV_i6pn_endpoints.>"));
   t.deepEqual(upgrading.pub.allow.filter((s) => s.startsWith("$KV.")), ["$KV.i6pn_nodes.node-a"]);
+  // Events: its own node's subject alone; replies below its own inbox prefix alone.
+  t.deepEqual(perms.pub.allow.filter((s) => s.startsWith("i6pn.")), ["i6pn.events.eu-west.node-a"]);
+  t.deepEqual(perms.sub.allow, ["_INBOX.i6pn-agent.node-a.>"]);
+  // A node name's dots do not put one node's inbox below another's.
+  t.deepEqual(agentPermissions("a.b", "eu-west").sub.allow, ["_INBOX.i6pn-agent.a_b.>"]);
+  t.deepEqual(agentPermissions("a", "eu-west").sub.allow, ["_INBOX.i6pn-agent.a.>"]);
 });
 
 test.serial("an agent's JWT fits the server's default 4 KB CONNECT line with room to spare", (t) => {
@@ -274,7 +371,9 @@ test.serial("an agent's JWT fits the server's default 4 KB CONNECT line with roo
   const region = `r${"e".repeat(30)}`; // 31 characters, the longest region name
   // Issued for the upgrade, 9 more subjects (the first layout's bucket): a
   // smaller margin, for a while; the single-server test connects with it.
-  for (const [legacyEndpoints, bound] of [[false, 3000], [true, 3400]] as const) {
+  // The longest names weigh twice more since the events subject and the
+  // inbox prefix (2,960 and 3,456 bytes).
+  for (const [legacyEndpoints, bound] of [[false, 3100], [true, 3600]] as const) {
     const jwt = /-----\n(\S+)\n------END NATS USER JWT/.exec(readFileSync(issueAgent(dir, longest, region, { legacyEndpoints }), "utf8"))?.[1] ?? "";
     t.true(jwt.length > 500, "no JWT found");
     t.true(jwt.length < bound, `agent JWT is ${jwt.length} bytes; the CONNECT line (JWT, signature, options) must stay under max_control_line 4096`);
@@ -316,6 +415,7 @@ test.serial("single server: an agent reads membership, writes its heartbeat, and
   const ep = { servers: `nats://127.0.0.1:${port}` };
   await until("nats-server up", () => connectAs(t, ep, join(dir, "controller.creds"), "probe").then((nc) => nc.close()), 90_000);
   await checkPermissions(t, dir, ep, ep, 1);
+  await checkEventPermissions(t, dir, ep, ep, 1);
   // The largest agent JWT there is (longest node and region names, issued for the upgrade) passes the default max_control_line.
   const largest = issueAgent(dir, `${"n".repeat(30)}.${"m".repeat(32)}`, `r${"e".repeat(30)}`, { legacyEndpoints: true });
   const big = await connectAs(t, ep, largest, "largest");
@@ -385,6 +485,7 @@ test.serial("three-server production config (TLS, JetStream R3): the same permis
   const agentEp = { servers: `tls://127.0.0.1:${client[2]}`, tls };
   await until("cluster up", () => connectAs(t, agentEp, join(dir, "agents/node-a.creds"), "probe").then((nc) => nc.close()), 90_000);
   await checkPermissions(t, dir, ctlEp, agentEp, 3);
+  await checkEventPermissions(t, dir, ctlEp, agentEp, 3);
 
   // The buckets really are replicated on three servers, and TLS is required.
   const ctl = await connectAs(t, ctlEp, join(dir, "controller.creds"), "i6pnctl-check");

@@ -2,22 +2,32 @@
  * i6pn end to end: the two-region fabric, a real nats-server, one i6pn-agent
  * per node (inside its namespace), membership provisioned through the store,
  * a real Prometheus. The isolation matrix in enforce mode (with every drop
- * counted under its reason by the agent that should see it), the same matrix
- * in monitor mode as its control, spoofing, endpoints coming and going within
- * a second, and Prometheus's query API returning the drop counters.
+ * counted under its reason by the agent that should see it, every forbidden
+ * probe in `i6pnctl observe` and `i6pnctl explain` agreeing on every pair),
+ * the same matrix in monitor mode as its control, observe's filters, the
+ * drop events' budget under a flood, spoofing, endpoints coming and going
+ * within a second, and Prometheus's query API returning the drop counters.
  */
 import test, { type ExecutionContext } from 'ava';
+import { availableParallelism } from 'node:os';
 import { Cluster } from './fabric/cluster.js';
-import { run } from './fabric/exec.js';
+import { mapLimit, run, sleep } from './fabric/exec.js';
 import { acquireFabricLock } from './fabric/state.js';
 import { applyLatency, checkCounters, delta, expectedDrops, snapshot } from './fabric/counters.js';
 import { describeUnexpected, renderMatrix, runMatrix, type MatrixResult } from './fabric/matrix.js';
-import { injectFromFabric, spoofUdp, timeUntilDelivery, udpProbe } from './fabric/probes.js';
+import { checkEnforceEvents, checkExplanations, checkMonitorEvents, explainPair, observeSince } from './fabric/events.js';
+import type { Explanation } from '../controller/explain.js';
+import type { DropEventRecord } from '../lib/events.js';
+import { PYTHON, injectFromFabric, spoofUdp, timeUntilDelivery, udpProbe } from './fabric/probes.js';
 import { FABRIC_CASES } from './fabric/topology.js';
 
 let releaseLock: (() => void) | undefined;
 let c: Cluster;
 let enforced: MatrixResult;
+/** The enforce matrix's drop events (observe --since its start) and explain's answer for each of its pairs. */
+let enforcedEvents: DropEventRecord[] = [];
+let enforcedSince: Date;
+const explanations = new Map<string, { code: number; answer: Explanation }>();
 const nodes = (): string[] => [...c.fabric.nodes.keys()];
 const counters = () => snapshot(nodes(), c.counters);
 
@@ -34,14 +44,70 @@ test.after.always(async () => {
   }
 });
 
+/** Σ over nodes of an agent metric's series (e.g. 'i6pn_drop_events_suppressed_total{cause="budget"}'). */
+async function fleetMetric(series: string): Promise<number> {
+  return (await Promise.all(nodes().map((n) => c.metric(n, series)))).reduce((a, b) => a + (Number.isNaN(b) ? 0 : b), 0);
+}
+
+/** The drop events since `since`, once every agent has published what it read (its counter stops moving). */
+async function settledEvents(since: Date, args: string[] = []): Promise<DropEventRecord[]> {
+  let last = -1;
+  for (let i = 0; i < 20; i++) {
+    const published = await fleetMetric('i6pn_drop_events_published_total');
+    if (published === last) break;
+    last = published;
+    await sleep(500);
+  }
+  return observeSince(c.nats!.url, since, args);
+}
+
 test.serial('enforce: allowed pairs deliver, every forbidden pair is stopped and its agent counts the reason', async (t) => {
   const before = await counters();
+  const suppressed = await fleetMetric('i6pn_drop_events_suppressed_total{cause="budget"}');
+  enforcedSince = new Date();
   enforced = await runMatrix(c.endpoints, c.daemons, { oracle: c.oracle, expect: 'policy' });
   const moved = delta(before, await counters());
   t.log('\n' + renderMatrix(enforced));
   t.deepEqual(enforced.unexpected, [], describeUnexpected(enforced));
   t.true(enforced.cells.filter((x) => x.expected.allowed).length >= 10);
   t.deepEqual(checkCounters(enforced, moved, 'enforce'), []);
+
+  // i6pnctl observe: every forbidden probe, with its reason, node, hook and workspaces; nothing about allowed pairs.
+  enforcedEvents = await settledEvents(enforcedSince);
+  t.is(await fleetMetric('i6pn_drop_events_suppressed_total{cause="budget"}'), suppressed, 'the budget held back events of the matrix');
+  t.deepEqual(checkEnforceEvents(enforced, enforcedEvents), []);
+  t.log(`${enforcedEvents.length} drop events for ${enforced.cells.filter((x) => !x.expected.allowed).length} forbidden pairs`);
+});
+
+test.serial('explain agrees with the kernel on every pair of the matrix: delivered or not, and where and why it stops', async (t) => {
+  await mapLimit(enforced.cells, 4, async (cell) => {
+    explanations.set(`${cell.src.address}>${cell.dst.address}`, await explainPair(c.nats!.url, `${cell.src.node}/${cell.src.ifname}`, `${cell.dst.node}/${cell.dst.ifname}`));
+  });
+  t.deepEqual(checkExplanations(enforced, explanations, enforcedEvents), []);
+  t.is(explanations.size, enforced.cells.length);
+});
+
+test.serial('observe: each filter selects exactly the events it names', async (t) => {
+  const all = enforcedEvents;
+  const by = (ws: string) => (e: DropEventRecord) => e.src?.workspace === ws || e.dst?.workspace === ws;
+  const a1 = c.fabric.endpoint('a1');
+  const g2 = c.fabric.endpoint('g2');
+  const cases: Array<[string[], (e: DropEventRecord) => boolean]> = [
+    [['--workspace', 'globex'], by('globex')],
+    [['--region', 'sjc'], (e) => e.region === 'sjc'],
+    [['--node', 'ams-2'], (e) => e.node === 'ams-2'],
+    [['--reason', 'cross_region,no_i6pn'], (e) => e.reason === 'cross_region' || e.reason === 'no_i6pn'],
+    [['--from', 'ams-1/ep-a1'], (e) => e.src?.address === a1.address],
+    [['--to', g2.address], (e) => e.dst?.address === g2.address],
+    [['--workspace', 'acme', '--node', 'ams-1', '--reason', 'cross_workspace', '--to', `ams-2/${g2.ifname}`], (e) => by('acme')(e) && e.node === 'ams-1' && e.reason === 'cross_workspace' && e.dst?.address === g2.address],
+  ];
+  const key = (e: DropEventRecord) => JSON.stringify(e);
+  for (const [args, select] of cases) {
+    const got = await observeSince(c.nats!.url, enforcedSince, args);
+    const want = all.filter(select);
+    t.true(want.length > 0 && want.length < all.length, `${args.join(' ')} selects ${want.length} of ${all.length}: the case proves nothing`);
+    t.deepEqual(got.map(key), want.map(key), args.join(' '));
+  }
 });
 
 test.serial('prometheus scrapes every agent and its query API returns the drop counters by reason', async (t) => {
@@ -195,12 +261,24 @@ test.serial('an endpoint removed stops being reachable within a second, though i
 
 test.serial('monitor: the same matrix delivers every pair and the agents count what enforce would drop', async (t) => {
   await Promise.all(nodes().map((n) => c.stopAgent(n)));
-  await c.startAgents('monitor');
+  // Monitor mode lets every forbidden packet on to each hook of its path, and its replies too: a bigger budget, so that every one is an event.
+  await c.startAgents('monitor', { eventsPerSec: 1000 });
   const before = await counters();
+  const suppressed = await fleetMetric('i6pn_drop_events_suppressed_total{cause="budget"}');
+  const since = new Date();
   const r = await runMatrix(c.endpoints, c.daemons, { oracle: c.oracle, expect: 'all' });
   const moved = delta(before, await counters());
   t.deepEqual(r.unexpected, [], describeUnexpected(r));
   t.deepEqual(checkCounters(r, moved, 'monitor'), []);
+  // Every forbidden probe is a would_drop event at every hook explain says would drop it.
+  const events = await settledEvents(since);
+  t.is(await fleetMetric('i6pn_drop_events_suppressed_total{cause="budget"}'), suppressed, 'the budget held back events of the matrix');
+  t.deepEqual(checkMonitorEvents(r, events, new Map([...explanations].map(([k, v]) => [k, v.answer]))), []);
+  // The hook filter, on the hooks monitor mode lets the packets reach.
+  const fromFabric = await observeSince(c.nats!.url, since, ['--hook', 'from_fabric,to_endpoint']);
+  const want = events.filter((e) => e.hook === 'from_fabric' || e.hook === 'to_endpoint');
+  t.true(want.length > 0 && want.length < events.length);
+  t.deepEqual(fromFabric.map((e) => JSON.stringify(e)), want.map((e) => JSON.stringify(e)));
   const spoofBefore = await counters();
   const spoof = await spoofUdp(c.fabric.endpoint('a1'), c.fabric.endpoint('a3').address, c.daemons.get('a2')!);
   t.is(spoof.arrivedFrom, c.fabric.endpoint('a3').address, 'monitor lets a spoofed packet through');
@@ -214,6 +292,52 @@ test.serial('back to enforce: an agent restart in enforce mode stops forbidden p
   const eps = ['a1', 'g1', 'a3', 'a4', 'x1', 'i2'].map((n) => c.fabric.endpoint(n));
   const r = await runMatrix(eps, c.daemons, { oracle: c.oracle, expect: 'policy' });
   t.deepEqual(r.unexpected, [], describeUnexpected(r));
+});
+
+/** UDP to argv[1] for argv[2] seconds, as fast as one Python process sends; prints how many. */
+const FLOOD = `import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+end = time.time() + float(sys.argv[2]); n = 0
+while time.time() < end:
+    for _ in range(200):
+        try:
+            s.sendto(b"x" * 16, (sys.argv[1], 9)); n += 1
+        except OSError:
+            pass
+print(n)`;
+
+test.serial('a flood: drop events stay within the per-CPU budget, and the agent counts every drop it did not sample', async (t) => {
+  const node = 'ams-1';
+  const a1 = c.fabric.endpoint('a1');
+  const g1 = c.fabric.endpoint('g1');
+  const drops = async () => [...(await c.counters(node))].filter(([k]) => /\/(drop|would_drop)\//.test(k)).reduce((a, [, n]) => a + n, 0);
+  const read = async () => ({
+    drops: await drops(),
+    events: await c.metric(node, 'i6pn_drop_events_total'),
+    published: await c.metric(node, 'i6pn_drop_events_published_total'),
+    budget: await c.metric(node, 'i6pn_drop_events_suppressed_total{cause="budget"}'),
+    ringFull: await c.metric(node, 'i6pn_drop_events_suppressed_total{cause="ring_full"}'),
+    unpublished: (await Promise.all(['queue_full', 'denied', 'error', 'invalid'].map((cause) => c.metric(node, `i6pn_drop_events_unpublished_total{cause="${cause}"}`)))).reduce((a, b) => a + b, 0),
+  });
+  const b = await read();
+  const since = new Date();
+  const seconds = 3;
+  const sent = Number((await run([PYTHON, '-c', FLOOD, g1.address, String(seconds)], { netns: a1.netns, timeoutMs: 30_000 })).stdout.trim());
+  const events = await settledEvents(since, ['--node', node]);
+  const a = await read();
+  const cpus = availableParallelism();
+  const budget = 100; // the agents' --events-per-sec (default)
+  t.log(`${sent} datagrams sent in ${seconds} s; ${a.drops - b.drops} dropped, ${events.length} events, ${a.budget - b.budget} past the budget, ${a.ringFull - b.ringFull} lost to a full ring`);
+  t.true(a.drops - b.drops >= sent * 0.99 && a.drops - b.drops > 20 * budget * cpus, `the flood was not a flood: ${a.drops - b.drops} drops`);
+  // At most the budget per CPU and second (a CPU's window need not start on the second: one more window's worth).
+  t.true(events.length <= budget * cpus * (seconds + 1), `${events.length} events in ${seconds} s, over ${budget}/s on ${cpus} CPUs`);
+  t.true(events.length >= budget, `only ${events.length} events`);
+  t.true(events.every((e) => e.reason === 'cross_workspace' && e.hook === 'from_endpoint' && e.src?.address === a1.address && e.dst?.address === g1.address));
+  // Every drop is an event or counted as not sampled; every event read was published, and observe shows each.
+  t.is(a.drops - b.drops, a.events - b.events + (a.budget - b.budget) + (a.ringFull - b.ringFull));
+  t.is(a.events - b.events, a.published - b.published + (a.unpublished - b.unpublished));
+  t.is(a.unpublished - b.unpublished, 0);
+  t.is(events.length, a.published - b.published);
 });
 
 const SAMPLE = ['a1', 'g1', 'a3', 'a4', 'x1', 'i2'];

@@ -106,6 +106,14 @@ export const ConfigFlag = {
 } as const;
 export type ConfigFlagValue = (typeof ConfigFlag)[keyof typeof ConfigFlag];
 
+/** enum i6pn_event_flag */
+export const EventFlag = {
+  IPV6: 1,
+  PORTS: 2,
+  ICMP: 4,
+} as const;
+export type EventFlagValue = (typeof EventFlag)[keyof typeof EventFlag];
+
 /** Size (bytes) and fields (byte offset, size, kind) of the structs of bpf/i6pn.h, x86-64 little-endian. */
 export const structs = {
   i6pn_endpoint: {
@@ -154,7 +162,7 @@ export const structs = {
     },
   },
   i6pn_drop_event: {
-    size: 64,
+    size: 72,
     fields: {
       ts_ns: { offset: 0, size: 8, kind: 'u64' },
       src: { offset: 8, size: 16, kind: 'bytes' },
@@ -164,7 +172,13 @@ export const structs = {
       hook: { offset: 48, size: 4, kind: 'u32' },
       verdict: { offset: 52, size: 4, kind: 'u32' },
       reason: { offset: 56, size: 4, kind: 'u32' },
-      pad: { offset: 60, size: 4, kind: 'u32' },
+      proto: { offset: 60, size: 1, kind: 'u8' },
+      flags: { offset: 61, size: 1, kind: 'u8' },
+      icmp_type: { offset: 62, size: 1, kind: 'u8' },
+      icmp_code: { offset: 63, size: 1, kind: 'u8' },
+      sport: { offset: 64, size: 2, kind: 'u16' },
+      dport: { offset: 66, size: 2, kind: 'u16' },
+      pad: { offset: 68, size: 4, kind: 'u32' },
     },
   },
   i6pn_event_budget: {
@@ -173,6 +187,13 @@ export const structs = {
       window_start_ns: { offset: 0, size: 8, kind: 'u64' },
       used: { offset: 8, size: 4, kind: 'u32' },
       pad: { offset: 12, size: 4, kind: 'u32' },
+    },
+  },
+  i6pn_event_stats: {
+    size: 16,
+    fields: {
+      over_budget: { offset: 0, size: 8, kind: 'u64' },
+      ring_full: { offset: 8, size: 8, kind: 'u64' },
     },
   },
 } as const;
@@ -187,8 +208,9 @@ export const maps = {
   counters: { type: 6, keySize: 4, valueSize: 16, maxEntries: 288 },
   drop_events: { type: 27, keySize: 0, valueSize: 0, maxEntries: 262144 },
   event_budget: { type: 6, keySize: 4, valueSize: 16, maxEntries: 1 },
+  event_stats: { type: 6, keySize: 4, valueSize: 16, maxEntries: 1 },
   sync_state: { type: 2, keySize: 4, valueSize: 24, maxEntries: 1 },
-  i6pn_abi: { type: 2, keySize: 4, valueSize: 104, maxEntries: 1 },
+  i6pn_abi: { type: 2, keySize: 4, valueSize: 136, maxEntries: 1 },
 } as const;
 
 export type MapName = keyof typeof maps;

@@ -126,15 +126,33 @@ export interface CounterRow {
 }
 
 export interface DropEvent {
-  /** bpf_ktime_get_ns() at the drop (monotonic, since boot). */
+  /** bpf_ktime_get_ns() at the drop (CLOCK_MONOTONIC, since boot). */
   tsNs: bigint;
+  /** The packet was IPv6: src, dst and proto are its own; otherwise they are zero and null. */
+  ipv6: boolean;
   src: Uint8Array;
   dst: Uint8Array;
+  /** The interface the hook runs on. */
   ifindex: number;
+  /** The frame's length in bytes. */
   len: number;
   hook: HookName;
   verdict: VerdictName;
   reason: ReasonName;
+  /** Upper-layer protocol number (the fixed header's next header when the chain could not be walked); null: not IPv6. */
+  proto: number | null;
+  /** TCP or UDP ports, else null. */
+  ports: { src: number; dst: number } | null;
+  /** ICMPv6 type and code, else null. */
+  icmp: { type: number; code: number } | null;
+}
+
+/** Drop events that were never written (i6pn_event_stats, plus the open budget window), summed over CPUs. */
+export interface EventLosses {
+  /** Drops past the per-CPU budget (--events-per-sec): not sampled. */
+  overBudget: bigint;
+  /** Events the ring buffer had no room for. */
+  ringFull: bigint;
 }
 
 
@@ -310,13 +328,18 @@ function validateEndpoint(e: Endpoint, i: number): void {
 
 function decodeDropEvent(b: Buffer): DropEvent {
   const F = S.i6pn_drop_event.fields;
+  // A record of another layout (an older agent's programs, before an upgrade replaced them) is not misread.
+  if (b.length !== S.i6pn_drop_event.size) throw new DataplaneError(`drop event of ${b.length} bytes, expected ${S.i6pn_drop_event.size}`);
   const label = <T extends string>(names: readonly T[], v: number, what: string): T => {
     const n = names[v];
     if (n === undefined) throw new DataplaneError(`drop event with unknown ${what} ${v}`);
     return n;
   };
+  const flags = b.readUInt8(F.flags.offset);
+  const ipv6 = (flags & abi.EventFlag.IPV6) !== 0;
   return {
     tsNs: b.readBigUInt64LE(F.ts_ns.offset),
+    ipv6,
     src: new Uint8Array(b.subarray(F.src.offset, F.src.offset + 16)),
     dst: new Uint8Array(b.subarray(F.dst.offset, F.dst.offset + 16)),
     ifindex: b.readUInt32LE(F.ifindex.offset),
@@ -324,6 +347,9 @@ function decodeDropEvent(b: Buffer): DropEvent {
     hook: label(abi.HOOK_NAMES, b.readUInt32LE(F.hook.offset), 'hook'),
     verdict: label(abi.VERDICT_NAMES, b.readUInt32LE(F.verdict.offset), 'verdict'),
     reason: label(abi.REASON_NAMES, b.readUInt32LE(F.reason.offset), 'reason'),
+    proto: ipv6 ? b.readUInt8(F.proto.offset) : null,
+    ports: flags & abi.EventFlag.PORTS ? { src: b.readUInt16LE(F.sport.offset), dst: b.readUInt16LE(F.dport.offset) } : null,
+    icmp: flags & abi.EventFlag.ICMP ? { type: b.readUInt8(F.icmp_type.offset), code: b.readUInt8(F.icmp_code.offset) } : null,
   };
 }
 
@@ -346,6 +372,8 @@ export class Dataplane {
   private readonly config: MapFd;
   private readonly syncState: MapFd;
   private readonly counters: MapFd;
+  private readonly eventBudget: MapFd;
+  private readonly eventStats: MapFd;
   private readonly dropEventsFd: number;
   /** XDP links held by this process (without pinDir they die with close()). */
   private readonly uplinks = new Map<number, LinkFd>();
@@ -362,6 +390,8 @@ export class Dataplane {
     this.config = object.map('config').handle();
     this.syncState = object.map('sync_state').handle();
     this.counters = object.map('counters').handle();
+    this.eventBudget = object.map('event_budget').handle();
+    this.eventStats = object.map('event_stats').handle();
     this.dropEventsFd = object.map('drop_events').fd;
   }
 
@@ -764,10 +794,23 @@ export class Dataplane {
 
   /**
    * Stream drop events as they arrive (the event loop wakes on the ring
-   * buffer's epoll fd). Returns a handle whose close() stops the stream.
+   * buffer's epoll fd). A record that cannot be decoded goes to `onInvalid`
+   * (default: dropped). Returns a handle whose close() stops the stream.
    */
-  watchDropEvents(onEvent: (e: DropEvent) => void, opts: { keepAlive?: boolean } = {}): { close(): void } {
-    const rb = new RingBuffer(this.dropEventsFd, (b) => onEvent(decodeDropEvent(b)), 'drop_events');
+  watchDropEvents(
+    onEvent: (e: DropEvent) => void,
+    opts: { keepAlive?: boolean; onInvalid?: (err: DataplaneError) => void } = {},
+  ): { close(): void } {
+    const rb = new RingBuffer(this.dropEventsFd, (b) => {
+      let e: DropEvent;
+      try {
+        e = decodeDropEvent(b);
+      } catch (err) {
+        opts.onInvalid?.(err as DataplaneError);
+        return;
+      }
+      onEvent(e);
+    }, 'drop_events');
     const watch = watchReadable(rb.epollFd, () => {
       try {
         rb.consume();
@@ -785,6 +828,34 @@ export class Dataplane {
     };
     this.readers.add(handle);
     return handle;
+  }
+
+  /**
+   * Drop events never written, summed over CPUs: past the budget (closed
+   * windows from event_stats, plus the open window's drops past the budget)
+   * and for want of room in the ring buffer. With events enabled, every drop
+   * the counters count is an event read from the ring buffer or counted here.
+   */
+  readEventLosses(): EventLosses {
+    const budget = this.getConfig().eventsPerSec;
+    const cpus = possibleCpus();
+    const SF = S.i6pn_event_stats.fields;
+    const BF = S.i6pn_event_budget.fields;
+    const statsStride = perCpuStride(S.i6pn_event_stats.size);
+    const budgetStride = perCpuStride(S.i6pn_event_budget.size);
+    const stats = this.eventStats.lookup(u32key(0));
+    const open = this.eventBudget.lookup(u32key(0));
+    let overBudget = 0n;
+    let ringFull = 0n;
+    for (let c = 0; c < cpus; c++) {
+      if (stats) {
+        overBudget += stats.readBigUInt64LE(c * statsStride + SF.over_budget.offset);
+        ringFull += stats.readBigUInt64LE(c * statsStride + SF.ring_full.offset);
+      }
+      const used = open ? open.readUInt32LE(c * budgetStride + BF.used.offset) : 0;
+      if (budget > 0 && used > budget) overBudget += BigInt(used - budget);
+    }
+    return { overBudget, ringFull };
   }
 
   /** The drop events waiting in the ring buffer now (consumes them). */

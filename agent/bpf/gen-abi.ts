@@ -62,6 +62,7 @@ const ENUMS: EnumSpec[] = [
   { c: 'i6pn_mode', ts: 'Mode', prefix: 'I6PN_MODE_', labels: 'MODE_NAMES' },
   { c: 'i6pn_endpoint_flag', ts: 'EndpointFlag', prefix: 'I6PN_EP_' },
   { c: 'i6pn_config_flag', ts: 'ConfigFlag', prefix: 'I6PN_CFG_' },
+  { c: 'i6pn_event_flag', ts: 'EventFlag', prefix: 'I6PN_EVENT_' },
 ];
 
 const STRUCTS = [
@@ -72,6 +73,7 @@ const STRUCTS = [
   'i6pn_counter',
   'i6pn_drop_event',
   'i6pn_event_budget',
+  'i6pn_event_stats',
 ] as const;
 
 export class AbiError extends Error {

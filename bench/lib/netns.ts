@@ -4,6 +4,7 @@
  * removed at exit, on an error and on SIGINT/SIGTERM.
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 
 export const PREFIX = `i6b${process.pid}`;
 
@@ -73,6 +74,36 @@ export function spawnIn(ns: string | null, argv: readonly string[], opts: { stdi
   children.add(child);
   child.on('exit', () => children.delete(child));
   return child;
+}
+
+/** utime + stime of a process, in seconds (NaN once it is gone). */
+export function cpuSeconds(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+/**
+ * Run a bench's own script again inside `ns` (I6PN_BENCH_IN_NS=1 and `env`
+ * set), wait for it, clean up, and exit with its status when it failed.
+ */
+export async function rerunInside(ns: string, script: string, env: Record<string, string>): Promise<void> {
+  const child = spawnIn(ns, [process.execPath, '--import=tsx', script], { stdio: 'inherit', env: { ...process.env, I6PN_BENCH_IN_NS: '1', ...env } });
+  const code = await new Promise<number>((res) => child.on('exit', (c) => res(c ?? 1)));
+  cleanup();
+  if (code !== 0) process.exit(code);
+}
+
+/** A bench's entry point: `inside` when re-run in its namespace (rerunInside), else `outside`; an error cleans up and exits 1. */
+export function benchMain(inside: () => Promise<void>, outside: () => Promise<void>): void {
+  (process.env.I6PN_BENCH_IN_NS ? inside() : outside()).catch((err: unknown) => {
+    console.error(err);
+    cleanup();
+    process.exit(1);
+  });
 }
 
 /** Something else to undo at exit (run in reverse order of registration). */

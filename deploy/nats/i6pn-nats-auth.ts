@@ -5,9 +5,16 @@
 //   agent <node> of <region>
 //                 reads the buckets it follows (regions and nodes: get, watch,
 //                 keys; its own region's endpoints bucket i6pn_endpoints_<region>,
-//                 also with a pull consumer, and no other region's) and writes
-//                 one key only, its heartbeat $KV.i6pn_nodes.<node>;
-//   controller    reads, writes and creates every i6pn_* bucket.
+//                 also with a pull consumer, and no other region's), writes
+//                 one key only, its heartbeat $KV.i6pn_nodes.<node>, publishes
+//                 its drop events on one subject only, i6pn.events.<region>.<node>,
+//                 and subscribes only below its own inbox prefix
+//                 (_INBOX.i6pn-agent.<node>), so it reads no reply meant for
+//                 another client: no other region's membership, no event;
+//   controller    reads, writes and creates every i6pn_* bucket and the
+//                 I6PN_EVENTS stream, and alone subscribes to the drop events
+//                 (i6pn.events.>: who talks to whom, tenant metadata) for
+//                 `i6pnctl observe`.
 //
 // A stream name cannot be wildcarded inside a subject token, so the region is
 // written into each agent's permissions: an agent is issued for one region.
@@ -28,7 +35,9 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "n
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { nkeys } from "@nats-io/transport-node";
+import { EVENTS_SUBJECT_PREFIX, eventsSubject } from "../../lib/events.js";
 import {
+  agentInboxPrefix,
   BUCKET_TABLE,
   BUCKETS,
   endpointsBucketSpec,
@@ -133,21 +142,26 @@ export function agentPermissions(node: string, region: string, opts: AgentOption
         ...agentBuckets(region, opts).flatMap(kvReadSubjects),
         ...pullConsumerSubjects(endpoints),
         kvSubject(HEARTBEAT_BUCKET, nodeKey(node)), // its own heartbeat key, nothing else
+        eventsSubject(region, node), // its own drop events, nothing else
       ],
     },
-    // Replies (API responses, put acks, watch deliveries) arrive on inboxes.
-    sub: { allow: ["_INBOX.>"] },
+    // Replies (API responses, put acks, watch deliveries) arrive on its own
+    // inboxes, not `_INBOX.>`: that would let it read every other client's
+    // replies (another region's membership, the operator's event deliveries).
+    sub: { allow: [`${agentInboxPrefix(node)}.>`] },
   };
 }
 
 /**
  * The controller owns the store: every JetStream API call and every KV subject
  * of the account. The i6pn account holds nothing else, so this is the store.
+ * It alone subscribes to the agents' drop events (`i6pnctl observe`), and
+ * publishes none.
  */
 export function controllerPermissions(): Permissions {
   return {
     pub: { allow: ["$JS.API.>", "$KV.>", "$JS.FC.>"] },
-    sub: { allow: ["_INBOX.>"] },
+    sub: { allow: ["_INBOX.>", `${EVENTS_SUBJECT_PREFIX}.>`] },
   };
 }
 

@@ -140,13 +140,16 @@ export class Cluster {
     return this.ctl.provision(this.topology);
   }
 
-  /** One i6pn-agent per node, inside the node's namespace, as a DaemonSet would run it. */
-  async startAgents(mode: EnforcementMode = this.mode): Promise<void> {
+  /**
+   * One i6pn-agent per node, inside the node's namespace, as a DaemonSet would
+   * run it. `eventsPerSec`: its --events-per-sec (default: the agent's own).
+   */
+  async startAgents(mode: EnforcementMode = this.mode, opts: { eventsPerSec?: number } = {}): Promise<void> {
     this.mode = mode;
-    await Promise.all([...this.fabric.nodes.values()].map((node) => this.startAgent(node.name, mode)));
+    await Promise.all([...this.fabric.nodes.values()].map((node) => this.startAgent(node.name, mode, opts)));
   }
 
-  async startAgent(nodeName: string, mode: EnforcementMode = this.mode): Promise<Service> {
+  async startAgent(nodeName: string, mode: EnforcementMode = this.mode, opts: { eventsPerSec?: number } = {}): Promise<Service> {
     const node = this.node(nodeName);
     const nats = this.nats;
     if (!nats) throw new Error('agents need nats');
@@ -162,6 +165,7 @@ export class Cluster {
       '--metrics-addr', `[${node.underlay}]:${AGENT_METRICS_PORT}`,
       '--mode', mode,
       '--log-level', 'debug',
+      ...(opts.eventsPerSec !== undefined ? ['--events-per-sec', String(opts.eventsPerSec)] : []),
     ];
     const svc = startService(this.fabric, `agent-${node.name}`, argv, { netns: node.netns, cmdlineMark: node.bpffs, cwd: REPO_ROOT });
     this.agents.set(node.name, svc);

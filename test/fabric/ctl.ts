@@ -10,7 +10,8 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { mapLimit, run } from './exec.js';
+import type { ChildProcess } from 'node:child_process';
+import { mapLimit, run, startProcess } from './exec.js';
 import { type Endpoint, type EndpointSpec, type Topology, endpointIfname, regionOf } from './topology.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -35,7 +36,7 @@ interface EndpointJson {
 }
 
 export class Ctl {
-  /** Every command run, for the demo to show and for debugging. */
+  /** Every provisioning command run (run()), for the demo to show and for debugging. */
   readonly history: string[] = [];
 
   constructor(
@@ -52,6 +53,24 @@ export class Ctl {
     } catch {
       throw new Error(`i6pnctl ${args.join(' ')}: output is not JSON: ${r.stdout.slice(0, 200)}`);
     }
+  }
+
+  /** A command whose output is text (or JSON lines): its stdout and exit status. */
+  async text(args: readonly string[]): Promise<{ stdout: string; code: number }> {
+    const r = await run([...this.bin, '--nats', this.natsUrl, ...args], { cwd: REPO_ROOT, timeoutMs: 60_000, allowFail: true });
+    if (r.code > 1) throw new Error(`i6pnctl ${args.join(' ')}: exit ${r.code}: ${r.stderr}`);
+    return { stdout: r.stdout, code: r.code };
+  }
+
+  /** A command that runs until interrupted (`observe`). */
+  start(args: readonly string[]): ChildProcess {
+    return startProcess([...this.bin, '--nats', this.natsUrl, ...args], { cwd: REPO_ROOT });
+  }
+
+  /** How an operator would type it here (the binary this Ctl runs). */
+  commandLine(args: readonly string[]): string {
+    const bin = this.bin.map((a) => (a.startsWith(REPO_ROOT) ? a.slice(REPO_ROOT.length) : a)).map((a) => (a === process.execPath ? 'node' : a));
+    return [...bin, '--nats', `'${this.natsUrl}'`, ...args].join(' ');
   }
 
   async regionAdd(name: string): Promise<void> {

@@ -14,6 +14,10 @@ import { Cluster, type DataplaneKind, type EnforcementMode, REPO_ROOT } from './
 import { type Counters, delta, snapshot } from './counters.js';
 import { renderMatrix, runMatrix } from './matrix.js';
 import { modelOracle } from './policy.js';
+import { ping } from './probes.js';
+import { sleep } from './exec.js';
+import { decodeDropEvent, type DropEventRecord } from '../../lib/events.js';
+import { eventLine } from '../../controller/observe.js';
 import { STATE_ROOT, destroyRunSync, leftoverRuns, readRunState } from './state.js';
 
 const DEMO_FILE = join(STATE_ROOT, 'demo');
@@ -99,6 +103,7 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
     oracle = modelOracle(matrixEndpoints, new Set(['r1']));
   }
   step(`isolation matrix: ${matrixEndpoints.length * (matrixEndpoints.length - 1)} ordered pairs × ICMPv6, TCP, UDP`);
+  const matrixStart = new Date();
   const before = await snapshot(nodes, cluster.counters);
   const result = await runMatrix(matrixEndpoints, cluster.daemons, {
     oracle,
@@ -107,6 +112,7 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
   const after = await snapshot(nodes, cluster.counters);
   await Promise.all([...cluster.daemons.values()].map((d) => d.stop()));
   cluster.daemons.clear();
+  const events = dataplane === 'agent' ? await dropEvents(cluster, matrixStart) : null;
 
   const f = cluster.fabric;
   say('');
@@ -115,6 +121,7 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
   say('Dataplane counters moved by the matrix (node/hook/verdict/reason, packets):');
   say(countersTable(delta(before, after) as Map<string, number>));
   say('');
+  if (events) await showEvents(cluster, events, matrixStart);
   if (cluster.ctl) {
     say(`Provisioned with i6pnctl (${cluster.ctl.history.length} commands), e.g.:`);
     for (const h of cluster.ctl.history.filter((x, i, a) => i === 0 || x.split(' ')[1] !== a[i - 1]!.split(' ')[1] || x.includes('--no-i6pn')).slice(0, 6)) {
@@ -133,10 +140,12 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
   say(`  ip netns exec ${f.node(nodes[0]!).netns} ip -6 route`);
   say(`  ip netns exec ${cluster.fabric.endpoint('a1').netns} ping -6 -c1 ${cluster.fabric.endpoint('a3').address}`);
   if (cluster.nats) say(`  NATS:        ${cluster.nats.url}`);
-  if (dataplane === 'agent') {
+  if (dataplane === 'agent' && cluster.ctl) {
     for (const n of nodes) say(`  metrics:     ${cluster.metricsUrl(n)}   (${n})`);
     say(`  agent logs:  ${join(f.record.dir, 'logs', 'agent-<node>.log')}`);
-    say(`  i6pnctl:     node --import=tsx controller/cli.ts --nats '${cluster.nats?.url ?? ''}' endpoint list`);
+    say(`  i6pnctl:     ${cluster.ctl.commandLine(['endpoint', 'list'])}`);
+    say(`  drops, live: ${cluster.ctl.commandLine(['observe'])}        (Ctrl-C to stop; --json, --workspace, --reason, --from, ...)`);
+    say(`  why:         ${cluster.ctl.commandLine(['explain', 'ams-1/ep-a1', 'ams-2/ep-g2'])}`);
   }
   if (cluster.prometheus) say(`  Prometheus:  ${cluster.prometheus.url}/graph?g0.expr=${encodeURIComponent('sum by (node, reason) (i6pn_packets_total{verdict="drop"})')}`);
   say(`  logs:        ${join(f.record.dir, 'logs')}`);
@@ -147,6 +156,59 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
   if (result.unexpected.length > 0) {
     throw new Error(`${result.unexpected.length} matrix cells are not what the policy expects (marked !)`);
   }
+}
+
+/** The matrix's drop events, as `i6pnctl observe --since <its start> --json` prints them. */
+async function dropEvents(cluster: Cluster, since: Date): Promise<DropEventRecord[]> {
+  await sleep(1000); // the agents publish as they read: within milliseconds
+  const out = await cluster.ctl!.text(['observe', '--since', since.toISOString(), '--json']);
+  return out.stdout.split('\n').filter((l) => l).map((l) => {
+    const d = decodeDropEvent(l);
+    if (!d.ok) throw new Error(`observe printed an invalid event: ${d.message}`);
+    return d.record;
+  });
+}
+
+/**
+ * A few of the matrix's drop events (one per node, hook and reason), the
+ * command that shows them live, and a cross-workspace probe appearing in a
+ * live `i6pnctl observe` while it is sent; then explain on that pair.
+ */
+async function showEvents(cluster: Cluster, events: DropEventRecord[], since: Date): Promise<void> {
+  const ctl = cluster.ctl!;
+  const seen = new Set<string>();
+  const few = events.filter((e) => {
+    const k = `${e.node}/${e.hook}/${e.reason}`;
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
+  });
+  say(`Drop events the agents published during the matrix: ${events.length}; one per node, hook and reason (${ctl.commandLine(['observe', '--since', since.toISOString()])}):`);
+  for (const e of few.slice(0, 8)) say(`  ${eventLine(e)}`);
+  say('');
+
+  const a1 = cluster.fabric.endpoint('a1');
+  const g1 = cluster.fabric.endpoint('g1');
+  const args = ['observe', '--from', `${a1.node}/${a1.ifname}`, '--to', `${g1.node}/${g1.ifname}`];
+  say(`A cross-workspace probe, a1 (acme) → g1 (globex), seen live by \`${ctl.commandLine(args)}\`:`);
+  const observer = ctl.start(args);
+  let line = '';
+  observer.stdout!.on('data', (d: Buffer) => (line ||= d.toString().split('\n')[0]!));
+  const deadline = Date.now() + 20_000;
+  // observe takes a moment to subscribe: ping until a drop shows.
+  while (!line && Date.now() < deadline) {
+    const r = await ping(a1, g1.address, 1);
+    if (r.delivered) throw new Error('a1 reached g1 across workspaces');
+  }
+  observer.kill('SIGINT');
+  if (!line) throw new Error('the cross-workspace probe never appeared in i6pnctl observe');
+  say(`  $ ip netns exec ${a1.netns} ping -6 -c1 ${g1.address}     # 100% packet loss`);
+  say(`  ${line}`);
+  say('');
+  const why = await ctl.text(['explain', `${a1.node}/${a1.ifname}`, `${g1.node}/${g1.ifname}`]);
+  say(`Before sending anything, i6pnctl explain says the same (exit ${why.code}):`);
+  for (const l of why.stdout.trimEnd().split('\n')) say(`  ${l}`);
+  say('');
 }
 
 function usage(): never {

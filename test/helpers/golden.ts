@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { Dataplane, type HookName, type ReasonName, type VerdictName } from '../../agent/bpf/dataplane.js';
 import { parseIpv6, privateAddress } from '../tools/packet.js';
 import { I6PN_OBJECT } from '../fixtures/binding-helpers.js';
-import type { ModelMember, ModelState } from '../policy-model.js';
+import type { ModelMember, ModelState } from '../../lib/policy.js';
 import { runPacket } from '../tools/run-packet.js';
 
 export const W1 = 0x5137_3ebf;
