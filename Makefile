@@ -14,7 +14,7 @@ ABI_TS    := agent/bpf/abi.generated.ts
 
 APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool prometheus iproute2 \
             iputils-ping python3-scapy tcpdump util-linux nftables iperf3 procps \
-            g++ make openssl ethtool
+            g++ make openssl ethtool dnsutils dnsperf dnsmasq-base
 DEPS_STAMP := node_modules/.i6pn-deps
 
 # nats-server: Debian 13's (trixie), not Debian 12's 2.9.10: fetched by
