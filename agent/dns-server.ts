@@ -248,6 +248,7 @@ export class DnsServer {
   private readonly tcpPerSource = new Map<string, number>();
   private readonly connections = new Set<TcpSocket>();
   private converging: Promise<void> | null = null;
+  private readonly localDuration: { observe(v: number): void };
   private pruner: NodeJS.Timeout | null = null;
   private stopped = false;
 
@@ -255,6 +256,7 @@ export class DnsServer {
     this.o = o;
     this.port = o.port ?? 53;
     this.limiter = new RateLimiter(o.rateLimit);
+    this.localDuration = o.metrics.dnsDuration.labels({ answered_by: 'local' });
     this.forwarder = new Forwarder(o.upstreams, o.log);
     this.pruner = setInterval(() => this.limiter.prune(Date.now()), 10_000);
     this.pruner.unref();
@@ -329,6 +331,16 @@ export class DnsServer {
     this.o.metrics.dnsDropped.inc({ reason });
   }
 
+  /** The counter of one (transport, type, rcode), bound once (a label lookup per query costs more than the answer). */
+  private counted = new Map<string, { inc(): void }>();
+  private count(transport: Transport, type: string, rcode: string): void {
+    const k = `${transport}/${type}/${rcode}`;
+    let c = this.counted.get(k);
+    if (!c) this.counted.set(k, (c = this.o.metrics.dnsQueries.labels({ transport, type, rcode })));
+    c.inc();
+  }
+
+
   /** Resolve one query and hand the answer to `send` (now, or when an upstream answers). */
   private handle(msg: Buffer, source: string, transport: Transport, send: (answer: Buffer) => void): void {
     const t0 = performance.now();
@@ -345,9 +357,9 @@ export class DnsServer {
     if (r.kind === 'drop') return this.drop('malformed');
     if (r.kind === 'answer') {
       send(r.bytes);
-      metrics.dnsQueries.inc({ transport, type: r.type, rcode: r.rcode });
+      this.count(transport, r.type, r.rcode);
       if (r.truncated) metrics.dnsTruncated.inc({ transport });
-      metrics.dnsDuration.observe({ answered_by: 'local' }, (performance.now() - t0) / 1000);
+      this.localDuration.observe((performance.now() - t0) / 1000);
       return;
     }
     const type = r.type;
@@ -355,7 +367,7 @@ export class DnsServer {
       const out = answer ?? this.o.resolver.failure(msg, transport);
       if (!out) return;
       send(out);
-      metrics.dnsQueries.inc({ transport, type, rcode: rcodeOf(out) ?? 'SERVFAIL' });
+      this.count(transport, type, rcodeOf(out) ?? 'SERVFAIL');
       metrics.dnsDuration.observe({ answered_by: 'upstream' }, (performance.now() - t0) / 1000);
     });
     if (!taken) this.drop('upstream_busy');

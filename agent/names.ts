@@ -72,6 +72,7 @@ export class NamesIndex {
   private readonly peerSets = new Map<number, PeerSet>();
   private queriers = new Map<string, Querier>();
   private complete_ = false;
+  private generation_ = 0;
   private readonly scratch = new Uint8Array(16);
 
   constructor(private readonly regionId: number) {}
@@ -86,7 +87,13 @@ export class NamesIndex {
   }
 
   setComplete(complete: boolean): void {
+    if (this.complete_ !== complete) this.generation_++;
     this.complete_ = complete;
+  }
+
+  /** Changes with anything an answer depends on (answers cached under an older one are stale). */
+  get generation(): number {
+    return this.generation_;
   }
 
   /** Named endpoints held (the index's size). */
@@ -111,9 +118,11 @@ export class NamesIndex {
         if (!peers.members.has(key)) {
           peers.members.set(key, fields?.address ?? formatAddress(addr));
           peers.sorted = null;
+          this.generation_++;
         }
       } else if (peers.members.delete(key)) {
         peers.sorted = null;
+        this.generation_++;
       }
     }
   }
@@ -123,7 +132,10 @@ export class NamesIndex {
     const before = this.byKey.get(key);
     if (before) this.unsetNamed(key, before);
     const peers = this.peerSets.get(workspace);
-    if (peers?.members.delete(key)) peers.sorted = null;
+    if (peers?.members.delete(key)) {
+      peers.sorted = null;
+      this.generation_++;
+    }
   }
 
   /**
@@ -138,6 +150,7 @@ export class NamesIndex {
       if (l.i6pn) wanted.add(l.workspace);
     }
     this.queriers = queriers;
+    this.generation_++;
     for (const ws of this.peerSets.keys()) if (!wanted.has(ws)) this.peerSets.delete(ws);
     const fresh = new Map<number, PeerSet>();
     for (const ws of wanted) if (!this.peerSets.has(ws)) fresh.set(ws, { members: new Map(), sorted: null });
@@ -158,6 +171,7 @@ export class NamesIndex {
   private setNamed(key: string, workspace: number, f: NameFields, before: (NamedEndpoint & { workspace: number }) | undefined): void {
     if (before && before.name === f.name && before.cluster === f.cluster && before.rank === f.rank && before.address === f.address) return;
     if (before) this.unsetNamed(key, before);
+    this.generation_++;
     const e = { key, workspace, address: f.address, name: f.name, cluster: f.cluster, rank: f.cluster === null ? -1 : f.rank };
     this.byKey.set(key, e);
     // Names are unique in the store; should two entries ever hold one (a hand-written store), the last applied answers.
@@ -172,6 +186,7 @@ export class NamesIndex {
   }
 
   private unsetNamed(key: string, e: NamedEndpoint & { workspace: number }): void {
+    this.generation_++;
     this.byKey.delete(key);
     if (e.name !== null) {
       const nk = wsKey(e.workspace, e.name);

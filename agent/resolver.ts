@@ -25,6 +25,13 @@
  * outside the zone when there is no upstream. SERVFAIL: a name of the zone
  * (other than the apex) while the index is not complete (a full read or the
  * reconcile after a resume under way). TTL: 5 s.
+ *
+ * Answers are kept, encoded, by source and query bytes (all but the id)
+ * while the names index keeps its generation: a query asked again is a copy
+ * with its id written in. Any change of the index (a name, a member, a peer
+ * of a workspace served here, the queriers) starts a new generation, so a
+ * kept answer is never older than the index, which is never older than the
+ * maps.
  */
 import * as dns from 'dns-packet';
 import type { NamesIndex } from './names.js';
@@ -34,6 +41,10 @@ export const DNS_TTL = 5;
 export const MAX_UDP_ANSWER = 1232;
 const MAX_TCP_ANSWER = 65535;
 const MAX_RANK_LABEL = /^(0|[1-9][0-9]{0,3})$/;
+/** Answers kept at most (all are dropped when it is reached, or when the index changes). */
+const MAX_KEPT = 4096;
+/** Queries longer than this are not kept (keys stay small). */
+const MAX_KEPT_QUERY = 300;
 
 export type Transport = 'udp' | 'tcp';
 /** The `type` label of the query metrics: the common types by name, the rest as `other`; `none` when there is no question. */
@@ -71,10 +82,14 @@ export interface ResolverOptions {
   forwarding: boolean;
 }
 
+type Answered = Extract<Resolution, { kind: 'answer' }>;
+
 export class Resolver {
   private readonly zone: string;
   private readonly suffix: string;
   private readonly soa: Record_;
+  private readonly kept = new Map<string, Answered>();
+  private keptGeneration = -1;
 
   constructor(private readonly o: ResolverOptions) {
     this.zone = o.zone;
@@ -89,6 +104,27 @@ export class Resolver {
 
   /** Answer one query from `source` (the canonical text of its address). */
   resolve(query: Buffer, source: string, transport: Transport): Resolution {
+    if (query.length < 12 || query.length > MAX_KEPT_QUERY) return this.answer(query, source, transport);
+    const generation = this.o.names.generation;
+    if (generation !== this.keptGeneration || this.kept.size >= MAX_KEPT) {
+      this.kept.clear();
+      this.keptGeneration = generation;
+    }
+    const key = `${transport}${source} ${query.toString('latin1', 2)}`;
+    const hit = this.kept.get(key);
+    if (hit) {
+      const bytes = Buffer.allocUnsafe(hit.bytes.length);
+      hit.bytes.copy(bytes);
+      bytes[0] = query[0]!;
+      bytes[1] = query[1]!;
+      return { ...hit, bytes };
+    }
+    const r = this.answer(query, source, transport);
+    if (r.kind === 'answer' && r.rcode !== 'FORMERR') this.kept.set(key, r);
+    return r;
+  }
+
+  private answer(query: Buffer, source: string, transport: Transport): Resolution {
     let q: dns.DecodedPacket;
     try {
       q = dns.decode(query);

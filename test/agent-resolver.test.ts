@@ -181,3 +181,25 @@ test('malformed queries: FORMERR to a readable header, nothing to the rest; resp
   loop.writeUInt16BE(0xc00c, 12);
   t.like(drop(loop), { kind: 'answer', rcode: 'FORMERR' });
 });
+
+test('an answer asked again is the kept one with the new id, until the index changes', (t) => {
+  const { names, q1 } = fixture();
+  const r = new Resolver({ zone: ZONE, names, forwarding: false });
+  const first = ask(r, q1.address, 'web.i6pn.local', 'AAAA', 'udp', { id: 1 });
+  const again = ask(r, q1.address, 'web.i6pn.local', 'AAAA', 'udp', { id: 2 });
+  t.is(again.packet!.id, 2);
+  t.deepEqual(data(again.packet), data(first.packet));
+  t.deepEqual({ ...again.packet, id: 0 }, { ...first.packet, id: 0 });
+  // The endpoint is renamed (the sync applies its new entry): the kept answer goes.
+  names.applied(keyOf(W1, 2), W1, true, new Uint8Array(16), { address: addr(W1, 2), name: 'web-2', cluster: null, rank: -1 });
+  t.is(rcode(ask(r, q1.address, 'web.i6pn.local', 'AAAA', 'udp', { id: 3 }).packet), 'NXDOMAIN');
+  t.deepEqual(data(ask(r, q1.address, 'web-2.i6pn.local').packet), [addr(W1, 2)]);
+  // Removed from the map: gone from _peers at once, too.
+  const peers = data(ask(r, q1.address, '_peers.i6pn.local', 'AAAA', 'tcp').packet);
+  names.removed(keyOf(W1, 3), W1);
+  const after = data(ask(r, q1.address, '_peers.i6pn.local', 'AAAA', 'tcp').packet);
+  t.is(after.length, peers.length - 1);
+  t.false(after.includes(addr(W1, 3)));
+  // Another querier, the same question: its own answer.
+  t.deepEqual(data(ask(r, fixture().q2.address, '_peers.i6pn.local', 'AAAA', 'tcp').packet), [addr(W2, 2), addr(W2, 3)], 'its own workspace\'s peers');
+});
