@@ -139,3 +139,23 @@ export function sweepStale(): void {
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
+
+/** Run the bench file `file` again inside `ns` (I6PN_BENCH_IN_NS=1 and `env` set); cleans up after it and exits with its status when it failed. */
+export async function rerunInside(ns: string, file: string, env: NodeJS.ProcessEnv): Promise<void> {
+  const child = spawnIn(ns, [process.execPath, '--import=tsx', file], {
+    stdio: 'inherit',
+    env: { ...process.env, ...env, I6PN_BENCH_IN_NS: '1' },
+  });
+  const code = await new Promise<number>((res) => child.on('exit', (c) => res(c ?? 1)));
+  cleanup();
+  if (code !== 0) process.exit(code);
+}
+
+/** A bench's entry point: `inside` when re-run inside its namespace, else `outside`; an error is printed, cleaned up after, and exits 1. */
+export function benchMain(inside: () => Promise<void>, outside: () => Promise<void>): void {
+  (process.env.I6PN_BENCH_IN_NS ? inside() : outside()).catch((err: unknown) => {
+    console.error(err);
+    cleanup();
+    process.exit(1);
+  });
+}
