@@ -284,6 +284,8 @@ export class DnsServer {
       if (!this.tcp) this.tcp = await this.listenTcp();
     } catch (err) {
       log.error({ err, address: this.o.address, port: this.port }, 'the node resolver cannot listen; retrying');
+      // Sooner than the periodic converge: containers have no resolver meanwhile.
+      setTimeout(() => void this.converge(), 1000).unref();
     }
     metrics.dnsListening.set(this.listening ? 1 : 0);
   }

@@ -86,12 +86,13 @@ export async function hasLoopbackAddress(addr: string): Promise<boolean> {
 /**
  * Put `addr`/128 on the loopback device, if it is not there already: local
  * delivery needs only its entry in the local table, so no prefix route is
- * added to the main table (noprefixroute), and loopback does no duplicate
- * address detection.
+ * added to the main table (noprefixroute); nodad, or the address stays
+ * tentative (bind: EADDRNOTAVAIL) until the kernel's DAD work runs, even on
+ * loopback, which a loaded node delays.
  */
 export async function ensureLoopbackAddress(addr: string): Promise<void> {
   if (await hasLoopbackAddress(addr)) return;
-  await ip(['-6', 'addr', 'replace', `${addr}/128`, 'dev', 'lo', 'noprefixroute']);
+  await ip(['-6', 'addr', 'replace', `${addr}/128`, 'dev', 'lo', 'noprefixroute', 'nodad']);
 }
 
 /** Remove `addr`/128 from the loopback device (teardown); false when it was not there. */
