@@ -14,7 +14,7 @@ ABI_TS    := agent/bpf/abi.generated.ts
 
 APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool prometheus iproute2 \
             iputils-ping python3-scapy tcpdump util-linux nftables iperf3 procps \
-            g++ make openssl ethtool
+            g++ make openssl ethtool dnsutils dnsperf dnsmasq-base
 DEPS_STAMP := node_modules/.i6pn-deps
 
 # nats-server: Debian 13's (trixie), not Debian 12's 2.9.10: fetched by
@@ -25,7 +25,7 @@ NATS_DEB_VERSION := 2.10.27-1+b2
 NATS_DIR         := .deps/nats-server
 export NATS_SERVER_BIN := $(CURDIR)/$(NATS_DIR)/usr/sbin/nats-server
 
-.PHONY: deps deps-nats-server bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fleet bench-fabric bench-binding bench-events clean
+.PHONY: deps deps-nats-server bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fleet bench-fabric bench-binding bench-events bench-dns clean
 
 ## deps: install apt packages, npm modules and nats-server (idempotent, quick when done)
 deps: $(DEPS_STAMP) deps-nats-server
@@ -79,7 +79,7 @@ demo-shell:
 	bash test/fabric/demo.sh shell $(NODE)
 
 ## bench: every benchmark against its baseline; writes bench/results/<date>.json and the table in bench/README.md
-bench: bench-dataplane bench-fabric bench-agent bench-fleet bench-binding bench-events
+bench: bench-dataplane bench-fabric bench-agent bench-fleet bench-binding bench-events bench-dns
 
 BENCH_OBJS := $(BUILD)/bench/xdp_redirect.bpf.o $(BUILD)/bench/empty.bpf.o
 
@@ -105,6 +105,9 @@ bench-binding: build bpffs
 
 bench-events: build bpffs
 	node --import=tsx bench/events.ts
+
+bench-dns: build bpffs
+	node --import=tsx bench/dns.ts
 
 clean:
 	rm -rf $(BUILD) dist

@@ -9,6 +9,8 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
+import { isIP } from 'node:net';
+import { RESOLVER_ADDRESS } from '../lib/address.js';
 import { assertIfname, assertName, assertNodeName } from '../lib/schema.js';
 import { LOG_LEVELS, type LogLevel } from './log.js';
 
@@ -44,6 +46,11 @@ export const DEFAULT_MAX_LOCAL_IFACES = 4096;
 export const MAX_MAX_ENDPOINTS = 16 * 1024 * 1024;
 const BPF_FS_MAGIC = 0xcafe4a11;
 
+export const DEFAULT_DNS_ZONE = 'i6pn.local';
+export const DEFAULT_DNS_RATE_LIMIT = 500;
+/** Where the default upstream resolvers come from. */
+export const RESOLV_CONF = '/etc/resolv.conf';
+
 export type Mode = 'enforce' | 'monitor';
 export type UplinkHookChoice = 'auto' | 'xdp' | 'tc';
 
@@ -70,7 +77,18 @@ export interface AgentConfig {
   heartbeatIntervalMs: number;
   rescanIntervalMs: number;
   eventsPerSec: number;
+  /** The node resolver, or null (--dns off). */
+  dns: DnsConfig | null;
   logLevel: LogLevel;
+}
+
+export interface DnsConfig {
+  /** The zone, lowercase, without the trailing dot. */
+  zone: string;
+  /** Upstream resolvers for names outside the zone, in order (empty: none, REFUSED). */
+  upstreams: Array<{ host: string; port: number }>;
+  /** Queries a second per source (0: no limit). */
+  rateLimit: number;
 }
 
 export interface TeardownConfig {
@@ -111,6 +129,48 @@ export function parseHostPort(s: string): { host: string; port: number } {
   const port = m ? Number(m[3]) : NaN;
   if (!m || !(port >= 0 && port <= 65535)) throw new Error(`expected HOST:PORT or [IPV6]:PORT, got ${JSON.stringify(s)}`);
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}
+
+/** A domain name: LDH labels of 1 to 63 characters, at most 253 in all; lowercased, without the trailing dot. */
+export function parseZone(s: string): string {
+  const z = s.trim().toLowerCase().replace(/\.$/, '');
+  const label = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+  if (z.length === 0 || z.length > 253 || !z.split('.').every((l) => label.test(l))) {
+    throw new Error(`expected a domain name such as i6pn.local, got ${JSON.stringify(s)}`);
+  }
+  return z;
+}
+
+/** An upstream resolver: ADDRESS, IPV4:PORT or [IPV6]:PORT (port 53 when not given). Addresses only: no name to resolve first. */
+export function parseUpstream(s: string): { host: string; port: number } {
+  const t = s.trim();
+  if (isIP(t)) return { host: t, port: 53 };
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(t);
+  const host = m?.[1] ?? m?.[2] ?? '';
+  const port = Number(m?.[3]);
+  if (!m || !isIP(host) || !(port >= 1 && port <= 65535)) throw new Error(`expected an address, IPV4:PORT or [IPV6]:PORT, got ${JSON.stringify(s)}`);
+  return { host, port };
+}
+
+/**
+ * The node's resolvers, from resolv.conf: its `nameserver` lines, less the
+ * node resolver itself (a node whose resolv.conf points at it would ask
+ * itself forever). A missing file gives none.
+ */
+export function upstreamsFromResolvConf(path = RESOLV_CONF): Array<{ host: string; port: number }> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return [];
+  }
+  const out: Array<{ host: string; port: number }> = [];
+  for (const line of text.split('\n')) {
+    const m = /^\s*nameserver\s+(\S+)/.exec(line);
+    const host = m?.[1]?.replace(/%.*$/, '');
+    if (host && isIP(host) && host !== RESOLVER_ADDRESS) out.push({ host, port: 53 });
+  }
+  return out;
 }
 
 function isOnBpffs(dir: string): boolean {
@@ -174,6 +234,17 @@ const runSchema = z.object({
   heartbeatInterval: seconds('the heartbeat interval', 0.1, 3600),
   rescanInterval: seconds('the interface rescan interval', 0.1, 3600),
   eventsPerSec: z.coerce.number({ error: 'must be a number' }).int('must be an integer').min(0).max(1_000_000),
+  dns: onOff,
+  dnsZone: z.string().transform((s, ctx) => tryCheck(() => parseZone(s), ctx)),
+  dnsUpstream: z.string().transform((s, ctx) =>
+    tryCheck(() => {
+      const v = s.trim();
+      if (v === 'none') return [];
+      if (v === '' || v === 'resolv.conf') return upstreamsFromResolvConf();
+      return v.split(',').map(parseUpstream);
+    }, ctx),
+  ),
+  dnsRateLimit: z.coerce.number({ error: 'must be a number' }).int('must be an integer').min(0).max(10_000_000),
   logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }),
 });
 
@@ -273,6 +344,28 @@ function buildProgram(onRun: (o: Record<string, unknown>) => void, onTeardown: (
       opt('--rescan-interval <seconds>', 'I6PN_RESCAN_INTERVAL', 'period of the full interface rescan (besides `ip monitor link` events)', '10'),
     )
     .addOption(opt('--events-per-sec <n>', 'I6PN_EVENTS_PER_SEC', 'sampled drop events per second and CPU (0: none)', '100'))
+    .addOption(
+      opt(
+        '--dns [bool]',
+        'I6PN_DNS',
+        `the node resolver: DNS on UDP and TCP port 53 of ${RESOLVER_ADDRESS} (put on the loopback device), which every ` +
+          'container reaches through its own veth; it answers names of the querier\'s own workspace and region only',
+        'true',
+      ),
+    )
+    .addOption(opt('--dns-zone <name>', 'I6PN_DNS_ZONE', 'the zone the resolver answers for: <zone> (the querier itself), <name>.<zone>, <cluster>.cluster.<zone>, _peers.<zone>', DEFAULT_DNS_ZONE))
+    .addOption(
+      opt(
+        '--dns-upstream <list>',
+        'I6PN_DNS_UPSTREAM',
+        `where names outside the zone go: addresses, IPV4:PORT or [IPV6]:PORT, comma-separated; "resolv.conf" (the nameservers of ${RESOLV_CONF}, read at start); ` +
+          '"none" (answered REFUSED)',
+        'resolv.conf',
+      ),
+    )
+    .addOption(
+      opt('--dns-rate-limit <qps>', 'I6PN_DNS_RATE_LIMIT', 'queries a second per source (container) the resolver answers, twice that in a burst; the rest are dropped and counted (0: no limit)', String(DEFAULT_DNS_RATE_LIMIT)),
+    )
     .addOption(opt('--log-level <level>', 'I6PN_LOG_LEVEL', `log level: ${LOG_LEVELS.join(', ')}`, 'info'))
     .action((o: Record<string, unknown>) => onRun(o));
 
@@ -329,6 +422,7 @@ export function parseCommandLine(argv: string[]): Command_ {
           heartbeatIntervalMs: d.heartbeatInterval,
           rescanIntervalMs: d.rescanInterval,
           eventsPerSec: d.eventsPerSec,
+          dns: d.dns ? { zone: d.dnsZone, upstreams: d.dnsUpstream, rateLimit: d.dnsRateLimit } : null,
           logLevel: d.logLevel,
         },
       };

@@ -6,7 +6,8 @@
  * validateEndpointEntry() (zod).
  *
  * Only acceptance takes this path. The scanner reads a strict subset of JSON:
- * one object whose keys are exactly the schema's ten, once each, with plain
+ * one object whose keys are exactly the schema's ten required ones and any of
+ * its three optional ones (name, cluster, rank), once each, with plain
  * strings (no escapes), plain integers and booleans, and JSON white space;
  * every string passes the schema's own pattern, the ids are the key's and the
  * agent's region's, and the address is the canonical text of the address the
@@ -18,7 +19,7 @@
  */
 import { isCanonicalAddress } from '../lib/address.js';
 import { EndpointFlag } from './bpf/abi.generated.js';
-import { TIMESTAMP_PATTERN, SCHEMA_VERSION, type EndpointRecord } from '../lib/schema.js';
+import { MAX_CLUSTER_SIZE, TIMESTAMP_PATTERN, SCHEMA_VERSION, type EndpointRecord } from '../lib/schema.js';
 
 /** An endpoint named by a key of a region's bucket: workspace id and the 64-bit endpoint id's two halves. */
 export interface KeyParts {
@@ -41,10 +42,16 @@ export interface Decoded {
   addressEnd: number;
   ifnameAt: number;
   ifnameEnd: number;
+  /** The optional DNS name and cluster (at === end: none) and the rank (-1: none). */
+  nameAt: number;
+  nameEnd: number;
+  clusterAt: number;
+  clusterEnd: number;
+  rank: number;
 }
 
 export function newDecoded(): Decoded {
-  return { i6pn: false, node: 0, local: false, data: null, record: null, addressAt: 0, addressEnd: 0, ifnameAt: 0, ifnameEnd: 0 };
+  return { i6pn: false, node: 0, local: false, data: null, record: null, addressAt: 0, addressEnd: 0, ifnameAt: 0, ifnameEnd: 0, nameAt: 0, nameEnd: 0, clusterAt: 0, clusterEnd: 0, rank: -1 };
 }
 
 /** Node's ASCII-to-string of a byte range, without a Buffer object per call. */
@@ -52,6 +59,12 @@ const latin1Slice = (Buffer.prototype as unknown as { latin1Slice: (this: Uint8A
 
 export const addressOf = (d: Decoded): string => (d.record ? d.record.address : latin1Slice.call(d.data!, d.addressAt, d.addressEnd));
 export const ifnameOf = (d: Decoded): string => (d.record ? d.record.ifname : latin1Slice.call(d.data!, d.ifnameAt, d.ifnameEnd));
+/** Whether the entry has a DNS name or a cluster (what the resolver's names index keeps). */
+export const hasNames = (d: Decoded): boolean => (d.record ? d.record.name !== undefined || d.record.cluster !== undefined : d.nameEnd > d.nameAt || d.clusterEnd > d.clusterAt);
+export const nameOf = (d: Decoded): string | null => (d.record ? d.record.name ?? null : d.nameEnd > d.nameAt ? latin1Slice.call(d.data!, d.nameAt, d.nameEnd) : null);
+export const clusterOf = (d: Decoded): string | null =>
+  d.record ? d.record.cluster ?? null : d.clusterEnd > d.clusterAt ? latin1Slice.call(d.data!, d.clusterAt, d.clusterEnd) : null;
+export const rankOf = (d: Decoded): number => (d.record ? d.record.rank ?? -1 : d.rank);
 
 /** What the decoder compares entries with: the agent's region and node. */
 export class DecodeContext {
@@ -166,6 +179,17 @@ function isIfname(b: Uint8Array, at: number, end: number): boolean {
   return true;
 }
 
+/** DNS_LABEL_PATTERN: a lowercase letter, then up to 62 of [a-z0-9-], the last not a dash. */
+function isDnsLabel(b: Uint8Array, at: number, end: number): boolean {
+  const n = end - at;
+  if (n < 1 || n > 63 || !isLower(b[at]!) || b[end - 1] === 45) return false;
+  for (let i = at + 1; i < end; i++) {
+    const c = b[i]!;
+    if (!isLower(c) && !isDigit(c) && c !== 45) return false;
+  }
+  return true;
+}
+
 function bytesEqual(b: Uint8Array, at: number, end: number, want: Uint8Array): boolean {
   if (end - at !== want.length) return false;
   for (let i = 0; i < want.length; i++) if (b[at + i] !== want[i]) return false;
@@ -184,7 +208,11 @@ const K_NODE = 64;
 const K_IFNAME = 128;
 const K_I6PN = 256;
 const K_CREATED_AT = 512;
+/** The required keys. */
 const K_ALL = 1023;
+const K_NAME = 1024;
+const K_CLUSTER = 2048;
+const K_RANK = 4096;
 
 /** Which schema key b[at, end) spells (0: none). */
 function keyOf(b: Uint8Array, at: number, end: number): number {
@@ -194,13 +222,16 @@ function keyOf(b: Uint8Array, at: number, end: number): number {
     case 4:
       if (b[at] === 110 && b[at + 1] === 111 && b[at + 2] === 100 && b[at + 3] === 101) return K_NODE; // node
       if (b[at] === 105 && b[at + 1] === 54 && b[at + 2] === 112 && b[at + 3] === 110) return K_I6PN; // i6pn
+      if (match(b, at, 'name')) return K_NAME;
+      if (match(b, at, 'rank')) return K_RANK;
       return 0;
     case 6:
       if (match(b, at, 'region')) return K_REGION;
       if (match(b, at, 'ifname')) return K_IFNAME;
       return 0;
     case 7:
-      return match(b, at, 'address') ? K_ADDRESS : 0;
+      if (match(b, at, 'address')) return K_ADDRESS;
+      return match(b, at, 'cluster') ? K_CLUSTER : 0;
     case 8:
       return match(b, at, 'regionId') ? K_REGION_ID : 0;
     case 9:
@@ -271,6 +302,11 @@ export function decodeEndpoint(b: Uint8Array, id: KeyParts, ctx: DecodeContext, 
   let ifnameEnd = 0;
   let nodeAt = 0;
   let nodeEnd = 0;
+  let nameAt = 0;
+  let nameEnd = 0;
+  let clusterAt = 0;
+  let clusterEnd = 0;
+  let rank = -1;
   for (;;) {
     p = skipWs(b, p);
     let e = stringEnd(b, p);
@@ -281,11 +317,16 @@ export function decodeEndpoint(b: Uint8Array, id: KeyParts, ctx: DecodeContext, 
     p = skipWs(b, e + 1);
     if (b[p] !== 58 /* : */) return false;
     p = skipWs(b, p + 1);
-    if (k === K_V || k === K_WORKSPACE_ID || k === K_REGION_ID) {
+    if (k === K_V || k === K_WORKSPACE_ID || k === K_REGION_ID || k === K_RANK) {
       e = uintEnd(b, p);
       if (e < 0) return false;
       const v = uintValue(b, p, e);
-      if (k === K_V ? v !== SCHEMA_VERSION : k === K_REGION_ID ? v !== ctx.regionId : v !== id.workspace || v === 0) return false;
+      if (k === K_RANK) {
+        if (v >= MAX_CLUSTER_SIZE) return false;
+        rank = v;
+      } else if (k === K_V ? v !== SCHEMA_VERSION : k === K_REGION_ID ? v !== ctx.regionId : v !== id.workspace || v === 0) {
+        return false;
+      }
       p = e;
     } else if (k === K_I6PN) {
       if (b[p] === 116 && b[p + 1] === 114 && b[p + 2] === 117 && b[p + 3] === 101) {
@@ -322,6 +363,16 @@ export function decodeEndpoint(b: Uint8Array, id: KeyParts, ctx: DecodeContext, 
           ifnameAt = at;
           ifnameEnd = e;
           break;
+        case K_NAME:
+          if (!isDnsLabel(b, at, e)) return false;
+          nameAt = at;
+          nameEnd = e;
+          break;
+        case K_CLUSTER:
+          if (!isDnsLabel(b, at, e)) return false;
+          clusterAt = at;
+          clusterEnd = e;
+          break;
         default: // K_CREATED_AT
           if (e - at > 40 || !TIMESTAMP_PATTERN.test(latin1Slice.call(b, at, e))) return false;
       }
@@ -332,7 +383,9 @@ export function decodeEndpoint(b: Uint8Array, id: KeyParts, ctx: DecodeContext, 
     if (c === 125 /* } */) break;
     if (c !== 44 /* , */) return false;
   }
-  if (skipWs(b, p) !== b.length || seen !== K_ALL) return false;
+  if (skipWs(b, p) !== b.length || (seen & K_ALL) !== K_ALL) return false;
+  // A cluster and a rank go together (the schema's refinement).
+  if (((seen & K_CLUSTER) === 0) !== ((seen & K_RANK) === 0)) return false;
   if (!isCanonicalAddress(b, addressAt, addressEnd, id.workspace, ctx.regionId, id.hi, id.lo)) return false;
   out.i6pn = i6pn;
   out.local = bytesEqual(b, nodeAt, nodeEnd, ctx.node);
@@ -343,6 +396,11 @@ export function decodeEndpoint(b: Uint8Array, id: KeyParts, ctx: DecodeContext, 
   out.addressEnd = addressEnd;
   out.ifnameAt = ifnameAt;
   out.ifnameEnd = ifnameEnd;
+  out.nameAt = nameAt;
+  out.nameEnd = nameEnd;
+  out.clusterAt = clusterAt;
+  out.clusterEnd = clusterEnd;
+  out.rank = rank;
   return true;
 }
 

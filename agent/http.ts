@@ -1,7 +1,8 @@
 /**
  * The agent's HTTP endpoints: /metrics (Prometheus text), /healthz (the
  * process answers) and /readyz (maps loaded, uplink attached, initial sync
- * done; 503 with what is missing otherwise).
+ * done, the node resolver listening unless it is off; 503 with what is
+ * missing otherwise).
  */
 import { createServer, type Server } from 'node:http';
 import type { Logger } from './log.js';
@@ -11,6 +12,8 @@ export interface Readiness {
   mapsLoaded: boolean;
   uplinkAttached: boolean;
   initialSyncDone: boolean;
+  /** The node resolver listens (null: --dns off). */
+  resolverListening: boolean | null;
 }
 
 export function startHttp(opts: {
@@ -41,7 +44,7 @@ export function startHttp(opts: {
         return;
       case '/readyz': {
         const r = opts.readiness();
-        const ready = r.mapsLoaded && r.uplinkAttached && r.initialSyncDone;
+        const ready = r.mapsLoaded && r.uplinkAttached && r.initialSyncDone && r.resolverListening !== false;
         res.writeHead(ready ? 200 : 503, { 'content-type': 'application/json' }).end(`${JSON.stringify({ ready, ...r })}\n`);
         return;
       }

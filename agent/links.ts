@@ -11,6 +11,9 @@
  * Routes: the /128 of each local endpoint to its veth, tagged with the agent's
  * own route protocol number so that the agent (and teardown) can find exactly
  * the routes it made.
+ *
+ * Addresses: the node resolver's (fdaa::53) on the loopback device, where
+ * every container reaches it through its own veth and the node's routing.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
@@ -72,6 +75,31 @@ export async function listAgentRoutes(): Promise<AgentRoute[]> {
 /** Remove every route the agent made (teardown). */
 export async function flushAgentRoutes(): Promise<void> {
   await ip(['-6', 'route', 'flush', 'proto', String(ROUTE_PROTO)]);
+}
+
+/** Whether `addr`/128 is on the loopback device. */
+export async function hasLoopbackAddress(addr: string): Promise<boolean> {
+  const rows = JSON.parse((await ip(['-j', '-6', 'addr', 'show', 'dev', 'lo'])) || '[]') as Array<{ addr_info?: Array<{ local?: string; prefixlen?: number }> }>;
+  return rows.some((r) => (r.addr_info ?? []).some((a) => a.local === addr && a.prefixlen === 128));
+}
+
+/**
+ * Put `addr`/128 on the loopback device, if it is not there already: local
+ * delivery needs only its entry in the local table, so no prefix route is
+ * added to the main table (noprefixroute); nodad, or the address stays
+ * tentative (bind: EADDRNOTAVAIL) until the kernel's DAD work runs, even on
+ * loopback, which a loaded node delays.
+ */
+export async function ensureLoopbackAddress(addr: string): Promise<void> {
+  if (await hasLoopbackAddress(addr)) return;
+  await ip(['-6', 'addr', 'replace', `${addr}/128`, 'dev', 'lo', 'noprefixroute', 'nodad']);
+}
+
+/** Remove `addr`/128 from the loopback device (teardown); false when it was not there. */
+export async function removeLoopbackAddress(addr: string): Promise<boolean> {
+  if (!(await hasLoopbackAddress(addr))) return false;
+  await ip(['-6', 'addr', 'del', `${addr}/128`, 'dev', 'lo']);
+  return true;
 }
 
 /** The ifindex of one interface, or null. */

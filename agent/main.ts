@@ -11,12 +11,16 @@
  */
 import type { Server } from 'node:http';
 import { Dataplane } from './bpf/dataplane.js';
+import { RESOLVER_ADDRESS } from '../lib/address.js';
 import { Attacher } from './attach.js';
 import { AGENT_VERSION, ConfigError, parseCommandLine, type AgentConfig, type TeardownConfig } from './config.js';
 import { DropEventPublisher } from './events.js';
 import { Heartbeat } from './heartbeat.js';
 import { startHttp } from './http.js';
-import { Interfaces, flushAgentRoutes, interfaceIndexes } from './links.js';
+import { Interfaces, flushAgentRoutes, interfaceIndexes, removeLoopbackAddress } from './links.js';
+import { DnsServer } from './dns-server.js';
+import { NamesIndex } from './names.js';
+import { Resolver } from './resolver.js';
 import { createLogger, type Logger } from './log.js';
 import { AgentMetrics } from './metrics.js';
 import { AgentStore } from './store-client.js';
@@ -30,11 +34,12 @@ async function run(cfg: AgentConfig): Promise<void> {
 
   const state = { mapsLoaded: false, initialSyncDone: false };
   let attacher: Attacher | null = null;
+  let dns: DnsServer | null = null;
   const server: Server = await startHttp({
     host: cfg.metricsHost,
     port: cfg.metricsPort,
     metrics,
-    readiness: () => ({ ...state, uplinkAttached: attacher?.uplinkAttached ?? false }),
+    readiness: () => ({ ...state, uplinkAttached: attacher?.uplinkAttached ?? false, resolverListening: cfg.dns ? (dns?.listening ?? false) : null }),
     log: log.child({ component: 'http' }),
   });
   log.info({ addr: `${cfg.metricsHost}:${cfg.metricsPort}` }, 'serving /metrics, /healthz, /readyz');
@@ -112,6 +117,7 @@ async function run(cfg: AgentConfig): Promise<void> {
     force.unref();
     heartbeat?.stop();
     clearInterval(converger);
+    await dns?.stop().catch(() => {});
     await follower?.stop().catch(() => {});
     attacher?.stop();
     interfaces.stop();
@@ -176,7 +182,10 @@ async function run(cfg: AgentConfig): Promise<void> {
   });
   log.info({ regionId, nodeId: nodeId(cfg.node), mode: cfg.mode, uplinkIfindex: attacher.uplinkIfindex ?? 0, forwardNonPrivate: cfg.forwardNonPrivate, localFastPath: cfg.localFastPath }, 'dataplane configured');
 
+  // The node resolver answers from the names index that the sync keeps with the maps.
+  const names = cfg.dns ? new NamesIndex(regionId) : undefined;
   sync = new MembershipSync({
+    names,
     map: dp,
     node: cfg.node,
     region: cfg.region,
@@ -205,13 +214,31 @@ async function run(cfg: AgentConfig): Promise<void> {
     },
   });
   follower.start();
+
+  if (cfg.dns && names) {
+    metrics.setNamesSource(() => names.size);
+    dns = new DnsServer({
+      address: RESOLVER_ADDRESS,
+      resolver: new Resolver({ zone: cfg.dns.zone, names, forwarding: cfg.dns.upstreams.length > 0 }),
+      upstreams: cfg.dns.upstreams,
+      rateLimit: cfg.dns.rateLimit,
+      metrics,
+      log: log.child({ component: 'dns' }),
+    });
+    await dns.converge();
+    // Like the attacher: an address removed or a bind that failed comes back.
+    const resolverConverger = setInterval(() => void dns?.converge(), cfg.rescanIntervalMs);
+    resolverConverger.unref();
+    log.info({ address: RESOLVER_ADDRESS, zone: cfg.dns.zone, upstreams: cfg.dns.upstreams, rateLimit: cfg.dns.rateLimit, listening: dns.listening }, 'node resolver started');
+  }
 }
 
 async function teardown(cfg: TeardownConfig): Promise<void> {
   const log = createLogger(cfg.logLevel, { command: 'teardown' });
   await flushAgentRoutes().catch((err: unknown) => log.warn({ err }, 'removing the agent\'s routes failed'));
+  await removeLoopbackAddress(RESOLVER_ADDRESS).catch((err: unknown) => log.warn({ err }, 'removing the resolver\'s address failed'));
   Dataplane.teardown(cfg.bpffs, { interfaces: cfg.allInterfaces ? await interfaceIndexes() : [] });
-  log.info({ bpffs: cfg.bpffs, allInterfaces: cfg.allInterfaces }, 'removed the i6pn dataplane: XDP link, TC filters, routes and pins');
+  log.info({ bpffs: cfg.bpffs, allInterfaces: cfg.allInterfaces }, 'removed the i6pn dataplane: XDP link, TC filters, routes, the resolver\'s address and pins');
 }
 
 function fail(log: Logger | null, message: string, err?: unknown): never {

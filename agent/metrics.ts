@@ -12,6 +12,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import * as abi from './bpf/abi.generated.js';
 import type { Logger } from './log.js';
+import { QUERY_TYPES, RCODES } from './resolver.js';
 
 /** Every metric this module registers, besides prom-client's default metrics. */
 export const METRIC_NAMES = [
@@ -39,6 +40,12 @@ export const METRIC_NAMES = [
   'i6pn_drop_events_published_total',
   'i6pn_drop_events_unpublished_total',
   'i6pn_heartbeat_last_success_timestamp_seconds',
+  'i6pn_dns_queries_total',
+  'i6pn_dns_query_duration_seconds',
+  'i6pn_dns_dropped_total',
+  'i6pn_dns_truncated_total',
+  'i6pn_dns_names',
+  'i6pn_dns_listening',
   'i6pn_agent_info',
 ] as const;
 export type MetricName = (typeof METRIC_NAMES)[number];
@@ -108,6 +115,19 @@ export const SUPPRESSED_CAUSES = ['budget', 'ring_full'] as const;
 export const UNPUBLISHED_CAUSES = ['queue_full', 'denied', 'error', 'invalid'] as const;
 export type UnpublishedCause = (typeof UNPUBLISHED_CAUSES)[number];
 export const APPLY_LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+export const DNS_TRANSPORTS = ['udp', 'tcp'] as const;
+export { QUERY_TYPES as DNS_QUERY_TYPES, RCODES as DNS_RCODES };
+/** Who answered: the resolver from its index (local), or an upstream resolver (upstream, or its timeout). */
+export const DNS_ANSWERED_BY = ['local', 'upstream'] as const;
+/**
+ * Queries not answered: over the source's rate (rate_limited); not a DNS
+ * query at all (malformed); longer than a query can be (too_large); beyond
+ * the TCP connection limits (connections); no room for another forwarded
+ * query (upstream_busy).
+ */
+export const DNS_DROP_REASONS = ['rate_limited', 'malformed', 'too_large', 'connections', 'upstream_busy'] as const;
+export type DnsDropReason = (typeof DNS_DROP_REASONS)[number];
+export const DNS_LATENCY_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1, 2.5];
 
 /** One row of the BPF counters, summed over CPUs (Dataplane.readCounters()). */
 export interface CounterRow {
@@ -148,10 +168,17 @@ export class AgentMetrics {
   readonly dropEventsPublished: Counter;
   readonly dropEventsUnpublished: Counter<'cause'>;
   readonly heartbeatLastSuccess: Gauge;
+  readonly dnsQueries: Counter<'transport' | 'type' | 'rcode'>;
+  readonly dnsDuration: Histogram<'answered_by'>;
+  readonly dnsDropped: Counter<'reason'>;
+  readonly dnsTruncated: Counter<'transport'>;
+  readonly dnsNames: Gauge;
+  readonly dnsListening: Gauge;
   readonly info: Gauge<'version' | 'node' | 'region' | 'mode'>;
 
   private counterSource: (() => CounterRow[]) | null = null;
   private eventLossSource: (() => { overBudget: bigint; ringFull: bigint }) | null = null;
+  private namesSource: (() => number) | null = null;
   private cached: { at: number; rows: CounterRow[] } | null = null;
   private lastReadError = 0;
 
@@ -296,6 +323,40 @@ export class AgentMetrics {
       help: "Unix time of the last successful write of this node's heartbeat key (i6pn_nodes.<node>).",
       registers,
     });
+    this.dnsQueries = new Counter({
+      name: 'i6pn_dns_queries_total',
+      help: 'Queries the node resolver answered, by transport, query type and response code (REFUSED: a source that is no local i6pn endpoint, or a name outside the zone without upstream; SERVFAIL: the index not yet complete, or no upstream answered).',
+      labelNames: ['transport', 'type', 'rcode'],
+      registers,
+    });
+    this.dnsDuration = new Histogram({
+      name: 'i6pn_dns_query_duration_seconds',
+      help: 'Time from reading a query to sending its answer, by who answered: the resolver (local) or an upstream resolver (upstream).',
+      labelNames: ['answered_by'],
+      buckets: DNS_LATENCY_BUCKETS,
+      registers,
+    });
+    this.dnsDropped = new Counter({
+      name: 'i6pn_dns_dropped_total',
+      help: 'Queries the node resolver dropped unanswered, by reason: rate_limited (over the per-source rate), malformed (not a query), too_large, connections (TCP limits), upstream_busy.',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.dnsTruncated = new Counter({
+      name: 'i6pn_dns_truncated_total',
+      help: 'Answers cut to fit (TC set): over UDP the client asks again over TCP; over TCP the 64 KiB message limit was reached.',
+      labelNames: ['transport'],
+      registers,
+    });
+    this.dnsNames = new Gauge({
+      name: 'i6pn_dns_names',
+      help: 'Named i6pn endpoints (a name or a cluster rank) in the resolver\'s index.',
+      registers,
+      collect() {
+        if (self.namesSource) this.set(self.namesSource());
+      },
+    });
+    this.dnsListening = new Gauge({ name: 'i6pn_dns_listening', help: '1 while the node resolver listens on UDP and TCP port 53 of its address, else 0 (also 0 with --dns off).', registers });
     this.info = new Gauge({
       name: 'i6pn_agent_info',
       help: "Always 1; the agent's build and settings as labels.",
@@ -326,6 +387,14 @@ export class AgentMetrics {
     this.dropEvents.inc(0);
     this.dropEventsPublished.inc(0);
     for (const cause of UNPUBLISHED_CAUSES) this.dropEventsUnpublished.inc({ cause }, 0);
+    for (const transport of DNS_TRANSPORTS) {
+      this.dnsTruncated.inc({ transport }, 0);
+      for (const type of QUERY_TYPES) for (const rcode of RCODES) this.dnsQueries.inc({ transport, type, rcode }, 0);
+    }
+    for (const reason of DNS_DROP_REASONS) this.dnsDropped.inc({ reason }, 0);
+    for (const answered_by of DNS_ANSWERED_BY) this.dnsDuration.zero({ answered_by });
+    this.dnsNames.set(0);
+    this.dnsListening.set(0);
     this.info.set({ ...info }, 1);
 
     collectDefaultMetrics({ register: this.registry, prefix: DEFAULT_METRICS_PREFIX });
@@ -354,6 +423,11 @@ export class AgentMetrics {
     c.reset();
     c.inc({ cause: 'budget' }, Number(lost.overBudget));
     c.inc({ cause: 'ring_full' }, Number(lost.ringFull));
+  }
+
+  /** How many named endpoints the resolver's index holds, read at scrape time. */
+  setNamesSource(read: (() => number) | null): void {
+    this.namesSource = read;
   }
 
   /** Prometheus text exposition of the registry. */

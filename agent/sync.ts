@@ -34,13 +34,33 @@
  *
  * An invalid entry is never applied; if its key held a valid endpoint before,
  * that endpoint is removed (the store no longer vouches for it: fail closed).
+ *
+ * The resolver's names index (agent/names.ts), when there is one, changes in
+ * the same flush as the maps, right after each map write succeeds: an entry
+ * is answerable exactly while it is in the map.
  */
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { endpointHalfAt, formatAddress, regionAt, regionIdHex, workspaceAt, writeEndpointAddress } from '../lib/address.js';
 import { validateEndpointEntry, type EndpointRecord, type InvalidReason } from '../lib/schema.js';
 import * as abi from './bpf/abi.generated.js';
 import { ENDPOINT_VALUE_SIZE, writeEndpointValue, type SyncState, type UpsertResult } from './bpf/dataplane.js';
-import { DecodeContext, addressOf, decodeEndpoint, flagsOf, fromRecord, ifnameOf, newDecoded, parseBucketKey, type Decoded, type KeyParts } from './decode.js';
+import {
+  DecodeContext,
+  addressOf,
+  clusterOf,
+  decodeEndpoint,
+  flagsOf,
+  fromRecord,
+  hasNames,
+  ifnameOf,
+  nameOf,
+  newDecoded,
+  parseBucketKey,
+  rankOf,
+  type Decoded,
+  type KeyParts,
+} from './decode.js';
+import type { NameFields, NamesIndex } from './names.js';
 import { EndpointTable, type EndpointId } from './table.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics } from './metrics.js';
@@ -87,6 +107,8 @@ export interface SyncOptions {
   log: Logger;
   /** Entries per batch (default 2048). */
   batchSize?: number;
+  /** The resolver's names index, kept in the same batches (none: no resolver). */
+  names?: NamesIndex;
 }
 
 const hex8 = (n: number): string => (n >>> 0).toString(16).padStart(8, '0');
@@ -129,6 +151,8 @@ export class MembershipSync {
   private readonly putKey: string[];
   /** A local endpoint's address and veth name (null for the rest). */
   private readonly putLocal: ({ address: string; ifname: string } | null)[];
+  /** A named i6pn endpoint's name, cluster and rank, for the names index (null for the rest). */
+  private readonly putNames: (NameFields | null)[];
   private putCount = 0;
   private readonly delKeys: Buffer;
   private readonly delKey: string[];
@@ -169,6 +193,7 @@ export class MembershipSync {
     this.putI6pn = new Uint8Array(n);
     this.putKey = new Array<string>(n).fill('');
     this.putLocal = new Array<{ address: string; ifname: string } | null>(n).fill(null);
+    this.putNames = new Array<NameFields | null>(n).fill(null);
     this.delKeys = Buffer.alloc(n * 16);
     this.delKey = new Array<string>(n).fill('');
     this.ctx = new DecodeContext(o.region, o.regionId, o.node);
@@ -207,6 +232,7 @@ export class MembershipSync {
     this.known.newEpoch();
     this.startedEmpty = this.known.size === 0 && this.o.map.endpointsEmpty();
     this.fullRead = true;
+    this.o.names?.setComplete(false);
     this.stream = stream;
     this.lastRevision_ = 0;
     this.positioned = false;
@@ -222,10 +248,12 @@ export class MembershipSync {
     this.stream = stream;
     this.lastRevision_ = revision;
     this.positioned = true;
+    // The table is empty: names are known again once the reconcile after the resume has read the region.
+    this.o.names?.setComplete(false);
     if (locals) {
       for (const l of locals) this.locals.set(l.key, l);
       this.localsSeeded = true;
-      if (locals.length) this.o.onLocalsChanged();
+      if (locals.length) this.localsChanged();
     }
     this.updateGauges();
   }
@@ -303,6 +331,7 @@ export class MembershipSync {
     this.reconciling = false;
     this.liveDeleted = new Set();
     if (this.localsSeeded) this.localsSeeded = false;
+    this.o.names?.setComplete(true);
     return removed;
   }
 
@@ -332,6 +361,7 @@ export class MembershipSync {
     this.localsSeeded = false;
     this.positioned = true;
     this.recordPosition();
+    this.o.names?.setComplete(true);
     return removed;
   }
 
@@ -374,6 +404,7 @@ export class MembershipSync {
     } else {
       this.putLocal[i] = null;
     }
+    this.putNames[i] = o.names && d.i6pn && hasNames(d) ? { address: addressOf(d), name: nameOf(d), cluster: clusterOf(d), rank: rankOf(d) } : null;
     writeEndpointValue(this.putValues, i * ENDPOINT_VALUE_SIZE, kp.workspace, o.regionId, flagsOf(d), d.node, ifindex);
     this.putI6pn[i] = d.i6pn ? 1 : 0;
     this.putRevision[i] = revision;
@@ -437,7 +468,9 @@ export class MembershipSync {
       try {
         o.map.deleteEndpointBatch(this.delKeys, dels);
         for (let i = 0; i < dels; i++) {
-          this.known.delete(this.idAt(this.delKeys, i * 16));
+          const id = this.idAt(this.delKeys, i * 16);
+          this.known.delete(id);
+          o.names?.removed(this.delKey[i]!, id.workspace);
           if (this.locals.size && this.locals.delete(`${o.region}.${this.delKey[i]}`)) localsChanged = true;
         }
       } catch (err) {
@@ -472,15 +505,19 @@ export class MembershipSync {
         const id = this.idAt(this.putKeys, i * 16);
         const r = this.putLocal[i]!;
         this.putLocal[i] = null;
+        const named = this.putNames[i]!;
+        this.putNames[i] = null;
         if (failed?.has(i)) {
           // Not in the map: unreachable, and retried by the next reconcile.
           this.known.delete(id);
+          o.names?.removed(this.putKey[i]!, id.workspace);
           if (this.locals.size && this.locals.delete(`${o.region}.${this.putKey[i]}`)) localsChanged = true;
           this.forceFull = true;
           continue;
         }
         if (this.putLive[i]) m.applyLatency.observe(Math.max(0, (now - this.putCreated[i]!) / 1000));
-        this.known.set(id, this.putRevision[i]!, mark);
+        this.known.set(id, this.putRevision[i]!, mark, this.putI6pn[i] === 1);
+        o.names?.applied(this.putKey[i]!, id.workspace, this.putI6pn[i] === 1, this.putKeys.subarray(i * 16, i * 16 + 16), named);
         if (r !== null) {
           const key = `${o.region}.${this.putKey[i]}`;
           const prev = this.locals.get(key);
@@ -509,7 +546,13 @@ export class MembershipSync {
     }
     this.recordPosition();
     this.updateGauges();
-    if (localsChanged) o.onLocalsChanged();
+    if (localsChanged) this.localsChanged();
+  }
+
+  /** The local endpoints changed: the names index's queriers, then the attacher. */
+  private localsChanged(): void {
+    this.o.names?.setLocals(this.locals.values(), this.known);
+    this.o.onLocalsChanged();
   }
 
   /** The maps reflect the stream up to lastRevision: say so in sync_state. */
@@ -579,7 +622,9 @@ export class MembershipSync {
     }
     let localsChanged = false;
     this.known.sweepUnmarked((id) => {
-      if (this.locals.delete(`${this.o.region}.${hex8(id.workspace)}.${hex8(id.hi)}${hex8(id.lo)}`)) localsChanged = true;
+      const key = `${hex8(id.workspace)}.${hex8(id.hi)}${hex8(id.lo)}`;
+      this.o.names?.removed(key, id.workspace);
+      if (this.locals.delete(`${this.o.region}.${key}`)) localsChanged = true;
     });
     // Seeded locals the read did not confirm (their entry is gone from the store) go too.
     for (const [key, l] of this.locals) {
@@ -596,7 +641,7 @@ export class MembershipSync {
     }
     this.updateGauges();
     if (this.flushes === flushesBefore) this.o.metrics.mapEntries.set({ map: 'endpoints' }, after);
-    if (localsChanged) this.o.onLocalsChanged();
+    if (localsChanged) this.localsChanged();
     return removed;
   }
 }

@@ -4,7 +4,8 @@
  * the snapshot's mark and sweep.
  *
  * An endpoint is named by its workspace id and 64-bit endpoint id (the region
- * is the agent's own), three 32-bit words. The table is open addressing with
+ * is the agent's own), three 32-bit words; its slot's state byte also says
+ * whether it has i6pn (what the resolver lists as a workspace's peers). The table is open addressing with
  * linear probing and backward-shift deletion over typed arrays: about 40
  * bytes per endpoint, outside the JavaScript heap, so a large region adds
  * nothing for the garbage collector to walk (a Map of key strings costs ~3×
@@ -18,8 +19,10 @@ export interface EndpointId {
   lo: number;
 }
 
+/** Slot states: empty, or full, with the I6PN bit for an endpoint that has i6pn. */
 const EMPTY = 0;
 const FULL = 1;
+const I6PN = 2;
 const MIN_CAPACITY = 1024;
 
 export class EndpointTable {
@@ -77,8 +80,8 @@ export class EndpointTable {
     return this.slotOf(id.workspace >>> 0, id.hi >>> 0, id.lo >>> 0) >= 0;
   }
 
-  /** Record a revision; `mark` also marks the entry for the current snapshot. */
-  set(id: EndpointId, revision: number, mark = false): void {
+  /** Record a revision (and whether it has i6pn); `mark` also marks the entry for the current snapshot. */
+  set(id: EndpointId, revision: number, mark = false, i6pn = false): void {
     if ((this.count + 1) * 10 > this.cap * 7) this.grow();
     const ws = id.workspace >>> 0;
     const hi = id.hi >>> 0;
@@ -86,13 +89,13 @@ export class EndpointTable {
     let s = this.slotOf(ws, hi, lo);
     if (s < 0) {
       s = -1 - s;
-      this.state[s] = FULL;
       this.keys[s * 3] = ws;
       this.keys[s * 3 + 1] = hi;
       this.keys[s * 3 + 2] = lo;
       this.marks[s] = 0;
       this.count++;
     }
+    this.state[s] = i6pn ? FULL | I6PN : FULL;
     this.revs[s] = revision;
     if (mark) this.marks[s] = this.epoch;
   }
@@ -123,10 +126,18 @@ export class EndpointTable {
     return true;
   }
 
+  /** Call `fn` for every entry (the table is not changed). */
+  forEachEntry(fn: (workspace: number, hi: number, lo: number, i6pn: boolean) => void): void {
+    for (let i = 0; i < this.cap; i++) {
+      const st = this.state[i]!;
+      if (st !== EMPTY) fn(this.keys[i * 3]!, this.keys[i * 3 + 1]!, this.keys[i * 3 + 2]!, (st & I6PN) !== 0);
+    }
+  }
+
   /** Call `fn` for every entry not marked in the current snapshot (the table is not changed). */
   forEachUnmarked(fn: (id: EndpointId) => void): void {
     for (let i = 0; i < this.cap; i++) {
-      if (this.state[i] === FULL && this.marks[i] !== this.epoch) fn({ workspace: this.keys[i * 3]!, hi: this.keys[i * 3 + 1]!, lo: this.keys[i * 3 + 2]! });
+      if (this.state[i] !== EMPTY && this.marks[i] !== this.epoch) fn({ workspace: this.keys[i * 3]!, hi: this.keys[i * 3 + 1]!, lo: this.keys[i * 3 + 2]! });
     }
   }
 
@@ -134,7 +145,7 @@ export class EndpointTable {
   sweepUnmarked(removed: (id: EndpointId) => void): number {
     let n = 0;
     for (let i = 0; i < this.cap; ) {
-      if (this.state[i] === FULL && this.marks[i] !== this.epoch) {
+      if (this.state[i] !== EMPTY && this.marks[i] !== this.epoch) {
         removed({ workspace: this.keys[i * 3]!, hi: this.keys[i * 3 + 1]!, lo: this.keys[i * 3 + 2]! });
         this.removeSlot(i);
         n++;
@@ -148,7 +159,7 @@ export class EndpointTable {
   private removeSlot(s: number): void {
     // Backward-shift deletion: pull later entries of the probe chain into the hole.
     let hole = s;
-    for (let i = (s + 1) & this.mask; this.state[i] === FULL; i = (i + 1) & this.mask) {
+    for (let i = (s + 1) & this.mask; this.state[i] !== EMPTY; i = (i + 1) & this.mask) {
       const home = this.hash(this.keys[i * 3]!, this.keys[i * 3 + 1]!, this.keys[i * 3 + 2]!);
       // Move i into the hole unless its home lies cyclically in (hole, i].
       const between = hole <= i ? home > hole && home <= i : home > hole || home <= i;
@@ -156,7 +167,7 @@ export class EndpointTable {
       this.keys.copyWithin(hole * 3, i * 3, i * 3 + 3);
       this.revs[hole] = this.revs[i]!;
       this.marks[hole] = this.marks[i]!;
-      this.state[hole] = FULL;
+      this.state[hole] = this.state[i]!;
       hole = i;
     }
     this.state[hole] = EMPTY;
@@ -174,12 +185,12 @@ export class EndpointTable {
     this.marks = new Uint16Array(this.cap);
     this.count = 0;
     for (let i = 0; i < old.cap; i++) {
-      if (old.state[i] !== FULL) continue;
+      if (old.state[i] === EMPTY) continue;
       const ws = old.keys[i * 3]!;
       const hi = old.keys[i * 3 + 1]!;
       const lo = old.keys[i * 3 + 2]!;
       const s = -1 - this.slotOf(ws, hi, lo);
-      this.state[s] = FULL;
+      this.state[s] = old.state[i]!;
       this.keys[s * 3] = ws;
       this.keys[s * 3 + 1] = hi;
       this.keys[s * 3 + 2] = lo;

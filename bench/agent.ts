@@ -25,20 +25,19 @@
  * removed at exit, on error and on SIGINT.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomFillSync } from 'node:crypto';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 
 import { MapFd } from '../agent/bpf/libbpf.js';
-import { endpointIdOf, formatAddress, workspaceIdHex } from '../lib/address.js';
+import { endpointIdOf, workspaceIdHex } from '../lib/address.js';
 import { ENDPOINTS_HISTORY, NODES_BUCKET, REGIONS_BUCKET, endpointsBucket } from '../lib/schema.js';
 import { freePort, startNats } from '../test/helpers/nats.js';
 import { natsServerBin } from '../test/helpers/nats-server-bin.js';
 import { PREFIX, addNs, addVeth, benchMain, cpuSeconds, onCleanup, rerunInside, sh, sleep, spawnIn, sweepStale } from './lib/netns.js';
+import { endpointEntry, publishAll as publishRegion, randomAddresses, waitStored as waitRegionStored, type BenchRegion } from './lib/region.js';
 import { REPO_DIR, log, percentile, printTable, ratio, saveSection, secondsSince, type Goal, type Table } from './lib/results.js';
 
 const N = Number(process.env.I6PN_BENCH_AGENT_N ?? 1_000_000);
@@ -60,60 +59,14 @@ const AGENT = join(REPO_DIR, 'dist/agent/main.js');
 
 // ---------------------------------------------------------------- records
 
-/** `count` random endpoint addresses of the region, in one buffer, with their workspace ids. */
-function addresses(count: number): { buf: Uint8Array; ws: Uint32Array } {
-  const buf = new Uint8Array(count * 16);
-  randomFillSync(buf);
-  const v = new DataView(buf.buffer);
-  const ws = new Uint32Array(count);
-  for (let i = 0; i < count; i++) {
-    ws[i] = 0x5000_0000 + (i % WORKSPACES);
-    v.setUint16(i * 16, 0xfdaa);
-    v.setUint32(i * 16 + 2, ws[i]!);
-    v.setUint16(i * 16 + 6, REGION_ID);
-  }
-  return { buf, ws };
-}
-
-const enc = new TextEncoder();
-const CREATED = new Date().toISOString();
-
-/** An entry as i6pnctl writes it: its key in the region's bucket and its JSON. */
-function entry(addr: Uint8Array, ws: number, node: string): { key: string; value: Uint8Array } {
-  const address = formatAddress(addr);
-  const ep = endpointIdOf(addr);
-  const rec = { v: 1, address, workspace: `ws-${ws.toString(16)}`, workspaceId: ws, region: REGION, regionId: REGION_ID, node, ifname: `v${ep.slice(0, 12)}`, i6pn: true, createdAt: CREATED };
-  return { key: `${workspaceIdHex(ws)}.${ep}`, value: enc.encode(JSON.stringify(rec)) };
-}
-
+const BENCH_REGION: BenchRegion = { name: REGION, id: REGION_ID, workspaces: WORKSPACES };
+const addresses = (count: number): { buf: Uint8Array; ws: Uint32Array } => randomAddresses(BENCH_REGION, count);
+const entry = (addr: Uint8Array, ws: number, node: string): { key: string; value: Uint8Array } => endpointEntry(BENCH_REGION, addr, ws, node);
 const keyOf = (addr: Uint8Array, ws: number): string => `${workspaceIdHex(ws)}.${endpointIdOf(addr)}`;
 const del = headers();
 del.set('KV-Operation', 'DEL');
-
-/** Publish straight to the bucket's subjects (what kv.put sends), a flush every chunk; the stream count is checked after. */
-async function publishAll(nc: NatsConnection, n: number, at: (i: number) => { key: string; value: Uint8Array }): Promise<void> {
-  for (let i = 0; i < n; i += 5000) {
-    for (let j = i; j < Math.min(n, i + 5000); j++) {
-      const r = at(j);
-      nc.publish(`$KV.${BUCKET}.${r.key}`, r.value);
-    }
-    await nc.flush();
-  }
-}
-
-async function waitStored(nc: NatsConnection, n: number): Promise<number> {
-  const jsm = await jetstreamManager(nc);
-  let last = -1;
-  let stable = 0;
-  for (;;) {
-    const m = (await jsm.streams.info(STREAM)).state.messages;
-    if (m >= n) return m;
-    stable = m === last ? stable + 1 : 0;
-    if (stable >= 20) return m;
-    last = m;
-    await sleep(100);
-  }
-}
+const publishAll = (nc: NatsConnection, n: number, at: (i: number) => { key: string; value: Uint8Array }): Promise<void> => publishRegion(nc, BENCH_REGION, n, at);
+const waitStored = (nc: NatsConnection, n: number): Promise<number> => waitRegionStored(nc, BENCH_REGION, n);
 
 // ---------------------------------------------------------------- processes
 

@@ -19,6 +19,16 @@
 #define I6PN_PREFIX_HI 0xfd
 #define I6PN_PREFIX_LO 0xaa
 
+/*
+ * The node resolver's address, fdaa::53: in workspace 0, which is never
+ * assigned, so no endpoint has it. Every node holds it on a local interface
+ * and answers DNS on UDP and TCP port 53 there (agent/dns-server.ts); the
+ * agent's copy is RESOLVER_ADDRESS in lib/address.ts, and the golden table
+ * sends packets to that copy, so the two cannot differ unnoticed.
+ */
+#define I6PN_RESOLVER_LAST_GROUP 0x0053
+#define I6PN_DNS_PORT 53
+
 /* The four enforcement points. */
 enum i6pn_hook {
 	I6PN_HOOK_FROM_FABRIC = 0,   /* XDP (or TC ingress) on the node's uplink */
@@ -66,6 +76,8 @@ enum i6pn_reason {
 	I6PN_PASS_LINK_SCOPE = 21,      /* NDP/MLD between an endpoint and its node, own addresses */
 	I6PN_PASS_ICMP_ERROR = 22,      /* ICMPv6 error about a packet the endpoint sent */
 	I6PN_PASS_FORWARD = 23,         /* a container's own non-private traffic (--forward-non-private) */
+	I6PN_PASS_RESOLVER = 24,        /* DNS (UDP/TCP 53) between an endpoint and its node's resolver */
+	I6PN_DROP_RESOLVER_NOT_DNS = 25, /* to or from the resolver's address, but not DNS */
 	I6PN_REASON_MAX,
 };
 

@@ -15,6 +15,9 @@
  *   from-fabric,  public, or not IPv6                   -> pass (not ours)
  *   to-fabric     mixed: ICMPv6 error quoting a packet the private
  *                   destination sent -> pass_icmp_error; else outside
+ *   veth hooks    DNS with the node's resolver (fdaa::53, its own workspace
+ *                   0): see i6pn_resolver_veth -> pass_resolver; anything
+ *                   else to or from it -> resolver_not_dns
  *   veth hooks    not IPv6, public or mixed: see i6pn_veth_not_private
  *                   (NDP/MLD with the endpoint's own addresses, ICMPv6
  *                   errors about its own packets, forwarding when enabled;
@@ -99,7 +102,7 @@ enum i6pn_class {
 static __always_inline int i6pn_reason_passes(int reason)
 {
 	return reason == I6PN_PASS_PRIVATE || reason == I6PN_PASS_NOT_PRIVATE || reason == I6PN_PASS_LINK_SCOPE ||
-	       reason == I6PN_PASS_ICMP_ERROR || reason == I6PN_PASS_FORWARD;
+	       reason == I6PN_PASS_ICMP_ERROR || reason == I6PN_PASS_FORWARD || reason == I6PN_PASS_RESOLVER;
 }
 
 static __always_inline int i6pn_addr_private(const struct in6_addr *a)
@@ -133,6 +136,13 @@ static __always_inline int i6pn_same_workspace_bits(const struct in6_addr *a, co
 static __always_inline __u16 i6pn_region_bits(const struct in6_addr *a)
 {
 	return bpf_ntohs(a->in6_u.u6_addr16[3]);
+}
+
+/* fdaa::53, the node resolver (I6PN_RESOLVER_LAST_GROUP) */
+static __always_inline int i6pn_addr_resolver(const struct in6_addr *a)
+{
+	return a->in6_u.u6_addr32[0] == bpf_htonl(0xfdaa0000) && a->in6_u.u6_addr32[1] == 0 &&
+	       a->in6_u.u6_addr32[2] == 0 && a->in6_u.u6_addr32[3] == bpf_htonl(I6PN_RESOLVER_LAST_GROUP);
 }
 
 static __always_inline int i6pn_addr_eq(const struct in6_addr *a, const struct in6_addr *b)
@@ -414,6 +424,57 @@ static __always_inline int i6pn_veth_not_private(void *ctx, void *data, void *da
 }
 
 /*
+ * Whether a walked packet is UDP or TCP with `port` as its source (`src`) or
+ * destination port. A later fragment has no ports and is not DNS; a port
+ * beyond the linear data sets short_read for the TC hook to pull.
+ */
+static __always_inline int i6pn_l4_port_is(void *data, void *data_end, struct i6pn_pkt *pkt, __u16 port, const int src)
+{
+	__u8 *h;
+
+	if ((pkt->upper != IPPROTO_UDP && pkt->upper != IPPROTO_TCP) || pkt->upper_off > I6PN_MAX_UPPER_OFF)
+		return 0;
+	h = data + i6pn_upper_off(pkt);
+	if ((void *)(h + 4) > data_end) {
+		pkt->short_read = 1;
+		return 0;
+	}
+	return ((__u16)h[src ? 0 : 2] << 8 | h[src ? 1 : 3]) == port;
+}
+
+/*
+ * DNS between an endpoint and its node's resolver, the one sanctioned way
+ * from a container to its node: a query from the veth's own address to UDP or
+ * TCP port 53 of fdaa::53, and the answer from port 53 of fdaa::53, made by
+ * the node's own stack, to the veth's own address. An endpoint without i6pn
+ * may ask too (the resolver refuses it by name: REFUSED, not a timeout). The
+ * resolver identifies the querier by the source address, which this proves.
+ */
+static __always_inline int i6pn_resolver_veth(void *data, void *data_end, __u32 ingress,
+					      const struct i6pn_local_iface *iface, struct i6pn_pkt *pkt,
+					      const int to_endpoint)
+{
+	int r = i6pn_walk_ext_hdrs(data, data_end, pkt);
+
+	if (r)
+		return r;
+	if (to_endpoint) {
+		if (!i6pn_addr_eq(&pkt->dst, &iface->addr))
+			return I6PN_DROP_NOT_LOCAL;
+		/* Attack: the resolver's address on a packet that did not come from the node's own stack. */
+		if (ingress)
+			return I6PN_DROP_UNBOUND_SOURCE;
+	} else if (!i6pn_addr_eq(&pkt->src, &iface->addr)) {
+		/* Attack: a query under another endpoint's address, to be answered about its workspace. */
+		return I6PN_DROP_SPOOFED_SOURCE;
+	}
+	/* Attack: any other port or protocol of the node, through the resolver's address. */
+	if (!i6pn_l4_port_is(data, data_end, pkt, I6PN_DNS_PORT, to_endpoint))
+		return I6PN_DROP_RESOLVER_NOT_DNS;
+	return I6PN_PASS_RESOLVER;
+}
+
+/*
  * The two veth hooks. When the container sends (from-endpoint) the veth's
  * own address must be the source, and a mismatch is spoofing; when it
  * receives (to-endpoint) it must be the destination, and the source must be
@@ -427,13 +488,16 @@ static __always_inline int i6pn_decide_veth(void *ctx, void *data, void *data_en
 	struct i6pn_local_iface *iface;
 	int r = i6pn_parse_l3(data, data_end, pkt);
 	int cls = I6PN_CLASS_PUBLIC;
+	int resolver = 0;
 
 	if (r < 0)
 		return -r;
 	if (r == I6PN_PARSE_IPV6) {
 		cls = i6pn_class_of(pkt);
+		/* The node resolver's side of the packet: the destination going in, the source going out. */
+		resolver = cls == I6PN_CLASS_PRIVATE && i6pn_addr_resolver(to_endpoint ? &pkt->src : &pkt->dst);
 		/* Cheapest first: what the addresses alone forbid costs no lookup. */
-		if (cls == I6PN_CLASS_PRIVATE) {
+		if (cls == I6PN_CLASS_PRIVATE && !resolver) {
 			r = i6pn_private_bits(pkt);
 			if (r != I6PN_CONTINUE)
 				return r;
@@ -449,6 +513,8 @@ static __always_inline int i6pn_decide_veth(void *ctx, void *data, void *data_en
 		return I6PN_DROP_NON_PRIVATE;
 	if (cls != I6PN_CLASS_PRIVATE)
 		return i6pn_veth_not_private(ctx, data, data_end, ifindex, cfg, iface, pkt, cls, to_endpoint);
+	if (resolver)
+		return i6pn_resolver_veth(data, data_end, ingress, iface, pkt, to_endpoint);
 	r = i6pn_walk_ext_hdrs(data, data_end, pkt);
 	if (r)
 		return r;

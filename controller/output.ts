@@ -4,7 +4,7 @@
  * formats.
  */
 import { regionIdHex, workspaceIdHex } from '../lib/address.js';
-import type { EndpointRecord, RegionRecord, WorkspaceRecord } from '../lib/schema.js';
+import type { ClusterRecord, EndpointRecord, RegionRecord, WorkspaceRecord } from '../lib/schema.js';
 import type { InvalidEntry, MigrateConflict, MigrateReport, NodeStatus } from '../lib/store.js';
 import type { ExplainedEnd, Explanation } from './explain.js';
 
@@ -114,9 +114,24 @@ export function endpointsTable(io: Io, endpoints: EndpointRecord[]): void {
   }
   table(
     io,
-    ['ADDRESS', 'WORKSPACE', 'REGION', 'NODE', 'IFNAME', 'I6PN', 'CREATED'],
-    endpoints.map((e) => [e.address, e.workspace, e.region, e.node, e.ifname, e.i6pn ? 'yes' : 'no', e.createdAt]),
+    ['ADDRESS', 'WORKSPACE', 'REGION', 'NODE', 'IFNAME', 'I6PN', 'NAME', 'CLUSTER', 'CREATED'],
+    endpoints.map((e) => [e.address, e.workspace, e.region, e.node, e.ifname, e.i6pn ? 'yes' : 'no', e.name ?? '-', e.cluster !== undefined ? `${e.cluster}/${e.rank}` : '-', e.createdAt]),
   );
+}
+
+export function clustersTable(io: Io, clusters: ClusterRecord[]): void {
+  if (clusters.length === 0) {
+    io.out('no named clusters (create one with `i6pnctl cluster create --name NAME ...`)\n');
+    return;
+  }
+  table(io, ['NAME', 'WORKSPACE', 'REGION', 'SIZE', 'CREATED'], clusters.map((c) => [c.name, c.workspace, c.region, String(c.size), c.createdAt]));
+}
+
+/** A named cluster's members, by rank. */
+export function clusterMembersTable(io: Io, cluster: ClusterRecord, members: EndpointRecord[]): void {
+  io.out(`cluster ${cluster.name} (workspace ${cluster.workspace}, region ${cluster.region}): ${members.length} of ${cluster.size} members live\n`);
+  if (members.length === 0) return;
+  table(io, ['RANK', 'ADDRESS', 'NODE', 'IFNAME', 'I6PN'], members.map((m) => [String(m.rank), m.address, m.node, m.ifname, m.i6pn ? 'yes' : 'no']));
 }
 
 export function nodesTable(io: Io, nodes: NodeStatus[]): void {

@@ -16,8 +16,10 @@ import {
   findEndpointByName,
   createCluster,
   createWorkspace,
+  deleteCluster,
   deleteWorkspace,
   getWorkspace,
+  listClusters,
   listEndpoints,
   listNodes,
   listRegions,
@@ -25,16 +27,21 @@ import {
   migrateEndpoints,
   peersOf,
   removeEndpoint,
+  renameEndpoint,
+  showCluster,
+  swapClusterRanks,
   workspaceEndpointCounts,
   type Store,
 } from '../lib/store.js';
 import { formatAddress, parseAddress } from '../lib/address.js';
 import { HOOK_NAMES, REASON_NAMES } from '../agent/bpf/abi.generated.js';
-import { InvalidNameError, assertIfname, assertName, assertNodeName } from '../lib/schema.js';
+import { InvalidNameError, assertDnsLabel, assertIfname, assertName, assertNodeName } from '../lib/schema.js';
 import { endLabel, explain } from './explain.js';
 import { eventLine, observe, type EventFilter } from './observe.js';
 import {
   type Io,
+  clusterMembersTable,
+  clustersTable,
   endpointsTable,
   errorLine,
   explainText,
@@ -153,8 +160,19 @@ function oneLineErrors(cmd: Command, io: Io): Command {
  * Input is checked before connecting, so that a typo is reported as a usage
  * error (exit 2) even when NATS is down. lib/store.ts checks again.
  */
-function check(input: { region?: string | undefined; workspace?: string | undefined; node?: string | undefined; nodes?: string[]; ifname?: string | undefined; address?: string | undefined }): void {
+function check(input: {
+  region?: string | undefined;
+  workspace?: string | undefined;
+  node?: string | undefined;
+  nodes?: string[];
+  ifname?: string | undefined;
+  address?: string | undefined;
+  name?: string | undefined;
+  cluster?: string | undefined;
+}): void {
   try {
+    if (input.name !== undefined) assertDnsLabel('endpoint', input.name);
+    if (input.cluster !== undefined) assertDnsLabel('cluster', input.cluster);
     if (input.region !== undefined) assertName('region', input.region);
     if (input.workspace !== undefined) assertName('workspace', input.workspace);
     if (input.node !== undefined) assertNodeName(input.node);
@@ -392,13 +410,17 @@ taken forever; the name can be used again by a new workspace.
 handed out again, even after the endpoint is removed. --ifname is the host side
 of the container's veth pair on --node, as the runtime names it; one endpoint per
 interface name per node. With --no-i6pn the endpoint gets an address but can reach
-no private address, and none can reach it.
+no private address, and none can reach it. --name gives it a name, unique in its
+workspace and region, that the node resolvers answer as <name>.i6pn.local to the
+workspace's containers in the region (and to nobody else).
 
 Prints the address alone, for scripts: addr=$(i6pnctl endpoint add ...).
 --json: {"v":1,"address":"fdaa:...","workspace":"acme","workspaceId":...,"region":"eu-west",
-         "regionId":...,"node":"node-a","ifname":"veth1a2b","i6pn":true,"createdAt":"..."}`,
+         "regionId":...,"node":"node-a","ifname":"veth1a2b","i6pn":true,"createdAt":"...",
+         "name":"web-1"}   (name, cluster and rank only when set)`,
       [
         'i6pnctl endpoint add --workspace acme --region eu-west --node node-a --ifname veth1a2b',
+        'i6pnctl endpoint add --workspace acme --region eu-west --node node-a --ifname veth7 --name web-1',
         'i6pnctl endpoint add --workspace acme --region eu-west --node node-b --ifname veth9 --no-i6pn',
       ],
     ),
@@ -408,11 +430,35 @@ Prints the address alone, for scripts: addr=$(i6pnctl endpoint add ...).
     .requiredOption('--node <name>', 'the node the container runs on')
     .requiredOption('--ifname <ifname>', 'host-side interface name of the endpoint (at most 15 characters)')
     .option('--no-i6pn', 'register without private networking (reaches no fdaa:: address)')
-    .action(async (o: { json?: boolean; workspace: string; region: string; node: string; ifname: string; i6pn: boolean }, cmd: Command) => {
+    .option('--name <name>', 'its DNS name, unique in the workspace and region (a lowercase DNS label)')
+    .action(async (o: { json?: boolean; workspace: string; region: string; node: string; ifname: string; i6pn: boolean; name?: string }, cmd: Command) => {
       check(o);
-      const e = await withStore(cmd, (s) => addEndpoint(s, { workspace: o.workspace, region: o.region, node: o.node, ifname: o.ifname, i6pn: o.i6pn }));
+      const e = await withStore(cmd, (s) =>
+        addEndpoint(s, { workspace: o.workspace, region: o.region, node: o.node, ifname: o.ifname, i6pn: o.i6pn, ...(o.name !== undefined ? { name: o.name } : {}) }),
+      );
       if (o.json) json(io, e);
       else io.out(`${e.address}\n`);
+    });
+
+  jsonOption(
+    leaf(
+      endpoint,
+      'rename <address> [name]',
+      'Give an endpoint a name, another name, or (--clear) none.',
+      `The new name is claimed first (unique in the endpoint's workspace and region;
+exit 1 when taken), then the endpoint is rewritten, then its old name is freed.
+The resolvers answer the new name within a second and the old one no more.
+--json: the endpoint as it is now, as in \`endpoint add --json\`.`,
+      ['i6pnctl endpoint rename fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f web-2', 'i6pnctl endpoint rename fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f --clear'],
+    ),
+  )
+    .option('--clear', 'remove the endpoint\'s name')
+    .action(async (address: string, name: string | undefined, o: { json?: boolean; clear?: boolean }, cmd: Command) => {
+      if ((name === undefined) === (o.clear !== true)) throw new StoreError('invalid', 'pass either a name or --clear', 'see `i6pnctl endpoint rename --help`');
+      check({ address, ...(name !== undefined ? { name } : {}) });
+      const e = await withStore(cmd, (s) => renameEndpoint(s, address, name ?? null));
+      if (o.json) json(io, e);
+      else io.out(e.name !== undefined ? `${e.address} is named ${e.name}\n` : `${e.address} has no name\n`);
     });
 
   jsonOption(
@@ -464,7 +510,7 @@ An invalid entry is named by its bucket and its key in that bucket.`,
     });
 
   // ------------------------------------------------------------ cluster
-  const cluster = group('cluster', 'Clusters: many endpoints of one workspace in one region');
+  const cluster = group('cluster', 'Clusters: many endpoints of one workspace in one region, named and ranked');
   jsonOption(
     leaf(
       cluster,
@@ -477,9 +523,17 @@ name "i6p" + the last 12 hex digits of its endpoint id (15 characters), unique o
 its node; the runtime names the host side of the veth accordingly.
 All or nothing: if one registration fails, the others are removed.
 
-Prints one line per endpoint: address, node, interface name.
---json: {"workspace":"acme","region":"eu-west","endpoints":[{...}, ...]}`,
-      ['i6pnctl cluster create --workspace acme --region eu-west --size 8 --nodes node-a,node-b,node-c'],
+With --name the cluster is a named object, unique in its workspace and region:
+member i records the cluster and its rank i (placement order), \`cluster show\`
+lists them by rank, and the node resolvers answer <name>.cluster.i6pn.local (every
+member, by rank), <rank>.<name>.cluster.i6pn.local and the ranks in TXT and SRV.
+
+Prints one line per endpoint, in rank order: address, node, interface name.
+--json: {"workspace":"acme","region":"eu-west","name":"trainer","endpoints":[{...}, ...]}`,
+      [
+        'i6pnctl cluster create --workspace acme --region eu-west --size 8 --nodes node-a,node-b,node-c',
+        'i6pnctl cluster create --workspace acme --region eu-west --size 4 --nodes a,b --name trainer',
+      ],
     ),
   )
     .requiredOption('--workspace <name>', 'the workspace')
@@ -487,13 +541,104 @@ Prints one line per endpoint: address, node, interface name.
     .requiredOption('--size <n>', 'number of endpoints (1-10000)', parsePositiveInt('--size', 10_000))
     .requiredOption('--nodes <a,b,...>', 'nodes of that region, comma-separated', parseList)
     .option('--no-i6pn', 'register without private networking')
-    .action(async (o: { json?: boolean; workspace: string; region: string; size: number; nodes: string[]; i6pn: boolean }, cmd: Command) => {
-      check(o);
-      const eps = await withStore(cmd, (s) => createCluster(s, { workspace: o.workspace, region: o.region, size: o.size, nodes: o.nodes, i6pn: o.i6pn }));
+    .option('--name <name>', 'name the cluster (a lowercase DNS label): its members get ranks 0..size-1')
+    .action(async (o: { json?: boolean; workspace: string; region: string; size: number; nodes: string[]; i6pn: boolean; name?: string }, cmd: Command) => {
+      check({ ...o, name: undefined, cluster: o.name });
+      const eps = await withStore(cmd, (s) =>
+        createCluster(s, { workspace: o.workspace, region: o.region, size: o.size, nodes: o.nodes, i6pn: o.i6pn, ...(o.name !== undefined ? { name: o.name } : {}) }),
+      );
       // Placement order (round-robin), not storage order.
-      if (o.json) json(io, { workspace: o.workspace, region: o.region, endpoints: eps });
+      if (o.json) json(io, { workspace: o.workspace, region: o.region, ...(o.name !== undefined ? { name: o.name } : {}), endpoints: eps });
       else for (const e of eps) io.out(`${e.address}  ${e.node}  ${e.ifname}\n`);
     });
+
+  const clusterRef = (c: Command): Command =>
+    c.requiredOption('--workspace <name>', 'the workspace').requiredOption('--region <name>', 'the region');
+  jsonOption(
+    clusterRef(
+      leaf(
+        cluster,
+        'show <name>',
+        'List a named cluster\'s members by rank.',
+        `One line per live member: rank, address, node, interface name. A member removed
+since creation leaves its rank empty (not listed). Exit 1 when there is no such cluster.
+--json: {"cluster":{"v":1,"name":"trainer","workspace":"acme",...,"size":4},
+         "members":[<endpoint, with "cluster" and "rank">, ...],"invalid":[...]}`,
+        ['i6pnctl cluster show trainer --workspace acme --region eu-west'],
+      ),
+    ),
+  ).action(async (name: string, o: { json?: boolean; workspace: string; region: string }, cmd: Command) => {
+    check({ workspace: o.workspace, region: o.region, cluster: name });
+    const r = await withStore(cmd, (s) => showCluster(s, { workspace: o.workspace, region: o.region, name }));
+    warnInvalid(io, r.invalid);
+    if (o.json) json(io, r);
+    else clusterMembersTable(io, r.cluster, r.members);
+  });
+
+  jsonOption(
+    leaf(
+      cluster,
+      'list',
+      'List named clusters, optionally of one workspace or region.',
+      `--json: {"clusters":[{"v":1,"name":"trainer","workspace":"acme","workspaceId":...,
+         "region":"eu-west","regionId":...,"size":4,"createdAt":"..."}],"invalid":[...]}`,
+      ['i6pnctl cluster list', 'i6pnctl cluster list --workspace acme --json'],
+    ),
+  )
+    .option('--workspace <name>', 'only this workspace')
+    .option('--region <name>', 'only this region')
+    .action(async (o: { json?: boolean; workspace?: string; region?: string }, cmd: Command) => {
+      check(o);
+      const r = await withStore(cmd, (s) => listClusters(s, { ...(o.workspace !== undefined ? { workspace: o.workspace } : {}), ...(o.region !== undefined ? { region: o.region } : {}) }));
+      warnInvalid(io, r.invalid);
+      if (o.json) json(io, r);
+      else clustersTable(io, r.clusters);
+    });
+
+  jsonOption(
+    clusterRef(
+      leaf(
+        cluster,
+        'swap <name> <rank-a> <rank-b>',
+        'Swap the members at two ranks of a named cluster.',
+        `The member at rank-a gets rank-b and the other way round (an empty rank: the
+member moves). The resolvers answer the new ranks within a second; the two members
+are rewritten one after the other, so for a moment both may hold one rank.
+--json: {"members":[<endpoint>, ...]} by rank, as \`cluster show\`.`,
+        ['i6pnctl cluster swap trainer 0 3 --workspace acme --region eu-west'],
+      ),
+    ),
+  ).action(async (name: string, ra: string, rb: string, o: { json?: boolean; workspace: string; region: string }, cmd: Command) => {
+    check({ workspace: o.workspace, region: o.region, cluster: name });
+    const rank = (v: string): number => {
+      if (!/^[0-9]{1,5}$/.test(v)) throw new StoreError('invalid', `rank ${JSON.stringify(v)} is not a whole number`, 'pass two ranks, e.g. 0 3');
+      return Number(v);
+    };
+    const a = rank(ra);
+    const b = rank(rb);
+    const members = await withStore(cmd, (s) => swapClusterRanks(s, { workspace: o.workspace, region: o.region, name }, a, b));
+    if (o.json) json(io, { members });
+    else for (const m of members) io.out(`${m.rank}  ${m.address}  ${m.node}  ${m.ifname}\n`);
+  });
+
+  jsonOption(
+    clusterRef(
+      leaf(
+        cluster,
+        'delete <name>',
+        'Remove a named cluster and its members.',
+        `Its live members are removed as by \`endpoint remove\` (their addresses are never
+handed out again), then the cluster; its name is free again.
+--json: {"cluster":{...},"removedEndpoints":[{...}]}`,
+        ['i6pnctl cluster delete trainer --workspace acme --region eu-west'],
+      ),
+    ),
+  ).action(async (name: string, o: { json?: boolean; workspace: string; region: string }, cmd: Command) => {
+    check({ workspace: o.workspace, region: o.region, cluster: name });
+    const r = await withStore(cmd, (s) => deleteCluster(s, { workspace: o.workspace, region: o.region, name }));
+    if (o.json) json(io, r);
+    else io.out(`deleted cluster ${r.cluster.name} and ${r.removedEndpoints.length} endpoint${r.removedEndpoints.length === 1 ? '' : 's'}\n`);
+  });
 
   // ------------------------------------------------------------ node
   const node = group('node', 'Nodes: as their agents register them');

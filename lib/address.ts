@@ -17,6 +17,15 @@ import { Address6 } from 'ip-address';
 export const PRIVATE_PREFIX = 0xfdaa;
 export const PRIVATE_PREFIX_STRING = 'fdaa::/16';
 
+/**
+ * The node resolver's address: in workspace 0 of fdaa::/16, which no
+ * workspace is ever given, so it is no endpoint's. Every node holds it and
+ * answers DNS there (UDP and TCP port 53); the dataplane lets exactly that
+ * through from each endpoint's own veth (bpf/i6pn.h I6PN_RESOLVER_LAST_GROUP
+ * is the same address, held to this one by the golden packets).
+ */
+export const RESOLVER_ADDRESS = 'fdaa::53';
+
 /** A workspace id is a non-zero unsigned 32-bit number. */
 export function isWorkspaceId(n: unknown): n is number {
   return typeof n === 'number' && Number.isInteger(n) && n > 0 && n <= 0xffff_ffff;

@@ -13,7 +13,7 @@
  * The packet model is deliberately plain and shares no code with the C, so
  * that a mistake in one is caught by the other.
  */
-import { formatAddress, isPrivate, regionIdHex, regionOf, workspaceIdHex, workspaceOf } from './address.js';
+import { RESOLVER_ADDRESS, addressHex, formatAddress, isPrivate, parseAddress, regionIdHex, regionOf, workspaceIdHex, workspaceOf } from './address.js';
 
 export type Hook = 'from_fabric' | 'from_endpoint' | 'to_endpoint' | 'to_fabric';
 
@@ -41,7 +41,9 @@ export type Reason =
   | 'to_node'
   | 'pass_link_scope'
   | 'pass_icmp_error'
-  | 'pass_forward';
+  | 'pass_forward'
+  | 'pass_resolver'
+  | 'resolver_not_dns';
 
 export const MAX_VLAN_TAGS = 2;
 export const MAX_EXT_HDRS = 6;
@@ -211,6 +213,28 @@ function vethNotPrivate(
   return 'outside';
 }
 
+/** The node resolver, fdaa::53: workspace 0, never an endpoint's. */
+const RESOLVER = addressHex(parseAddress(RESOLVER_ADDRESS));
+
+/**
+ * DNS with the node's resolver on a veth: a query from the veth's own
+ * address to UDP/TCP port 53 of the resolver, or an answer from its port 53
+ * that the node itself sent (ingress 0) to the veth's own address.
+ */
+function resolverAtVeth(hook: 'from_endpoint' | 'to_endpoint', packet: Uint8Array, pkt: Parsed, own: string, ingress: number): Reason {
+  const w = walkExtHeaders(packet, pkt.off, pkt.nexthdr);
+  if ('reason' in w) return w.reason;
+  if (hook === 'to_endpoint') {
+    if (hex(pkt.dst) !== own) return 'not_local';
+    if (ingress !== 0) return 'unbound_source';
+  } else if (hex(pkt.src) !== own) {
+    return 'spoofed_source';
+  }
+  if ((w.upper !== 6 && w.upper !== 17) || w.off > MAX_UPPER_OFF || packet.length < w.off + 4) return 'resolver_not_dns';
+  const at = hook === 'to_endpoint' ? w.off : w.off + 2;
+  return ((packet[at]! << 8) | packet[at + 1]!) === 53 ? 'pass_resolver' : 'resolver_not_dns';
+}
+
 /**
  * The reason the programs must report for this packet at this hook.
  * `ifindex` is the veth a TC hook runs on; `ingress` is where the packet
@@ -227,11 +251,14 @@ export function decide(hook: Hook, packet: Uint8Array, state: ModelState, ifinde
   const sp = isPrivate(pkt.src);
   const dp = isPrivate(pkt.dst);
   // A veth is looked up after what the addresses alone forbid (private packets' workspace and region bits).
+  // DNS with the resolver is judged apart: its workspace (0) is nobody's.
+  const resolver = veth && sp && dp && hex(hook === 'to_endpoint' ? pkt.src : pkt.dst) === RESOLVER;
   if (veth) {
-    const early = sp && dp ? privateBits(pkt) : null;
+    const early = sp && dp && !resolver ? privateBits(pkt) : null;
     if (early) return early;
     const state_ = vethState();
     if (state_) return state_;
+    if (resolver) return resolverAtVeth(hook, packet, pkt, iface!.addr, ingress);
   }
   /** A local member that entered from its own bound veth. */
   const fromOwnVeth = (m: ModelMember | undefined) => !!m && m.local && !!m.ifindex && m.ifindex === ingress;
@@ -470,6 +497,8 @@ export const REASON_TEXT: Record<Reason, string> = {
   pass_link_scope: 'NDP/MLD between an endpoint and its node',
   pass_icmp_error: 'an ICMPv6 error about a packet the endpoint sent',
   pass_forward: "a container's own non-private traffic (--forward-non-private)",
+  pass_resolver: "DNS between an endpoint and its node's resolver (fdaa::53, port 53)",
+  resolver_not_dns: "to or from the node's resolver address, but not DNS (UDP/TCP port 53)",
 };
 
 const workspaceName = (e: EndFacts): string => e.workspace ?? `workspace 0x${workspaceIdHex(workspaceOf(e.address))}`;

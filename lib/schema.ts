@@ -19,6 +19,10 @@
  *   i6pn_ifnames     <node>.<ifname as hex>             IfnameRecord (one endpoint per host-side
  *                                                       interface name on a node; deleted with the endpoint)
  *   i6pn_nodes       <node>                             NodeRecord (written by agents)
+ *   i6pn_names       <region>.<ws id 8 hex>.<name>      NameRecord (one endpoint per name in a workspace
+ *                                                       and region; deleted with the endpoint or the name)
+ *   i6pn_clusters    <region>.<ws id 8 hex>.<cluster>   ClusterRecord (a named cluster; its members are
+ *                                                       the endpoints whose record names it, with a rank)
  *
  * Every value carries `v: 1`. A reader that meets another version treats the
  * entry as invalid rather than guessing.
@@ -60,6 +64,8 @@ export const LEGACY_ENDPOINTS_BUCKET = 'i6pn_endpoints';
 export const ADDRESSES_BUCKET = 'i6pn_addresses';
 export const IFNAMES_BUCKET = 'i6pn_ifnames';
 export const NODES_BUCKET = 'i6pn_nodes';
+export const NAMES_BUCKET = 'i6pn_names';
+export const CLUSTERS_BUCKET = 'i6pn_clusters';
 
 /** The endpoints bucket of a region. Region names are valid bucket-name characters. */
 export function endpointsBucket(region: string): string {
@@ -95,6 +101,20 @@ export const NODE_NAME_PATTERN = /^(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[
  */
 export const IFNAME_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/;
 
+/**
+ * Endpoint and cluster names, which DNS serves (`<name>.<zone>`,
+ * `<cluster>.cluster.<zone>`): one lowercase DNS label (RFC 1123), a letter
+ * first, a letter or digit last, letters, digits and dashes between, at
+ * most 63. A letter first keeps them apart from ranks, which are numbers.
+ */
+export const DNS_LABEL_PATTERN = /^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+/** Ranks of a cluster's members: 0 .. size - 1, and a cluster has at most this many members. */
+export const MAX_CLUSTER_SIZE = 10_000;
+
+export function isValidDnsLabel(s: unknown): s is string {
+  return typeof s === 'string' && DNS_LABEL_PATTERN.test(s);
+}
+
 export function isValidName(s: unknown): s is string {
   return typeof s === 'string' && NAME_PATTERN.test(s);
 }
@@ -110,6 +130,7 @@ export function isValidIfname(s: unknown): s is string {
 const NAME_RULE = 'a lowercase letter followed by up to 30 lowercase letters, digits or dashes';
 const NODE_NAME_RULE = 'lowercase DNS labels (letters, digits, dashes) joined by dots, at most 63 characters';
 const IFNAME_RULE = 'a Linux interface name: 1 to 15 letters, digits, "_", "." or "-", not starting with "." or "-"';
+const DNS_LABEL_RULE = 'a DNS label: a lowercase letter, then up to 62 lowercase letters, digits or dashes, not ending with a dash';
 
 /** A name given at the edge (a CLI flag) that breaks its rule: what was wrong, and the rule to follow. */
 export class InvalidNameError extends Error {
@@ -135,10 +156,16 @@ export function assertIfname(s: string): string {
   if (!isValidIfname(s)) throw new InvalidNameError(`invalid interface name ${JSON.stringify(s)}`, IFNAME_RULE);
   return s;
 }
+export function assertDnsLabel(kind: 'endpoint' | 'cluster', s: string): string {
+  if (!isValidDnsLabel(s)) throw new InvalidNameError(`invalid ${kind} name ${JSON.stringify(s)}`, DNS_LABEL_RULE);
+  return s;
+}
 
 export const nameSchema = z.string().regex(NAME_PATTERN, `must be ${NAME_RULE}`);
 export const nodeNameSchema = z.string().regex(NODE_NAME_PATTERN, `must be ${NODE_NAME_RULE}`);
 export const ifnameSchema = z.string().regex(IFNAME_PATTERN, `must be ${IFNAME_RULE}`);
+export const dnsLabelSchema = z.string().regex(DNS_LABEL_PATTERN, `must be ${DNS_LABEL_RULE}`);
+const rankSchema = z.number().int().min(0).max(MAX_CLUSTER_SIZE - 1);
 const timestamp = z.iso.datetime();
 /** The exact pattern the timestamp schema checks (the agent's fast decoder tests with it). */
 export const TIMESTAMP_PATTERN: RegExp = (timestamp as unknown as { _zod: { def: { pattern: RegExp } } })._zod.def.pattern;
@@ -171,21 +198,31 @@ export const workspaceRecord = z
   });
 export type WorkspaceRecord = z.infer<typeof workspaceRecord>;
 
-export const endpointRecord = z.object({
-  v: version,
-  /** Canonical (RFC 5952) spelling, in fdaa:W:W:R::/64 of its workspace and region. */
-  address: z.string(),
-  workspace: nameSchema,
-  workspaceId,
-  region: nameSchema,
-  regionId,
-  node: nodeNameSchema,
-  /** Host side of the endpoint's veth on `node`. */
-  ifname: ifnameSchema,
-  /** false: the endpoint has an address but may reach no fdaa:: destination. */
-  i6pn: z.boolean(),
-  createdAt: timestamp,
-});
+export const endpointRecord = z
+  .object({
+    v: version,
+    /** Canonical (RFC 5952) spelling, in fdaa:W:W:R::/64 of its workspace and region. */
+    address: z.string(),
+    workspace: nameSchema,
+    workspaceId,
+    region: nameSchema,
+    regionId,
+    node: nodeNameSchema,
+    /** Host side of the endpoint's veth on `node`. */
+    ifname: ifnameSchema,
+    /** false: the endpoint has an address but may reach no fdaa:: destination. */
+    i6pn: z.boolean(),
+    createdAt: timestamp,
+    /** Its name in DNS, unique in its workspace and region (claimed in NAMES_BUCKET). Optional: older entries have none. */
+    name: dnsLabelSchema.optional(),
+    /** The named cluster it belongs to (CLUSTERS_BUCKET), with its rank in placement order: both or neither. */
+    cluster: dnsLabelSchema.optional(),
+    rank: rankSchema.optional(),
+  })
+  .refine((e) => (e.cluster === undefined) === (e.rank === undefined), {
+    message: 'cluster and rank go together',
+    path: ['rank'],
+  });
 export type EndpointRecord = z.infer<typeof endpointRecord>;
 
 export const addressRecord = z.object({
@@ -207,6 +244,34 @@ export const ifnameRecord = z.object({
   createdAt: timestamp,
 });
 export type IfnameRecord = z.infer<typeof ifnameRecord>;
+
+/** An endpoint name's claim: who holds `<region>.<ws id>.<name>`. */
+export const nameRecord = z.object({
+  v: version,
+  name: dnsLabelSchema,
+  region: nameSchema,
+  workspaceId,
+  address: z.string(),
+  endpointKey: z.string(),
+  createdAt: timestamp,
+});
+export type NameRecord = z.infer<typeof nameRecord>;
+
+/** A named cluster of one workspace in one region: its members carry its name and their rank. */
+export const clusterRecord = z.object({
+  v: version,
+  name: dnsLabelSchema,
+  workspace: nameSchema,
+  workspaceId,
+  region: nameSchema,
+  regionId,
+  /** Members at creation, ranks 0 .. size - 1 (members removed since leave their rank empty). */
+  size: z.number().int().min(1).max(MAX_CLUSTER_SIZE),
+  createdAt: timestamp,
+  /** Set by every change of the members' ranks (compare-and-set on this record orders them). */
+  updatedAt: timestamp.optional(),
+});
+export type ClusterRecord = z.infer<typeof clusterRecord>;
 
 export const nodeRecord = z.object({
   v: version,
@@ -241,6 +306,10 @@ export function agentInboxPrefix(node: string): string {
 export const addressKey = (addr: Uint8Array): string => addressHex(addr);
 export const ifnameKey = (node: string, ifname: string): string =>
   `${node}.${Buffer.from(ifname, 'utf8').toString('hex')}`;
+/** An endpoint name's claim in NAMES_BUCKET (names are DNS labels: one NATS key token each). */
+export const nameKey = (region: string, workspaceId: number, name: string): string => `${region}.${workspaceIdHex(workspaceId)}.${name}`;
+/** A cluster's key in CLUSTERS_BUCKET. */
+export const clusterKey = (region: string, workspaceId: number, name: string): string => `${region}.${workspaceIdHex(workspaceId)}.${name}`;
 
 /**
  * An endpoint's name across the store, `<region>.<workspace id, 8 hex>.<endpoint
@@ -405,6 +474,8 @@ export const BUCKET_TABLE = {
   addresses: { name: ADDRESSES_BUCKET, description: 'i6pn addresses ever handed out (never deleted)', key: '<address, 32 hex>', record: addressRecord, agent: 'none' },
   ifnames: { name: IFNAMES_BUCKET, description: 'i6pn host-side interface names per node', key: '<node>.<ifname, hex of its bytes>', record: ifnameRecord, agent: 'none' },
   nodes: { name: NODES_BUCKET, description: 'i6pn nodes: agent heartbeats', key: '<node>', record: nodeRecord, agent: 'read, own key' },
+  names: { name: NAMES_BUCKET, description: 'i6pn endpoint names per workspace and region', key: '<region>.<workspace id, 8 hex>.<name>', record: nameRecord, agent: 'none' },
+  clusters: { name: CLUSTERS_BUCKET, description: 'i6pn named clusters per workspace and region', key: '<region>.<workspace id, 8 hex>.<cluster>', record: clusterRecord, agent: 'none' },
 } as const satisfies Record<string, BucketSpec>;
 
 /** The names of the buckets that exist once, in the table's order. */

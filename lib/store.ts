@@ -14,7 +14,11 @@
  *     endpoint's address key gets `state: "removed"`);
  *   - a workspace name key is deleted with the workspace, so the name can be
  *     used again, for a new workspace with a new id and subnet;
- *   - one endpoint per (node, ifname), claimed in the ifnames bucket.
+ *   - one endpoint per (node, ifname), claimed in the ifnames bucket;
+ *   - one endpoint per name in a workspace and region, claimed in the names
+ *     bucket, and one cluster per name, claimed by creating its record in the
+ *     clusters bucket; a name claim is deleted with its endpoint (or when
+ *     the endpoint is renamed), so the name can be used again.
  *
  * Writing an endpoint takes four steps (address, ifname, endpoint, then a check
  * that its workspace still exists). A failed step undoes the earlier ones; a
@@ -62,18 +66,24 @@ import {
   bucketOfKvStream,
   endpointsBucketSpec,
   kvStream,
+  CLUSTERS_BUCKET,
   IFNAMES_BUCKET,
   LEGACY_ENDPOINTS_BUCKET,
+  MAX_CLUSTER_SIZE,
+  NAMES_BUCKET,
   NODES_BUCKET,
   REGIONS_BUCKET,
   SCHEMA_VERSION,
   WORKSPACES_BUCKET,
   addressKey,
   addressRecord,
+  assertDnsLabel,
   assertIfname,
   InvalidNameError,
   assertName,
   assertNodeName,
+  clusterKey,
+  clusterRecord,
   decodeRecord,
   endpointBucketKey,
   endpointKey,
@@ -81,6 +91,8 @@ import {
   ifnameKey,
   ifnameRecord,
   locateEndpointKey,
+  nameKey,
+  nameRecord,
   nodeRecord,
   parseEndpointKey,
   regionIdKey,
@@ -92,6 +104,7 @@ import {
   workspaceNameKey,
   workspaceRecord,
   type AddressRecord,
+  type ClusterRecord,
   type EndpointRecord,
   type IfnameRecord,
   type InvalidReason,
@@ -197,6 +210,8 @@ export interface Store {
   addresses: KV;
   ifnames: KV;
   nodes: KV;
+  names: KV;
+  clusters: KV;
   /**
    * The endpoints bucket of a region, endpointsBucket(region), opened on first
    * use and cached. Absent, it is created (history ENDPOINTS_HISTORY, the
@@ -226,7 +241,7 @@ function reasonOf(e: unknown): string {
 }
 
 /**
- * Connect and open (creating on first use) the five fixed buckets; the
+ * Connect and open (creating on first use) the seven fixed buckets; the
  * endpoints buckets are opened per region, when first needed. Fails with a
  * StoreError whose message names the server and says what to do.
  *
@@ -269,8 +284,8 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
       return jsm;
     };
     const T = BUCKET_TABLE;
-    const [[regions, workspaces, addresses, ifnames, nodes]] = await Promise.all([
-      Promise.all([T.regions, T.workspaces, T.addresses, T.ifnames, T.nodes].map((spec) => openBucket(kvm, spec, settings))),
+    const [[regions, workspaces, addresses, ifnames, nodes, names, clusters]] = await Promise.all([
+      Promise.all([T.regions, T.workspaces, T.addresses, T.ifnames, T.nodes, T.names, T.clusters].map((spec) => openBucket(kvm, spec, settings))),
       manager().then((m) => ensureEventsStream(m, { replicas: settings.replicas, storage: settings.storage === 'memory' ? StorageType.Memory : StorageType.File })),
     ]);
     const random: RandomSource = { ...cryptoRandom, ...opts.random };
@@ -318,6 +333,8 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
       addresses: addresses!,
       ifnames: ifnames!,
       nodes: nodes!,
+      names: names!,
+      clusters: clusters!,
       endpoints: openEndpoints,
       endpointRegions: async () => {
         const out: string[] = [];
@@ -778,7 +795,8 @@ export async function listWorkspaces(store: Store): Promise<{ workspaces: Worksp
  * Delete a workspace: its endpoints are removed first (refused while it has
  * any, unless `force`), then its name key is deleted (compare-and-set) and its
  * id key marked `deletedAt`, then endpoints are swept once more to catch one
- * registered concurrently. The name can be used again; the id cannot.
+ * registered concurrently, and its named clusters are deleted. The name can
+ * be used again; the id cannot.
  */
 export async function deleteWorkspace(
   store: Store,
@@ -825,6 +843,10 @@ export async function deleteWorkspace(
     }
   }
   await sweep();
+  // Its named clusters (their members went with the sweep).
+  for (const e of await readAll(store.clusters, `*.${workspaceIdHex(record.id)}.*`)) {
+    await store.clusters.delete(e.key, { previousSeq: e.revision }).catch(() => undefined);
+  }
   return { workspace: { ...record, deletedAt }, removedEndpoints: removed };
 }
 
@@ -838,6 +860,14 @@ export interface EndpointSpec {
   ifname: string | ((address: Uint8Array) => string);
   /** Default true. */
   i6pn?: boolean;
+  /** Its DNS name, unique in its workspace and region. */
+  name?: string;
+}
+
+/** A member's place in a named cluster (createCluster sets it). */
+interface Membership {
+  cluster: string;
+  rank: number;
 }
 
 /**
@@ -864,11 +894,12 @@ async function resolve(store: Store, workspace: string, region: string): Promise
   return { workspace: w.record, region: r };
 }
 
-/** Steps 1–3 of registration, each undone if a later one fails. */
-async function register(store: Store, at: Resolved, spec: EndpointSpec): Promise<EndpointRecord> {
+/** Steps 1–3 of registration (with the name's claim), each undone if a later one fails. */
+async function register(store: Store, at: Resolved, spec: EndpointSpec, member?: Membership): Promise<EndpointRecord> {
   try {
     assertNodeName(spec.node);
     if (typeof spec.ifname === 'string') assertIfname(spec.ifname);
+    if (spec.name !== undefined) assertDnsLabel('endpoint', spec.name);
   } catch (e) {
     throw invalidInput(e);
   }
@@ -888,6 +919,8 @@ async function register(store: Store, at: Resolved, spec: EndpointSpec): Promise
       ifname,
       i6pn: spec.i6pn ?? true,
       createdAt: new Date().toISOString(),
+      ...(spec.name !== undefined ? { name: spec.name } : {}),
+      ...(member ? { cluster: member.cluster, rank: member.rank } : {}),
     };
     const key = endpointKey(record);
     // The same check the agent applies on read.
@@ -928,6 +961,23 @@ async function register(store: Store, at: Resolved, spec: EndpointSpec): Promise
       throw e;
     }
 
+    // 2b. Its name in its workspace and region.
+    let release = async (): Promise<void> => {
+      await store.ifnames.delete(ifnameKey(spec.node, ifname), { previousSeq: ifRevision }).catch(() => undefined);
+      await burnAddress();
+    };
+    if (record.name !== undefined) {
+      const nameRevision = await claimName(store, record, key).catch(async (e: unknown) => {
+        await release();
+        throw e;
+      });
+      const releaseIfname = release;
+      release = async () => {
+        await store.names.delete(nameKey(record.region, record.workspaceId, record.name!), { previousSeq: nameRevision }).catch(() => undefined);
+        await releaseIfname();
+      };
+    }
+
     // 3. The endpoint itself, in its region's bucket: what agents apply. While
     // the first layout's bucket exists, there too, for agents not yet upgraded.
     const value = enc(record);
@@ -940,13 +990,44 @@ async function register(store: Store, at: Resolved, spec: EndpointSpec): Promise
       if (legacy) await ifLegacyExists(store, () => legacy.put(key, value, { previousSeq: 0 }), 0);
     } catch (e) {
       if (epRevision !== null) await endpoints.delete(bucketKey, { previousSeq: epRevision }).catch(() => undefined);
-      await store.ifnames.delete(ifnameKey(spec.node, ifname), { previousSeq: ifRevision }).catch(() => undefined);
-      await burnAddress();
+      await release();
       throw e;
     }
     return record;
   }
   throw new StoreError('exhausted', `no free address in ${workspaceSubnet(at.workspace.id)} region ${at.region.name} after ${tries} random draws`, 'check the random source; 64 random bits cannot run out');
+}
+
+/**
+ * Claim an endpoint's name in its workspace and region (create-if-absent);
+ * returns the claim's revision. A taken name is StoreError 'exists', naming
+ * the endpoint that holds it.
+ */
+async function claimName(store: Store, record: EndpointRecord, key: string): Promise<number> {
+  const name = record.name!;
+  const claim = nameRecord.parse({ v: SCHEMA_VERSION, name, region: record.region, workspaceId: record.workspaceId, address: record.address, endpointKey: key, createdAt: new Date().toISOString() });
+  const k = nameKey(record.region, record.workspaceId, name);
+  try {
+    return await store.names.create(k, enc(claim));
+  } catch (e) {
+    if (!isConflict(e)) throw e;
+    const other = await getLive(store.names, k);
+    const d = other ? decodeRecord(nameRecord, other.value) : null;
+    throw new StoreError(
+      'exists',
+      `name ${JSON.stringify(name)} is taken in workspace ${record.workspace} region ${record.region}${d?.ok ? ` by endpoint ${d.record.address}` : ''}`,
+      'choose another --name; names are unique per workspace and region',
+    );
+  }
+}
+
+/** Release a name claim if it still points at `key` (compare-and-set). */
+async function releaseName(store: Store, record: Pick<EndpointRecord, 'region' | 'workspaceId'>, name: string, key: string): Promise<void> {
+  const k = nameKey(record.region, record.workspaceId, name);
+  const claim = await getLive(store.names, k);
+  if (!claim) return;
+  const d = decodeRecord(nameRecord, claim.value);
+  if (d.ok && d.record.endpointKey === key) await store.names.delete(k, { previousSeq: claim.revision }).catch(() => undefined);
 }
 
 /** Step 4: the workspace must still be the one resolved, or the endpoints are undone. */
@@ -969,36 +1050,233 @@ export async function addEndpoint(store: Store, spec: EndpointSpec): Promise<End
 /**
  * Register `size` endpoints of one workspace in one region, placed round-robin
  * over `nodes`, with interface names from `clusterIfname`. All or nothing: if
- * one fails, those already registered are removed.
+ * one fails, those already registered are removed. With `name`, the cluster
+ * is a named object: its record is claimed first in the clusters bucket
+ * (unique per workspace and region), and member i records the cluster and
+ * rank i (placement order). Returns the members in rank order.
  */
 export async function createCluster(
   store: Store,
-  opts: { workspace: string; region: string; size: number; nodes: string[]; i6pn?: boolean },
+  opts: { workspace: string; region: string; size: number; nodes: string[]; i6pn?: boolean; name?: string },
 ): Promise<EndpointRecord[]> {
-  if (!Number.isInteger(opts.size) || opts.size < 1 || opts.size > 10_000) {
-    throw new StoreError('invalid', `invalid cluster size ${opts.size}`, 'use --size with a whole number from 1 to 10000');
+  if (!Number.isInteger(opts.size) || opts.size < 1 || opts.size > MAX_CLUSTER_SIZE) {
+    throw new StoreError('invalid', `invalid cluster size ${opts.size}`, `use --size with a whole number from 1 to ${MAX_CLUSTER_SIZE}`);
   }
   if (opts.nodes.length === 0) throw new StoreError('invalid', 'no nodes to place the cluster on', 'pass --nodes a,b,c');
-  for (const n of opts.nodes) {
+  try {
+    for (const n of opts.nodes) assertNodeName(n);
+    if (opts.name !== undefined) assertDnsLabel('cluster', opts.name);
+  } catch (e) {
+    throw invalidInput(e);
+  }
+  const at = await resolve(store, opts.workspace, opts.region);
+  let claim: { key: string; revision: number } | null = null;
+  if (opts.name !== undefined) {
+    const record = clusterRecord.parse({
+      v: SCHEMA_VERSION,
+      name: opts.name,
+      workspace: at.workspace.name,
+      workspaceId: at.workspace.id,
+      region: at.region.name,
+      regionId: at.region.id,
+      size: opts.size,
+      createdAt: new Date().toISOString(),
+    });
+    const key = clusterKey(at.region.name, at.workspace.id, opts.name);
     try {
-      assertNodeName(n);
+      claim = { key, revision: await store.clusters.create(key, enc(record)) };
+    } catch (e) {
+      if (isConflict(e)) {
+        throw new StoreError('exists', `cluster ${JSON.stringify(opts.name)} already exists in workspace ${at.workspace.name} region ${at.region.name}`, 'choose another --name; `i6pnctl cluster list` shows the taken ones');
+      }
+      throw e;
+    }
+  }
+  const member = (i: number): Membership | undefined => (opts.name !== undefined ? { cluster: opts.name, rank: i } : undefined);
+  // Bounded, so that a 10000-endpoint cluster does not flood the server.
+  const settled = await settleLimited(Array.from({ length: opts.size }, (_, i) => i), 64, (i) =>
+    register(store, at, { workspace: opts.workspace, region: opts.region, node: opts.nodes[i % opts.nodes.length]!, ifname: clusterIfname, i6pn: opts.i6pn ?? true }, member(i)),
+  );
+  const ok = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  const undoClaim = async (): Promise<void> => {
+    if (claim) await store.clusters.delete(claim.key, { previousSeq: claim.revision }).catch(() => undefined);
+  };
+  if (failed) {
+    await Promise.all(ok.map((r) => removeEndpointByKey(store, endpointKey(r)).catch(() => undefined)));
+    await undoClaim();
+    throw failed.reason;
+  }
+  try {
+    await confirmWorkspace(store, at, ok);
+  } catch (e) {
+    await undoClaim();
+    throw e;
+  }
+  return ok;
+}
+
+export interface ClusterRef {
+  workspace: string;
+  region: string;
+  name: string;
+}
+
+/** A named cluster's record and its revision; StoreError 'not-found' when there is none. */
+async function requireCluster(store: Store, ref: ClusterRef): Promise<{ at: Resolved; record: ClusterRecord; revision: number }> {
+  try {
+    assertDnsLabel('cluster', ref.name);
+  } catch (e) {
+    throw invalidInput(e);
+  }
+  const at = await resolve(store, ref.workspace, ref.region);
+  const e = await getLive(store.clusters, clusterKey(at.region.name, at.workspace.id, ref.name));
+  if (!e) {
+    throw new StoreError('not-found', `no cluster ${JSON.stringify(ref.name)} in workspace ${ref.workspace} region ${ref.region}`, 'list clusters with `i6pnctl cluster list`');
+  }
+  return { at, record: decodeOrThrow<ClusterRecord>(clusterRecord, CLUSTERS_BUCKET, e), revision: e.revision };
+}
+
+/** The live members of a named cluster, by rank (then address, should two ever share one). */
+async function clusterMembers(store: Store, at: Resolved, name: string): Promise<{ members: ValidEndpoint[]; invalid: InvalidEntry[] }> {
+  const { valid, invalid } = validateEndpoints(await endpointEntries(store, { region: at.region.name, workspace: workspaceIdHex(at.workspace.id) }));
+  const members = valid.filter((v) => v.record.cluster === name && v.record.workspaceId === at.workspace.id);
+  members.sort((a, b) => a.record.rank! - b.record.rank! || a.record.address.localeCompare(b.record.address));
+  return { members, invalid };
+}
+
+/** `cluster show`: the cluster and its live members by rank. */
+export async function showCluster(store: Store, ref: ClusterRef): Promise<{ cluster: ClusterRecord; members: EndpointRecord[]; invalid: InvalidEntry[] }> {
+  const { at, record } = await requireCluster(store, ref);
+  const { members, invalid } = await clusterMembers(store, at, ref.name);
+  return { cluster: record, members: members.map((m) => m.record), invalid };
+}
+
+/** Named clusters, optionally of one workspace and/or region, by region, workspace and name. */
+export async function listClusters(store: Store, filter: { workspace?: string; region?: string } = {}): Promise<{ clusters: ClusterRecord[]; invalid: InvalidEntry[] }> {
+  let ws = '*';
+  if (filter.workspace !== undefined) ws = workspaceIdHex((await requireWorkspace(store, filter.workspace)).record.id);
+  if (filter.region !== undefined) await requireRegion(store, filter.region);
+  const clusters: ClusterRecord[] = [];
+  const invalid: InvalidEntry[] = [];
+  for (const e of await readAll(store.clusters, `${filter.region ?? '*'}.${ws}.*`)) {
+    const d = decodeRecord(clusterRecord, e.value);
+    if (!d.ok) invalid.push({ bucket: CLUSTERS_BUCKET, key: e.key, reason: d.reason, message: d.message });
+    else if (clusterKey(d.record.region, d.record.workspaceId, d.record.name) !== e.key) invalid.push({ bucket: CLUSTERS_BUCKET, key: e.key, reason: 'key', message: 'key does not match the record' });
+    else clusters.push(d.record);
+  }
+  clusters.sort((a, b) => a.region.localeCompare(b.region) || a.workspace.localeCompare(b.workspace) || a.name.localeCompare(b.name));
+  return { clusters, invalid };
+}
+
+/** Names and ranks change only in the per-region layout: refused while the first layout's bucket exists. */
+async function requireRegionLayout(store: Store, what: string): Promise<void> {
+  if (await store.legacyEndpoints({ recheck: true })) {
+    throw new StoreError('upgrade-pending', `${what} needs the per-region layout, and ${LEGACY_ENDPOINTS_BUCKET} still exists`, 'finish the upgrade first: i6pnctl migrate --finish');
+  }
+}
+
+/** Rewrite a live endpoint entry (compare-and-set on the revision read); a change in between is StoreError 'conflict'. */
+async function rewriteEndpoint(store: Store, at: EndpointAt, record: EndpointRecord): Promise<void> {
+  const check = validateEndpointEntry(at.logical, record);
+  if (!check.ok) throw new StoreError('invalid', `endpoint would be invalid (${check.reason}: ${check.message})`, 'check the arguments');
+  try {
+    await at.kv.update(at.key, enc(record), at.entry.revision);
+  } catch (e) {
+    if (isConflict(e)) throw new StoreError('conflict', `endpoint ${record.address} changed meanwhile`, 'run the command again');
+    throw e;
+  }
+}
+
+/**
+ * Swap the members at two ranks of a named cluster (either rank may be
+ * empty: the other member moves). The cluster record is updated first
+ * (compare-and-set), which orders concurrent swaps; then each member's entry
+ * (compare-and-set), the first undone if the second fails. Agents may see
+ * the two entries change a moment apart. Returns the members by rank.
+ */
+export async function swapClusterRanks(store: Store, ref: ClusterRef, a: number, b: number): Promise<EndpointRecord[]> {
+  await requireRegionLayout(store, 'changing ranks');
+  const { at, record, revision } = await requireCluster(store, ref);
+  for (const r of [a, b]) {
+    if (!Number.isInteger(r) || r < 0 || r >= record.size) throw new StoreError('invalid', `rank ${r} is not in cluster ${ref.name} (ranks 0 to ${record.size - 1})`, 'pass two ranks of the cluster');
+  }
+  if (a === b) throw new StoreError('invalid', `ranks ${a} and ${b} are the same`, 'pass two different ranks');
+  try {
+    await store.clusters.update(clusterKey(at.region.name, at.workspace.id, ref.name), enc({ ...record, updatedAt: new Date().toISOString() }), revision);
+  } catch (e) {
+    if (isConflict(e)) throw new StoreError('conflict', `cluster ${ref.name} changed meanwhile`, 'run the command again');
+    throw e;
+  }
+  const { members } = await clusterMembers(store, at, ref.name);
+  const moves = members.filter((m) => m.record.rank === a || m.record.rank === b);
+  if (moves.length === 0) throw new StoreError('not-found', `cluster ${ref.name} has no live member at rank ${a} or ${b}`, 'see `i6pnctl cluster show`');
+  const done: { at: EndpointAt; record: EndpointRecord }[] = [];
+  for (const m of moves) {
+    const moved = { ...m.record, rank: m.record.rank === a ? b : a };
+    try {
+      await rewriteEndpoint(store, m.at, moved);
+    } catch (e) {
+      for (const d of done) {
+        const now = await getLive(d.at.kv, d.at.key);
+        if (now) await rewriteEndpoint(store, { ...d.at, entry: now }, d.record).catch(() => undefined);
+      }
+      throw e;
+    }
+    done.push({ at: m.at, record: m.record });
+  }
+  return (await clusterMembers(store, at, ref.name)).members.map((m) => m.record);
+}
+
+/** Remove a named cluster: its live members (as `endpoint remove` does), then its record. */
+export async function deleteCluster(store: Store, ref: ClusterRef): Promise<{ cluster: ClusterRecord; removedEndpoints: EndpointRecord[] }> {
+  const { at, record } = await requireCluster(store, ref);
+  const removed: EndpointRecord[] = [];
+  const { members } = await clusterMembers(store, at, ref.name);
+  for (let i = 0; i < members.length; i += 64) {
+    const done = await Promise.all(members.slice(i, i + 64).map((m) => removeEndpointByKey(store, m.at.logical).catch(() => null)));
+    for (const r of done) if (r) removed.push(r);
+  }
+  const now = await getLive(store.clusters, clusterKey(at.region.name, at.workspace.id, ref.name));
+  if (now) await store.clusters.delete(now.key, { previousSeq: now.revision }).catch(() => undefined);
+  return { cluster: record, removedEndpoints: removed };
+}
+
+/**
+ * Give an endpoint a name, another name, or none (`null`). The new name is
+ * claimed first (create-if-absent), then the entry is rewritten
+ * (compare-and-set), then the old name's claim is released; a failed step
+ * undoes the claim. Returns the endpoint as it is now.
+ */
+export async function renameEndpoint(store: Store, address: string, name: string | null): Promise<EndpointRecord> {
+  if (name !== null) {
+    try {
+      assertDnsLabel('endpoint', name);
     } catch (e) {
       throw invalidInput(e);
     }
   }
-  const at = await resolve(store, opts.workspace, opts.region);
-  // Bounded, so that a 10000-endpoint cluster does not flood the server.
-  const settled = await settleLimited(Array.from({ length: opts.size }, (_, i) => i), 64, (i) =>
-    register(store, at, { workspace: opts.workspace, region: opts.region, node: opts.nodes[i % opts.nodes.length]!, ifname: clusterIfname, i6pn: opts.i6pn ?? true }),
-  );
-  const ok = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
-  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-  if (failed) {
-    await Promise.all(ok.map((r) => removeEndpointByKey(store, endpointKey(r)).catch(() => undefined)));
-    throw failed.reason;
+  await requireRegionLayout(store, 'renaming an endpoint');
+  const { key, addr, state } = await endpointKeyOfAddress(store, address);
+  if (state === 'removed') throw new StoreError('not-found', `endpoint ${formatAddress(addr)} was removed`, 'list live endpoints with `i6pnctl endpoint list`');
+  const found = await findEndpoint(store, key);
+  if (!found.current) throw new StoreError('not-found', `no endpoint has address ${formatAddress(addr)}`, 'list endpoints with `i6pnctl endpoint list`');
+  const v = validateEndpointEntry(key, found.current.entry.value);
+  if (!v.ok) throw new StoreError('corrupt', `entry ${found.current.bucket}/${found.current.key} is invalid (${v.reason}: ${v.message})`, 'fix or delete it with the nats CLI; only i6pnctl should write the store');
+  const old = v.record;
+  if ((old.name ?? null) === name) return old;
+  const { name: _dropped, ...rest } = old;
+  const next: EndpointRecord = name === null ? rest : { ...rest, name };
+  let claimed: number | null = null;
+  if (name !== null) claimed = await claimName(store, next, key);
+  try {
+    await rewriteEndpoint(store, found.current, next);
+  } catch (e) {
+    if (claimed !== null) await store.names.delete(nameKey(next.region, next.workspaceId, name!), { previousSeq: claimed }).catch(() => undefined);
+    throw e;
   }
-  await confirmWorkspace(store, at, ok);
-  return ok;
+  if (old.name !== undefined) await releaseName(store, old, old.name, key);
+  return next;
 }
 
 function parseAddressArg(address: string): Uint8Array {
@@ -1132,7 +1410,15 @@ async function removeEndpointByKey(store: Store, key: string): Promise<EndpointR
   return v.record;
 }
 
-async function finishRemoval(store: Store, record: Pick<EndpointRecord, 'node' | 'ifname' | 'address'>, addr: Uint8Array, key: string): Promise<void> {
+async function finishRemoval(
+  store: Store,
+  record: Pick<EndpointRecord, 'node' | 'ifname' | 'address'> & Partial<Pick<EndpointRecord, 'name' | 'region' | 'workspaceId'>>,
+  addr: Uint8Array,
+  key: string,
+): Promise<void> {
+  if (record.name !== undefined && record.region !== undefined && record.workspaceId !== undefined) {
+    await releaseName(store, { region: record.region, workspaceId: record.workspaceId }, record.name, key);
+  }
   const ik = record.node && record.ifname ? ifnameKey(record.node, record.ifname) : null;
   const claim = ik ? await getLive(store.ifnames, ik) : null;
   if (ik && claim) {

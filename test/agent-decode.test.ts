@@ -11,7 +11,20 @@ import test from 'ava';
 import fc from 'fast-check';
 import { endpointIdOf, formatAddress, isCanonicalAddress, makeEndpointAddress, workspaceIdHex } from '../lib/address.js';
 import { validateEndpointEntry } from '../lib/schema.js';
-import { DecodeContext, addressOf, decodeEndpoint, ifnameOf, newDecoded, nodeId, parseBucketKey, type KeyParts } from '../agent/decode.js';
+import {
+  DecodeContext,
+  addressOf,
+  clusterOf,
+  decodeEndpoint,
+  hasNames,
+  ifnameOf,
+  nameOf,
+  newDecoded,
+  nodeId,
+  parseBucketKey,
+  rankOf,
+  type KeyParts,
+} from '../agent/decode.js';
 
 const REGION = 'eu-west';
 const REGION_ID = 0x0e01;
@@ -74,6 +87,22 @@ const MUTATIONS = [
   'array',
   'not-json',
   'control-char',
+  'named',
+  'clustered',
+  'named-clustered-reordered',
+  'name-upper',
+  'name-dash-end',
+  'name-digit-first',
+  'name-63',
+  'name-64',
+  'cluster-no-rank',
+  'rank-no-cluster',
+  'rank-float',
+  'rank-max',
+  'rank-too-big',
+  'rank-negative',
+  'rank-leading-zero',
+  'rank-string',
 ] as const;
 type Mutation = (typeof MUTATIONS)[number];
 
@@ -226,12 +255,73 @@ function entry(low: Uint8Array, ws: number, m: Mutation): { key: string; value: 
     case 'control-char':
       text = JSON.stringify(rec).replace('veth_a-1.b', 'veth\u0001');
       break;
+    case 'named':
+      rec['name'] = 'web-1';
+      break;
+    case 'clustered':
+      Object.assign(rec, { cluster: 'trainer', rank: (ws % 100) + 0 });
+      break;
+    case 'named-clustered-reordered':
+      text = JSON.stringify(Object.fromEntries(Object.entries({ ...rec, rank: 7, name: 'w9', cluster: 'c-0' }).reverse()));
+      break;
+    case 'name-upper':
+      rec['name'] = 'Web';
+      break;
+    case 'name-dash-end':
+      rec['name'] = 'web-';
+      break;
+    case 'name-digit-first':
+      rec['name'] = '1web';
+      break;
+    case 'name-63':
+      rec['name'] = `w${'0'.repeat(62)}`;
+      break;
+    case 'name-64':
+      rec['name'] = `w${'0'.repeat(63)}`;
+      break;
+    case 'cluster-no-rank':
+      rec['cluster'] = 'trainer';
+      break;
+    case 'rank-no-cluster':
+      rec['rank'] = 1;
+      break;
+    case 'rank-float':
+      text = JSON.stringify({ ...rec, cluster: 'c', rank: 1 }).replace('"rank":1', '"rank":1.0');
+      break;
+    case 'rank-max':
+      Object.assign(rec, { cluster: 'c', rank: 9999 });
+      break;
+    case 'rank-too-big':
+      Object.assign(rec, { cluster: 'c', rank: 10_000 });
+      break;
+    case 'rank-negative':
+      Object.assign(rec, { cluster: 'c', rank: -1 });
+      break;
+    case 'rank-leading-zero':
+      text = JSON.stringify({ ...rec, cluster: 'c', rank: 7 }).replace('"rank":7', '"rank":07');
+      break;
+    case 'rank-string':
+      Object.assign(rec, { cluster: 'c', rank: '3' });
+      break;
   }
   return { key, value: new TextEncoder().encode(text ?? JSON.stringify(rec)) };
 }
 
 /** Mutations that keep the entry in the plain form i6pnctl writes (the decoder must accept those the schema does). */
-const PLAIN: ReadonlySet<Mutation> = new Set(['none', 'spaces', 'reordered', 'node-self', 'i6pn-false', 'created-leap', 'ifname-dot-first']);
+const PLAIN: ReadonlySet<Mutation> = new Set([
+  'none',
+  'spaces',
+  'reordered',
+  'node-self',
+  'i6pn-false',
+  'created-leap',
+  'ifname-dot-first',
+  'named',
+  'clustered',
+  'named-clustered-reordered',
+  'name-63',
+  'rank-max',
+]);
 
 test('decodeEndpoint accepts exactly what validateEndpointEntry accepts for the region, with the same fields', (t) => {
   const kp: KeyParts = { workspace: 0, hi: 0, lo: 0 };
@@ -256,6 +346,10 @@ test('decodeEndpoint accepts exactly what validateEndpointEntry accepts for the 
         t.is(out.i6pn, r.i6pn);
         t.is(out.local, r.node === NODE);
         t.is(out.node, nodeId(r.node));
+        t.is(nameOf(out), r.name ?? null);
+        t.is(clusterOf(out), r.cluster ?? null);
+        t.is(rankOf(out), r.rank ?? -1);
+        t.is(hasNames(out), r.name !== undefined || r.cluster !== undefined);
       } else if (schemaOk && PLAIN.has(m)) {
         t.fail(`decoder declined a plain valid entry (${m}): ${new TextDecoder().decode(value)}`);
       }
@@ -269,6 +363,10 @@ test('decodeEndpoint accepts exactly what validateEndpointEntry accepts for the 
   t.true(seen.get('unknown-key')!.schema > 0, 'zod strips unknown keys: the slow path applies them');
   t.is(seen.get('created-feb30')!.schema, 0);
   t.is(seen.get('created-nonleap')!.schema, 0);
+  for (const m of ['named', 'clustered', 'named-clustered-reordered', 'name-63', 'rank-max'] as const) t.is(seen.get(m)!.fast, seen.get(m)!.schema, `${m}: the fast path takes every valid one`);
+  for (const m of ['name-upper', 'name-dash-end', 'name-digit-first', 'name-64', 'cluster-no-rank', 'rank-no-cluster', 'rank-too-big', 'rank-negative', 'rank-string'] as const) {
+    t.is(seen.get(m)!.schema, 0, `${m}: invalid`);
+  }
 });
 
 test('parseBucketKey reads exactly <8 hex>.<16 hex>; isCanonicalAddress is RFC 5952 text', (t) => {

@@ -22,8 +22,7 @@ import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { endpointIdOf, formatAddress, makeEndpointAddress, workspaceIdHex } from '../lib/address.js';
+import { formatAddress } from '../lib/address.js';
 import { ENDPOINTS_HISTORY, endpointsBucket } from '../lib/schema.js';
 import { Dataplane } from '../agent/bpf/dataplane.js';
 import { createLogger } from '../agent/log.js';
@@ -33,6 +32,7 @@ import { MembershipFollower } from '../agent/watch.js';
 import { StreamReader } from '../agent/reader.js';
 import { REPO_ROOT, startNats, type NatsServer } from './helpers/nats.js';
 import { eventually } from './helpers/agent-env.js';
+import { endpointJson, newEndpoint, type TestEndpoint } from './helpers/endpoints.js';
 
 const REGION = 'sync-test';
 const REGION_ID = 0x5e11;
@@ -46,33 +46,9 @@ let jsm: JetStreamManager;
 let kv: KV;
 let dp: Dataplane;
 
-interface Ep {
-  key: string;
-  addr: Uint8Array;
-  address: string;
-  ws: number;
-}
-
-function newEp(ws = WS[0]!): Ep {
-  const addr = makeEndpointAddress(ws, REGION_ID, randomBytes(8));
-  return { key: `${workspaceIdHex(ws)}.${endpointIdOf(addr)}`, addr, address: formatAddress(addr), ws };
-}
-
-function record(e: Ep, over: Record<string, unknown> = {}): string {
-  return JSON.stringify({
-    v: 1,
-    address: e.address,
-    workspace: 'w',
-    workspaceId: e.ws,
-    region: REGION,
-    regionId: REGION_ID,
-    node: 'node-b',
-    ifname: `v${e.key.slice(-12)}`,
-    i6pn: true,
-    createdAt: new Date().toISOString(),
-    ...over,
-  });
-}
+type Ep = TestEndpoint;
+const newEp = (ws = WS[0]!): Ep => newEndpoint(ws, REGION_ID);
+const record = (e: Ep, over: Record<string, unknown> = {}): string => endpointJson(e, { name: REGION, id: REGION_ID }, over);
 
 async function putAll(eps: Ep[]): Promise<void> {
   const js = (await import('@nats-io/jetstream')).jetstream(nc);

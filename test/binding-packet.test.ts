@@ -1,5 +1,5 @@
 /**
- * The packet builder (agent/bpf/packet.ts): byte layouts checked field by
+ * The packet builder (test/tools/packet.ts): byte layouts checked field by
  * field, and every packet kind decoded by an independent parser (tcpdump
  * reading a pcap we write), which also verifies the checksums.
  */

@@ -200,9 +200,9 @@ test('endpoint add, list, remove; peers', async (t) => {
   t.deepEqual(l.endpoints.map((e) => e.address).sort(), [addrA, recB.address as string, addrDark].sort());
   t.deepEqual(l.invalid, []);
   t.is(byNode.code, 0);
-  t.regex(byNode.stdout, /^ADDRESS +WORKSPACE +REGION +NODE +IFNAME +I6PN +CREATED\n/);
+  t.regex(byNode.stdout, /^ADDRESS +WORKSPACE +REGION +NODE +IFNAME +I6PN +NAME +CLUSTER +CREATED\n/);
   t.is(byNode.stdout.trim().split('\n').length, 4);
-  t.regex(byNode.stdout, new RegExp(`${addrDark} +${w.name} +${r.name} +${node} +veth2 +no `));
+  t.regex(byNode.stdout, new RegExp(`${addrDark} +${w.name} +${r.name} +${node} +veth2 +no +- +- `));
   const p = JSON.parse(peers.stdout) as { endpoint: { address: string }; peers: { address: string }[]; invalid: unknown[] };
   t.deepEqual(Object.keys(p), ['endpoint', 'peers', 'invalid']);
   t.is(p.endpoint.address, addrA);
@@ -267,6 +267,75 @@ test('cluster create places round-robin in one region', async (t) => {
   t.is(oneLine(unknownRegion.stderr), 'i6pnctl: error: unknown region "atlantis" — list regions with `i6pnctl region list` or add it with `i6pnctl region add NAME`');
   t.is(badRegion.code, 2);
   t.regex(oneLine(badRegion.stderr), /^i6pnctl: error: invalid region name "At-lantis" — use a lowercase letter/);
+});
+
+test('names: endpoint add --name, rename, clear; named clusters: create, show by rank, list, swap, delete', async (t) => {
+  const { env, store } = t.context;
+  const r = await addRegion(store, name('r'));
+  const w = await createWorkspace(store, name('w'));
+  const node = name('node');
+  const base = ['--workspace', w.name, '--region', r.name, '--node', node];
+  const web = await cli(['endpoint', 'add', ...base, '--ifname', 'veth0', '--name', 'web-1', '--json'], env);
+  t.is(web.code, 0, web.stderr);
+  const rec = JSON.parse(web.stdout) as { address: string; name: string };
+  t.deepEqual(Object.keys(rec), ['v', 'address', 'workspace', 'workspaceId', 'region', 'regionId', 'node', 'ifname', 'i6pn', 'createdAt', 'name']);
+  t.is(rec.name, 'web-1');
+  const [taken, bad, list] = await Promise.all([
+    cli(['endpoint', 'add', ...base, '--ifname', 'veth1', '--name', 'web-1'], env),
+    cli(['endpoint', 'add', ...base, '--ifname', 'veth1', '--name', 'Web-1'], env),
+    cli(['endpoint', 'list', '--workspace', w.name], env),
+  ]);
+  t.is(taken.code, 1);
+  t.is(oneLine(taken.stderr), `i6pnctl: error: name "web-1" is taken in workspace ${w.name} region ${r.name} by endpoint ${rec.address} — choose another --name; names are unique per workspace and region`);
+  t.is(bad.code, 2);
+  t.is(oneLine(bad.stderr), 'i6pnctl: error: invalid endpoint name "Web-1" — use a DNS label: a lowercase letter, then up to 62 lowercase letters, digits or dashes, not ending with a dash');
+  t.regex(list.stdout, new RegExp(`${rec.address} +${w.name} +${r.name} +${node} +veth0 +yes +web-1 +- `));
+
+  const renamed = await cli(['endpoint', 'rename', rec.address, 'web-2'], env);
+  t.is(renamed.code, 0, renamed.stderr);
+  t.is(renamed.stdout, `${rec.address} is named web-2\n`);
+  const [neither, cleared] = await Promise.all([cli(['endpoint', 'rename', rec.address], env), cli(['endpoint', 'rename', rec.address, '--clear', '--json'], env)]);
+  t.is(neither.code, 2);
+  t.is(oneLine(neither.stderr), 'i6pnctl: error: pass either a name or --clear — see `i6pnctl endpoint rename --help`');
+  t.is(cleared.code, 0, cleared.stderr);
+  t.false('name' in (JSON.parse(cleared.stdout) as object));
+
+  const created = await cli(['cluster', 'create', '--workspace', w.name, '--region', r.name, '--size', '3', '--nodes', node, '--name', 'trainer', '--json'], env);
+  t.is(created.code, 0, created.stderr);
+  const c = JSON.parse(created.stdout) as { name: string; endpoints: { address: string; cluster: string; rank: number }[] };
+  t.deepEqual(Object.keys(c), ['workspace', 'region', 'name', 'endpoints']);
+  t.deepEqual(c.endpoints.map((e) => [e.cluster, e.rank]), [['trainer', 0], ['trainer', 1], ['trainer', 2]]);
+  const ref = ['--workspace', w.name, '--region', r.name];
+  const [again, show, showJson, listed, missing] = await Promise.all([
+    cli(['cluster', 'create', '--workspace', w.name, '--region', r.name, '--size', '1', '--nodes', node, '--name', 'trainer'], env),
+    cli(['cluster', 'show', 'trainer', ...ref], env),
+    cli(['cluster', 'show', 'trainer', ...ref, '--json'], env),
+    cli(['cluster', 'list', '--workspace', w.name], env),
+    cli(['cluster', 'show', 'nope', ...ref], env),
+  ]);
+  t.is(again.code, 1);
+  t.is(oneLine(again.stderr), `i6pnctl: error: cluster "trainer" already exists in workspace ${w.name} region ${r.name} — choose another --name; \`i6pnctl cluster list\` shows the taken ones`);
+  t.is(show.code, 0, show.stderr);
+  const lines = show.stdout.trim().split('\n');
+  t.is(lines[0], `cluster trainer (workspace ${w.name}, region ${r.name}): 3 of 3 members live`);
+  t.regex(lines[1]!, /^RANK +ADDRESS +NODE +IFNAME +I6PN$/);
+  for (const [i, e] of c.endpoints.entries()) t.regex(lines[2 + i]!, new RegExp(`^${i} +${e.address} +${node} +i6p[0-9a-f]{12} +yes$`));
+  const sj = JSON.parse(showJson.stdout) as { cluster: { name: string; size: number }; members: { address: string }[] };
+  t.deepEqual(Object.keys(sj), ['cluster', 'members', 'invalid']);
+  t.like(sj.cluster, { name: 'trainer', size: 3 });
+  t.regex(listed.stdout, new RegExp(`^NAME +WORKSPACE +REGION +SIZE +CREATED\ntrainer +${w.name} +${r.name} +3 `));
+  t.is(missing.code, 1);
+  t.is(oneLine(missing.stderr), `i6pnctl: error: no cluster "nope" in workspace ${w.name} region ${r.name} — list clusters with \`i6pnctl cluster list\``);
+
+  const swap = await cli(['cluster', 'swap', 'trainer', '0', '2', ...ref, '--json'], env);
+  t.is(swap.code, 0, swap.stderr);
+  t.deepEqual((JSON.parse(swap.stdout) as { members: { address: string }[] }).members.map((m) => m.address), [c.endpoints[2]!.address, c.endpoints[1]!.address, c.endpoints[0]!.address]);
+  const badRank = await cli(['cluster', 'swap', 'trainer', '0', 'x', ...ref], env);
+  t.is(badRank.code, 2);
+  t.is(oneLine(badRank.stderr), 'i6pnctl: error: rank "x" is not a whole number — pass two ranks, e.g. 0 3');
+  const del = await cli(['cluster', 'delete', 'trainer', ...ref], env);
+  t.is(del.code, 0, del.stderr);
+  t.is(del.stdout, 'deleted cluster trainer and 3 endpoints\n');
 });
 
 test('node list marks stale nodes', async (t) => {
@@ -391,7 +460,12 @@ const LEAVES = [
   'endpoint add',
   'endpoint remove',
   'endpoint list',
+  'endpoint rename',
   'cluster create',
+  'cluster show',
+  'cluster list',
+  'cluster swap',
+  'cluster delete',
   'node list',
   'migrate',
   'peers',

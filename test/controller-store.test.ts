@@ -31,9 +31,14 @@ import {
   listEndpoints,
   listNodes,
   listRegions,
+  listClusters,
   listWorkspaces,
   peersOf,
   removeEndpoint,
+  renameEndpoint,
+  deleteCluster,
+  showCluster,
+  swapClusterRanks,
   type RandomSource,
   type Store,
 } from '../lib/store.js';
@@ -468,6 +473,100 @@ test('cluster create is all or nothing', async (t) => {
     await s.close();
   }
   t.deepEqual((await listEndpoints(t.context.store, { workspace: at.ws })).endpoints, []);
+});
+
+// ---------------------------------------------------------------- names and named clusters
+
+test.serial('20 concurrent adds of one name in one workspace and region: exactly one wins; other workspaces and regions have their own', async (t) => {
+  const { store } = t.context;
+  const at = await setup(store);
+  const other = await setup(store);
+  const settled = await Promise.allSettled(
+    Array.from({ length: 20 }, (_, i) => addEndpoint(store, { workspace: at.ws, region: at.region, node: at.nodeA, ifname: `veth${i}`, name: 'web' })),
+  );
+  const won = settled.filter((s): s is PromiseFulfilledResult<Awaited<ReturnType<typeof addEndpoint>>> => s.status === 'fulfilled');
+  t.is(won.length, 1);
+  const winner = won[0]!.value;
+  t.is(winner.name, 'web');
+  for (const s of settled) {
+    if (s.status === 'rejected') {
+      t.true(s.reason instanceof StoreError);
+      t.is((s.reason as StoreError).message, `name "web" is taken in workspace ${at.ws} region ${at.region} by endpoint ${winner.address} (choose another --name; names are unique per workspace and region)`);
+    }
+  }
+  // The losers left nothing behind: one endpoint, and their interface names are free.
+  t.deepEqual((await listEndpoints(store, { workspace: at.ws })).endpoints.map((e) => e.address), [winner.address]);
+  const loserIf = settled.findIndex((s) => s.status === 'rejected');
+  await addEndpoint(store, { workspace: at.ws, region: at.region, node: at.nodeA, ifname: `veth${loserIf}` });
+  // The same name in another workspace, and in the same workspace in another region.
+  const r2 = await addRegion(store, name('r'));
+  t.is((await addEndpoint(store, { workspace: other.ws, region: at.region, node: at.nodeA, ifname: 'veth99', name: 'web' })).name, 'web');
+  t.is((await addEndpoint(store, { workspace: at.ws, region: r2.name, node: at.nodeA, ifname: 'veth98', name: 'web' })).name, 'web');
+  await expectStoreError(t, addEndpoint(store, { workspace: at.ws, region: at.region, node: at.nodeA, ifname: 'veth97', name: 'Web_1' }), 'invalid', 'invalid endpoint name "Web_1" (use a DNS label: a lowercase letter, then up to 62 lowercase letters, digits or dashes, not ending with a dash)');
+});
+
+test('a removed endpoint frees its name; rename claims the new name, frees the old one, and refuses a taken one', async (t) => {
+  const { store } = t.context;
+  const at = await setup(store);
+  const a = await addEndpoint(store, { workspace: at.ws, region: at.region, node: at.nodeA, ifname: 'veth1', name: 'db' });
+  const b = await addEndpoint(store, { workspace: at.ws, region: at.region, node: at.nodeA, ifname: 'veth2', name: 'cache' });
+  await removeEndpoint(store, a.address);
+  const a2 = await addEndpoint(store, { workspace: at.ws, region: at.region, node: at.nodeA, ifname: 'veth3', name: 'db' });
+  t.is(a2.name, 'db');
+  await expectStoreError(t, renameEndpoint(store, b.address, 'db'), 'exists', `name "db" is taken in workspace ${at.ws} region ${at.region} by endpoint ${a2.address} (choose another --name; names are unique per workspace and region)`);
+  const renamed = await renameEndpoint(store, b.address, 'cache-2');
+  t.is(renamed.name, 'cache-2');
+  t.is((await getEndpoint(store, b.address))?.name, 'cache-2');
+  // The old name is free, the new one taken.
+  t.is((await addEndpoint(store, { workspace: at.ws, region: at.region, node: at.nodeA, ifname: 'veth4', name: 'cache' })).name, 'cache');
+  await expectStoreError(t, addEndpoint(store, { workspace: at.ws, region: at.region, node: at.nodeA, ifname: 'veth5', name: 'cache-2' }), 'exists', `name "cache-2" is taken in workspace ${at.ws} region ${at.region} by endpoint ${b.address} (choose another --name; names are unique per workspace and region)`);
+  const cleared = await renameEndpoint(store, b.address, null);
+  t.is(cleared.name, undefined);
+  t.false('name' in ((await getEndpoint(store, b.address)) ?? {}));
+  t.is((await addEndpoint(store, { workspace: at.ws, region: at.region, node: at.nodeA, ifname: 'veth6', name: 'cache-2' })).name, 'cache-2');
+  await expectStoreError(t, renameEndpoint(store, a.address, 'x'), 'not-found', `endpoint ${a.address} was removed (list live endpoints with \`i6pnctl endpoint list\`)`);
+});
+
+test('named clusters: unique per workspace and region, members ranked in placement order, show by rank, swap, delete', async (t) => {
+  const { store } = t.context;
+  const at = await setup(store);
+  const eps = await createCluster(store, { workspace: at.ws, region: at.region, size: 5, nodes: [at.nodeA, at.nodeB], name: 'trainer' });
+  t.deepEqual(eps.map((e) => [e.cluster, e.rank, e.node]), [0, 1, 2, 3, 4].map((i) => ['trainer', i, i % 2 ? at.nodeB : at.nodeA]));
+  await expectStoreError(
+    t,
+    createCluster(store, { workspace: at.ws, region: at.region, size: 2, nodes: [at.nodeA], name: 'trainer' }),
+    'exists',
+    `cluster "trainer" already exists in workspace ${at.ws} region ${at.region} (choose another --name; \`i6pnctl cluster list\` shows the taken ones)`,
+  );
+  const show = await showCluster(store, { workspace: at.ws, region: at.region, name: 'trainer' });
+  t.is(show.cluster.size, 5);
+  t.is(show.cluster.workspaceId, at.wsId);
+  t.deepEqual(show.members.map((m) => m.address), eps.map((e) => e.address));
+  t.deepEqual((await listClusters(store, { workspace: at.ws })).clusters.map((c) => c.name), ['trainer']);
+
+  const swapped = await swapClusterRanks(store, { workspace: at.ws, region: at.region, name: 'trainer' }, 0, 3);
+  t.deepEqual(swapped.map((m) => m.address), [eps[3], eps[1], eps[2], eps[0], eps[4]].map((e) => e!.address));
+  t.deepEqual(swapped.map((m) => m.rank), [0, 1, 2, 3, 4]);
+  await expectStoreError(t, swapClusterRanks(store, { workspace: at.ws, region: at.region, name: 'trainer' }, 0, 5), 'invalid', 'rank 5 is not in cluster trainer (ranks 0 to 4) (pass two ranks of the cluster)');
+
+  // A removed member leaves its rank empty; a swap with the empty rank moves the other.
+  await removeEndpoint(store, eps[2]!.address);
+  t.deepEqual((await showCluster(store, { workspace: at.ws, region: at.region, name: 'trainer' })).members.map((m) => m.rank), [0, 1, 3, 4]);
+  const moved = await swapClusterRanks(store, { workspace: at.ws, region: at.region, name: 'trainer' }, 4, 2);
+  t.deepEqual(moved.map((m) => m.rank), [0, 1, 2, 3]);
+  t.is(moved[2]!.address, eps[4]!.address);
+
+  const gone = await deleteCluster(store, { workspace: at.ws, region: at.region, name: 'trainer' });
+  t.is(gone.removedEndpoints.length, 4);
+  t.deepEqual((await listEndpoints(store, { workspace: at.ws })).endpoints, []);
+  await expectStoreError(t, showCluster(store, { workspace: at.ws, region: at.region, name: 'trainer' }), 'not-found', `no cluster "trainer" in workspace ${at.ws} region ${at.region} (list clusters with \`i6pnctl cluster list\`)`);
+  // The name is free again; an unnamed cluster records no cluster at all.
+  t.is((await createCluster(store, { workspace: at.ws, region: at.region, size: 1, nodes: [at.nodeA], name: 'trainer' }))[0]!.rank, 0);
+  const unnamed = await createCluster(store, { workspace: at.ws, region: at.region, size: 2, nodes: [at.nodeA] });
+  t.false(unnamed.some((e) => 'cluster' in e || 'rank' in e));
+  // Deleting the workspace deletes its clusters.
+  await deleteWorkspace(store, at.ws, { force: true });
+  t.deepEqual((await listClusters(store, { region: at.region })).clusters, []);
 });
 
 test.serial('an endpoint racing its workspace\'s deletion is undone', async (t) => {

@@ -13,6 +13,7 @@ import { REASON_NAMES } from '../agent/bpf/abi.generated.js';
 import { LibbpfError } from '../agent/bpf/dataplane.js';
 import { privateAddress } from './tools/packet.js';
 import { runPacket } from './tools/run-packet.js';
+import { RESOLVER_ADDRESS } from '../lib/address.js';
 
 type Iface = 'local' | 'local2' | 'localNoI6pn' | 'unregistered' | 'uplink' | 'sealed';
 
@@ -128,21 +129,70 @@ function nonPrivateCases(): Case[] {
   ];
 }
 
+const udp53 = { proto: 'udp' as const, dstPort: 53 };
+const tcp53 = { proto: 'tcp' as const, dstPort: 53 };
+const fromUdp53 = { proto: 'udp' as const, srcPort: 53, dstPort: 40000 };
+const fromTcp53 = { proto: 'tcp' as const, srcPort: 53, dstPort: 40000 };
+
+/** A case at one hook, on a veth (`on`), entered from a place (`from`). */
+const caseAt = (hook: HookName, name: string, packet: Uint8Array, expect: Reason, on?: Case['on'], from?: Case['from']): Case => ({
+  hook,
+  name,
+  packet,
+  expect,
+  ...(on ? { on } : {}),
+  ...(from ? { from } : {}),
+});
+
+/** DNS with the node's resolver (lib/address RESOLVER_ADDRESS, the C header's fdaa::53): its own verdicts, nothing else to it. */
+function resolverCases(): Case[] {
+  const R = RESOLVER_ADDRESS;
+  const c = (hook: HookName, name: string, ...rest: [Uint8Array, Reason, Case['on']?, Case['from']?]): Case => caseAt(hook, `resolver: ${name}`, ...rest);
+  const fe = 'from_endpoint';
+  const te = 'to_endpoint';
+  return [
+    c(fe, 'a query over UDP', p6(M.local, R, { l4: udp53 }), 'pass_resolver'),
+    c(fe, 'a query over TCP', p6(M.local, R, { l4: tcp53 }), 'pass_resolver'),
+    c(fe, 'a query from the second endpoint', p6(M.local2, R, { l4: udp53 }), 'pass_resolver', 'local2'),
+    c(fe, 'a query from the endpoint without i6pn (answered REFUSED)', p6(M.localNoI6pn, R, { l4: udp53 }), 'pass_resolver', 'localNoI6pn'),
+    c(fe, 'a query behind destination options', p6(M.local, R, { ext: [{ type: 'dest-opts' }], l4: udp53 }), 'pass_resolver'),
+    c(fe, 'a query under a neighbour\'s address', p6(M.local2, R, { l4: udp53 }), 'spoofed_source'),
+    c(fe, 'a query under another workspace\'s address', p6(M.otherWorkspaceLocal, R, { l4: udp53 }), 'spoofed_source'),
+    c(fe, 'a query from a sealed veth', p6(M.sealed, R, { l4: udp53 }), 'sealed', 'sealed'),
+    c(fe, 'a query on an unregistered veth', p6(M.local, R, { l4: udp53 }), 'unknown_iface', 'unregistered'),
+    c(fe, 'another UDP port', p6(M.local, R, { l4: { proto: 'udp', dstPort: 5353 } }), 'resolver_not_dns'),
+    c(fe, 'another TCP port (ssh)', p6(M.local, R, { l4: { proto: 'tcp', dstPort: 22 } }), 'resolver_not_dns'),
+    c(fe, 'source port 53 to another port', p6(M.local, R, { l4: { proto: 'udp', srcPort: 53, dstPort: 9465 } }), 'resolver_not_dns'),
+    c(fe, 'a ping', p6(M.local, R, { l4: echo }), 'resolver_not_dns'),
+    c(fe, 'a later fragment (no ports to show)', p6(M.local, R, { ext: [{ type: 'fragment', offset: 185 }], l4: { proto: 'raw', protocol: 17, payload: new Uint8Array(16) } }), 'resolver_not_dns'),
+    c(fe, 'a query behind a routing header', p6(M.local, R, { ext: [{ type: 'routing' }], l4: udp53 }), 'routing_header'),
+    c(fe, 'UDP header cut short', truncate(p6(M.local, R, { l4: udp53 }), 14 + 40 + 3), 'resolver_not_dns'),
+    c(fe, 'the resolver\'s address forged as a source, to a peer', p6(R, M.remote, { l4: fromUdp53 }), 'cross_workspace'),
+    c(te, 'an answer over UDP, from the node', p6(R, M.local, { l4: fromUdp53 }), 'pass_resolver', undefined, 'node'),
+    c(te, 'an answer over TCP, from the node', p6(R, M.local, { l4: fromTcp53 }), 'pass_resolver', undefined, 'node'),
+    c(te, 'an answer to the endpoint without i6pn', p6(R, M.localNoI6pn, { l4: fromUdp53 }), 'pass_resolver', 'localNoI6pn', 'node'),
+    c(te, 'its address from the uplink', p6(R, M.local, { l4: fromUdp53 }), 'unbound_source'),
+    c(te, 'its address from another endpoint\'s veth', p6(R, M.local, { l4: fromUdp53 }), 'unbound_source', undefined, 'local2'),
+    c(te, 'an answer to another endpoint\'s address', p6(R, M.local2, { l4: fromUdp53 }), 'not_local', undefined, 'node'),
+    c(te, 'from another port of the node', p6(R, M.local, { l4: { proto: 'tcp', srcPort: 22 } }), 'resolver_not_dns', undefined, 'node'),
+    c(te, 'an ICMPv6 error from it', p6(R, M.local, { l4: icmpError(1, quote(M.local, R)) }), 'resolver_not_dns', undefined, 'node'),
+    c(te, 'an answer to a sealed veth', p6(R, M.sealed, { l4: fromUdp53 }), 'sealed', 'sealed', 'node'),
+    c('from_fabric', 'a query from a remote member', p6(M.remote, R, { l4: udp53 }), 'cross_workspace'),
+    c('from_fabric', 'a query from workspace 0 of the fabric', p6('fdaa::1', R, { l4: udp53 }), 'not_local'),
+    c('from_fabric', 'its address from the fabric, to a local endpoint', p6(R, M.local, { l4: fromUdp53 }), 'cross_workspace'),
+    c('to_fabric', 'its address leaving the node', p6(R, M.remote, { l4: fromUdp53 }), 'unbound_source', undefined, 'node'),
+  ];
+}
+
 function hookCases(): Case[] {
-  const c = (hook: HookName, name: string, packet: Uint8Array, expect: Reason, on?: Case['on'], from?: Case['from']): Case => ({
-    hook,
-    name,
-    packet,
-    expect,
-    ...(on ? { on } : {}),
-    ...(from ? { from } : {}),
-  });
+  const c = caseAt;
   const ff = 'from_fabric';
   const fe = 'from_endpoint';
   const te = 'to_endpoint';
   const tf = 'to_fabric';
   return [
     ...nonPrivateCases(),
+    ...resolverCases(),
     ...commonCases(ff, M.remote, M.local),
     c(ff, 'to another local endpoint', p6(M.remote, M.local2), 'pass_private'),
     c(ff, 'other workspace member (address bits)', p6(M.otherWorkspace, M.local), 'cross_workspace'),
@@ -309,6 +359,7 @@ test.serial('every reason has a golden case that reaches it at some hook', (t) =
     'ext_hdr_denied', 'routing_header', 'outside', 'cross_workspace', 'cross_region', 'not_local',
     'unknown_iface', 'spoofed_source', 'no_i6pn', 'unknown_source', 'unknown_dest', 'sealed',
     'unbound_source', 'non_private', 'to_node', 'pass_link_scope', 'pass_icmp_error', 'pass_forward',
+    'pass_resolver', 'resolver_not_dns',
   ];
   t.deepEqual([...all].sort(), [...REASON_NAMES].sort(), 'the list above is every reason of the ABI');
   t.deepEqual(all.filter((r) => !reached.has(r)), []);

@@ -15,6 +15,7 @@ import { ipv6, ipv6Packet, privateAddress, type ExtHeader, type Ipv6Spec, type L
 import { LibbpfError, type HookName } from '../agent/bpf/dataplane.js';
 import { decide, isPass } from '../lib/policy.js';
 import { M, observe, openFixture, R1, R2, W1, W2, type Fixture } from './helpers/golden.js';
+import { RESOLVER_ADDRESS } from '../lib/address.js';
 
 let fx: Fixture;
 test.before(async () => {
@@ -32,7 +33,8 @@ const arbAddress = fc.oneof(
       .tuple(fc.constantFrom(W1, W2, 0, 0xffffffff), fc.constantFrom(R1, R2, 0), fc.constantFrom(0xa, 0xb, 0xc, 0x99))
       .map(([w, r, e]) => privateAddress(w, r, e)),
   },
-  { weight: 1, arbitrary: fc.constantFrom('2001:db8::1', 'fe80::1', 'ff02::1', 'ff02::1:ff00:a', '::', 'fdab::1', 'fcaa::1') },
+  { weight: 1, arbitrary: fc.constantFrom('2001:db8::1', 'fe80::1', 'ff02::1', 'ff02::1:ff00:a', '::', 'fdab::1', 'fcaa::1', 'fdaa::54') },
+  { weight: 1, arbitrary: fc.constant(RESOLVER_ADDRESS) },
 );
 const arbVlans = fc.array(
   fc.oneof(fc.integer({ min: 1, max: 4094 }), fc.record({ id: fc.integer({ min: 1, max: 4094 }), tpid: fc.constantFrom(0x8100, 0x88a8) })),
@@ -55,6 +57,13 @@ const arbL4: fc.Arbitrary<L4> = fc.oneof(
     .tuple(fc.constantFrom(1, 2, 3, 4), fc.constantFrom(...Object.values(M), '2001:db8::9'), fc.constantFrom(M.remote, '2001:db8::2'))
     .map(([icmpType, qsrc, qdst]) => ({ proto: 'icmpv6' as const, icmpType, body: Uint8Array.from([0, 0, 5, 0x14, ...ipv6({ src: qsrc, dst: qdst })]) })),
   fc.constant({ proto: 'none' as const }),
+  // DNS, either way
+  fc.constantFrom(
+    { proto: 'udp' as const, dstPort: 53 },
+    { proto: 'tcp' as const, dstPort: 53 },
+    { proto: 'udp' as const, srcPort: 53, dstPort: 40000 },
+    { proto: 'tcp' as const, srcPort: 53, dstPort: 40000 },
+  ),
 );
 const arbSpec: fc.Arbitrary<Ipv6Spec> = fc.record({
   src: arbAddress,
@@ -128,6 +137,26 @@ const arbNearAllowed = fc
     }),
   )
   .map(([[hook, iface, ingress, src, dst], vlans, ext, l4, mutation]) => [hook, iface, ingress, { src, dst, vlans, ext, l4 }, mutation] as const);
+/** DNS with the resolver, one step from allowed: a query or an answer, where it is allowed or one place off. */
+const arbNearResolver = fc
+  .tuple(
+    fc.constantFrom(
+      ['from_endpoint', 'local', 'local', M.local, RESOLVER_ADDRESS],
+      ['from_endpoint', 'localNoI6pn', 'localNoI6pn', M.localNoI6pn, RESOLVER_ADDRESS],
+      ['from_endpoint', 'local2', 'local2', M.local, RESOLVER_ADDRESS],
+      ['to_endpoint', 'local2', 'node', RESOLVER_ADDRESS, M.local2],
+      ['to_endpoint', 'local', 'uplink', RESOLVER_ADDRESS, M.local],
+      ['to_endpoint', 'local', 'local2', RESOLVER_ADDRESS, M.local],
+    ) as fc.Arbitrary<[HookName, keyof Fixture['ifindex'], Place, Uint8Array | string, Uint8Array | string]>,
+    fc.array(arbAllowedExt, { maxLength: 2 }),
+    fc.constantFrom<L4>({ proto: 'udp', dstPort: 53 }, { proto: 'tcp', dstPort: 53 }, { proto: 'udp', srcPort: 53, dstPort: 40000 }, { proto: 'tcp', srcPort: 53, dstPort: 40000 }),
+    fc.record({
+      flips: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 1 }),
+      // Half of them whole: a cut packet is seldom DNS any more.
+      cut: fc.oneof(fc.constant(null), fc.nat()),
+    }),
+  )
+  .map(([[hook, iface, ingress, src, dst], ext, l4, mutation]) => [hook, iface, ingress, { src, dst, ext, l4 }, mutation] as const);
 const arbRandom = fc.tuple(arbHook, arbIface, arbIngress, arbSpec, arbMutation);
 
 /** The interface a hook runs on and where the packet entered, as the kernel is told. */
@@ -141,11 +170,12 @@ function place(hook: HookName, iface: keyof Fixture['ifindex'], ingress: Place):
 
 test.serial('no random or mutated packet crosses a boundary, and the kernel agrees with the model', (t) => {
   let private_passed = 0;
+  let resolver_passed = 0;
   let tcRuns = 0;
   let refused = 0;
   let dropped = 0;
   fc.assert(
-    fc.property(fc.oneof(arbRandom, arbNearAllowed), ([hook, iface, ingressPlace, spec, mutation]) => {
+    fc.property(fc.oneof({ arbitrary: arbRandom, weight: 5 }, { arbitrary: arbNearAllowed, weight: 4 }, { arbitrary: arbNearResolver, weight: 1 }), ([hook, iface, ingressPlace, spec, mutation]) => {
       const packet = mutate(ipv6Packet(spec), mutation);
       const { ifindex, ingress } = place(hook, iface, ingressPlace);
       let seen;
@@ -184,6 +214,18 @@ test.serial('no random or mutated packet crosses a boundary, and the kernel agre
       if (isPass(expected) !== (seen.verdict === 'pass')) throw new Error(`${hook}: verdict ${seen.verdict} for ${expected}`);
       // A sealed veth passes nothing, in either direction.
       if ((hook === 'from_endpoint' || hook === 'to_endpoint') && iface === 'sealed') throw new Error(`${hook}: a sealed veth passed ${seen.counted.reason}`);
+      if (seen.counted.reason === 'pass_resolver') {
+        // The resolver exception, independent of the model: only on a bound veth, only the veth's own
+        // address with the resolver's, only from the node's own stack towards the endpoint.
+        resolver_passed++;
+        const a = addresses(packet);
+        const bound = hook === 'from_endpoint' || hook === 'to_endpoint' ? fx.model.ifaces.get(fx.ifindex[iface]) : undefined;
+        if (!a || !bound || bound.sealed) throw new Error(`${hook}: pass_resolver off a bound veth`);
+        const [own, resolver] = hook === 'from_endpoint' ? [a.src, a.dst] : [a.dst, a.src];
+        if (hex(own) !== bound.addr || hex(resolver) !== 'fdaa0000000000000000000000000053') throw new Error(`${hook}: pass_resolver between ${hex(a.src)} and ${hex(a.dst)}`);
+        if (hook === 'to_endpoint' && ingressPlace !== 'node') throw new Error(`to_endpoint: the resolver's address passed from ${ingressPlace}`);
+        return;
+      }
       if (seen.counted.reason !== 'pass_private') return;
       // Isolation, independent of the model: both ends live members with i6pn, same workspace and region.
       private_passed++;
@@ -210,7 +252,8 @@ test.serial('no random or mutated packet crosses a boundary, and the kernel agre
     }),
     { numRuns: 4000, maxSkipsPerRun: 1 },
   );
-  t.log(`${private_passed} passed as private, ${dropped} dropped, ${refused} refused by the skb test runner; ${tcRuns} from_fabric packets also through its TC flavour`);
+  t.true(resolver_passed > 20, `only ${resolver_passed} DNS packets passed to or from the resolver`);
+  t.log(`${private_passed} passed as private, ${resolver_passed} as DNS with the resolver, ${dropped} dropped, ${refused} refused by the skb test runner; ${tcRuns} from_fabric packets also through its TC flavour`);
   t.true(tcRuns > 500, `only ${tcRuns} from_fabric packets through the TC flavour`);
   // The generator must reach both outcomes, or the property proves little.
   t.true(private_passed > 200, `only ${private_passed} private passes generated`);

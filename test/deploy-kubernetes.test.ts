@@ -142,7 +142,7 @@ function daemonSetProblems(ds: Obj, configMap: Obj): string[] {
 
   // Privileges.
   const sc = agent["securityContext"] ?? {};
-  check(JSON.stringify([...(sc["capabilities"]?.["add"] ?? [])].sort()) === JSON.stringify(["BPF", "NET_ADMIN", "PERFMON"]), "agent capabilities must be exactly BPF, NET_ADMIN, PERFMON");
+  check(JSON.stringify([...(sc["capabilities"]?.["add"] ?? [])].sort()) === JSON.stringify(["BPF", "NET_ADMIN", "NET_BIND_SERVICE", "PERFMON"]), "agent capabilities must be exactly BPF, NET_ADMIN, PERFMON, NET_BIND_SERVICE (the resolver's port 53)");
   check(JSON.stringify(sc["capabilities"]?.["drop"]) === JSON.stringify(["ALL"]), "agent must drop ALL other capabilities");
   check(sc["privileged"] !== true, "agent must not be privileged");
   check(sc["allowPrivilegeEscalation"] === false, "agent: allowPrivilegeEscalation false");
@@ -316,6 +316,9 @@ test("ConfigMap: only the agent's own variables, with valid values; nothing per-
   t.regex(data["I6PN_BPFFS"] ?? "", /^\/sys\/fs\/bpf\//);
   for (const url of (data["I6PN_NATS_URL"] ?? "").split(",")) t.regex(url, /^tls:\/\/[a-z0-9.-]+:4222$/, "agents reach NATS over TLS");
   t.truthy(data["I6PN_UPLINK"]);
+  t.is(data["I6PN_DNS"], "true", "the node resolver is on");
+  t.is(data["I6PN_DNS_ZONE"], "i6pn.local");
+  t.regex(data["I6PN_DNS_RATE_LIMIT"] ?? "", /^[1-9]\d*$/, "a rate limit per container");
 });
 
 test("RBAC: the agent may only get nodes; i6pnctl has no API token", (t) => {

@@ -9,6 +9,8 @@ import {
   kvStream,
   kvSubject,
   ENDPOINTS_HISTORY,
+  clusterKey,
+  nameKey,
   LEGACY_ENDPOINTS_BUCKET,
   decodeRecord,
   endpointBucketKey,
@@ -58,7 +60,9 @@ test('keys', (t) => {
   t.is(regionIdKey(0xa70), 'id.0a70');
   t.is(workspaceIdKey(1), 'id.00000001');
   t.is(ifnameKey('node-a', 'veth0'), 'node-a.7665746830');
-  t.deepEqual([...BUCKETS], ['i6pn_regions', 'i6pn_workspaces', 'i6pn_addresses', 'i6pn_ifnames', 'i6pn_nodes']);
+  t.deepEqual([...BUCKETS], ['i6pn_regions', 'i6pn_workspaces', 'i6pn_addresses', 'i6pn_ifnames', 'i6pn_nodes', 'i6pn_names', 'i6pn_clusters']);
+  t.is(nameKey('eu-west', WS, 'web-1'), 'eu-west.51373ebf.web-1');
+  t.is(clusterKey('eu-west', WS, 'trainer'), 'eu-west.51373ebf.trainer');
   t.is(LEGACY_ENDPOINTS_BUCKET, 'i6pn_endpoints');
 });
 
@@ -71,6 +75,8 @@ test('the bucket table: names, what an agent may do with each, and the KV subjec
       ['i6pn_addresses', 'none'],
       ['i6pn_ifnames', 'none'],
       ['i6pn_nodes', 'read, own key'],
+      ['i6pn_names', 'none'],
+      ['i6pn_clusters', 'none'],
     ],
   );
   const ep = endpointsBucketSpec('eu-west');
@@ -190,4 +196,25 @@ test('node records', (t) => {
   t.like(decodeRecord(nodeRecord, { ...ok, region: 'EU' }), { ok: false, reason: 'schema' });
   t.like(decodeRecord(nodeRecord, { ...ok, heartbeatAt: 12 }), { ok: false, reason: 'schema' });
   t.like(decodeRecord(nodeRecord, 'nope'), { ok: false, reason: 'json' });
+});
+
+test('names, clusters and ranks are optional; entries without them stay valid; cluster and rank go together', (t) => {
+  t.true(validateEndpointEntry(KEY, record()).ok);
+  const named = validateEndpointEntry(KEY, record({ name: 'web-1', cluster: 'trainer', rank: 0 }));
+  t.true(named.ok);
+  if (named.ok) t.deepEqual([named.record.name, named.record.cluster, named.record.rank], ['web-1', 'trainer', 0]);
+  const bad = (over: Record<string, unknown>): string => {
+    const v = validateEndpointEntry(KEY, { ...record(), ...over });
+    return v.ok ? 'ok' : v.message;
+  };
+  t.is(bad({ cluster: 'trainer' }), 'rank: cluster and rank go together');
+  t.is(bad({ rank: 3 }), 'rank: cluster and rank go together');
+  t.regex(bad({ name: 'Web' }), /^name: must be a DNS label/);
+  t.regex(bad({ name: 'web-' }), /^name: must be a DNS label/);
+  t.regex(bad({ name: '1web' }), /^name: must be a DNS label/);
+  t.regex(bad({ name: 'a'.repeat(64) }), /^name: must be a DNS label/);
+  t.is(bad({ name: 'a'.repeat(63) }), 'ok');
+  t.regex(bad({ cluster: 'trainer', rank: 10_000 }), /^rank: /);
+  t.regex(bad({ cluster: 'trainer', rank: 1.5 }), /^rank: /);
+  t.regex(bad({ cluster: 'trainer', rank: -1 }), /^rank: /);
 });

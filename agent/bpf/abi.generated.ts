@@ -51,9 +51,11 @@ export const Reason = {
   PASS_LINK_SCOPE: 21,
   PASS_ICMP_ERROR: 22,
   PASS_FORWARD: 23,
+  PASS_RESOLVER: 24,
+  DROP_RESOLVER_NOT_DNS: 25,
 } as const;
 export type ReasonValue = (typeof Reason)[keyof typeof Reason];
-export const REASON_MAX = 24;
+export const REASON_MAX = 26;
 export const REASON_NAMES = [
   'pass_private',
   'pass_not_private',
@@ -79,6 +81,8 @@ export const REASON_NAMES = [
   'pass_link_scope',
   'pass_icmp_error',
   'pass_forward',
+  'pass_resolver',
+  'resolver_not_dns',
 ] as const;
 export type ReasonName = (typeof REASON_NAMES)[number];
 
@@ -205,7 +209,7 @@ export const maps = {
   endpoints: { type: 1, keySize: 16, valueSize: 16, maxEntries: 65536 },
   local_ifaces: { type: 1, keySize: 4, valueSize: 20, maxEntries: 4096 },
   config: { type: 2, keySize: 4, valueSize: 24, maxEntries: 1 },
-  counters: { type: 6, keySize: 4, valueSize: 16, maxEntries: 288 },
+  counters: { type: 6, keySize: 4, valueSize: 16, maxEntries: 312 },
   drop_events: { type: 27, keySize: 0, valueSize: 0, maxEntries: 262144 },
   event_budget: { type: 6, keySize: 4, valueSize: 16, maxEntries: 1 },
   event_stats: { type: 6, keySize: 4, valueSize: 16, maxEntries: 1 },

@@ -170,3 +170,4 @@ export function sweepStale(): void {
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
+

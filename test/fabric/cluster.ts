@@ -53,6 +53,12 @@ export interface ClusterOptions {
   prometheus?: boolean;
   /** Called at the start of each step (the demo's progress lines). */
   step?: (title: string) => void;
+  /**
+   * The agents' --dns-upstream (default `none`: the fabric's namespaces reach
+   * no resolver of the machine, so names outside the zone are REFUSED rather
+   * than timing out).
+   */
+  dnsUpstream?: string;
 }
 
 export class Cluster {
@@ -62,6 +68,7 @@ export class Cluster {
   /** Endpoints removed from the store whose containers still run (the agents leave them alone). */
   readonly deregistered = new Set<string>();
   binaries: 'source' | 'dist' = 'source';
+  dnsUpstream = 'none';
   nats?: Nats;
   prometheus?: Prometheus;
   oracle: ReturnType<typeof modelOracle>;
@@ -90,6 +97,7 @@ export class Cluster {
     const fabric = await Fabric.create({ nodes: topology.nodes, routeLocal: opts.dataplane !== 'agent', log });
     const c = new Cluster(fabric, topology, opts.dataplane, opts.mode ?? 'enforce');
     c.binaries = opts.binaries ?? 'source';
+    c.dnsUpstream = opts.dnsUpstream ?? 'none';
     try {
       if (opts.nats ?? opts.dataplane === 'agent') {
         step('nats-server with JetStream');
@@ -149,7 +157,8 @@ export class Cluster {
     await Promise.all([...this.fabric.nodes.values()].map((node) => this.startAgent(node.name, mode, opts)));
   }
 
-  async startAgent(nodeName: string, mode: EnforcementMode = this.mode, opts: { eventsPerSec?: number } = {}): Promise<Service> {
+  /** `extraArgs`: more flags, after the fabric's own (a later flag wins). */
+  async startAgent(nodeName: string, mode: EnforcementMode = this.mode, opts: { eventsPerSec?: number; extraArgs?: readonly string[] } = {}): Promise<Service> {
     const node = this.node(nodeName);
     const nats = this.nats;
     if (!nats) throw new Error('agents need nats');
@@ -164,8 +173,10 @@ export class Cluster {
       '--bpffs', node.bpffs,
       '--metrics-addr', `[${node.underlay}]:${AGENT_METRICS_PORT}`,
       '--mode', mode,
+      '--dns-upstream', this.dnsUpstream,
       '--log-level', 'debug',
       ...(opts.eventsPerSec !== undefined ? ['--events-per-sec', String(opts.eventsPerSec)] : []),
+      ...(opts.extraArgs ?? []),
     ];
     const svc = startService(this.fabric, `agent-${node.name}`, argv, { netns: node.netns, cmdlineMark: node.bpffs, cwd: REPO_ROOT });
     this.agents.set(node.name, svc);

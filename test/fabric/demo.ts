@@ -12,6 +12,7 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cluster, type DataplaneKind, type EnforcementMode, REPO_ROOT } from './cluster.js';
 import { type Counters, delta, snapshot } from './counters.js';
+import { run } from './exec.js';
 import { renderMatrix, runMatrix } from './matrix.js';
 import { modelOracle } from './policy.js';
 import { ping } from './probes.js';
@@ -75,7 +76,7 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
     destroyRunSync(old);
   }
   rmSync(DEMO_FILE, { force: true });
-  STEPS = dataplane === 'agent' ? 10 : dataplane === 'static' ? 8 : 7;
+  STEPS = dataplane === 'agent' ? 11 : dataplane === 'static' ? 8 : 7;
   // Ctrl-C while building: the fabric's own handler removes what exists and exits;
   // before there is a fabric, this one exits.
   const onInterrupt = (): void => {
@@ -129,6 +130,7 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
     }
     say('');
   }
+  if (dataplane === 'agent') await discovery(cluster);
   say('Endpoints:');
   for (const e of matrixEndpoints) {
     const note = cluster.deregistered.has(e.name) ? '  (removed from the store, container running: veth sealed)' : e.i6pn ? '' : '  (no i6pn)';
@@ -139,6 +141,7 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
   say(`  make demo-shell NODE=${nodes[0]}          a shell in a node (or NODE=a1 for a container)`);
   say(`  ip netns exec ${f.node(nodes[0]!).netns} ip -6 route`);
   say(`  ip netns exec ${cluster.fabric.endpoint('a1').netns} ping -6 -c1 ${cluster.fabric.endpoint('a3').address}`);
+  if (dataplane === 'agent') say(`  ip netns exec ${cluster.fabric.endpoint('a1').netns} getent ahosts i6pn.local    (names: ip netns exec applies the container's resolv.conf)`);
   if (cluster.nats) say(`  NATS:        ${cluster.nats.url}`);
   if (dataplane === 'agent' && cluster.ctl) {
     for (const n of nodes) say(`  metrics:     ${cluster.metricsUrl(n)}   (${n})`);
@@ -208,6 +211,44 @@ async function showEvents(cluster: Cluster, events: DropEventRecord[], since: Da
   const why = await ctl.text(['explain', `${a1.node}/${a1.ifname}`, `${g1.node}/${g1.ifname}`]);
   say(`Before sending anything, i6pnctl explain says the same (exit ${why.code}):`);
   for (const l of why.stdout.trimEnd().split('\n')) say(`  ${l}`);
+}
+
+/**
+ * Discovery: a name and a named cluster provisioned with i6pnctl, then
+ * resolved inside containers as their libc does (`ip netns exec` applies the
+ * resolv.conf the runtime wrote: the node resolver, fdaa::53).
+ */
+async function discovery(cluster: Cluster): Promise<void> {
+  const ctl = cluster.ctl!;
+  const ep = (n: string) => cluster.fabric.endpoint(n);
+  step('discovery: a2 named web, a named cluster "trainer" of acme; resolved in the containers by their node\'s resolver');
+  await ctl.run(['endpoint', 'rename', ep('a2').address, 'web']);
+  await ctl.run(['cluster', 'create', '--workspace', 'acme', '--region', 'ams', '--size', '3', '--nodes', 'ams-1,ams-2', '--name', 'trainer']);
+  const inside = async (c: string, argv: string[]): Promise<string> => {
+    const r = await run(['ip', 'netns', 'exec', ep(c).netns, ...argv], { allowFail: true });
+    return (r.stdout + r.stderr).trim();
+  };
+  // The agents apply the store within a second: wait for the last write to answer.
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline && !(await inside('a1', ['dig', '+short', '2.trainer.cluster.i6pn.local', 'AAAA'])).startsWith('fdaa:')) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const show = async (c: string, what: string, argv: string[]): Promise<void> => {
+    const out = await inside(c, argv);
+    say(`  ${c} (${ep(c).workspace}, ${ep(c).node}) ${what}:`);
+    say(`    $ ip netns exec ${ep(c).netns} ${argv.join(' ')}`);
+    for (const l of (out || '(nothing: exit status not 0)').split('\n')) say(`    ${l}`);
+  };
+  say('');
+  say('Discovery (the container\'s /etc/resolv.conf, as its runtime wrote it: nameserver fdaa::53):');
+  await show('a1', 'resolves itself', ['getent', 'ahosts', 'i6pn.local']);
+  await show('a1', 'resolves its peer a2 by name', ['getent', 'ahosts', 'web.i6pn.local']);
+  await show('a3', 'resolves its cluster, members in rank order', ['dig', '+short', 'trainer.cluster.i6pn.local', 'AAAA']);
+  await show('a3', 'reads the ranks', ['dig', '+short', 'trainer.cluster.i6pn.local', 'TXT']);
+  await show('a1', 'resolves the member of rank 1', ['dig', '+short', '1.trainer.cluster.i6pn.local', 'AAAA']);
+  await show('g1', 'cannot resolve acme\'s name (another workspace: NXDOMAIN, as for a name nobody has)', ['getent', 'ahosts', 'web.i6pn.local']);
+  const status = (await inside('g1', ['dig', 'web.i6pn.local', 'AAAA'])).match(/status: [A-Z]+/)?.[0] ?? '?';
+  say(`    dig web.i6pn.local from g1: ${status}`);
   say('');
 }
 

@@ -21,8 +21,10 @@
  * the dataplane stops them. The /128 from a node to its own endpoint's veth is
  * the agent's job; `routeLocal: true` makes the harness install it (no agent).
  */
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { RESOLVER_ADDRESS } from '../../lib/address.js';
 import { ipBatch, run, sysctls } from './exec.js';
-import { NETNS_PREFIX, RunRecord, destroyRunSync, newRunId } from './state.js';
+import { NETNS_PREFIX, RunRecord, destroyRunSync, netnsConfigDir, newRunId } from './state.js';
 import type { Endpoint, NodeSpec } from './topology.js';
 
 export interface FabricOptions {
@@ -190,7 +192,9 @@ export class Fabric {
   /**
    * Play the container runtime: make the container's namespace and veth pair,
    * put the endpoint's address on the container side, name the host side as
-   * registered; then route the address from every other node to this one.
+   * registered, point an i6pn container's resolver at its node's
+   * (containerResolvConf); then route the address from every other node to
+   * this one.
    */
   async addEndpoint(ep: Endpoint): Promise<FabricEndpoint> {
     if (this.endpoints.has(ep.name)) throw new Error(`fabric: endpoint ${ep.name} exists`);
@@ -209,6 +213,11 @@ export class Fabric {
       ],
       netns,
     );
+    if (ep.i6pn) {
+      // What `ip netns exec` binds over /etc/resolv.conf: getent, dig and libc in the container use the node resolver.
+      mkdirSync(netnsConfigDir(netns), { recursive: true });
+      writeFileSync(`${netnsConfigDir(netns)}/resolv.conf`, containerResolvConf());
+    }
     const gatewayMac = await linkMac(node.netns, ep.ifname);
     const fe: FabricEndpoint = { ...ep, netns, gatewayMac };
     this.endpoints.set(ep.name, fe);
@@ -245,6 +254,7 @@ export class Fabric {
       }
     }
     await run(['ip', 'netns', 'del', ep.netns]);
+    rmSync(netnsConfigDir(ep.netns), { recursive: true, force: true });
     this.record.state.netns = this.record.state.netns.filter((n) => n !== ep.netns);
     await Promise.all(
       [...this.nodes.values()]
@@ -280,6 +290,16 @@ export class Fabric {
   async destroy(): Promise<void> {
     this.destroySync();
   }
+}
+
+/**
+ * The resolv.conf a runtime gives an i6pn container: its node's resolver,
+ * reached through the container's own veth, which answers the zone
+ * (i6pn.local) for the container's workspace and region and forwards the
+ * rest (as the agent's --dns-upstream says).
+ */
+export function containerResolvConf(): string {
+  return `# i6pn: the node resolver (answers i6pn.local for this container's workspace and region)\nnameserver ${RESOLVER_ADDRESS}\noptions timeout:1 attempts:2\n`;
 }
 
 async function linkMac(netns: string, ifname: string): Promise<string> {

@@ -10,7 +10,7 @@ import { accessSync, constants, mkdirSync, openSync, readFileSync, writeFileSync
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { natsServerBin } from '../helpers/nats-server-bin.js';
-import { inNetns, sleep } from './exec.js';
+import { inNetns, run, sleep } from './exec.js';
 import type { Fabric, FabricNode } from './fabric.js';
 
 export interface Service {
@@ -144,6 +144,43 @@ export async function startNats(fabric: Fabric, port = 4222): Promise<Nats> {
   const url = `nats://[${fabric.mgmtAddress}]:${port}`;
   fabric.record.setInfo('nats', url);
   return { ...svc, url };
+}
+
+/**
+ * dnsmasq on `[address]:port` of the root namespace (the management link),
+ * answering `records` (name → AAAA) and, with `hostsFile`, the names of that
+ * file; nothing else (no upstream, no /etc/hosts, no /etc/resolv.conf). The
+ * fabric's upstream resolver for names outside the zone, and the bench's
+ * baseline.
+ */
+export async function startDnsmasq(
+  fabric: Fabric,
+  opts: { address: string; port: number; records?: Record<string, string>; hostsFile?: string; netns?: string; extra?: string[] },
+): Promise<Service> {
+  const dir = join(fabric.record.dir, `dnsmasq-${opts.port}`);
+  mkdirSync(dir, { recursive: true });
+  const argv = [
+    '/usr/sbin/dnsmasq',
+    '--keep-in-foreground',
+    '--conf-file=/dev/null',
+    '--no-resolv',
+    '--no-hosts',
+    '--bind-interfaces',
+    `--listen-address=${opts.address}`,
+    '--except-interface=lo',
+    `--port=${opts.port}`,
+    `--pid-file=${join(dir, 'pid')}`,
+    '--user=root',
+    ...Object.entries(opts.records ?? {}).map(([name, addr]) => `--host-record=${name},${addr}`),
+    ...(opts.hostsFile ? [`--addn-hosts=${opts.hostsFile}`] : []),
+    ...(opts.extra ?? []),
+  ];
+  const svc = startService(fabric, `dnsmasq-${opts.port}`, argv, { cmdlineMark: dir, ...(opts.netns ? { netns: opts.netns } : {}) });
+  // Listening, in its namespace (which the test process may not reach).
+  const bound = async (): Promise<boolean> =>
+    (await run(['ss', '-Hlnu', `sport = :${opts.port}`], { ...(opts.netns ? { netns: opts.netns } : {}), allowFail: true })).stdout.trim() !== '';
+  await waitUntil(`dnsmasq on [${opts.address}]:${opts.port}`, bound, 10_000, svc);
+  return svc;
 }
 
 export interface Prometheus extends Service {

@@ -174,6 +174,11 @@ function killAndWait(pids: number[]): void {
   }
 }
 
+/** Where `ip netns exec NS` finds files to bind over /etc (resolv.conf): /etc/netns/NS. */
+export function netnsConfigDir(netns: string): string {
+  return join('/etc/netns', netns);
+}
+
 /**
  * Remove everything of one run: its processes (recorded ones whose cmdline
  * still matches, and any process inside its namespaces), its namespaces (which
@@ -193,6 +198,8 @@ export function destroyRunSync(runId: string): void {
   for (const n of netns) for (const p of netnsPids(n)) pids.add(p);
   killAndWait([...pids]);
 
+  // The containers' /etc/netns/<ns> (resolv.conf) goes with their namespaces.
+  for (const n of netns) rmSync(netnsConfigDir(n), { recursive: true, force: true });
   if (netns.length > 0) {
     execFileSync('ip', ['-force', '-batch', '-'], {
       input: netns.map((n) => `netns del ${n}`).join('\n') + '\n',
