@@ -51,9 +51,13 @@ export const Reason = {
   PASS_LINK_SCOPE: 21,
   PASS_ICMP_ERROR: 22,
   PASS_FORWARD: 23,
+  PASS_TUNNEL: 24,
+  PASS_TUNNEL_REPLY: 25,
+  DROP_NOT_TUNNELED: 26,
+  DROP_TO_GATEWAY: 27,
 } as const;
 export type ReasonValue = (typeof Reason)[keyof typeof Reason];
-export const REASON_MAX = 24;
+export const REASON_MAX = 28;
 export const REASON_NAMES = [
   'pass_private',
   'pass_not_private',
@@ -79,6 +83,10 @@ export const REASON_NAMES = [
   'pass_link_scope',
   'pass_icmp_error',
   'pass_forward',
+  'pass_tunnel',
+  'pass_tunnel_reply',
+  'not_tunneled',
+  'to_gateway',
 ] as const;
 export type ReasonName = (typeof REASON_NAMES)[number];
 
@@ -175,6 +183,21 @@ export const structs = {
       pad: { offset: 12, size: 4, kind: 'u32' },
     },
   },
+  i6pn_tunnel_key: {
+    size: 20,
+    fields: {
+      addr: { offset: 0, size: 16, kind: 'bytes' },
+      proto: { offset: 16, size: 1, kind: 'u8' },
+      pad: { offset: 17, size: 1, kind: 'u8' },
+      port: { offset: 18, size: 2, kind: 'u16' },
+    },
+  },
+  i6pn_tunnel: {
+    size: 8,
+    fields: {
+      id: { offset: 0, size: 8, kind: 'u64' },
+    },
+  },
 } as const;
 
 export type StructName = keyof typeof structs;
@@ -183,8 +206,9 @@ export type StructName = keyof typeof structs;
 export const maps = {
   endpoints: { type: 1, keySize: 16, valueSize: 16, maxEntries: 65536 },
   local_ifaces: { type: 1, keySize: 4, valueSize: 20, maxEntries: 4096 },
+  tunnels: { type: 1, keySize: 20, valueSize: 8, maxEntries: 16384 },
   config: { type: 2, keySize: 4, valueSize: 24, maxEntries: 1 },
-  counters: { type: 6, keySize: 4, valueSize: 16, maxEntries: 288 },
+  counters: { type: 6, keySize: 4, valueSize: 16, maxEntries: 336 },
   drop_events: { type: 27, keySize: 0, valueSize: 0, maxEntries: 262144 },
   event_budget: { type: 6, keySize: 4, valueSize: 16, maxEntries: 1 },
   sync_state: { type: 2, keySize: 4, valueSize: 24, maxEntries: 1 },
