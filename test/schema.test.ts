@@ -52,7 +52,7 @@ test('keys', (t) => {
   t.is(regionIdKey(0xa70), 'id.0a70');
   t.is(workspaceIdKey(1), 'id.00000001');
   t.is(ifnameKey('node-a', 'veth0'), 'node-a.7665746830');
-  t.deepEqual([...BUCKETS], ['i6pn_regions', 'i6pn_workspaces', 'i6pn_addresses', 'i6pn_ifnames', 'i6pn_nodes']);
+  t.deepEqual([...BUCKETS], ['i6pn_regions', 'i6pn_workspaces', 'i6pn_addresses', 'i6pn_ifnames', 'i6pn_nodes', 'i6pn_gateways']);
   t.is(LEGACY_ENDPOINTS_BUCKET, 'i6pn_endpoints');
 });
 
@@ -96,7 +96,10 @@ test('endpoint entries that break the schema', (t) => {
     [{ ...record(), ifname: 'this-name-is-too-long' }, /^ifname: must be a Linux interface name/],
     [{ ...record(), ifname: 'a/b' }, /^ifname: /],
     [{ ...record(), node: 'Node_A' }, /^node: /],
-    [{ ...record(), workspaceId: 0 }, /^workspaceId: must be a non-zero 32-bit/],
+    [{ ...record(), workspaceId: 0 }, /^workspaceId: workspace id 0 is infrastructure: a gateway/],
+    [{ ...record(), role: 'gateway' }, /^workspaceId: workspace id 0 is infrastructure: a gateway/],
+    [{ ...record(), workspaceId: 0x1_0000_0000 }, /^workspaceId: /],
+    [{ ...record(), role: 'router' }, /^role: /],
     [{ ...record(), regionId: 70000 }, /^regionId: /],
     [{ ...record(), i6pn: 'yes' }, /^i6pn: /],
     [{ ...record(), createdAt: 'yesterday' }, /^createdAt: /],
