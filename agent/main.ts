@@ -22,6 +22,8 @@ import { AgentMetrics } from './metrics.js';
 import { AgentStore } from './store-client.js';
 import { MembershipSync, nodeId } from './sync.js';
 import { MembershipFollower } from './watch.js';
+import { TUNNELS_MAP_CAPACITY, TunnelFollower, reconcileTunnelMap } from './tunnels.js';
+import { tunnelsBucket } from '../lib/schema.js';
 
 async function run(cfg: AgentConfig): Promise<void> {
   const log = createLogger(cfg.logLevel, { node: cfg.node, region: cfg.region });
@@ -56,6 +58,8 @@ async function run(cfg: AgentConfig): Promise<void> {
   state.mapsLoaded = true;
   metrics.mapCapacity.set({ map: 'endpoints' }, dp.maxEndpoints);
   metrics.mapCapacity.set({ map: 'local_ifaces' }, dp.maxLocalIfaces);
+  metrics.mapCapacity.set({ map: 'tunnels' }, TUNNELS_MAP_CAPACITY);
+  metrics.mapEntries.set({ map: 'tunnels' }, dp.listTunnels().length);
   metrics.setCounterSource(() => dp.readCounters());
   const dropLog = log.child({ component: 'drop' });
   const drops = dp.watchDropEvents((e) => {
@@ -90,6 +94,7 @@ async function run(cfg: AgentConfig): Promise<void> {
 
   // Membership.
   let follower: MembershipFollower | null = null;
+  let tunnels: TunnelFollower | null = null;
   let heartbeat: Heartbeat | null = null;
   let store: AgentStore | null = null;
   let stopping = false;
@@ -103,6 +108,7 @@ async function run(cfg: AgentConfig): Promise<void> {
     heartbeat?.stop();
     clearInterval(converger);
     await follower?.stop().catch(() => {});
+    await tunnels?.stop().catch(() => {});
     attacher?.stop();
     interfaces.stop();
     drops.close();
@@ -122,7 +128,10 @@ async function run(cfg: AgentConfig): Promise<void> {
     name: `i6pn-agent@${cfg.node}`,
     log: storeLog,
     onConnected: (up) => metrics.natsConnected.set(up ? 1 : 0),
-    onReconnect: () => follower?.resume(),
+    onReconnect: () => {
+      follower?.resume();
+      tunnels?.resume();
+    },
   });
   if (stopping) return;
 
@@ -189,6 +198,22 @@ async function run(cfg: AgentConfig): Promise<void> {
     },
   });
   follower.start();
+
+  // The region's tunnels into the tunnels map: what its gateways may reach.
+  const tunnelLog = log.child({ component: 'tunnels' });
+  tunnels = new TunnelFollower({
+    openBucket: () => store!.bucket(tunnelsBucket(cfg.region)),
+    region: cfg.region,
+    regionId,
+    log: tunnelLog,
+    onTunnels: (wanted) => {
+      const r = reconcileTunnelMap(dp, wanted, tunnelLog);
+      metrics.mapEntries.set({ map: 'tunnels' }, r.entries);
+      if (r.failed) metrics.mapFull.inc(r.failed);
+    },
+    onRejected: (reason) => metrics.tunnelsRejected.inc({ reason }),
+  });
+  tunnels.start();
 }
 
 async function teardown(cfg: TeardownConfig): Promise<void> {

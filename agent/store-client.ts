@@ -1,9 +1,10 @@
 /**
- * The agent's side of the membership store: a NATS connection that reconnects
- * forever, the region lookup (regions bucket), the node heartbeat (nodes
- * bucket), and the JetStream client the endpoint follower reads with. Only
- * the subjects the agent's NATS identity may use (deploy/nats): reads of the
- * i6pn_* buckets and its own heartbeat key.
+ * The node side of the membership store, for the agent and the tunnel
+ * gateway: a NATS connection that reconnects forever, the region lookup
+ * (regions bucket), the node heartbeat (nodes bucket), buckets to read (the
+ * tunnels) and the JetStream client the endpoint follower reads with. Only
+ * the subjects their NATS identities may use (deploy/nats): reads of the
+ * i6pn_* buckets and their own keys.
  */
 import { readFileSync } from 'node:fs';
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
@@ -91,7 +92,8 @@ export class AgentStore {
     return new AgentStore(nc, await jetstreamManager(nc, { timeout: JS_API_TIMEOUT_MS, checkAPI: false }));
   }
 
-  private bucket(name: string): Promise<KV> {
+  /** A bucket, opened once (a failed open is tried again next time). */
+  bucket(name: string): Promise<KV> {
     let b = this.buckets.get(name);
     if (!b) {
       b = this.kvm.open(name);

@@ -5,8 +5,12 @@
 //   agent <node> of <region>
 //                 reads the buckets it follows (regions and nodes: get, watch,
 //                 keys; its own region's endpoints bucket i6pn_endpoints_<region>,
-//                 also with a pull consumer, and no other region's) and writes
+//                 also with a pull consumer, and no other region's; its own
+//                 region's tunnels bucket i6pn_tunnels_<region>) and writes
 //                 one key only, its heartbeat $KV.i6pn_nodes.<node>;
+//   gateway <address> of <region>
+//                 reads its region's tunnels bucket and its own record, and
+//                 writes one key only, that record $KV.i6pn_gateways.<region>.<address hex>;
 //   controller    reads, writes and creates every i6pn_* bucket.
 //
 // A stream name cannot be wildcarded inside a subject token, so the region is
@@ -19,6 +23,7 @@
 //
 //   node --import=tsx deploy/nats/i6pn-nats-auth.ts init DIR
 //   node --import=tsx deploy/nats/i6pn-nats-auth.ts agent DIR --region REGION [--legacy-endpoints] NODE [NODE...]
+//   node --import=tsx deploy/nats/i6pn-nats-auth.ts gateway DIR --region REGION ADDRESS [ADDRESS...]
 //   node --import=tsx deploy/nats/i6pn-nats-auth.ts controller DIR
 //
 // The JWTs are the NATS v2 format (what nsc writes): header
@@ -28,8 +33,12 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "n
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { nkeys } from "@nats-io/transport-node";
+import { formatAddress, isGatewayAddress, parseAddress } from "../../lib/address.js";
 import {
   BUCKETS,
+  GATEWAYS_BUCKET,
+  gatewayKey,
+  tunnelsBucket,
   endpointsBucket,
   isValidName,
   isValidNodeName,
@@ -106,6 +115,23 @@ function kvReadSubjects(bucket: string): string[] {
 }
 
 /**
+ * What following a bucket with a KV watch needs (agent/tunnels.ts: the
+ * region's tunnels), and no get: its status, an ordered push consumer from
+ * the first message, its flow control. Five subjects, where kvReadSubjects
+ * takes nine: every agent's JWT carries them (see AGENT_BUCKETS).
+ */
+function kvWatchSubjects(bucket: string): string[] {
+  const stream = `KV_${bucket}`;
+  return [
+    `$JS.API.STREAM.INFO.${stream}`,
+    `$JS.API.CONSUMER.CREATE.${stream}.>`,
+    `$JS.API.CONSUMER.INFO.${stream}.*`,
+    `$JS.API.CONSUMER.DELETE.${stream}.*`,
+    `$JS.FC.${stream}.>`,
+  ];
+}
+
+/**
  * What the agent's reader of its region's endpoints bucket needs besides:
  * a pull consumer over the whole stream, whose batches it asks for.
  */
@@ -123,10 +149,46 @@ export function agentPermissions(node: string, region: string, opts: AgentOption
         "$JS.API.INFO",
         ...agentBuckets(region, opts).flatMap(kvReadSubjects),
         ...pullConsumerSubjects(endpoints),
+        ...kvWatchSubjects(tunnelsBucket(region)), // its region's tunnels, into the tunnels map
         `$KV.${HEARTBEAT_BUCKET}.${nodeKey(node)}`, // its own heartbeat key, nothing else
       ],
     },
     // Replies (API responses, put acks, watch deliveries) arrive on inboxes.
+    sub: { allow: ["_INBOX.>"] },
+  };
+}
+
+/** A gateway's address becomes a subject in its permissions: it must be a gateway's (fdaa:0:0:<region>:6a7e::/80). */
+export function assertGatewayAddress(address: string): Uint8Array {
+  let a: Uint8Array;
+  try {
+    a = parseAddress(address);
+  } catch (err) {
+    throw new Error(`gateway address ${JSON.stringify(address)}: ${(err as Error).message}`);
+  }
+  if (!isGatewayAddress(a)) throw new Error(`${address} is not a gateway's address (fdaa:0:0:<region>:6a7e::/80, as \`i6pnctl gateway add\` prints it)`);
+  return a;
+}
+
+/**
+ * A tunnel gateway of `region` at `address` (i6pnctl gateway add): it follows
+ * its region's tunnels and writes (and reads back, after a restart) its own
+ * record; nothing else of the store.
+ */
+export function gatewayPermissions(address: string, region: string): Permissions {
+  assertRegionName(region);
+  const key = gatewayKey(region, assertGatewayAddress(address));
+  const stream = `KV_${GATEWAYS_BUCKET}`;
+  return {
+    pub: {
+      allow: [
+        "$JS.API.INFO",
+        ...kvWatchSubjects(tunnelsBucket(region)),
+        `$JS.API.STREAM.INFO.${stream}`, // open the bucket
+        `$JS.API.DIRECT.GET.${stream}.$KV.${GATEWAYS_BUCKET}.${key}`, // its own record, and no other
+        `$KV.${GATEWAYS_BUCKET}.${key}`,
+      ],
+    },
     sub: { allow: ["_INBOX.>"] },
   };
 }
@@ -283,6 +345,14 @@ function parseAgentArgs(args: string[]): { region: string; nodes: string[]; opts
   return { region, nodes, opts };
 }
 
+/** Writes DIR/gateways/<address hex>.creds for a gateway of `region`. */
+export function issueGateway(dir: string, address: string, region: string): string {
+  const permissions = gatewayPermissions(address, region);
+  mkdirSync(join(dir, "gateways"), { recursive: true, mode: 0o700 });
+  const a = parseAddress(address);
+  return issueUser(dir, `i6pn-gateway@${formatAddress(a)}`, permissions, join(dir, "gateways", `${Buffer.from(a).toString("hex")}.creds`));
+}
+
 /** Writes DIR/controller.creds. */
 export function issueController(dir: string): string {
   return issueUser(dir, "i6pnctl", controllerPermissions(), join(dir, "controller.creds"));
@@ -290,7 +360,7 @@ export function issueController(dir: string): string {
 
 function main(argv: string[]): number {
   const [command, dir, ...rest] = argv;
-  const usage = "usage: i6pn-nats-auth.ts init DIR | agent DIR --region REGION [--legacy-endpoints] NODE [NODE...] | controller DIR";
+  const usage = "usage: i6pn-nats-auth.ts init DIR | agent DIR --region REGION [--legacy-endpoints] NODE [NODE...] | gateway DIR --region REGION ADDRESS [ADDRESS...] | controller DIR";
   if (!command || !dir) {
     console.error(usage);
     return 2;
@@ -307,6 +377,15 @@ function main(argv: string[]): number {
         for (const node of nodes) assertNodeName(node);
         assertRegionName(region);
         for (const node of nodes) console.log(`wrote ${issueAgent(dir, node, region, opts)} (region ${region}${opts.legacyEndpoints ? `, and ${LEGACY_ENDPOINTS_BUCKET} until the upgrade is finished` : ""})`);
+        return 0;
+      }
+      case "gateway": {
+        const i = rest.indexOf("--region");
+        const region = i >= 0 ? rest[i + 1] : undefined;
+        const addresses = rest.filter((_, j) => i < 0 || (j !== i && j !== i + 1));
+        if (region === undefined) throw new Error("gateway: --region REGION is required: a gateway reads its own region's tunnels only");
+        if (addresses.length === 0) throw new Error("gateway: name at least one gateway address (i6pnctl gateway add prints it)");
+        for (const a of addresses) console.log(`wrote ${issueGateway(dir, a, region)} (region ${region})`);
         return 0;
       }
       case "controller":
