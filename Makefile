@@ -59,7 +59,7 @@ $(ABI_TS): $(BUILD)/bpf/i6pn.bpf.o agent/bpf/gen-abi.ts
 
 ts: $(ABI_TS)
 	npx tsc -p tsconfig.json
-	@chmod +x dist/controller/cli.js dist/agent/main.js 2>/dev/null || true
+	@chmod +x dist/controller/cli.js dist/agent/main.js dist/gateway/main.js 2>/dev/null || true
 
 ## bpffs: pins live here; a fresh machine may not have it mounted
 bpffs:

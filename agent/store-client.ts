@@ -92,11 +92,15 @@ export class AgentStore {
     return new AgentStore(nc, await jetstreamManager(nc, { timeout: JS_API_TIMEOUT_MS, checkAPI: false }));
   }
 
-  /** A bucket, opened once (a failed open is tried again next time). */
-  bucket(name: string): Promise<KV> {
+  /**
+   * A bucket, opened once (a failed open is tried again next time). `direct`:
+   * gets are direct gets ($JS.API.DIRECT.GET), what an identity allowed to
+   * read one key of a bucket may do (the gateway's own record).
+   */
+  bucket(name: string, opts: { direct?: boolean } = {}): Promise<KV> {
     let b = this.buckets.get(name);
     if (!b) {
-      b = this.kvm.open(name);
+      b = this.kvm.open(name, opts.direct ? { allow_direct: true } : {});
       b.catch(() => this.buckets.delete(name));
       this.buckets.set(name, b);
     }
