@@ -538,7 +538,7 @@ function gatewayProblems(ds: Obj, cm: Obj, regs: Obj, svc: Obj, envVars: Set<str
   for (const n of envNames) if (n.startsWith("I6PN_") && !envVars.has(n)) p.push(`${n} is not a variable of i6pn-gateway`);
   const node = (gw["env"] as Obj[]).findIndex((e) => e["name"] === "I6PN_NODE");
   const creds = (gw["env"] as Obj[]).findIndex((e) => e["name"] === "I6PN_NATS_CREDS");
-  if (node < 0 || node > creds || (gw["env"] as Obj[])[node]["valueFrom"]?.["fieldRef"]?.["fieldPath"] !== "spec.nodeName") p.push("I6PN_NODE (spec.nodeName) must come before I6PN_NATS_CREDS, which names its node's creds");
+  if (node < 0 || node > creds || (gw["env"] as Obj[])[node]?.["valueFrom"]?.["fieldRef"]?.["fieldPath"] !== "spec.nodeName") p.push("I6PN_NODE (spec.nodeName) must come before I6PN_NATS_CREDS, which names its node's creds");
   // The Service carries exactly the ports the gateways hand out.
   const m = /^(\d+)-(\d+)$/.exec(cm["data"]?.["I6PN_GATEWAY_PORTS"] ?? "");
   const range = m ? Array.from({ length: Number(m[2]) - Number(m[1]) + 1 }, (_, i) => Number(m[1]) + i) : [];
