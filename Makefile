@@ -25,7 +25,7 @@ NATS_DEB_VERSION := 2.10.27-1+b2
 NATS_DIR         := .deps/nats-server
 export NATS_SERVER_BIN := $(CURDIR)/$(NATS_DIR)/usr/sbin/nats-server
 
-.PHONY: deps deps-nats-server bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fleet bench-fabric bench-binding clean
+.PHONY: deps deps-nats-server bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fleet bench-fabric bench-binding bench-tunnel clean
 
 ## deps: install apt packages, npm modules and nats-server (idempotent, quick when done)
 deps: $(DEPS_STAMP) deps-nats-server
@@ -79,7 +79,7 @@ demo-shell:
 	bash test/fabric/demo.sh shell $(NODE)
 
 ## bench: every benchmark against its baseline; writes bench/results/<date>.json and the table in bench/README.md
-bench: bench-dataplane bench-fabric bench-agent bench-fleet bench-binding
+bench: bench-dataplane bench-fabric bench-agent bench-fleet bench-binding bench-tunnel
 
 BENCH_OBJS := $(BUILD)/bench/xdp_redirect.bpf.o $(BUILD)/bench/empty.bpf.o
 
@@ -102,6 +102,9 @@ bench-fleet: build
 
 bench-binding: build bpffs
 	node --import=tsx bench/binding.ts
+
+bench-tunnel: build bpffs
+	node --import=tsx bench/tunnel.ts
 
 clean:
 	rm -rf $(BUILD) dist

@@ -13,6 +13,10 @@
   hold HOST PORT                        connects, checks one echo, prints "held",
                                         then waits for the connection to end and
                                         prints "ended <seconds held>"
+  rtt HOST PORT N                       one connection, N round trips of 32 bytes:
+                                        {"p50_us", "p99_us"}
+  connrate HOST PORT SECONDS THREADS    connect, one echo, close, in a loop on THREADS
+                                        threads for SECONDS: {"per_sec", "failed"}
 """
 import hashlib, json, os, socket, socketserver, ssl, sys, threading, time, urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -139,6 +143,51 @@ def hold(host, port):
         print(f"ended {time.monotonic() - t0:.3f}", flush=True)
 
 
+def rtt(host, port, n):
+    n = int(n)
+    times = []
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        msg = b"x" * 32
+        for i in range(n + 100):
+            t0 = time.perf_counter_ns()
+            s.sendall(msg)
+            got = 0
+            while got < len(msg):
+                got += len(s.recv(64))
+            if i >= 100:  # warm-up
+                times.append((time.perf_counter_ns() - t0) / 1000)
+    times.sort()
+    print(json.dumps({"p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)]}))
+
+
+def connrate(host, port, seconds, threads):
+    end = time.monotonic() + float(seconds)
+    counts, failed = [], []
+
+    def loop():
+        ok = bad = 0
+        while time.monotonic() < end:
+            try:
+                with socket.create_connection((host, int(port)), timeout=5) as s:
+                    s.sendall(b"x")
+                    if s.recv(1) == b"x":
+                        ok += 1
+                    else:
+                        bad += 1
+            except OSError:
+                bad += 1
+        counts.append(ok)
+        failed.append(bad)
+
+    ts = [threading.Thread(target=loop) for _ in range(int(threads))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    print(json.dumps({"per_sec": sum(counts) / float(seconds), "failed": sum(failed)}))
+
+
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
-    {"serve": serve, "http": http, "echo": echo, "connect": connect, "hold": hold}[cmd](*args)
+    {"serve": serve, "http": http, "echo": echo, "connect": connect, "hold": hold, "rtt": rtt, "connrate": connrate}[cmd](*args)
