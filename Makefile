@@ -25,7 +25,7 @@ NATS_DEB_VERSION := 2.10.27-1+b2
 NATS_DIR         := .deps/nats-server
 export NATS_SERVER_BIN := $(CURDIR)/$(NATS_DIR)/usr/sbin/nats-server
 
-.PHONY: deps deps-nats-server bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fleet bench-fabric bench-binding bench-events bench-dns clean
+.PHONY: deps deps-nats-server bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fleet bench-fabric bench-binding bench-events bench-dns bench-tunnel clean
 
 ## deps: install apt packages, npm modules and nats-server (idempotent, quick when done)
 deps: $(DEPS_STAMP) deps-nats-server
@@ -59,7 +59,7 @@ $(ABI_TS): $(BUILD)/bpf/i6pn.bpf.o agent/bpf/gen-abi.ts
 
 ts: $(ABI_TS)
 	npx tsc -p tsconfig.json
-	@chmod +x dist/controller/cli.js dist/agent/main.js 2>/dev/null || true
+	@chmod +x dist/controller/cli.js dist/agent/main.js dist/gateway/main.js 2>/dev/null || true
 
 ## bpffs: pins live here; a fresh machine may not have it mounted
 bpffs:
@@ -79,7 +79,7 @@ demo-shell:
 	bash test/fabric/demo.sh shell $(NODE)
 
 ## bench: every benchmark against its baseline; writes bench/results/<date>.json and the table in bench/README.md
-bench: bench-dataplane bench-fabric bench-agent bench-fleet bench-binding bench-events bench-dns
+bench: bench-dataplane bench-fabric bench-agent bench-fleet bench-binding bench-events bench-dns bench-tunnel
 
 BENCH_OBJS := $(BUILD)/bench/xdp_redirect.bpf.o $(BUILD)/bench/empty.bpf.o
 
@@ -108,6 +108,9 @@ bench-events: build bpffs
 
 bench-dns: build bpffs
 	node --import=tsx bench/dns.ts
+
+bench-tunnel: build bpffs
+	node --import=tsx bench/tunnel.ts
 
 clean:
 	rm -rf $(BUILD) dist

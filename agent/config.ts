@@ -108,7 +108,7 @@ export class ConfigError extends Error {
   }
 }
 
-const seconds = (what: string, min: number, max: number) =>
+export const seconds = (what: string, min: number, max: number) =>
   z.coerce
     .number({ error: `${what} must be a number of seconds` })
     .refine((n) => Number.isFinite(n) && n >= min && n <= max, `${what} must be between ${min} and ${max} seconds`)
@@ -205,16 +205,23 @@ const onOff = z
   .preprocess((v) => (v === true ? 'true' : v), z.enum(['true', 'false', '1', '0', 'yes', 'no'], { error: 'must be true or false' }))
   .transform((v) => v === 'true' || v === '1' || v === 'yes');
 
-const runSchema = z.object({
-  nats: z
-    .string({ error: 'is required' })
-    .min(1, 'is required')
-    .transform((s) => s.split(',').map((u) => u.trim()).filter(Boolean))
-    .pipe(z.array(natsUrl).min(1, 'is required')),
-  creds: z
+/** --nats: one URL or several, comma-separated. */
+export const natsUrls = z
+  .string({ error: 'is required' })
+  .min(1, 'is required')
+  .transform((s) => s.split(',').map((u) => u.trim()).filter(Boolean))
+  .pipe(z.array(natsUrl).min(1, 'is required'));
+
+/** A file that must exist (credentials, certificates). */
+export const existingFile = (what: string) =>
+  z
     .string()
     .optional()
-    .refine((p) => p === undefined || (existsSync(p) && statSync(p).isFile()), 'no such credentials file'),
+    .refine((p) => p === undefined || (existsSync(p) && statSync(p).isFile()), `no such ${what} file`);
+
+const runSchema = z.object({
+  nats: natsUrls,
+  creds: existingFile('credentials'),
   node: z.string({ error: 'is required' }).transform((s, ctx) => tryCheck(() => assertNodeName(s), ctx)),
   region: z.string({ error: 'is required' }).transform((s, ctx) => tryCheck(() => assertName('region', s), ctx)),
   uplink: z.string({ error: 'is required' }).transform((s, ctx) => tryCheck(() => assertIfname(s), ctx)),
@@ -248,7 +255,7 @@ const runSchema = z.object({
   logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }),
 });
 
-function tryCheck<T>(f: () => T, ctx: z.RefinementCtx): T {
+export function tryCheck<T>(f: () => T, ctx: z.RefinementCtx): T {
   try {
     return f();
   } catch (e) {
@@ -257,24 +264,31 @@ function tryCheck<T>(f: () => T, ctx: z.RefinementCtx): T {
   }
 }
 
-/** Flag name and environment variable of each option, for error messages. */
-const FLAGS: Record<string, { flag: string; env: string }> = {};
-
-function opt(flags: string, env: string, description: string, defaultValue?: string): Option {
-  const o = new Option(flags, description).env(env);
-  if (defaultValue !== undefined) o.default(defaultValue);
-  FLAGS[o.attributeName()] = { flag: o.long ?? flags, env };
-  return o;
+/**
+ * Options that each have an environment variable, and the error lines that
+ * name a bad value's flag and variable (the agent's and the gateway's).
+ */
+export function flagTable(): { opt: (flags: string, env: string, description: string, defaultValue?: string) => Option; problemsOf: (error: z.ZodError) => string[] } {
+  const flags: Record<string, { flag: string; env: string }> = {};
+  return {
+    opt(spec, env, description, defaultValue) {
+      const o = new Option(spec, description).env(env);
+      if (defaultValue !== undefined) o.default(defaultValue);
+      flags[o.attributeName()] = { flag: o.long ?? spec, env };
+      return o;
+    },
+    problemsOf(error) {
+      return error.issues.map((i) => {
+        const key = String(i.path[0] ?? '');
+        const f = flags[key];
+        const where = f ? `${f.flag} (${f.env})` : key || 'configuration';
+        return `${where}: ${i.message}`;
+      });
+    },
+  };
 }
 
-function problemsOf(error: z.ZodError): string[] {
-  return error.issues.map((i) => {
-    const key = String(i.path[0] ?? '');
-    const f = FLAGS[key];
-    const where = f ? `${f.flag} (${f.env})` : key || 'configuration';
-    return `${where}: ${i.message}`;
-  });
-}
+const { opt, problemsOf } = flagTable();
 
 function buildProgram(onRun: (o: Record<string, unknown>) => void, onTeardown: (o: Record<string, unknown>) => void): Command {
   const program = new Command('i6pn-agent')

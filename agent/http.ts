@@ -1,25 +1,24 @@
 /**
- * The agent's HTTP endpoints: /metrics (Prometheus text), /healthz (the
- * process answers) and /readyz (maps loaded, uplink attached, initial sync
- * done, the node resolver listening unless it is off; 503 with what is
- * missing otherwise).
+ * The HTTP endpoints of the agent and the gateway: /metrics (Prometheus
+ * text), /healthz (the process answers) and /readyz (every readiness
+ * condition true, e.g. maps loaded, uplink attached, initial sync done; 503
+ * with what is missing otherwise).
  */
 import { createServer, type Server } from 'node:http';
 import type { Logger } from './log.js';
-import type { AgentMetrics } from './metrics.js';
 
-export interface Readiness {
-  mapsLoaded: boolean;
-  uplinkAttached: boolean;
-  initialSyncDone: boolean;
-  /** The node resolver listens (null: --dns off). */
-  resolverListening: boolean | null;
+/** Named conditions, all of which must hold for /readyz to answer 200. */
+export type Readiness = Record<string, boolean>;
+
+/** What /metrics serves (AgentMetrics, GatewayMetrics). */
+export interface MetricsSource {
+  render(): Promise<{ contentType: string; body: string }>;
 }
 
 export function startHttp(opts: {
   host: string;
   port: number;
-  metrics: AgentMetrics;
+  metrics: MetricsSource;
   readiness: () => Readiness;
   log: Logger;
 }): Promise<Server> {
@@ -44,7 +43,7 @@ export function startHttp(opts: {
         return;
       case '/readyz': {
         const r = opts.readiness();
-        const ready = r.mapsLoaded && r.uplinkAttached && r.initialSyncDone && r.resolverListening !== false;
+        const ready = Object.values(r).every(Boolean);
         res.writeHead(ready ? 200 : 503, { 'content-type': 'application/json' }).end(`${JSON.stringify({ ready, ...r })}\n`);
         return;
       }

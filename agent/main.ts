@@ -26,6 +26,8 @@ import { AgentMetrics } from './metrics.js';
 import { AgentStore } from './store-client.js';
 import { MembershipSync, nodeId } from './sync.js';
 import { MembershipFollower } from './watch.js';
+import { TUNNELS_MAP_CAPACITY, TunnelFollower, reconcileTunnelMap } from './tunnels.js';
+import { agentInboxPrefix, tunnelsBucket } from '../lib/schema.js';
 
 async function run(cfg: AgentConfig): Promise<void> {
   const log = createLogger(cfg.logLevel, { node: cfg.node, region: cfg.region });
@@ -39,7 +41,7 @@ async function run(cfg: AgentConfig): Promise<void> {
     host: cfg.metricsHost,
     port: cfg.metricsPort,
     metrics,
-    readiness: () => ({ ...state, uplinkAttached: attacher?.uplinkAttached ?? false, resolverListening: cfg.dns ? (dns?.listening ?? false) : null }),
+    readiness: () => ({ ...state, uplinkAttached: attacher?.uplinkAttached ?? false, ...(cfg.dns ? { resolverListening: dns?.listening ?? false } : {}) }),
     log: log.child({ component: 'http' }),
   });
   log.info({ addr: `${cfg.metricsHost}:${cfg.metricsPort}` }, 'serving /metrics, /healthz, /readyz');
@@ -61,6 +63,8 @@ async function run(cfg: AgentConfig): Promise<void> {
   state.mapsLoaded = true;
   metrics.mapCapacity.set({ map: 'endpoints' }, dp.maxEndpoints);
   metrics.mapCapacity.set({ map: 'local_ifaces' }, dp.maxLocalIfaces);
+  metrics.mapCapacity.set({ map: 'tunnels' }, TUNNELS_MAP_CAPACITY);
+  metrics.mapEntries.set({ map: 'tunnels' }, dp.listTunnels().length);
   metrics.setCounterSource(() => dp.readCounters());
   metrics.setEventLossSource(() => dp.readEventLosses());
   log.info({ bpffs: cfg.bpffs, capacity: dp.maxEndpoints }, 'dataplane loaded (pinned maps adopted or created)');
@@ -88,6 +92,7 @@ async function run(cfg: AgentConfig): Promise<void> {
 
   // Membership.
   let follower: MembershipFollower | null = null;
+  let tunnels: TunnelFollower | null = null;
   let heartbeat: Heartbeat | null = null;
   let store: AgentStore | null = null;
   let stopping = false;
@@ -119,6 +124,7 @@ async function run(cfg: AgentConfig): Promise<void> {
     clearInterval(converger);
     await dns?.stop().catch(() => {});
     await follower?.stop().catch(() => {});
+    await tunnels?.stop().catch(() => {});
     attacher?.stop();
     interfaces.stop();
     drops.close();
@@ -135,12 +141,14 @@ async function run(cfg: AgentConfig): Promise<void> {
   store = await AgentStore.connect({
     servers: cfg.nats,
     creds: cfg.creds,
-    node: cfg.node,
+    name: `i6pn-agent@${cfg.node}`,
+    inboxPrefix: agentInboxPrefix(cfg.node),
     log: storeLog,
     onConnected: (up) => metrics.natsConnected.set(up ? 1 : 0),
     onReconnect: () => {
       publisher.flush();
       follower?.resume();
+      tunnels?.resume();
     },
     onEventsDenied: (subject) => publisher.denied(subject),
   });
@@ -231,6 +239,21 @@ async function run(cfg: AgentConfig): Promise<void> {
     resolverConverger.unref();
     log.info({ address: RESOLVER_ADDRESS, zone: cfg.dns.zone, upstreams: cfg.dns.upstreams, rateLimit: cfg.dns.rateLimit, listening: dns.listening }, 'node resolver started');
   }
+  // The region's tunnels into the tunnels map: what its gateways may reach.
+  const tunnelLog = log.child({ component: 'tunnels' });
+  tunnels = new TunnelFollower({
+    openBucket: () => store!.bucket(tunnelsBucket(cfg.region)),
+    region: cfg.region,
+    regionId,
+    log: tunnelLog,
+    onTunnels: (wanted) => {
+      const r = reconcileTunnelMap(dp, wanted, tunnelLog);
+      metrics.mapEntries.set({ map: 'tunnels' }, r.entries);
+      if (r.failed) metrics.mapFull.inc(r.failed);
+    },
+    onRejected: (reason) => metrics.tunnelsRejected.inc({ reason }),
+  });
+  tunnels.start();
 }
 
 async function teardown(cfg: TeardownConfig): Promise<void> {

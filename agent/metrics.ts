@@ -23,6 +23,7 @@ export const METRIC_NAMES = [
   'i6pn_map_capacity',
   'i6pn_membership_updates_total',
   'i6pn_membership_rejected_total',
+  'i6pn_tunnels_rejected_total',
   'i6pn_membership_last_revision',
   'i6pn_membership_starts_total',
   'i6pn_membership_apply_latency_seconds',
@@ -78,7 +79,7 @@ export type RejectReason = (typeof REJECT_REASONS)[number];
 export const RECONCILE_RESULTS = ['ok', 'failed'] as const;
 /** Where a live read of the endpoints bucket started: after the pinned revision, or at the stream's start. */
 export const START_KINDS = ['revision', 'snapshot'] as const;
-export const MAPS = ['endpoints', 'local_ifaces'] as const;
+export const MAPS = ['endpoints', 'local_ifaces', 'tunnels'] as const;
 export type MapLabel = (typeof MAPS)[number];
 export const SCOPES = ['local', 'region'] as const;
 /**
@@ -152,6 +153,7 @@ export class AgentMetrics {
   readonly mapCapacity: Gauge<'map'>;
   readonly membershipUpdates: Counter<'result'>;
   readonly membershipRejected: Counter<'reason'>;
+  readonly tunnelsRejected: Counter<'reason'>;
   readonly lastRevision: Gauge;
   readonly membershipStarts: Counter<'from'>;
   readonly applyLatency: Histogram;
@@ -223,6 +225,12 @@ export class AgentMetrics {
     this.membershipRejected = new Counter({
       name: 'i6pn_membership_rejected_total',
       help: 'Invalid membership entries, by what was wrong.',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.tunnelsRejected = new Counter({
+      name: 'i6pn_tunnels_rejected_total',
+      help: "Invalid entries of the region's tunnels bucket (never applied), by what was wrong.",
       labelNames: ['reason'],
       registers,
     });
@@ -372,6 +380,7 @@ export class AgentMetrics {
     }
     for (const result of MEMBERSHIP_RESULTS) this.membershipUpdates.inc({ result }, 0);
     for (const reason of REJECT_REASONS) this.membershipRejected.inc({ reason }, 0);
+    for (const reason of REJECT_REASONS) this.tunnelsRejected.inc({ reason }, 0);
     for (const result of RECONCILE_RESULTS) this.reconciles.inc({ result }, 0);
     for (const from of START_KINDS) this.membershipStarts.inc({ from }, 0);
     for (const hook of HOOK_LABELS) this.attachedHooks.set({ hook }, 0);

@@ -12,8 +12,8 @@ import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManage
 import { Kvm, type KV } from '@nats-io/kv';
 import { PermissionViolationError, type NatsConnection } from '@nats-io/transport-node';
 import { EVENTS_SUBJECT_PREFIX } from '../lib/events.js';
-import { connectNats, openBucket } from '../lib/nats.js';
-import { BUCKET_TABLE, agentInboxPrefix, nodeKey, type BucketSpec, type NodeRecord } from '../lib/schema.js';
+import { bindBucket, connectNats } from '../lib/nats.js';
+import { BUCKET_TABLE, nodeKey, type NodeRecord } from '../lib/schema.js';
 import { getRegion } from '../lib/store.js';
 import type { Logger } from './log.js';
 
@@ -28,8 +28,10 @@ const JS_API_TIMEOUT_MS = 10_000;
 export interface AgentStoreOptions {
   servers: string[];
   creds: string | undefined;
-  /** This node: the connection's name (`i6pn-agent@<node>`) and inbox prefix (agentInboxPrefix). */
-  node: string;
+  /** Connection name shown by the server (`i6pn-agent@<node>`, `i6pn-gateway@<address>`). */
+  name: string;
+  /** Where replies arrive: an agent's own (agentInboxPrefix(node)), so no other node reads them; default _INBOX. */
+  inboxPrefix?: string;
   log: Logger;
   /** Connection state changes (true: connected). */
   onConnected: (connected: boolean) => void;
@@ -51,7 +53,7 @@ export class AgentStore {
   private constructor(
     readonly nc: NatsConnection,
     jsm: JetStreamManager,
-    /** Where this connection's replies arrive (agentInboxPrefix). */
+    /** Where this connection's replies arrive (agentInboxPrefix for an agent). */
     readonly inboxPrefix: string,
   ) {
     this.jsm = jsm;
@@ -65,11 +67,11 @@ export class AgentStore {
    * forever.
    */
   static async connect(o: AgentStoreOptions): Promise<AgentStore> {
-    const inboxPrefix = agentInboxPrefix(o.node);
+    const inboxPrefix = o.inboxPrefix ?? '_INBOX';
     const nc = await connectNats({
       servers: o.servers,
       creds: o.creds,
-      name: `i6pn-agent@${o.node}`,
+      name: o.name,
       inboxPrefix,
       waitOnFirstConnect: true,
       pingIntervalMs: 10_000,
@@ -124,24 +126,29 @@ export class AgentStore {
     this.nc.publish(subject, data);
   }
 
-  private bucket(spec: BucketSpec): Promise<KV> {
-    let b = this.buckets.get(spec.name);
+  /**
+   * A bucket, opened once (a failed open is tried again next time). `direct`:
+   * gets are direct gets ($JS.API.DIRECT.GET), what an identity allowed to
+   * read one key of a bucket may do (the gateway's own record).
+   */
+  bucket(name: string, opts: { direct?: boolean } = {}): Promise<KV> {
+    let b = this.buckets.get(name);
     if (!b) {
-      b = openBucket(this.kvm, spec);
-      b.catch(() => this.buckets.delete(spec.name));
-      this.buckets.set(spec.name, b);
+      b = bindBucket(this.kvm, name, opts);
+      b.catch(() => this.buckets.delete(name));
+      this.buckets.set(name, b);
     }
     return b;
   }
 
   /** The region's 16-bit id, or null when the region is not registered; an invalid record throws. */
   async regionId(region: string): Promise<number | null> {
-    return (await getRegion({ regions: await this.bucket(BUCKET_TABLE.regions) }, region))?.id ?? null;
+    return (await getRegion({ regions: await this.bucket(BUCKET_TABLE.regions.name) }, region))?.id ?? null;
   }
 
   /** Write this node's record (its heartbeat). */
   async putNode(record: NodeRecord): Promise<void> {
-    const kv = await this.bucket(BUCKET_TABLE.nodes);
+    const kv = await this.bucket(BUCKET_TABLE.nodes.name);
     await kv.put(nodeKey(record.name), JSON.stringify(record));
   }
 

@@ -57,7 +57,7 @@ import { MembershipSync, type EndpointMap } from '../agent/sync.js';
 import { EndpointTable, type EndpointId } from '../agent/table.js';
 import { MembershipFollower } from '../agent/watch.js';
 import { endpointIdOf, formatAddress, workspaceIdHex, writeEndpointAddress } from '../lib/address.js';
-import { ENDPOINTS_HISTORY, endpointsBucket } from '../lib/schema.js';
+import { ENDPOINTS_HISTORY, agentInboxPrefix, endpointsBucket } from '../lib/schema.js';
 import { startNats } from '../test/helpers/nats.js';
 import { cleanup, onCleanup, sh, sleep, spawnIn } from './lib/netns.js';
 import { REPO_DIR, log, printTable, saveSection, secondsSince, type Goal, type Table } from './lib/results.js';
@@ -357,7 +357,8 @@ async function worker(): Promise<void> {
     sim.store = await AgentStore.connect({
       servers: [cfg.url],
       creds: undefined,
-      node,
+      name: `i6pn-agent@${node}`,
+      inboxPrefix: agentInboxPrefix(node),
       log,
       onConnected: () => {},
       onReconnect: () => {

@@ -71,7 +71,8 @@ static __always_inline int i6pn_pull_again(struct __sk_buff *skb, int reason, co
  */
 static __always_inline int i6pn_tc_pass(const struct i6pn_config *cfg, int reason, const struct i6pn_pkt *pkt)
 {
-	if (reason == I6PN_PASS_PRIVATE && pkt->deliver_to && (cfg->flags & I6PN_CFG_LOCAL_FAST_PATH))
+	if ((reason == I6PN_PASS_PRIVATE || reason == I6PN_PASS_TUNNEL || reason == I6PN_PASS_TUNNEL_REPLY) &&
+	    pkt->deliver_to && (cfg->flags & I6PN_CFG_LOCAL_FAST_PATH))
 		return bpf_redirect_neigh(pkt->deliver_to, NULL, 0, 0);
 	return TC_ACT_OK;
 }

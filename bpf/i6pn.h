@@ -78,6 +78,11 @@ enum i6pn_reason {
 	I6PN_PASS_FORWARD = 23,         /* a container's own non-private traffic (--forward-non-private) */
 	I6PN_PASS_RESOLVER = 24,        /* DNS (UDP/TCP 53) between an endpoint and its node's resolver */
 	I6PN_DROP_RESOLVER_NOT_DNS = 25, /* to or from the resolver's address, but not DNS */
+	/* Tunnels (bpf/policy.h, i6pn_tunnel_rule): the one way between a gateway and a tenant. */
+	I6PN_PASS_TUNNEL = 26,          /* a gateway to a tunneled (endpoint address, protocol, port) */
+	I6PN_PASS_TUNNEL_REPLY = 27,    /* a tunneled (address, protocol, port) answering a gateway */
+	I6PN_DROP_NOT_TUNNELED = 28,    /* a gateway to anything no tunnel exposes */
+	I6PN_DROP_TO_GATEWAY = 29,      /* a tenant to a gateway, other than a tunneled port's reply */
 	I6PN_REASON_MAX,
 };
 
@@ -104,6 +109,31 @@ enum i6pn_config_flag {
 	 * through its to-endpoint hook like any other.
 	 */
 	I6PN_CFG_LOCAL_FAST_PATH = 1 << 1,
+};
+
+/*
+ * Workspace 0 of fdaa::/16 is infrastructure, never a tenant's. Its members
+ * in the endpoints map are the region's tunnel gateways (the store writes a
+ * workspace-0 entry only for a gateway: lib/schema.ts), at
+ * fdaa:0:0:<region>:6a7e:<48 random bits> (lib/address.ts).
+ */
+#define I6PN_INFRA_WORKSPACE 0
+
+/*
+ * tunnels map: what the region's gateways may reach, filled by the agent
+ * from the region's tunnels bucket. A gateway's packet passes only to a
+ * (tenant endpoint address, protocol, destination port) in it, and a
+ * tenant's packet reaches a gateway only from one (source port).
+ */
+struct i6pn_tunnel_key {
+	struct in6_addr addr; /* the tenant endpoint */
+	__u8 proto;           /* IPPROTO_TCP */
+	__u8 pad;
+	__u16 port;           /* the endpoint's port, host byte order */
+};
+
+struct i6pn_tunnel {
+	__u64 id; /* the tunnel's 48-bit id (lib/schema.ts), for whoever dumps the map */
 };
 
 /* Parser bounds. A private packet that needs more than this is dropped. */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
 /*
- * The maps shared by the three programs. The agent pins them under its bpffs
+ * The maps shared by the programs. The agent pins them under its bpffs
  * directory and resizes `endpoints` (--max-endpoints) before load.
  */
 #ifndef I6PN_MAPS_H
@@ -26,6 +26,14 @@ struct {
 	__type(value, struct i6pn_local_iface);
 	__uint(max_entries, 4096);
 } local_ifaces SEC(".maps");
+
+/* The tunneled (endpoint, protocol, port) of this node's region (see struct i6pn_tunnel_key). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct i6pn_tunnel_key);
+	__type(value, struct i6pn_tunnel);
+	__uint(max_entries, 16384);
+} tunnels SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -45,6 +45,14 @@
  *   all hooks     members' workspace / region differ -> cross_workspace /
  *                 cross_region (membership is the truth; bits were a hint)
  *
+ * Tunnels: a private packet with an end in workspace 0 (infrastructure, a
+ * tunnel gateway's) skips the workspace-bits check and takes every step
+ * above but the last, which i6pn_tunnel_rule replaces: a gateway reaches a
+ * tunneled (address, protocol, port) and nothing else (not_tunneled); a
+ * tenant reaches a gateway only as that port's reply (to_gateway). Region
+ * bits and members still must agree (cross_region, unknown_*, no_i6pn), and
+ * the source binding holds as for any private packet.
+ *
  * Source binding, an invariant of the node rather than of a healthy veth:
  * a private packet is accepted only where it was proven to come from its
  * source. from-endpoint proves it (the source must be the address the veth
@@ -102,7 +110,8 @@ enum i6pn_class {
 static __always_inline int i6pn_reason_passes(int reason)
 {
 	return reason == I6PN_PASS_PRIVATE || reason == I6PN_PASS_NOT_PRIVATE || reason == I6PN_PASS_LINK_SCOPE ||
-	       reason == I6PN_PASS_ICMP_ERROR || reason == I6PN_PASS_FORWARD || reason == I6PN_PASS_RESOLVER;
+	       reason == I6PN_PASS_ICMP_ERROR || reason == I6PN_PASS_FORWARD || reason == I6PN_PASS_RESOLVER ||
+	       reason == I6PN_PASS_TUNNEL || reason == I6PN_PASS_TUNNEL_REPLY;
 }
 
 static __always_inline int i6pn_addr_private(const struct in6_addr *a)
@@ -167,6 +176,91 @@ static __always_inline int i6pn_private_bits(const struct i6pn_pkt *pkt)
 		return I6PN_DROP_CROSS_REGION;
 	return I6PN_CONTINUE;
 }
+
+/* ---------------------------------------------------------------- tunnels */
+
+/* Workspace 0: infrastructure (tunnel gateways), never a tenant's address. */
+static __always_inline int i6pn_addr_infra(const struct in6_addr *a)
+{
+	return a->in6_u.u6_addr16[1] == 0 && a->in6_u.u6_addr16[2] == 0;
+}
+
+/* A private packet between a gateway and a tenant (or another gateway): the tunnel rules decide it. */
+static __always_inline int i6pn_tunnel_packet(const struct i6pn_pkt *pkt)
+{
+	return i6pn_addr_infra(&pkt->src) || i6pn_addr_infra(&pkt->dst);
+}
+
+/* The address-bit checks of a tunnel packet: a gateway serves its own region only. */
+static __always_inline int i6pn_tunnel_bits(const struct i6pn_pkt *pkt)
+{
+	if (i6pn_region_bits(&pkt->src) != i6pn_region_bits(&pkt->dst))
+		return I6PN_DROP_CROSS_REGION;
+	return I6PN_CONTINUE;
+}
+
+#define I6PN_TCP_SYN 0x02
+#define I6PN_TCP_ACK 0x10
+
+/*
+ * The last step for a tunnel packet, once both ends are live members (in
+ * place of i6pn_members_agree). From a gateway (a member of workspace 0):
+ * only to the (tenant address, protocol, destination port) of a tunnel. To a
+ * gateway: only from a tunnel's (address, protocol, source port), and not a
+ * TCP connection request (SYN without ACK): a tenant answers the gateway,
+ * it never calls it. Without ports (not TCP or UDP, a later fragment, ICMPv6)
+ * nothing passes.
+ */
+static __always_inline int i6pn_tunnel_rule(void *data, void *data_end, struct i6pn_pkt *pkt,
+					    const struct i6pn_endpoint *src, const struct i6pn_endpoint *dst)
+{
+	const int from_gateway = i6pn_addr_infra(&pkt->src);
+	const struct i6pn_endpoint *gw = from_gateway ? src : dst;
+	const struct i6pn_endpoint *ep = from_gateway ? dst : src;
+	const int refused = from_gateway ? I6PN_DROP_NOT_TUNNELED : I6PN_DROP_TO_GATEWAY;
+	struct i6pn_tunnel_key key = {};
+	__u8 tcp_flags = 0;
+	__u8 *h;
+
+	if (!(src->flags & I6PN_EP_I6PN) || !(dst->flags & I6PN_EP_I6PN))
+		return I6PN_DROP_NO_I6PN;
+	/* Membership is the truth: the gateway's end is in workspace 0, the other end is not. */
+	if (gw->workspace != I6PN_INFRA_WORKSPACE)
+		return I6PN_DROP_CROSS_WORKSPACE;
+	/* Attack: a gateway reaching another gateway (or itself) through the fabric. */
+	if (ep->workspace == I6PN_INFRA_WORKSPACE)
+		return refused;
+	if (gw->region != ep->region)
+		return I6PN_DROP_CROSS_REGION;
+	if ((pkt->upper != IPPROTO_TCP && pkt->upper != IPPROTO_UDP) || pkt->upper_off > I6PN_MAX_UPPER_OFF)
+		return refused;
+	h = data + i6pn_upper_off(pkt);
+	if ((void *)(h + 4) > data_end) {
+		pkt->short_read = 1;
+		return refused;
+	}
+	if (pkt->upper == IPPROTO_TCP) {
+		if ((void *)(h + 14) > data_end) {
+			pkt->short_read = 1;
+			return refused;
+		}
+		tcp_flags = h[13];
+	}
+	__builtin_memcpy(&key.addr, from_gateway ? &pkt->dst : &pkt->src, sizeof(key.addr));
+	key.proto = pkt->upper;
+	key.port = from_gateway ? ((__u16)h[2] << 8 | h[3]) : ((__u16)h[0] << 8 | h[1]);
+	/* Attack: a gateway reaching a port, an endpoint or a workspace no tunnel names. */
+	if (!bpf_map_lookup_elem(&tunnels, &key))
+		return refused;
+	if (from_gateway)
+		return I6PN_PASS_TUNNEL;
+	/* Attack: a tenant opening a connection to a gateway from its tunneled port. */
+	if (pkt->upper == IPPROTO_TCP && (tcp_flags & (I6PN_TCP_SYN | I6PN_TCP_ACK)) == I6PN_TCP_SYN)
+		return I6PN_DROP_TO_GATEWAY;
+	return I6PN_PASS_TUNNEL_REPLY;
+}
+
+/* ---------------------------------------------------------------- members */
 
 /* Membership is the truth: both ends live, with i6pn, same workspace and region. */
 static __always_inline int i6pn_members_agree(const struct i6pn_endpoint *src,
@@ -291,7 +385,9 @@ static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, c
 			return I6PN_DROP_NOT_LOCAL;
 		return r;
 	}
-	r = i6pn_private_bits(pkt);
+	const int tunnel = i6pn_tunnel_packet(pkt);
+
+	r = tunnel ? i6pn_tunnel_bits(pkt) : i6pn_private_bits(pkt);
 	if (r != I6PN_CONTINUE)
 		return r;
 	if (i6pn_region_bits(&pkt->dst) != cfg->region)
@@ -314,7 +410,7 @@ static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, c
 	if (src->flags & I6PN_EP_LOCAL)
 		return I6PN_DROP_SPOOFED_SOURCE;
 	pkt->deliver_to = dst->ifindex;
-	return i6pn_members_agree(src, dst);
+	return tunnel ? i6pn_tunnel_rule(data, data_end, pkt, src, dst) : i6pn_members_agree(src, dst);
 }
 
 /*
@@ -489,6 +585,7 @@ static __always_inline int i6pn_decide_veth(void *ctx, void *data, void *data_en
 	int r = i6pn_parse_l3(data, data_end, pkt);
 	int cls = I6PN_CLASS_PUBLIC;
 	int resolver = 0;
+	int tunnel = 0;
 
 	if (r < 0)
 		return -r;
@@ -497,8 +594,10 @@ static __always_inline int i6pn_decide_veth(void *ctx, void *data, void *data_en
 		/* The node resolver's side of the packet: the destination going in, the source going out. */
 		resolver = cls == I6PN_CLASS_PRIVATE && i6pn_addr_resolver(to_endpoint ? &pkt->src : &pkt->dst);
 		/* Cheapest first: what the addresses alone forbid costs no lookup. */
+		/* The resolver is in workspace 0 too, but it is no tunnel end: DNS is judged apart. */
 		if (cls == I6PN_CLASS_PRIVATE && !resolver) {
-			r = i6pn_private_bits(pkt);
+			tunnel = i6pn_tunnel_packet(pkt);
+			r = tunnel ? i6pn_tunnel_bits(pkt) : i6pn_private_bits(pkt);
 			if (r != I6PN_CONTINUE)
 				return r;
 		}
@@ -555,7 +654,7 @@ static __always_inline int i6pn_decide_veth(void *ctx, void *data, void *data_en
 		return I6PN_DROP_UNKNOWN_DEST;
 	if (!to_endpoint && (dst->flags & I6PN_EP_LOCAL))
 		pkt->deliver_to = dst->ifindex;
-	return i6pn_members_agree(src, dst);
+	return tunnel ? i6pn_tunnel_rule(data, data_end, pkt, src, dst) : i6pn_members_agree(src, dst);
 }
 
 /*

@@ -5,7 +5,7 @@
  */
 import { regionIdHex, workspaceIdHex } from '../lib/address.js';
 import type { ClusterRecord, EndpointRecord, RegionRecord, WorkspaceRecord } from '../lib/schema.js';
-import type { InvalidEntry, MigrateConflict, MigrateReport, NodeStatus } from '../lib/store.js';
+import type { GatewayStatus, InvalidEntry, MigrateConflict, MigrateReport, NodeStatus, TunnelStatus } from '../lib/store.js';
 import type { ExplainedEnd, Explanation } from './explain.js';
 
 export interface Io {
@@ -158,4 +158,51 @@ export function explainText(io: Io, r: Explanation, label: (e: ExplainedEnd) => 
   else io.out(`  ${r.why}\n`);
   io.out(r.delivered ? '  the hooks it meets:\n' : '  the hooks it meets (monitor mode counts each and lets it through):\n');
   table(io, ['HOOK', 'NODE', 'VERDICT', 'REASON', 'WHY'], r.path.map((s) => [s.hook, s.node ?? '(its node)', s.verdict, s.reason, s.verdict === 'pass' ? '' : s.why]), '    ');
+}
+
+export function gatewaysTable(io: Io, gateways: GatewayStatus[]): void {
+  if (gateways.length === 0) {
+    io.out('no gateways (register one with `i6pnctl gateway add --region REGION --node NODE`)\n');
+    return;
+  }
+  table(
+    io,
+    ['ADDRESS', 'REGION', 'NODE', 'IFNAME', 'PUBLIC', 'TUNNELS', 'STATUS'],
+    gateways.map((g) => [
+      g.member.address,
+      g.member.region,
+      g.member.node,
+      g.member.ifname,
+      g.state?.publicAddress ?? '-',
+      g.state ? String(g.state.listeners.length) : '-',
+      g.state === null ? 'never ran' : g.stale ? 'STALE' : 'ok',
+    ]),
+  );
+}
+
+/** `[v6]:port` or `host:port`. */
+const hostPort = (host: string, port: number): string => (host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`);
+
+export function tunnelsTable(io: Io, tunnels: TunnelStatus[]): void {
+  if (tunnels.length === 0) {
+    io.out('no tunnels\n');
+    return;
+  }
+  table(
+    io,
+    ['ID', 'ENDPOINT', 'WORKSPACE', 'REGION', 'PORT', 'TLS', 'PUBLIC'],
+    tunnels.map((t) => [
+      t.id,
+      t.endpoint,
+      t.workspace,
+      t.region,
+      `${t.proto}/${t.port}`,
+      t.tls ? 'yes' : 'no',
+      t.public.length
+        ? t.public.map((p) => `${hostPort(p.publicAddress, p.port)}${p.stale ? ' (STALE)' : ''}`).join(', ')
+        : t.refused.length
+          ? `refused: ${t.refused.map((r) => r.reason).join('; ')}`
+          : 'pending',
+    ]),
+  );
 }

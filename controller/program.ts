@@ -11,7 +11,14 @@ import {
   DEFAULT_STALE_AFTER_MS,
   StoreError,
   addEndpoint,
+  addGateway,
   addRegion,
+  createTunnel,
+  listGateways,
+  listTunnels,
+  removeGateway,
+  removeTunnel,
+  type TunnelStatus,
   connectStore,
   findEndpointByName,
   createCluster,
@@ -35,7 +42,7 @@ import {
 } from '../lib/store.js';
 import { formatAddress, parseAddress } from '../lib/address.js';
 import { HOOK_NAMES, REASON_NAMES } from '../agent/bpf/abi.generated.js';
-import { InvalidNameError, assertDnsLabel, assertIfname, assertName, assertNodeName } from '../lib/schema.js';
+import { InvalidNameError, TUNNEL_PROTOCOLS, assertDnsLabel, assertIfname, assertName, assertNodeName, type TunnelProtocol } from '../lib/schema.js';
 import { endLabel, explain } from './explain.js';
 import { eventLine, observe, type EventFilter } from './observe.js';
 import {
@@ -45,6 +52,8 @@ import {
   endpointsTable,
   errorLine,
   explainText,
+  gatewaysTable,
+  tunnelsTable,
   json,
   keyValues,
   migrateText,
@@ -890,7 +899,182 @@ Exit status: 0 delivered, 1 dropped, 2 usage (or an endpoint it cannot find),
     ctx.exitCode = r.delivered ? EXIT.ok : EXIT.refused;
   });
 
+  addTunnelCommands({ io, leaf, group, jsonOption, withStore });
   return program;
+}
+
+interface CommandKit {
+  io: Io;
+  leaf: (parent: Command, nameAndArgs: string, summary: string, help: string, ex: string[]) => Command;
+  group: (name: string, summary: string) => Command;
+  jsonOption: (c: Command) => Command;
+  withStore: <T>(cmd: Command, fn: (store: Store) => Promise<T>) => Promise<T>;
+}
+
+/** --endpoint takes an address; names are not in this store (they come with endpoint names, issue 13). */
+function checkEndpointRef(v: string): void {
+  try {
+    parseAddress(v);
+  } catch {
+    throw new StoreError('invalid', `--endpoint ${JSON.stringify(v)} is not an address`, "pass the endpoint's private address (fdaa:…), as `i6pnctl endpoint list` prints it");
+  }
+}
+
+/** A port given on the command line: 1 to 65535, a clear error otherwise. */
+function parsePort(v: string): number {
+  if (!/^[0-9]+$/.test(v) || Number(v) < 1 || Number(v) > 65535) throw new InvalidArgumentError(`port ${JSON.stringify(v)} is out of range: use a whole number from 1 to 65535.`);
+  return Number(v);
+}
+
+/** `gateway add|list|remove` and `tunnel create|list|remove`: the one way in from outside. */
+function addTunnelCommands({ io, leaf, group, jsonOption, withStore }: CommandKit): void {
+  const gateway = group('gateway', 'Tunnel gateways: members of workspace 0 that relay public TCP to tunneled ports');
+  jsonOption(
+    leaf(
+      gateway,
+      'add',
+      'Register a tunnel gateway of a region on a node and print its private address.',
+      `A gateway holds a private address in workspace 0 of fdaa::/16, which no tenant
+ever gets: fdaa:0:0:<region>:6a7e:<48 random bits>, claimed once and never
+reused. The runtime that starts i6pn-gateway makes its veth pair as for a
+container (host side --ifname on --node, the address on the gateway's side);
+the node's agent binds, hooks and routes it. The dataplane lets a gateway
+reach tunneled ports only, and tenants reach it only as those ports' replies.
+
+Prints the address alone, for scripts: gw=$(i6pnctl gateway add ...).
+--json: the gateway's registration (an endpoint record with "role":"gateway").`,
+      ['i6pnctl gateway add --region eu-west --node gw-1', 'i6pnctl gateway add --region eu-west --node gw-1 --ifname i6gw0 --json'],
+    ),
+  )
+    .requiredOption('--region <name>', 'the region it serves')
+    .requiredOption('--node <name>', 'the node it runs on (a gateway node of the region)')
+    .option('--ifname <ifname>', 'host-side interface name of its veth (default "i6g" + 12 hex digits of its id)')
+    .action(async (o: { region: string; node: string; ifname?: string; json?: boolean }, cmd: Command) => {
+      check({ region: o.region, node: o.node, ifname: o.ifname });
+      const g = await withStore(cmd, (s) => addGateway(s, { region: o.region, node: o.node, ...(o.ifname !== undefined ? { ifname: o.ifname } : {}) }));
+      if (o.json) json(io, g);
+      else io.out(`${g.address}\n`);
+    });
+
+  jsonOption(
+    leaf(
+      gateway,
+      'list',
+      'List tunnel gateways, where they listen and whether they are alive.',
+      `A gateway that has not written its record for ${DEFAULT_STALE_AFTER_MS / 1000} s is STALE.
+--json: {"gateways":[{"member":{...},"state":{...}|null,"heartbeatAgeSeconds":1.2,"stale":false}],"invalid":[...]}`,
+      ['i6pnctl gateway list', 'i6pnctl gateway list --region eu-west --json'],
+    ),
+  )
+    .option('--region <name>', 'only this region')
+    .action(async (o: { region?: string; json?: boolean }, cmd: Command) => {
+      check({ region: o.region });
+      const r = await withStore(cmd, (s) => listGateways(s, o.region !== undefined ? { region: o.region } : {}));
+      warnInvalid(io, r.invalid);
+      if (o.json) json(io, r);
+      else gatewaysTable(io, r.gateways);
+    });
+
+  jsonOption(
+    leaf(
+      gateway,
+      'remove <address>',
+      'Remove the gateway with this address.',
+      `Its registration goes (its address is never handed out again) and its record
+with it; its node's agent seals its veth. --json: the removed registration.`,
+      ['i6pnctl gateway remove fdaa::a70:6a7e:1b9d:3a11:71f2'],
+    ),
+  ).action(async (address: string, o: { json?: boolean }, cmd: Command) => {
+    check({ address });
+    const g = await withStore(cmd, (s) => removeGateway(s, address));
+    if (o.json) json(io, g);
+    else io.out(`removed gateway ${g.address} (region ${g.region}, node ${g.node})\n`);
+  });
+
+  const tunnel = group('tunnel', 'Tunnels: one port of one endpoint, exposed to the public through the gateways');
+  jsonOption(
+    leaf(
+      tunnel,
+      'create',
+      'Expose one port of one endpoint through the gateways of its region.',
+      `Records a tunnel: an id, the endpoint, the protocol and the port. It is recorded
+even when no gateway runs; each gateway of the endpoint's region picks it up
+within a second, listens on a public port of its own choosing and relays TCP
+to the endpoint's private address and this port. \`tunnel list\` shows where.
+The dataplane then lets the region's gateways reach exactly this (address,
+protocol, port), and nothing else of the endpoint.
+
+--endpoint takes the endpoint's address (endpoint names are not in the store yet).
+The endpoint must be live, a tenant's, with i6pn; one tunnel per endpoint,
+protocol and port. --tls: the gateway terminates TLS with its certificate.
+
+Prints the id alone, for scripts: id=$(i6pnctl tunnel create ...).
+--json: {"v":1,"id":"3fa85f64a1b2","endpoint":"fdaa:...","workspace":"acme",...,
+         "proto":"tcp","port":8080,"tls":false,"createdAt":"..."}`,
+      ['i6pnctl tunnel create --endpoint fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f --port 8080', 'i6pnctl tunnel create --endpoint fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f --port 443 --tls --json'],
+    ),
+  )
+    .requiredOption('--endpoint <address>', "the endpoint's private address")
+    .requiredOption('--port <port>', 'its port to expose (1-65535)', parsePort)
+    .addOption(new Option('--proto <proto>', 'transport protocol').choices([...TUNNEL_PROTOCOLS]).default('tcp'))
+    .option('--region <name>', "the endpoint's region (checked, when given)")
+    .option('--tls', 'the gateway terminates TLS with its certificate and relays plain TCP')
+    .option('--wait <seconds>', 'wait until a gateway serves it, at most this long', parsePositiveInt('--wait', 3600))
+    .action(async (o: { endpoint: string; port: number; proto: TunnelProtocol; region?: string; tls?: boolean; wait?: number; json?: boolean }, cmd: Command) => {
+      check({ region: o.region });
+      checkEndpointRef(o.endpoint);
+      const t = await withStore(cmd, async (s) => {
+        const created = await createTunnel(s, { endpoint: o.endpoint, port: o.port, proto: o.proto, tls: o.tls ?? false, ...(o.region !== undefined ? { region: o.region } : {}) });
+        if (o.wait === undefined) return { ...created, public: [], refused: [] } as TunnelStatus;
+        const until = Date.now() + o.wait * 1000;
+        for (;;) {
+          const now = (await listTunnels(s, { region: created.region, endpoint: created.endpoint })).tunnels.find((x) => x.id === created.id);
+          if (now && now.public.some((p) => !p.stale)) return now;
+          if (Date.now() > until) throw new StoreError('not-found', `tunnel ${created.id} is recorded, but no gateway of region ${created.region} serves it after ${o.wait} s`, 'check `i6pnctl gateway list`; the tunnel stays recorded');
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      });
+      if (o.json) json(io, t);
+      else if (o.wait === undefined) io.out(`${t.id}\n`);
+      else tunnelsTable(io, [t]);
+    });
+
+  jsonOption(
+    leaf(
+      tunnel,
+      'list',
+      'List tunnels and where the public reaches each.',
+      `PUBLIC is <public address>:<port> at each gateway that serves the tunnel
+("pending" while none does; a STALE gateway is marked).
+--json: {"tunnels":[{<as in \`tunnel create --json\`>,"public":[{"gateway":"fdaa::…","node":"gw-1",
+         "publicAddress":"203.0.113.7","port":20000,"stale":false}],"refused":[...]}],"invalid":[...]}`,
+      ['i6pnctl tunnel list', 'i6pnctl tunnel list --region eu-west --json'],
+    ),
+  )
+    .option('--region <name>', 'only this region')
+    .option('--endpoint <address>', "only this endpoint's")
+    .action(async (o: { region?: string; endpoint?: string; json?: boolean }, cmd: Command) => {
+      check({ region: o.region, address: o.endpoint });
+      const r = await withStore(cmd, (s) => listTunnels(s, { ...(o.region !== undefined ? { region: o.region } : {}), ...(o.endpoint !== undefined ? { endpoint: o.endpoint } : {}) }));
+      warnInvalid(io, r.invalid);
+      if (o.json) json(io, r);
+      else tunnelsTable(io, r.tunnels);
+    });
+
+  jsonOption(
+    leaf(
+      tunnel,
+      'remove <id>',
+      'Remove the tunnel with this id.',
+      `Its gateways stop listening and end its open connections within a second; the
+agents take it out of the dataplane. --json: the removed tunnel.`,
+      ['i6pnctl tunnel remove 3fa85f64a1b2'],
+    ),
+  ).action(async (id: string, o: { json?: boolean }, cmd: Command) => {
+    const t = await withStore(cmd, (s) => removeTunnel(s, id));
+    if (o.json) json(io, t);
+    else io.out(`removed tunnel ${t.id} (${t.endpoint} ${t.proto}/${t.port})\n`);
+  });
 }
 
 function exitCodeOf(e: StoreError): number {

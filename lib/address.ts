@@ -264,6 +264,35 @@ export function makeEndpointAddress(workspaceId: number, regionId: number, rand?
   return out;
 }
 
+// ---------------------------------------------------------------- infrastructure: workspace 0
+
+/**
+ * Workspace 0 of fdaa::/16 is infrastructure, never a tenant's (isWorkspaceId
+ * refuses 0). The node resolver of issue 13 is fdaa::53 (region 0); the
+ * tunnel gateways of a region live in fdaa:0:0:<region>:6a7e::/80, one
+ * random 48-bit id each: a non-zero region keeps them off fdaa::/64, and
+ * "6a7e" ("gate") marks them for a reader of addresses. The dataplane knows
+ * a gateway by its membership (a workspace-0 member), not by the tag.
+ */
+export const INFRA_WORKSPACE_ID = 0;
+export const GATEWAY_TAG = 0x6a7e;
+
+/** `fdaa:0:0:<region>:6a7e:<rand>`; `rand` (6 bytes) defaults to a cryptographic source. */
+export function makeGatewayAddress(regionId: number, rand?: Uint8Array): Uint8Array {
+  if (!isRegionId(regionId)) throw new Error(`region id must be a non-zero 16-bit number, got ${regionId}`);
+  const low = rand ?? new Uint8Array(randomBytes(6));
+  if (low.length !== 6) throw new Error(`a gateway id is 6 bytes, got ${low.length}`);
+  const out = new Uint8Array(16);
+  writeEndpointAddress(out, 0, INFRA_WORKSPACE_ID, regionId, GATEWAY_TAG << 16, 0);
+  out.set(low, 10);
+  return out;
+}
+
+/** Whether the address is a gateway's: fdaa:0:0:<region, not 0>:6a7e::/80. */
+export function isGatewayAddress(bytes: Uint8Array): boolean {
+  return isPrivate(bytes) && workspaceAt(bytes, 0) === INFRA_WORKSPACE_ID && regionAt(bytes, 0) !== 0 && ((bytes[8]! << 8) | bytes[9]!) === GATEWAY_TAG;
+}
+
 /** The workspace's /48, e.g. "fdaa:1234:5678::/48". */
 export function workspaceSubnet(workspaceId: number): string {
   if (!isWorkspaceId(workspaceId)) throw new Error(`workspace id must be a non-zero 32-bit number, got ${workspaceId}`);

@@ -1,9 +1,9 @@
 /**
  * The NATS connection of i6pn, for the controller and the agent alike: how to
  * connect (credentials, reconnecting forever, pings) and how to open the
- * store's buckets from the table of lib/schema.ts, either created when absent
- * (the controller) or only bound (an agent, whose credentials cannot create a
- * stream; deploy/nats).
+ * store's buckets of the table of lib/schema.ts, either created when absent
+ * (the controller: openBucket) or only bound (an agent or a gateway, whose
+ * credentials cannot create a stream, deploy/nats: bindBucket).
  */
 import { readFileSync } from 'node:fs';
 import { StorageType } from '@nats-io/jetstream';
@@ -75,18 +75,26 @@ export interface BucketSettings {
 }
 
 /**
- * A bucket of the table. With `create`, a bucket that is not there is created
- * with those settings (one that is there is opened as it is: its settings are
- * never changed); without, it is only bound, and a missing bucket is an error.
+ * A bucket of the table, created with `settings` when it is not there (one
+ * that is there is opened as it is: its settings are never changed).
  */
-export function openBucket(kvm: Kvm, spec: BucketSpec, create?: BucketSettings): Promise<KV> {
-  if (!create) return kvm.open(spec.name);
+export function openBucket(kvm: Kvm, spec: BucketSpec, settings: BucketSettings): Promise<KV> {
   return kvm.create(spec.name, {
-    history: spec.history ?? create.history,
-    replicas: create.replicas,
-    storage: create.storage === 'memory' ? StorageType.Memory : StorageType.File,
-    maxValueSize: create.maxValueSize,
-    timeout: create.timeout,
+    history: spec.history ?? settings.history,
+    replicas: settings.replicas,
+    storage: settings.storage === 'memory' ? StorageType.Memory : StorageType.File,
+    maxValueSize: settings.maxValueSize,
+    timeout: settings.timeout,
     description: spec.description,
   });
+}
+
+/**
+ * An existing bucket, only bound (a missing one is an error): what an agent or
+ * a gateway, whose credentials cannot create a stream, opens. `direct`: gets
+ * are direct gets ($JS.API.DIRECT.GET), what an identity allowed to read one
+ * key of a bucket may do.
+ */
+export function bindBucket(kvm: Kvm, name: string, opts: { direct?: boolean } = {}): Promise<KV> {
+  return kvm.open(name, opts.direct ? { allow_direct: true } : {});
 }

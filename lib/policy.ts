@@ -43,7 +43,11 @@ export type Reason =
   | 'pass_icmp_error'
   | 'pass_forward'
   | 'pass_resolver'
-  | 'resolver_not_dns';
+  | 'resolver_not_dns'
+  | 'pass_tunnel'
+  | 'pass_tunnel_reply'
+  | 'not_tunneled'
+  | 'to_gateway';
 
 export const MAX_VLAN_TAGS = 2;
 export const MAX_EXT_HDRS = 6;
@@ -70,7 +74,12 @@ export interface ModelState {
   forward?: boolean;
   /** the node's own addresses (hex), which forwarding never reaches */
   nodeAddresses?: Set<string>;
+  /** the tunnels map: tunnelKey(address hex, protocol, port) */
+  tunnels?: Set<string>;
 }
+
+/** A tunnels map entry of ModelState.tunnels. */
+export const tunnelKey = (addressHex: string, proto: number, port: number): string => `${addressHex}/${proto}/${port}`;
 
 export function isPass(r: Reason): boolean {
   return r.startsWith('pass_');
@@ -172,6 +181,41 @@ function privateBits(pkt: Parsed): Reason | null {
   return null;
 }
 
+// ---------------------------------------------------------------- tunnels
+
+/** Workspace 0: a gateway's (infrastructure), never a tenant's. */
+const isInfra = (a: Uint8Array) => workspaceOf(a) === 0;
+
+function tunnelBits(pkt: Parsed): Reason | null {
+  return regionOf(pkt.src) !== regionOf(pkt.dst) ? 'cross_region' : null;
+}
+
+/**
+ * The last step of a packet with a workspace-0 end (instead of membersAgree):
+ * a gateway reaches only a tunneled (address, protocol, destination port); a
+ * tenant reaches a gateway only from one (source port), and never with a TCP
+ * SYN that is not a SYN-ACK.
+ */
+function tunnelRule(p: Uint8Array, w: { upper: number; off: number }, pkt: Parsed, src: ModelMember, dst: ModelMember, state: ModelState): Reason {
+  const fromGateway = isInfra(pkt.src);
+  const [gw, ep] = fromGateway ? [src, dst] : [dst, src];
+  const refused: Reason = fromGateway ? 'not_tunneled' : 'to_gateway';
+  if (!src.i6pn || !dst.i6pn) return 'no_i6pn';
+  if (gw.workspace !== 0) return 'cross_workspace';
+  if (ep.workspace === 0) return refused;
+  if (gw.region !== ep.region) return 'cross_region';
+  const tcp = w.upper === 6;
+  if ((!tcp && w.upper !== 17) || w.off > MAX_UPPER_OFF || p.length < w.off + (tcp ? 14 : 4)) return refused;
+  const at = w.off + (fromGateway ? 2 : 0);
+  const port = (p[at]! << 8) | p[at + 1]!;
+  if (!state.tunnels?.has(tunnelKey(hex(fromGateway ? pkt.dst : pkt.src), w.upper, port))) return refused;
+  if (fromGateway) return 'pass_tunnel';
+  if (tcp && (p[w.off + 13]! & 0x12) === 0x02) return 'to_gateway';
+  return 'pass_tunnel_reply';
+}
+
+// ---------------------------------------------------------------- members
+
 function membersAgree(src: ModelMember, dst: ModelMember): Reason {
   if (!src.i6pn || !dst.i6pn) return 'no_i6pn';
   if (src.workspace !== dst.workspace) return 'cross_workspace';
@@ -253,8 +297,11 @@ export function decide(hook: Hook, packet: Uint8Array, state: ModelState, ifinde
   // A veth is looked up after what the addresses alone forbid (private packets' workspace and region bits).
   // DNS with the resolver is judged apart: its workspace (0) is nobody's.
   const resolver = veth && sp && dp && hex(hook === 'to_endpoint' ? pkt.src : pkt.dst) === RESOLVER;
+  // A packet with a workspace-0 end (a tunnel gateway's) is decided by the tunnel rules.
+  const tunnel = sp && dp && (isInfra(pkt.src) || isInfra(pkt.dst));
+  const bitsOf = tunnel ? tunnelBits : privateBits;
   if (veth) {
-    const early = sp && dp && !resolver ? privateBits(pkt) : null;
+    const early = sp && dp && !resolver ? bitsOf(pkt) : null;
     if (early) return early;
     const state_ = vethState();
     if (state_) return state_;
@@ -282,7 +329,7 @@ export function decide(hook: Hook, packet: Uint8Array, state: ModelState, ifinde
     return m!.i6pn ? 'pass_private' : 'no_i6pn';
   }
 
-  const bits = privateBits(pkt);
+  const bits = bitsOf(pkt);
   if (bits) return bits;
   if (hook === 'from_fabric' && regionOf(pkt.dst) !== state.region) return 'not_local';
   const w = walkExtHeaders(packet, pkt.off, pkt.nexthdr);
@@ -295,7 +342,7 @@ export function decide(hook: Hook, packet: Uint8Array, state: ModelState, ifinde
     if (!dst.local) return 'not_local';
     if (!src) return 'unknown_source';
     if (src.local) return 'spoofed_source';
-    return membersAgree(src, dst);
+    return tunnel ? tunnelRule(packet, w, pkt, src, dst, state) : membersAgree(src, dst);
   }
   if (hook === 'from_endpoint') {
     if (iface!.addr !== hex(pkt.src)) return 'spoofed_source';
@@ -310,7 +357,7 @@ export function decide(hook: Hook, packet: Uint8Array, state: ModelState, ifinde
     if (src.local ? !fromOwnVeth(src) : !fromUplink) return src.local && fromUplink ? 'spoofed_source' : 'unbound_source';
   }
   if (!dst) return 'unknown_dest';
-  return membersAgree(src, dst);
+  return tunnel ? tunnelRule(packet, w, pkt, src, dst, state) : membersAgree(src, dst);
 }
 
 // ---------------------------------------------------------------- the fleet: a packet's path
@@ -499,6 +546,10 @@ export const REASON_TEXT: Record<Reason, string> = {
   pass_forward: "a container's own non-private traffic (--forward-non-private)",
   pass_resolver: "DNS between an endpoint and its node's resolver (fdaa::53, port 53)",
   resolver_not_dns: "to or from the node's resolver address, but not DNS (UDP/TCP port 53)",
+  pass_tunnel: 'a tunnel gateway to a tunneled (endpoint address, protocol, port)',
+  pass_tunnel_reply: "a tunneled port's reply to a tunnel gateway",
+  not_tunneled: 'a tunnel gateway to anything no tunnel exposes',
+  to_gateway: "a tenant to a tunnel gateway, other than a tunneled port's reply",
 };
 
 const workspaceName = (e: EndFacts): string => e.workspace ?? `workspace 0x${workspaceIdHex(workspaceOf(e.address))}`;

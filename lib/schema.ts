@@ -23,6 +23,15 @@
  *                                                       and region; deleted with the endpoint or the name)
  *   i6pn_clusters    <region>.<ws id 8 hex>.<cluster>   ClusterRecord (a named cluster; its members are
  *                                                       the endpoints whose record names it, with a rank)
+ *   i6pn_tunnels_<region>  <ws id 8 hex>.<ep id 16 hex>.<proto>.<port>  TunnelRecord, one bucket per
+ *                    region, history 1 (the key is the claim: one tunnel per endpoint, protocol
+ *                    and port); followed by the region's agents and gateways
+ *   i6pn_gateways    <region>.<gateway address, 32 hex>  GatewayRecord (written by each gateway:
+ *                                                       where it listens for which tunnel)
+ *
+ * A tunnel gateway is also a member of its region's endpoints bucket, in
+ * workspace 0 (INFRA_WORKSPACE_ID, lib/address.ts): an EndpointRecord with
+ * `role: "gateway"`, so agents bind and route its veth like any member's.
  *
  * Every value carries `v: 1`. A reader that meets another version treats the
  * entry as invalid rather than guessing.
@@ -34,6 +43,7 @@ import {
   formatAddress,
   isPrivate,
   isRegionId,
+  isGatewayAddress,
   isWorkspaceId,
   parseAddress,
   regionIdHex,
@@ -66,6 +76,9 @@ export const IFNAMES_BUCKET = 'i6pn_ifnames';
 export const NODES_BUCKET = 'i6pn_nodes';
 export const NAMES_BUCKET = 'i6pn_names';
 export const CLUSTERS_BUCKET = 'i6pn_clusters';
+export const GATEWAYS_BUCKET = 'i6pn_gateways';
+/** The tunnels of one region live in a bucket of their own, as its endpoints do (its agents and gateways read it). */
+export const TUNNELS_BUCKET_PREFIX = 'i6pn_tunnels_';
 
 /** The endpoints bucket of a region. Region names are valid bucket-name characters. */
 export function endpointsBucket(region: string): string {
@@ -78,6 +91,12 @@ export function regionOfEndpointsBucket(bucket: string): string | null {
   if (!bucket.startsWith(ENDPOINTS_BUCKET_PREFIX)) return null;
   const region = bucket.slice(ENDPOINTS_BUCKET_PREFIX.length);
   return isValidName(region) ? region : null;
+}
+
+/** The tunnels bucket of a region. */
+export function tunnelsBucket(region: string): string {
+  if (!isValidName(region)) throw new Error(`invalid region name ${JSON.stringify(region)}`);
+  return `${TUNNELS_BUCKET_PREFIX}${region}`;
 }
 
 // ---------------------------------------------------------------- names
@@ -198,13 +217,18 @@ export const workspaceRecord = z
   });
 export type WorkspaceRecord = z.infer<typeof workspaceRecord>;
 
+/** A tunnel gateway's role in its EndpointRecord, and the workspace name it carries (workspace 0 has no entry of its own). */
+export const GATEWAY_ROLE = 'gateway';
+export const INFRA_WORKSPACE_NAME = 'infrastructure';
+
 export const endpointRecord = z
   .object({
     v: version,
     /** Canonical (RFC 5952) spelling, in fdaa:W:W:R::/64 of its workspace and region. */
     address: z.string(),
     workspace: nameSchema,
-    workspaceId,
+    /** A tenant's workspace id; 0 (infrastructure) for a gateway only. */
+    workspaceId: z.number().int().min(0).max(0xffff_ffff),
     region: nameSchema,
     regionId,
     node: nodeNameSchema,
@@ -218,10 +242,16 @@ export const endpointRecord = z
     /** The named cluster it belongs to (CLUSTERS_BUCKET), with its rank in placement order: both or neither. */
     cluster: dnsLabelSchema.optional(),
     rank: rankSchema.optional(),
+    /** A tunnel gateway (workspace 0), not a tenant's endpoint. */
+    role: z.literal(GATEWAY_ROLE).optional(),
   })
   .refine((e) => (e.cluster === undefined) === (e.rank === undefined), {
     message: 'cluster and rank go together',
     path: ['rank'],
+  })
+  .refine((r) => (r.workspaceId === 0) === (r.role === GATEWAY_ROLE) && (r.role !== GATEWAY_ROLE || (r.workspace === INFRA_WORKSPACE_NAME && r.i6pn)), {
+    message: `workspace id 0 is infrastructure: a gateway (role "${GATEWAY_ROLE}", workspace "${INFRA_WORKSPACE_NAME}", i6pn) has it, nothing else does`,
+    path: ['workspaceId'],
   });
 export type EndpointRecord = z.infer<typeof endpointRecord>;
 
@@ -283,6 +313,52 @@ export const nodeRecord = z.object({
 });
 export type NodeRecord = z.infer<typeof nodeRecord>;
 
+/** The transport protocols a tunnel carries (the gateway relays TCP). */
+export const TUNNEL_PROTOCOLS = ['tcp'] as const;
+export type TunnelProtocol = (typeof TUNNEL_PROTOCOLS)[number];
+/** IP protocol numbers, as the dataplane's tunnels map keys them. */
+export const IP_PROTOCOL: Record<TunnelProtocol, number> = { tcp: 6 };
+export const TUNNEL_ID_PATTERN = /^[0-9a-f]{12}$/;
+const tunnelId = z.string().regex(TUNNEL_ID_PATTERN, 'must be 12 lowercase hex digits');
+const port = z.number().int().min(1).max(65535);
+
+export const tunnelRecord = z.object({
+  v: version,
+  /** 48 random bits: what `tunnel list` shows and `tunnel remove` takes. */
+  id: tunnelId,
+  /** The endpoint's canonical address (a tenant's, with i6pn, in this region). */
+  endpoint: z.string(),
+  workspace: nameSchema,
+  workspaceId,
+  region: nameSchema,
+  regionId,
+  proto: z.enum(TUNNEL_PROTOCOLS),
+  /** The endpoint's port the tunnel exposes. */
+  port,
+  /** The gateway terminates TLS with its certificate and relays plain TCP. */
+  tls: z.boolean(),
+  createdAt: timestamp,
+});
+export type TunnelRecord = z.infer<typeof tunnelRecord>;
+
+/** What a gateway says of itself: where it listens for which tunnel (written by the gateway, read by `tunnel list`). */
+export const gatewayRecord = z.object({
+  v: version,
+  /** Its private address (fdaa:0:0:<region>:6a7e::/80). */
+  address: z.string(),
+  region: nameSchema,
+  node: nodeNameSchema,
+  /** Where the public reaches it (an address or a DNS name); its ports are the listeners'. */
+  publicAddress: z.string().min(1).max(253),
+  listeners: z.array(z.object({ tunnel: tunnelId, port })),
+  /** Tunnels it does not serve, and why (no free port, no certificate for TLS). */
+  refused: z.array(z.object({ tunnel: tunnelId, reason: z.string().max(200) })),
+  version: z.string().min(1).max(64),
+  startedAt: timestamp,
+  heartbeatAt: timestamp,
+});
+export type GatewayRecord = z.infer<typeof gatewayRecord>;
+
 // ---------------------------------------------------------------- keys
 
 export const regionNameKey = (name: string): string => `name.${name}`;
@@ -302,6 +378,14 @@ export const nodeKey = (name: string): string => name;
 export function agentInboxPrefix(node: string): string {
   if (!isValidNodeName(node)) throw new Error(`invalid node name ${JSON.stringify(node)}`);
   return `_INBOX.i6pn-agent.${node.replaceAll('.', '_')}`;
+}
+
+export const gatewayKey = (region: string, addr: Uint8Array): string => `${region}.${addressHex(addr)}`;
+
+/** A tunnel's key in its region's bucket: `<workspace id>.<endpoint id>.<proto>.<port>`, the claim of (endpoint, protocol, port). */
+export function tunnelBucketKey(record: Pick<TunnelRecord, 'endpoint' | 'proto' | 'port'>): string {
+  const addr = parseAddress(record.endpoint);
+  return `${workspaceIdHex(workspaceOf(addr))}.${endpointIdOf(addr)}.${record.proto}.${record.port}`;
 }
 export const addressKey = (addr: Uint8Array): string => addressHex(addr);
 export const ifnameKey = (node: string, ifname: string): string =>
@@ -423,6 +507,9 @@ export function validateEndpointEntry(key: string, value: Uint8Array | string | 
       message: `address ${record.address} carries region id ${regionIdHex(regionOf(addr))}, record says ${regionIdHex(record.regionId)}`,
     };
   }
+  if (record.role === GATEWAY_ROLE && !isGatewayAddress(addr)) {
+    return { ok: false, reason: 'address', message: `gateway address ${record.address} is not in fdaa:0:0:<region>:6a7e::/80` };
+  }
   const k = parseEndpointKey(key);
   if (!k) {
     return { ok: false, reason: 'key', message: `key ${JSON.stringify(key)} is not <region>.<workspace id 8 hex>.<endpoint id 16 hex>` };
@@ -476,7 +563,21 @@ export const BUCKET_TABLE = {
   nodes: { name: NODES_BUCKET, description: 'i6pn nodes: agent heartbeats', key: '<node>', record: nodeRecord, agent: 'read, own key' },
   names: { name: NAMES_BUCKET, description: 'i6pn endpoint names per workspace and region', key: '<region>.<workspace id, 8 hex>.<name>', record: nameRecord, agent: 'none' },
   clusters: { name: CLUSTERS_BUCKET, description: 'i6pn named clusters per workspace and region', key: '<region>.<workspace id, 8 hex>.<cluster>', record: clusterRecord, agent: 'none' },
+  // Written by each tunnel gateway (its own key only, deploy/nats), read by i6pnctl.
+  gateways: { name: GATEWAYS_BUCKET, description: 'i6pn tunnel gateways: where each listens for which tunnel', key: '<region>.<gateway address, 32 hex>', record: gatewayRecord, agent: 'none' },
 } as const satisfies Record<string, BucketSpec>;
+
+/** The tunnels bucket of a region, as a row of the table (its agents and its gateways read it). */
+export function tunnelsBucketSpec(region: string): BucketSpec {
+  return {
+    name: tunnelsBucket(region),
+    description: `i6pn tunnels of region ${region}: <workspace id>.<endpoint id>.<proto>.<port>`,
+    key: '<workspace id, 8 hex>.<endpoint id, 16 hex>.<proto>.<port>',
+    record: tunnelRecord,
+    history: 1,
+    agent: 'read',
+  };
+}
 
 /** The names of the buckets that exist once, in the table's order. */
 export const BUCKETS: readonly string[] = Object.values(BUCKET_TABLE).map((b) => b.name);
@@ -493,3 +594,36 @@ export function endpointsBucketSpec(region: string): BucketSpec {
   };
 }
 
+export type TunnelEntry = { ok: true; record: TunnelRecord; addr: Uint8Array } | Invalid;
+
+/**
+ * Everything an agent or a gateway must know before it applies a tunnel of
+ * `region` (id `regionId`) read under `key` of the region's tunnels bucket:
+ * the schema, a canonical tenant address (workspace not 0) whose workspace
+ * and region bits are the record's, the record's region the bucket's, and
+ * the key the record's (endpoint, protocol, port).
+ */
+export function validateTunnelEntry(region: string, regionId: number, key: string, value: Uint8Array | string | unknown): TunnelEntry {
+  const d = decodeRecord(tunnelRecord, value);
+  if (!d.ok) return d;
+  const record = d.record;
+  let addr: Uint8Array;
+  try {
+    addr = parseAddress(record.endpoint);
+  } catch (e) {
+    return { ok: false, reason: 'address', message: (e as Error).message };
+  }
+  if (!isPrivate(addr) || formatAddress(addr) !== record.endpoint) {
+    return { ok: false, reason: 'address', message: `endpoint ${record.endpoint} is not the canonical spelling of an fdaa::/16 address` };
+  }
+  if (workspaceOf(addr) !== record.workspaceId || regionOf(addr) !== record.regionId) {
+    return { ok: false, reason: 'address', message: `endpoint ${record.endpoint} is not in workspace ${workspaceIdHex(record.workspaceId)}, region ${regionIdHex(record.regionId)}` };
+  }
+  if (record.region !== region || record.regionId !== regionId) {
+    return { ok: false, reason: 'address', message: `tunnel of region ${record.region} (id ${regionIdHex(record.regionId)}) in the bucket of region ${region} (id ${regionIdHex(regionId)})` };
+  }
+  if (tunnelBucketKey(record) !== key) {
+    return { ok: false, reason: 'key', message: `key ${JSON.stringify(key)} does not match the record (expected ${tunnelBucketKey(record)})` };
+  }
+  return { ok: true, record, addr };
+}

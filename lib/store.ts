@@ -38,6 +38,7 @@
  * both), and migrateEndpoints() copies what the old bucket holds into the
  * region buckets, then, with `finish`, deletes it.
  */
+import { randomBytes } from 'node:crypto';
 import { DiscardPolicy, jetstream, jetstreamManager, JetStreamApiCodes, JetStreamApiError, RetentionPolicy, StorageType, type JetStreamManager } from '@nats-io/jetstream';
 import { nanos } from '@nats-io/transport-node';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
@@ -48,8 +49,10 @@ import {
   endpointIdOf,
   formatAddress,
   isPrivate,
+  INFRA_WORKSPACE_ID,
   isRegionId,
   makeEndpointAddress,
+  makeGatewayAddress,
   parseAddress,
   randomEndpointBits,
   randomRegionId,
@@ -67,6 +70,21 @@ import {
   endpointsBucketSpec,
   kvStream,
   CLUSTERS_BUCKET,
+  GATEWAY_ROLE,
+  GATEWAYS_BUCKET,
+  INFRA_WORKSPACE_NAME,
+  TUNNEL_PROTOCOLS,
+  gatewayRecord,
+  tunnelBucketKey,
+  tunnelRecord,
+  tunnelsBucket,
+  TUNNEL_ID_PATTERN,
+  gatewayKey,
+  validateTunnelEntry,
+  type GatewayRecord,
+  type TunnelProtocol,
+  type TunnelRecord,
+  tunnelsBucketSpec,
   IFNAMES_BUCKET,
   LEGACY_ENDPOINTS_BUCKET,
   MAX_CLUSTER_SIZE,
@@ -212,6 +230,14 @@ export interface Store {
   nodes: KV;
   names: KV;
   clusters: KV;
+  /** What each tunnel gateway says of itself (GATEWAYS_BUCKET). */
+  gateways: KV;
+  /**
+   * The tunnels bucket of a region, tunnelsBucket(region), opened on first
+   * use and cached; created (history 1) for a registered region, as the
+   * endpoints bucket is.
+   */
+  tunnels(region: string): Promise<KV>;
   /**
    * The endpoints bucket of a region, endpointsBucket(region), opened on first
    * use and cached. Absent, it is created (history ENDPOINTS_HISTORY, the
@@ -284,8 +310,8 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
       return jsm;
     };
     const T = BUCKET_TABLE;
-    const [[regions, workspaces, addresses, ifnames, nodes, names, clusters]] = await Promise.all([
-      Promise.all([T.regions, T.workspaces, T.addresses, T.ifnames, T.nodes, T.names, T.clusters].map((spec) => openBucket(kvm, spec, settings))),
+    const [[regions, workspaces, addresses, ifnames, nodes, names, clusters, gateways]] = await Promise.all([
+      Promise.all([T.regions, T.workspaces, T.addresses, T.ifnames, T.nodes, T.names, T.clusters, T.gateways].map((spec) => openBucket(kvm, spec, settings))),
       manager().then((m) => ensureEventsStream(m, { replicas: settings.replicas, storage: settings.storage === 'memory' ? StorageType.Memory : StorageType.File })),
     ]);
     const random: RandomSource = { ...cryptoRandom, ...opts.random };
@@ -325,6 +351,16 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
         await requireRegion(store, region);
         return openBucket(kvm, endpointsBucketSpec(region), settings);
       });
+    const tunnelBuckets = new Map<string, Promise<KV>>();
+    const openTunnels = (region: string): Promise<KV> =>
+      cached(tunnelBuckets, region, async () => {
+        assertNameOrInvalid('region', region);
+        const bucket = tunnelsBucket(region);
+        const existing = await bindExisting(bucket);
+        if (existing) return existing;
+        await requireRegion(store, region);
+        return openBucket(kvm, tunnelsBucketSpec(region), settings);
+      });
     let legacy: Promise<KV | null> | null = null;
     const store: Store = {
       nc,
@@ -335,6 +371,8 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
       nodes: nodes!,
       names: names!,
       clusters: clusters!,
+      gateways: gateways!,
+      tunnels: openTunnels,
       endpoints: openEndpoints,
       endpointRegions: async () => {
         const out: string[] = [];
@@ -693,9 +731,10 @@ export async function addRegion(store: Store, name: string, opts: { id?: number 
       if (isConflict(e)) throw new StoreError('exists', `region ${JSON.stringify(name)} already exists`, 'choose another name; `i6pnctl region list` shows the taken ones');
       throw e;
     }
-    // Its endpoints bucket, now: the region's agents read it from the start.
+    // Its endpoints and tunnels buckets, now: the region's agents and gateways read them from the start.
     try {
       await store.endpoints(name);
+      await store.tunnels(name);
     } catch (e) {
       throw new StoreError(
         'jetstream',
@@ -749,6 +788,9 @@ async function requireWorkspace(store: Store, name: string): Promise<{ record: W
  */
 export async function createWorkspace(store: Store, name: string): Promise<WorkspaceRecord> {
   assertNameOrInvalid('workspace', name);
+  if (name === INFRA_WORKSPACE_NAME) {
+    throw new StoreError('invalid', `workspace name ${JSON.stringify(name)} is reserved (the tunnel gateways' workspace 0)`, 'choose another name');
+  }
   const tries = 64;
   for (let i = 0; i < tries; i++) {
     const id = store.random.workspaceId();
@@ -885,7 +927,7 @@ function invalidInput(e: unknown): StoreError {
   return new StoreError('invalid', (e as Error).message, 'see --help');
 }
 
-type Resolved = { workspace: WorkspaceRecord; region: RegionRecord };
+type Resolved = { workspace: Pick<WorkspaceRecord, 'name' | 'id'>; region: RegionRecord };
 
 async function resolve(store: Store, workspace: string, region: string): Promise<Resolved> {
   assertNameOrInvalid('workspace', workspace);
@@ -906,7 +948,8 @@ async function register(store: Store, at: Resolved, spec: EndpointSpec, member?:
   const endpoints = await store.endpoints(at.region.name);
   const tries = 16;
   for (let i = 0; i < tries; i++) {
-    const addr = makeEndpointAddress(at.workspace.id, at.region.id, store.random.endpointBits());
+    const gateway = at.workspace.id === INFRA_WORKSPACE_ID;
+    const addr = gateway ? makeGatewayAddress(at.region.id, store.random.endpointBits().subarray(2)) : makeEndpointAddress(at.workspace.id, at.region.id, store.random.endpointBits());
     const ifname = typeof spec.ifname === 'string' ? spec.ifname : spec.ifname(addr);
     const record: EndpointRecord = {
       v: SCHEMA_VERSION,
@@ -921,6 +964,7 @@ async function register(store: Store, at: Resolved, spec: EndpointSpec, member?:
       createdAt: new Date().toISOString(),
       ...(spec.name !== undefined ? { name: spec.name } : {}),
       ...(member ? { cluster: member.cluster, rank: member.rank } : {}),
+      ...(gateway ? { role: GATEWAY_ROLE } : {}),
     };
     const key = endpointKey(record);
     // The same check the agent applies on read.
@@ -1406,6 +1450,7 @@ async function removeEndpointByKey(store: Store, key: string): Promise<EndpointR
   const v = validateEndpointEntry(key, at.entry.value);
   await deleteEndpointEntries(store, found, key);
   if (!v.ok) return null;
+  await removeTunnelsOf(store, v.record);
   await finishRemoval(store, v.record, v.addr, key);
   return v.record;
 }
@@ -1474,6 +1519,7 @@ export async function removeEndpoint(store: Store, address: string): Promise<End
     await finishRemoval(store, { node: '', ifname: '', address: formatAddress(addr) }, addr, key);
     throw new StoreError('corrupt', `endpoint entry ${at.bucket}/${at.key} was invalid (${v.reason}: ${v.message}); it has been deleted`, 'nothing more to do');
   }
+  await removeTunnelsOf(store, v.record);
   await finishRemoval(store, v.record, v.addr, key);
   return v.record;
 }
@@ -1521,7 +1567,8 @@ export async function peersOf(store: Store, address: string): Promise<{ endpoint
   const addr = parseAddress(endpoint.address);
   const peers: EndpointRecord[] = [];
   const invalid: InvalidEntry[] = [];
-  if (endpoint.i6pn) {
+  // A gateway reaches tunneled ports only (`tunnel list`), no peer.
+  if (endpoint.i6pn && endpoint.role !== GATEWAY_ROLE) {
     const read = validateEndpoints(await endpointEntries(store, { region: endpoint.region, workspace: workspaceIdHex(workspaceOf(addr)) }));
     invalid.push(...read.invalid);
     for (const v of read.valid) {
@@ -1780,6 +1827,271 @@ export async function migrateEndpoints(store: Store, opts: MigrateOptions): Prom
   await store.legacyEndpoints({ recheck: true });
   report.finished = true;
   return report;
+}
+
+// ---------------------------------------------------------------- tunnel gateways
+
+/**
+ * A tunnel gateway is a member of its region in workspace 0: registered as an
+ * endpoint is (its address claimed once, never reused; one interface name per
+ * node), with `role: "gateway"`, at fdaa:0:0:<region>:6a7e:<48 random bits>.
+ * The runtime that starts the gateway makes its veth as for a container; the
+ * agents bind, hook and route it; the dataplane lets it reach tunneled ports
+ * only. What the running gateway says of itself (its public address, which
+ * tunnel it serves on which port) is its record in GATEWAYS_BUCKET.
+ */
+export interface GatewaySpec {
+  region: string;
+  node: string;
+  /** Host-side interface name (default gatewayIfname). */
+  ifname?: string;
+}
+
+/** The interface name a gateway gets by default: "i6g" + the last 12 hex digits of its id (15 characters). */
+export function gatewayIfname(address: Uint8Array): string {
+  return `i6g${endpointIdOf(address).slice(4)}`;
+}
+
+/** Register a gateway of `region` on `node`; prints its new address. */
+export async function addGateway(store: Store, spec: GatewaySpec): Promise<EndpointRecord> {
+  assertNameOrInvalid('region', spec.region);
+  const region = await requireRegion(store, spec.region);
+  return register(store, { workspace: { name: INFRA_WORKSPACE_NAME, id: INFRA_WORKSPACE_ID }, region }, {
+    workspace: INFRA_WORKSPACE_NAME,
+    region: spec.region,
+    node: spec.node,
+    ifname: spec.ifname ?? gatewayIfname,
+    i6pn: true,
+  });
+}
+
+export interface GatewayStatus {
+  /** Its registration (an endpoint of workspace 0). */
+  member: EndpointRecord;
+  /** What the running gateway last wrote, or null when it never ran. */
+  state: GatewayRecord | null;
+  heartbeatAgeSeconds: number | null;
+  /** No heartbeat for longer than the stale threshold (or never one). */
+  stale: boolean;
+}
+
+/** The live records of a region's gateways (GATEWAYS_BUCKET), by address. */
+async function gatewayStates(store: Store, region: string | undefined, invalid: InvalidEntry[]): Promise<Map<string, GatewayRecord>> {
+  const out = new Map<string, GatewayRecord>();
+  for (const e of await readAll(store.gateways, region === undefined ? '>' : `${region}.*`)) {
+    const d = decodeRecord(gatewayRecord, e.value);
+    if (!d.ok) invalid.push({ bucket: GATEWAYS_BUCKET, key: e.key, reason: d.reason, message: d.message });
+    else out.set(d.record.address, d.record);
+  }
+  return out;
+}
+
+const ageOf = (r: { heartbeatAt: string } | null, now: number): number | null => (r ? Math.max(0, now - Date.parse(r.heartbeatAt)) : null);
+
+export async function listGateways(store: Store, opts: { region?: string; staleAfterMs?: number } = {}): Promise<{ gateways: GatewayStatus[]; invalid: InvalidEntry[] }> {
+  if (opts.region !== undefined) await requireRegion(store, opts.region);
+  const { valid, invalid } = validateEndpoints(
+    await endpointEntries(store, { ...(opts.region !== undefined ? { region: opts.region } : {}), workspace: workspaceIdHex(INFRA_WORKSPACE_ID) }),
+  );
+  const states = await gatewayStates(store, opts.region, invalid);
+  const now = Date.now();
+  const gateways = sortEndpoints(valid.map((v) => v.record).filter((r) => r.role === GATEWAY_ROLE)).map((member): GatewayStatus => {
+    const state = states.get(member.address) ?? null;
+    const age = ageOf(state, now);
+    return { member, state, heartbeatAgeSeconds: age === null ? null : Math.round(age / 100) / 10, stale: age === null || age > (opts.staleAfterMs ?? DEFAULT_STALE_AFTER_MS) };
+  });
+  return { gateways, invalid };
+}
+
+/** Remove a gateway: its registration (as `endpoint remove`) and its record. */
+export async function removeGateway(store: Store, address: string): Promise<EndpointRecord> {
+  const member = await getEndpoint(store, address);
+  if (!member) throw new StoreError('not-found', `no live gateway has address ${formatAddress(parseAddressArg(address))}`, 'list gateways with `i6pnctl gateway list`');
+  if (member.role !== GATEWAY_ROLE) throw new StoreError('invalid', `${member.address} is a tenant's endpoint, not a gateway`, 'remove it with `i6pnctl endpoint remove`');
+  const removed = await removeEndpoint(store, address);
+  await store.gateways.delete(gatewayKey(removed.region, parseAddress(removed.address))).catch(() => undefined);
+  return removed;
+}
+
+// ---------------------------------------------------------------- tunnels
+
+/**
+ * A tunnel exposes one port of one tenant endpoint through its region's
+ * gateways. Its entry lives in the region's tunnels bucket under
+ * `<workspace id>.<endpoint id>.<proto>.<port>` (tunnelBucketKey): creating
+ * that key is the claim, so an (endpoint, protocol, port) has one tunnel at
+ * most. Its id is 48 random bits (what people and `tunnel remove` use). The
+ * agents fill the dataplane's tunnels map from the bucket; each gateway
+ * listens for each tunnel on a port of its own choosing and says so in its
+ * record, which `tunnel list` joins in.
+ */
+export interface TunnelSpec {
+  /** The endpoint's address. */
+  endpoint: string;
+  port: number;
+  proto?: TunnelProtocol;
+  /** Must be the endpoint's region, when given. */
+  region?: string;
+  /** The gateway terminates TLS with its certificate. */
+  tls?: boolean;
+}
+
+/** Where the public reaches a tunnel: one per gateway that serves it. */
+export interface TunnelPublic {
+  gateway: string;
+  node: string;
+  publicAddress: string;
+  port: number;
+  stale: boolean;
+}
+
+export interface TunnelStatus extends TunnelRecord {
+  public: TunnelPublic[];
+  /** Gateways that picked it up and could not serve it. */
+  refused: { gateway: string; reason: string }[];
+}
+
+function checkTunnelInput(spec: TunnelSpec): TunnelProtocol {
+  const proto = spec.proto ?? 'tcp';
+  if (!(TUNNEL_PROTOCOLS as readonly string[]).includes(proto)) {
+    throw new StoreError('invalid', `protocol ${JSON.stringify(proto)} cannot be tunneled`, `use ${TUNNEL_PROTOCOLS.join(' or ')} (the gateway relays TCP)`);
+  }
+  if (!Number.isInteger(spec.port) || spec.port < 1 || spec.port > 65535) {
+    throw new StoreError('invalid', `port ${spec.port} is out of range`, 'use a port from 1 to 65535');
+  }
+  if (spec.region !== undefined) assertNameOrInvalid('region', spec.region);
+  return proto;
+}
+
+/** The live tenant endpoint a tunnel may expose, or the reason it may not. */
+async function tunnelTarget(store: Store, address: string, region: string | undefined): Promise<EndpointRecord> {
+  const ep = await getEndpoint(store, address);
+  if (!ep) throw new StoreError('not-found', `endpoint ${formatAddress(parseAddressArg(address))} was removed`, 'list live endpoints with `i6pnctl endpoint list`');
+  if (ep.role === GATEWAY_ROLE) throw new StoreError('invalid', `${ep.address} is a gateway, not a tenant's endpoint`, 'tunnel an endpoint listed by `i6pnctl endpoint list`');
+  if (!ep.i6pn) throw new StoreError('invalid', `endpoint ${ep.address} has no i6pn`, 'a gateway reaches its endpoint over i6pn: tunnel an endpoint registered without --no-i6pn');
+  if (region !== undefined && region !== ep.region) throw new StoreError('invalid', `endpoint ${ep.address} is in region ${ep.region}, not ${region}`, `leave --region out, or pass --region ${ep.region}`);
+  return ep;
+}
+
+/** Record a tunnel. The gateways of its region pick it up; none need be running. */
+export async function createTunnel(store: Store, spec: TunnelSpec): Promise<TunnelRecord> {
+  const proto = checkTunnelInput(spec);
+  const ep = await tunnelTarget(store, spec.endpoint, spec.region);
+  const record = tunnelRecord.parse({
+    v: SCHEMA_VERSION,
+    id: randomBytes(6).toString('hex'),
+    endpoint: ep.address,
+    workspace: ep.workspace,
+    workspaceId: ep.workspaceId,
+    region: ep.region,
+    regionId: ep.regionId,
+    proto,
+    port: spec.port,
+    tls: spec.tls ?? false,
+    createdAt: new Date().toISOString(),
+  });
+  const kv = await store.tunnels(ep.region);
+  const key = tunnelBucketKey(record);
+  let revision: number;
+  try {
+    revision = await kv.create(key, enc(record));
+  } catch (e) {
+    if (!isConflict(e)) throw e;
+    const other = await getLive(kv, key);
+    const d = other ? validateTunnelEntry(ep.region, ep.regionId, key, other.value) : null;
+    throw new StoreError(
+      'exists',
+      `endpoint ${ep.address} already has a ${proto} tunnel to port ${spec.port}${d?.ok ? ` (id ${d.record.id})` : ''}`,
+      'list tunnels with `i6pnctl tunnel list`; remove that one first to make it again',
+    );
+  }
+  // The endpoint must still be there: a removal that swept its tunnels before this one was created would miss it.
+  const now = await getEndpoint(store, ep.address).catch(() => null);
+  if (!now || now.createdAt !== ep.createdAt) {
+    await kv.delete(key, { previousSeq: revision }).catch(() => undefined);
+    throw new StoreError('not-found', `endpoint ${ep.address} was removed while its tunnel was being created`, 'nothing was recorded');
+  }
+  return record;
+}
+
+/** Every valid tunnel of a region, with where it lives. */
+async function regionTunnels(store: Store, region: RegionRecord, invalid: InvalidEntry[]): Promise<{ kv: KV; key: string; revision: number; record: TunnelRecord }[]> {
+  const kv = await store.tunnels(region.name);
+  const out: { kv: KV; key: string; revision: number; record: TunnelRecord }[] = [];
+  for (const e of await readAll(kv, '>')) {
+    const v = validateTunnelEntry(region.name, region.id, e.key, e.value);
+    if (v.ok) out.push({ kv, key: e.key, revision: e.revision, record: v.record });
+    else invalid.push({ bucket: tunnelsBucket(region.name), key: e.key, reason: v.reason, message: v.message });
+  }
+  return out;
+}
+
+async function regionsOf(store: Store, region: string | undefined): Promise<RegionRecord[]> {
+  return region === undefined ? (await listRegions(store)).regions : [await requireRegion(store, region)];
+}
+
+export async function listTunnels(
+  store: Store,
+  filter: { region?: string; endpoint?: string; staleAfterMs?: number } = {},
+): Promise<{ tunnels: TunnelStatus[]; invalid: InvalidEntry[] }> {
+  if (filter.region !== undefined) assertNameOrInvalid('region', filter.region);
+  const endpoint = filter.endpoint === undefined ? undefined : formatAddress(parseAddressArg(filter.endpoint));
+  const invalid: InvalidEntry[] = [];
+  const now = Date.now();
+  const tunnels: TunnelStatus[] = [];
+  for (const region of await regionsOf(store, filter.region)) {
+    const found = (await regionTunnels(store, region, invalid)).filter((t) => endpoint === undefined || t.record.endpoint === endpoint);
+    if (found.length === 0) continue;
+    const states = [...(await gatewayStates(store, region.name, invalid)).values()];
+    for (const { record } of found) {
+      const pub: TunnelPublic[] = [];
+      const refused: TunnelStatus['refused'] = [];
+      for (const g of states) {
+        const age = ageOf(g, now)!;
+        for (const l of g.listeners) if (l.tunnel === record.id) pub.push({ gateway: g.address, node: g.node, publicAddress: g.publicAddress, port: l.port, stale: age > (filter.staleAfterMs ?? DEFAULT_STALE_AFTER_MS) });
+        for (const r of g.refused) if (r.tunnel === record.id) refused.push({ gateway: g.address, reason: r.reason });
+      }
+      tunnels.push({ ...record, public: pub, refused });
+    }
+  }
+  tunnels.sort((a, b) => a.region.localeCompare(b.region) || a.endpoint.localeCompare(b.endpoint) || a.port - b.port);
+  return { tunnels, invalid };
+}
+
+/** Remove the tunnel with this id: its gateways stop serving it, its agents close its port to them. */
+export async function removeTunnel(store: Store, id: string): Promise<TunnelRecord> {
+  if (!TUNNEL_ID_PATTERN.test(id)) throw new StoreError('invalid', `invalid tunnel id ${JSON.stringify(id)}`, 'pass the 12 hex digits `i6pnctl tunnel list` shows');
+  for (const region of await regionsOf(store, undefined)) {
+    for (const t of await regionTunnels(store, region, [])) {
+      if (t.record.id !== id) continue;
+      try {
+        await t.kv.delete(t.key, { previousSeq: t.revision });
+      } catch (e) {
+        if (isConflict(e)) throw new StoreError('conflict', `tunnel ${id} changed while it was being removed`, 'run the command again');
+        throw e;
+      }
+      return t.record;
+    }
+  }
+  throw new StoreError('not-found', `no tunnel has id ${id}`, 'list tunnels with `i6pnctl tunnel list`');
+}
+
+/** An endpoint is removed: so are its tunnels (any entry under its key prefix, valid or not). */
+async function removeTunnelsOf(store: Store, endpoint: EndpointRecord): Promise<void> {
+  if (endpoint.role === GATEWAY_ROLE) return;
+  let kv: KV;
+  try {
+    kv = await store.tunnels(endpoint.region);
+  } catch (e) {
+    if (e instanceof StoreError && e.code === 'not-found') return; // the region is gone, and its tunnels with it
+    throw e;
+  }
+  for (const e of await readAll(kv, `${endpointBucketKey(endpoint)}.>`)) {
+    await kv.delete(e.key, { previousSeq: e.revision }).catch(async (err: unknown) => {
+      if (!isConflict(err)) throw err;
+      await kv.delete(e.key); // changed meanwhile: the endpoint is gone all the same
+    });
+  }
 }
 
 export { addressHex, regionIdHex, workspaceIdHex };

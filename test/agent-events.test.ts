@@ -17,6 +17,7 @@ import { createLogger } from '../agent/log.js';
 import { AgentMetrics } from '../agent/metrics.js';
 import { AgentStore } from '../agent/store-client.js';
 import { startNats } from './helpers/nats.js';
+import { agentInboxPrefix } from '../lib/schema.js';
 
 const A = makeEndpointAddress(0x1234_5678, 0x0a01, new Uint8Array([0, 0, 0, 0, 0, 0, 0, 1]));
 const B = makeEndpointAddress(0x0bad_cafe, 0x0a01, new Uint8Array([0, 0, 0, 0, 0, 0, 0, 2]));
@@ -52,7 +53,8 @@ test('published at once; queued while NATS is away (the oldest dropped past the 
   const store = await AgentStore.connect({
     servers: [nats.url],
     creds: undefined,
-    node: 'n1',
+    name: 'i6pn-agent@n1',
+    inboxPrefix: agentInboxPrefix('n1'),
     log,
     onConnected: () => {},
     onReconnect: () => publisher?.flush(),

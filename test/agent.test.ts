@@ -10,8 +10,9 @@
  *
  * The tests run in order on one environment (each builds on the last).
  */
+import { promtoolCheckMetrics } from './helpers/promtool.js';
 import test from 'ava';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
@@ -416,14 +417,7 @@ test.serial('/metrics is exactly the catalogue, passes promtool, and counts real
   const { text, samples, types } = await scrape();
 
   // promtool accepts the exposition.
-  const promtool = await new Promise<{ code: number; out: string }>((resolve) => {
-    const p = spawn('promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    p.on('exit', (code) => resolve({ code: code ?? 1, out }));
-    p.stdin.end(text);
-  });
+  const promtool = await promtoolCheckMetrics(text);
   t.is(promtool.code, 0, promtool.out);
 
   // Exactly the catalogue's names and types (the defaults minus the _total gauges promtool rejects).

@@ -14,6 +14,7 @@ import { Dataplane, DataplaneError, LibbpfError, TC_HANDLE, TC_PRIORITY, type En
 import { ipv4Packet, ipv6Packet, privateAddress } from './tools/packet.js';
 import { I6PN_OBJECT, createVethPair, pinDirFor, removePinDir, sh, xdpProgIdOf } from './fixtures/binding-helpers.js';
 import { runLiveFrames, runPacket } from './tools/run-packet.js';
+import { reconcileTunnelMap, type Tunnel } from '../agent/tunnels.js';
 
 const REGION = 7;
 const OTHER_REGION = 8;
@@ -56,7 +57,7 @@ const udp = (src: Uint8Array, dst: Uint8Array) => ipv6Packet({ src, dst, l4: { p
 
 test('open pins every map, config round-trips, programs report verified instructions', async (t) => {
   const { dp, pinDir } = await openTemp(t);
-  t.deepEqual(readdirSync(pinDir!).sort(), ['config', 'counters', 'drop_events', 'endpoints', 'event_budget', 'event_stats', 'local_ifaces', 'sync_state']);
+  t.deepEqual(readdirSync(pinDir!).sort(), ['config', 'counters', 'drop_events', 'endpoints', 'event_budget', 'event_stats', 'local_ifaces', 'sync_state', 'tunnels']);
   t.deepEqual(dp.readSyncState(), { revision: 0, stream: 0n, region: 0 }, 'a new sync_state says: nothing applied');
   dp.writeSyncState({ revision: 2 ** 40 + 3, stream: 0xfedcba9876543210n, region: REGION });
   t.deepEqual(dp.readSyncState(), { revision: 2 ** 40 + 3, stream: 0xfedcba9876543210n, region: REGION });
@@ -199,7 +200,7 @@ test('runPacket: verdicts and counters per hook; monitor passes what enforce dro
     rows.find((r) => r.hook === 'from_fabric' && r.verdict === 'would_drop'),
     { hook: 'from_fabric', verdict: 'would_drop', reason: 'cross_workspace', packets: 1n, bytes: BigInt(cross.length) },
   );
-  t.is(dp.readCounters().length, 4 * 3 * 24);
+  t.is(dp.readCounters().length, 4 * 3 * 30);
 
   const repeated = runPacket(dp, 'from_fabric', cross, { repeat: 1000 });
   t.true(repeated.durationNs > 0);
@@ -432,4 +433,32 @@ test('live traffic through an endpoint veth: cross-workspace dropped in enforce,
   ping();
   t.true(dp.readCounter('from_endpoint', 'would_drop', 'cross_workspace').packets >= 3n);
   t.is(dp.readCounter('from_endpoint', 'drop', 'cross_workspace').packets, dropped);
+});
+
+test('tunnels map: entries round-trip; the agent\'s reconcile writes what is wanted and deletes the rest', async (t) => {
+  const { dp } = await openTemp(t, { pin: false });
+  dp.setTunnel({ addr: A1, proto: 6, port: 8080, id: 0xabcdef012345 });
+  dp.setTunnel({ addr: A2, proto: 6, port: 443, id: 1 });
+  t.deepEqual(dp.listTunnels().sort((a, b) => a.port - b.port), [
+    { addr: A2, proto: 6, port: 443, id: 1 },
+    { addr: A1, proto: 6, port: 8080, id: 0xabcdef012345 },
+  ]);
+  t.true(dp.deleteTunnel({ addr: A2, proto: 6, port: 443 }));
+  t.false(dp.deleteTunnel({ addr: A2, proto: 6, port: 443 }));
+  t.throws(() => dp.setTunnel({ addr: A1, proto: 6, port: 70000, id: 1 }), { instanceOf: RangeError });
+  // What the store says: A1:8080 under another id, A3:9000; A1's old entry is replaced, nothing else is left.
+  const tunnel = (addr: Uint8Array, port: number, id: string): Tunnel => ({
+    key: `k${port}`,
+    addr,
+    record: { v: 1, id, endpoint: '', workspace: 'w', workspaceId: WS_A, region: 'r', regionId: REGION, proto: 'tcp', port, tls: false, createdAt: new Date().toISOString() },
+  });
+  const silent = { error: () => {} } as unknown as Parameters<typeof reconcileTunnelMap>[2];
+  const wanted = new Map([['a', tunnel(A1, 8080, '000000000002')], ['b', tunnel(A3, 9000, '000000000003')]]);
+  t.deepEqual(reconcileTunnelMap(dp, wanted, silent), { entries: 2, failed: 0 });
+  t.deepEqual(dp.listTunnels().sort((a, b) => a.port - b.port), [
+    { addr: A1, proto: 6, port: 8080, id: 2 },
+    { addr: A3, proto: 6, port: 9000, id: 3 },
+  ]);
+  t.deepEqual(reconcileTunnelMap(dp, new Map(), silent), { entries: 0, failed: 0 });
+  t.deepEqual(dp.listTunnels(), []);
 });

@@ -14,6 +14,7 @@ import { formatAddress, parseAddress, regionOf, workspaceOf, workspaceSubnet } f
 import { addEndpoint, addRegion, connectStore, createWorkspace, type Store } from '../lib/store.js';
 import { run } from '../controller/program.js';
 import { REPO_ROOT, ctl, freePort, startNats, type NatsServer } from './helpers/nats.js';
+import { cli, oneLine } from './helpers/cli.js';
 
 const test = anyTest as TestFn<{ nats: NatsServer; store: Store; env: Record<string, string> }>;
 
@@ -28,26 +29,12 @@ test.after.always(async (t) => {
   await t.context.nats?.destroy();
 });
 
-/** In-process i6pnctl with --nats taken from env.I6PN_NATS_URL. */
-async function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const nats = env.I6PN_NATS_URL ? ['--nats', env.I6PN_NATS_URL] : [];
-  const code = await run(['node', 'i6pnctl', ...nats, ...args], { out: (x) => (stdout += x), err: (x) => (stderr += x) });
-  return { code, stdout, stderr };
-}
 
 let seq = 0;
 function name(prefix: string): string {
   return `${prefix}-${(seq++).toString(36)}-${randomBytes(3).toString('hex')}`;
 }
 
-/** stderr must be exactly one line. */
-function oneLine(stderr: string): string {
-  const lines = stderr.split('\n').filter((l) => l !== '');
-  if (lines.length !== 1) throw new Error(`expected one line on stderr, got:\n${stderr}`);
-  return lines[0]!;
-}
 
 const hex8 = (n: number): string => n.toString(16).padStart(8, '0');
 const hex4 = (n: number): string => n.toString(16).padStart(4, '0');

@@ -8,14 +8,14 @@ import test from 'ava';
 import { ipv4Packet, ipv6, ipv6Offsets, ipv6Packet, rawFrame, truncate, type Ipv6Spec } from './tools/packet.js';
 import type { HookName, ReasonName } from '../agent/bpf/dataplane.js';
 import { decide, isPass, MAX_EXT_HDRS, type Reason } from '../lib/policy.js';
-import { M, NODE_ADDRESS, observe, openFixture, R1, R2, W1, type Fixture } from './helpers/golden.js';
+import { M, NODE_ADDRESS, observe, openFixture, R1, R2, TUNNEL_PORT, W1, type Fixture } from './helpers/golden.js';
 import { REASON_NAMES } from '../agent/bpf/abi.generated.js';
 import { LibbpfError } from '../agent/bpf/dataplane.js';
 import { privateAddress } from './tools/packet.js';
 import { runPacket } from './tools/run-packet.js';
 import { RESOLVER_ADDRESS } from '../lib/address.js';
 
-type Iface = 'local' | 'local2' | 'localNoI6pn' | 'unregistered' | 'uplink' | 'sealed';
+type Iface = 'local' | 'local2' | 'localNoI6pn' | 'unregistered' | 'uplink' | 'sealed' | 'gateway';
 
 interface Case {
   name: string;
@@ -167,7 +167,7 @@ function resolverCases(): Case[] {
     c(fe, 'a later fragment (no ports to show)', p6(M.local, R, { ext: [{ type: 'fragment', offset: 185 }], l4: { proto: 'raw', protocol: 17, payload: new Uint8Array(16) } }), 'resolver_not_dns'),
     c(fe, 'a query behind a routing header', p6(M.local, R, { ext: [{ type: 'routing' }], l4: udp53 }), 'routing_header'),
     c(fe, 'UDP header cut short', truncate(p6(M.local, R, { l4: udp53 }), 14 + 40 + 3), 'resolver_not_dns'),
-    c(fe, 'the resolver\'s address forged as a source, to a peer', p6(R, M.remote, { l4: fromUdp53 }), 'cross_workspace'),
+    c(fe, 'the resolver\'s address forged as a source, to a peer (workspace 0: the tunnel rules, region 0)', p6(R, M.remote, { l4: fromUdp53 }), 'cross_region'),
     c(te, 'an answer over UDP, from the node', p6(R, M.local, { l4: fromUdp53 }), 'pass_resolver', undefined, 'node'),
     c(te, 'an answer over TCP, from the node', p6(R, M.local, { l4: fromTcp53 }), 'pass_resolver', undefined, 'node'),
     c(te, 'an answer to the endpoint without i6pn', p6(R, M.localNoI6pn, { l4: fromUdp53 }), 'pass_resolver', 'localNoI6pn', 'node'),
@@ -177,10 +177,96 @@ function resolverCases(): Case[] {
     c(te, 'from another port of the node', p6(R, M.local, { l4: { proto: 'tcp', srcPort: 22 } }), 'resolver_not_dns', undefined, 'node'),
     c(te, 'an ICMPv6 error from it', p6(R, M.local, { l4: icmpError(1, quote(M.local, R)) }), 'resolver_not_dns', undefined, 'node'),
     c(te, 'an answer to a sealed veth', p6(R, M.sealed, { l4: fromUdp53 }), 'sealed', 'sealed', 'node'),
-    c('from_fabric', 'a query from a remote member', p6(M.remote, R, { l4: udp53 }), 'cross_workspace'),
+    // The resolver's address is in workspace 0: at the uplink the tunnel rules take it, and it is in region 0.
+    c('from_fabric', 'a query from a remote member', p6(M.remote, R, { l4: udp53 }), 'cross_region'),
     c('from_fabric', 'a query from workspace 0 of the fabric', p6('fdaa::1', R, { l4: udp53 }), 'not_local'),
-    c('from_fabric', 'its address from the fabric, to a local endpoint', p6(R, M.local, { l4: fromUdp53 }), 'cross_workspace'),
+    c('from_fabric', 'its address from the fabric, to a local endpoint', p6(R, M.local, { l4: fromUdp53 }), 'cross_region'),
     c('to_fabric', 'its address leaving the node', p6(R, M.remote, { l4: fromUdp53 }), 'unbound_source', undefined, 'node'),
+  ];
+}
+
+const SYN = 0x02;
+const ACK = 0x10;
+/** TCP from `sport` to `dport` with these flags. */
+const tcp = (srcPort: number, dstPort: number, flags = ACK) => ({ l4: { proto: 'tcp' as const, srcPort, dstPort, flags } });
+
+/**
+ * Tunnels: a gateway (workspace 0) reaches exactly the tunneled (address,
+ * TCP, port) of the fixture (TUNNELS), and a tenant reaches a gateway only
+ * as that port's reply. The rest of the policy (binding, members) holds.
+ */
+function tunnelCases(): Case[] {
+  const c = (hook: HookName, name: string, packet: Uint8Array, expect: Reason, on?: Iface, from?: Case['from']): Case => ({
+    hook,
+    name: `tunnel: ${name}`,
+    packet,
+    expect,
+    ...(on ? { on } : {}),
+    ...(from ? { from } : {}),
+  });
+  const P = TUNNEL_PORT;
+  const ff = 'from_fabric';
+  const fe = 'from_endpoint';
+  const te = 'to_endpoint';
+  const tf = 'to_fabric';
+  return [
+    // the gateway's own veth (from_endpoint): what it may send
+    c(fe, 'gateway opens a connection to a tunneled port', p6(M.gateway, M.remote, tcp(40000, P, SYN)), 'pass_tunnel', 'gateway'),
+    c(fe, 'gateway sends data on it', p6(M.gateway, M.remote, tcp(40000, P, ACK)), 'pass_tunnel', 'gateway'),
+    c(fe, 'gateway to the tunneled port of an endpoint on its own node', p6(M.gateway, M.local, tcp(40000, P, SYN)), 'pass_tunnel', 'gateway'),
+    c(fe, 'gateway to a tunneled port of another workspace', p6(M.gateway, M.otherWorkspace, tcp(40000, 443, SYN)), 'pass_tunnel', 'gateway'),
+    c(fe, 'gateway to the same endpoint\'s other port', p6(M.gateway, M.remote, tcp(40000, P + 1, SYN)), 'not_tunneled', 'gateway'),
+    c(fe, 'gateway to the tunneled port over UDP', p6(M.gateway, M.remote, { l4: { proto: 'udp', srcPort: 40000, dstPort: P } }), 'not_tunneled', 'gateway'),
+    c(fe, 'gateway to an endpoint without a tunnel', p6(M.gateway, M.local2, tcp(40000, P, SYN)), 'not_tunneled', 'gateway'),
+    c(fe, 'gateway to another workspace\'s untunneled port', p6(M.gateway, M.otherWorkspace, tcp(40000, P, SYN)), 'not_tunneled', 'gateway'),
+    c(fe, 'gateway pings a tunneled endpoint', p6(M.gateway, M.remote, { l4: echo }), 'not_tunneled', 'gateway'),
+    c(fe, 'gateway sends a later fragment to a tunneled endpoint', p6(M.gateway, M.remote, { ext: [{ type: 'fragment', offset: 185 }], l4: { proto: 'raw', protocol: 6, payload: new Uint8Array(20) } }), 'not_tunneled', 'gateway'),
+    c(fe, 'gateway sends a TCP header cut short', truncate(p6(M.gateway, M.remote, tcp(40000, P, SYN)), 14 + 40 + 12), 'not_tunneled', 'gateway'),
+    c(fe, 'gateway to another gateway', p6(M.gateway, M.remoteGateway, tcp(40000, P, SYN)), 'not_tunneled', 'gateway'),
+    c(fe, 'gateway to a tunneled endpoint without i6pn', p6(M.gateway, M.remoteNoI6pn, tcp(40000, P, SYN)), 'no_i6pn', 'gateway'),
+    c(fe, 'gateway to another region', p6(M.gateway, privateAddress(W1, R2, 0xb), tcp(40000, P, SYN)), 'cross_region', 'gateway'),
+    c(fe, 'gateway to an unknown address', p6(M.gateway, M.unknown, tcp(40000, P, SYN)), 'unknown_dest', 'gateway'),
+    c(fe, 'gateway hides a routing header', p6(M.gateway, M.remote, { ext: [{ type: 'routing' }], ...tcp(40000, P, SYN) }), 'routing_header', 'gateway'),
+    c(fe, 'gateway\'s veth forging another gateway\'s address', p6(M.remoteGateway, M.remote, tcp(40000, P, SYN)), 'spoofed_source', 'gateway'),
+    c(fe, 'a tenant forging the gateway\'s address', p6(M.gateway, M.remote, tcp(40000, P, SYN)), 'spoofed_source'),
+    // a tenant's veth (from_endpoint): only its tunneled port's replies reach a gateway
+    c(fe, 'tunneled port answers the gateway (SYN-ACK)', p6(M.local, M.remoteGateway, tcp(P, 40000, SYN | ACK)), 'pass_tunnel_reply'),
+    c(fe, 'tunneled port sends data to the gateway', p6(M.local, M.remoteGateway, tcp(P, 40000, ACK)), 'pass_tunnel_reply'),
+    c(fe, 'tunneled port answers the gateway on its node', p6(M.local, M.gateway, tcp(P, 40000, ACK)), 'pass_tunnel_reply'),
+    c(fe, 'tunneled port opens a connection to the gateway (SYN)', p6(M.local, M.remoteGateway, tcp(P, 80, SYN)), 'to_gateway'),
+    c(fe, 'another port to the gateway', p6(M.local, M.remoteGateway, tcp(P + 1, 40000, ACK)), 'to_gateway'),
+    c(fe, 'the tunneled port over UDP to the gateway', p6(M.local, M.remoteGateway, { l4: { proto: 'udp', srcPort: P, dstPort: 40000 } }), 'to_gateway'),
+    c(fe, 'ping to the gateway', p6(M.local, M.remoteGateway, { l4: echo }), 'to_gateway'),
+    c(fe, 'an endpoint without a tunnel to the gateway', p6(M.local2, M.remoteGateway, tcp(P, 40000, ACK)), 'to_gateway', 'local2'),
+    c(fe, 'to an address of workspace 0 that is no member', p6(M.local, M.unknownGateway, tcp(P, 40000, ACK)), 'unknown_dest'),
+    c(fe, 'to another region\'s gateway', p6(M.local, M.otherRegionGateway, tcp(P, 40000, ACK)), 'cross_region'),
+    // from the fabric
+    c(ff, 'a remote gateway to a tunneled port here', p6(M.remoteGateway, M.local, tcp(40000, P, SYN)), 'pass_tunnel'),
+    c(ff, 'a remote gateway to another port here', p6(M.remoteGateway, M.local, tcp(40000, 22, SYN)), 'not_tunneled'),
+    c(ff, 'a remote gateway to an untunneled endpoint here', p6(M.remoteGateway, M.local2, tcp(40000, P, SYN)), 'not_tunneled'),
+    c(ff, 'a remote gateway to a tunneled endpoint without i6pn', p6(M.remoteGateway, M.localNoI6pn, tcp(40000, P, SYN)), 'no_i6pn'),
+    c(ff, 'a reply from a remote tunneled port to the gateway here', p6(M.remote, M.gateway, tcp(P, 40000, SYN | ACK)), 'pass_tunnel_reply'),
+    c(ff, 'a remote tunneled port calls the gateway here', p6(M.remote, M.gateway, tcp(P, 40000, SYN)), 'to_gateway'),
+    c(ff, 'a remote endpoint\'s other port to the gateway here', p6(M.remote, M.gateway, tcp(9999, 40000, ACK)), 'to_gateway'),
+    c(ff, 'the local gateway\'s address arriving from the fabric', p6(M.gateway, M.local, tcp(40000, P, SYN)), 'spoofed_source'),
+    c(ff, 'an unknown workspace-0 source', p6(M.unknownGateway, M.local, tcp(40000, P, SYN)), 'unknown_source'),
+    c(ff, 'to a gateway on another node', p6(M.remote, M.remoteGateway, tcp(P, 40000, ACK)), 'not_local'),
+    c(ff, 'from another region\'s gateway', p6(M.otherRegionGateway, M.local, tcp(40000, P, SYN)), 'cross_region'),
+    // to a tenant's veth (to_endpoint)
+    c(te, 'from a remote gateway, through the uplink', p6(M.remoteGateway, M.local, tcp(40000, P, ACK)), 'pass_tunnel'),
+    c(te, 'from a remote gateway, to another port', p6(M.remoteGateway, M.local, tcp(40000, 9000, ACK)), 'not_tunneled'),
+    c(te, 'from the gateway here, through its own veth', p6(M.gateway, M.local, tcp(40000, P, SYN)), 'pass_tunnel', undefined, 'gateway'),
+    c(te, 'the gateway\'s address from an unregistered veth', p6(M.gateway, M.local, tcp(40000, P, SYN)), 'unbound_source', undefined, 'unregistered'),
+    c(te, 'the gateway\'s address from a tenant\'s veth', p6(M.gateway, M.local, tcp(40000, P, SYN)), 'unbound_source', undefined, 'local2'),
+    c(te, 'a remote gateway\'s address from the node itself', p6(M.remoteGateway, M.local, tcp(40000, P, SYN)), 'unbound_source', undefined, 'node'),
+    // to the gateway's veth (to_endpoint)
+    c(te, 'a remote tunneled port\'s reply to the gateway', p6(M.remote, M.gateway, tcp(P, 40000, ACK)), 'pass_tunnel_reply', 'gateway'),
+    c(te, 'a local tunneled port\'s reply, through its own veth', p6(M.local, M.gateway, tcp(P, 40000, ACK)), 'pass_tunnel_reply', 'gateway', 'local'),
+    c(te, 'a remote tunneled port calls the gateway', p6(M.remote, M.gateway, tcp(P, 40000, SYN)), 'to_gateway', 'gateway'),
+    c(te, 'a tenant reaches the gateway on another port', p6(M.local2, M.gateway, tcp(P, 40000, ACK)), 'to_gateway', 'gateway', 'local2'),
+    // the uplink's exit checks the binding only
+    c(tf, 'the gateway\'s packet leaves from its own veth', p6(M.gateway, M.remote, tcp(40000, P, SYN)), 'pass_private', undefined, 'gateway'),
+    c(tf, 'the gateway\'s address leaves from a tenant\'s veth', p6(M.gateway, M.remote, tcp(40000, P, SYN)), 'unbound_source', undefined, 'local2'),
   ];
 }
 
@@ -193,6 +279,7 @@ function hookCases(): Case[] {
   return [
     ...nonPrivateCases(),
     ...resolverCases(),
+    ...tunnelCases(),
     ...commonCases(ff, M.remote, M.local),
     c(ff, 'to another local endpoint', p6(M.remote, M.local2), 'pass_private'),
     c(ff, 'other workspace member (address bits)', p6(M.otherWorkspace, M.local), 'cross_workspace'),
@@ -360,6 +447,7 @@ test.serial('every reason has a golden case that reaches it at some hook', (t) =
     'unknown_iface', 'spoofed_source', 'no_i6pn', 'unknown_source', 'unknown_dest', 'sealed',
     'unbound_source', 'non_private', 'to_node', 'pass_link_scope', 'pass_icmp_error', 'pass_forward',
     'pass_resolver', 'resolver_not_dns',
+    'pass_tunnel', 'pass_tunnel_reply', 'not_tunneled', 'to_gateway',
   ];
   t.deepEqual([...all].sort(), [...REASON_NAMES].sort(), 'the list above is every reason of the ABI');
   t.deepEqual(all.filter((r) => !reached.has(r)), []);

@@ -13,8 +13,8 @@ import test from 'ava';
 import fc from 'fast-check';
 import { ipv6, ipv6Packet, privateAddress, type ExtHeader, type Ipv6Spec, type L4, type VlanTag } from './tools/packet.js';
 import { LibbpfError, type HookName } from '../agent/bpf/dataplane.js';
-import { decide, isPass } from '../lib/policy.js';
-import { M, observe, openFixture, R1, R2, W1, W2, type Fixture } from './helpers/golden.js';
+import { decide, isPass, tunnelKey } from '../lib/policy.js';
+import { M, observe, openFixture, R1, R2, TUNNEL_PORT, W1, W2, type Fixture } from './helpers/golden.js';
 import { RESOLVER_ADDRESS } from '../lib/address.js';
 
 let fx: Fixture;
@@ -64,6 +64,10 @@ const arbL4: fc.Arbitrary<L4> = fc.oneof(
     { proto: 'udp' as const, srcPort: 53, dstPort: 40000 },
     { proto: 'tcp' as const, srcPort: 53, dstPort: 40000 },
   ),
+  // the tunnels' ports and their neighbours, both ways, with every interesting TCP flag
+  fc
+    .tuple(fc.constantFrom('tcp' as const, 'tcp' as const, 'udp' as const), fc.constantFrom(TUNNEL_PORT, TUNNEL_PORT + 1, 443, 40000), fc.constantFrom(TUNNEL_PORT, 443, 40000), fc.constantFrom(0x02, 0x12, 0x10, 0x18, 0x04, 0x01))
+    .map(([proto, srcPort, dstPort, flags]) => (proto === 'tcp' ? { proto, srcPort, dstPort, flags } : { proto, srcPort, dstPort })),
 );
 const arbSpec: fc.Arbitrary<Ipv6Spec> = fc.record({
   src: arbAddress,
@@ -79,9 +83,9 @@ const arbMutation = fc.record({
 });
 type Place = keyof Fixture['ifindex'] | 'node';
 const arbHook = fc.constantFrom<HookName>('from_fabric', 'from_endpoint', 'to_endpoint', 'to_fabric');
-const arbIface = fc.constantFrom('local', 'local2', 'localNoI6pn', 'unregistered', 'sealed') as fc.Arbitrary<keyof Fixture['ifindex']>;
+const arbIface = fc.constantFrom('local', 'local2', 'localNoI6pn', 'unregistered', 'sealed', 'gateway') as fc.Arbitrary<keyof Fixture['ifindex']>;
 /** Where a packet entered the node: any interface, or the node's own stack. */
-const arbIngress = fc.constantFrom<Place>('local', 'local2', 'localNoI6pn', 'unregistered', 'sealed', 'uplink', 'uplink', 'node');
+const arbIngress = fc.constantFrom<Place>('local', 'local2', 'localNoI6pn', 'unregistered', 'sealed', 'gateway', 'uplink', 'uplink', 'node');
 
 function mutate(p: Uint8Array, m: { flips: Array<[number, number]>; cut: number | null }): Uint8Array {
   let out = new Uint8Array(p);
@@ -113,6 +117,13 @@ const arbAllowedExt: fc.Arbitrary<ExtHeader> = fc.oneof(
   fc.record({ type: fc.constant('fragment' as const), offset: fc.constantFrom(0, 185), more: fc.boolean() }),
   fc.constant({ type: 'ah' as const }),
 );
+/** One flip at most, a cut now and then. */
+const arbRareMutation = fc.record({
+  flips: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 1 }),
+  cut: fc.option(fc.nat(), { freq: 10 }),
+});
+/** Where a packet is run and its ends: hook, interface, where it entered, source, destination. */
+type Plan = [HookName, keyof Fixture['ifindex'], Place, Uint8Array, Uint8Array];
 const arbNearAllowed = fc
   .tuple(
     fc.constantFrom(
@@ -127,14 +138,11 @@ const arbNearAllowed = fc
       ['to_endpoint', 'local2', 'local', M.local, M.local2],
       ['to_fabric', 'uplink', 'local', M.local, M.remote],
       ['to_fabric', 'uplink', 'local2', M.local2, M.remote],
-    ) as fc.Arbitrary<[HookName, keyof Fixture['ifindex'], Place, Uint8Array, Uint8Array]>,
+    ) as fc.Arbitrary<Plan>,
     fc.array(fc.integer({ min: 1, max: 4094 }), { maxLength: 2 }),
     fc.array(arbAllowedExt, { maxLength: 3 }),
     arbL4,
-    fc.record({
-      flips: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 1 }),
-      cut: fc.option(fc.nat(), { freq: 10 }),
-    }),
+    arbRareMutation,
   )
   .map(([[hook, iface, ingress, src, dst], vlans, ext, l4, mutation]) => [hook, iface, ingress, { src, dst, vlans, ext, l4 }, mutation] as const);
 /** DNS with the resolver, one step from allowed: a query or an answer, where it is allowed or one place off. */
@@ -157,6 +165,36 @@ const arbNearResolver = fc
     }),
   )
   .map(([[hook, iface, ingress, src, dst], ext, l4, mutation]) => [hook, iface, ingress, { src, dst, ext, l4 }, mutation] as const);
+
+/** Packets one step from a tunnel's: a gateway and a tunneled endpoint, mostly on the tunnel's port, with any TCP flags. */
+const arbNearTunnel = fc
+  .tuple(
+    fc.constantFrom(
+      ['from_endpoint', 'gateway', 'gateway', M.gateway, M.remote],
+      ['from_endpoint', 'gateway', 'gateway', M.gateway, M.local],
+      ['from_endpoint', 'local', 'local', M.local, M.remoteGateway],
+      ['from_fabric', 'local', 'uplink', M.remoteGateway, M.local],
+      ['from_fabric', 'local', 'uplink', M.remote, M.gateway],
+      ['to_endpoint', 'local', 'uplink', M.remoteGateway, M.local],
+      ['to_endpoint', 'local', 'gateway', M.gateway, M.local],
+      ['to_endpoint', 'gateway', 'uplink', M.remote, M.gateway],
+      ['to_endpoint', 'gateway', 'local', M.local, M.gateway],
+      ['to_fabric', 'uplink', 'gateway', M.gateway, M.remote],
+    ) as fc.Arbitrary<Plan>,
+    fc.array(fc.integer({ min: 1, max: 4094 }), { maxLength: 2 }),
+    fc.array(arbAllowedExt, { maxLength: 2 }),
+    fc.constantFrom(TUNNEL_PORT, TUNNEL_PORT, TUNNEL_PORT, TUNNEL_PORT + 1),
+    fc.constantFrom('tcp' as const, 'tcp' as const, 'tcp' as const, 'udp' as const),
+    fc.constantFrom(0x02, 0x12, 0x10, 0x18, 0x11, 0x04),
+    arbRareMutation,
+  )
+  .map(([[hook, iface, ingress, src, dst], vlans, ext, port, proto, flags, mutation]) => {
+    const fromGateway = src[2] === 0 && src[3] === 0 && src[4] === 0 && src[5] === 0;
+    const srcPort = fromGateway ? 40000 : port;
+    const dstPort = fromGateway ? port : 40000;
+    const l4: L4 = proto === 'tcp' ? { proto, srcPort, dstPort, flags } : { proto, srcPort, dstPort };
+    return [hook, iface, ingress, { src, dst, vlans, ext, l4 }, mutation] as const;
+  });
 const arbRandom = fc.tuple(arbHook, arbIface, arbIngress, arbSpec, arbMutation);
 
 /** The interface a hook runs on and where the packet entered, as the kernel is told. */
@@ -168,14 +206,36 @@ function place(hook: HookName, iface: keyof Fixture['ifindex'], ingress: Place):
   return { ifindex: fx.ifindex.uplink, ingress: at(ingress) };
 }
 
+/**
+ * The transport header of a packet with no extension header, found on our
+ * own (up to two VLAN tags), or null: the tunnel passes below are checked
+ * against it where there is one.
+ */
+function plainPorts(p: Uint8Array): { proto: number; src: number; dst: number; flags: number } | null {
+  let off = 12;
+  let type = (p[off]! << 8) | p[off + 1]!;
+  for (let i = 0; i < 2 && (type === 0x8100 || type === 0x88a8); i++) {
+    off += 4;
+    type = (p[off]! << 8) | p[off + 1]!;
+  }
+  const l3 = off + 2;
+  const proto = p[l3 + 6];
+  const l4 = l3 + 40;
+  if ((proto !== 6 && proto !== 17) || p.length < l4 + 4) return null;
+  return { proto, src: (p[l4]! << 8) | p[l4 + 1]!, dst: (p[l4 + 2]! << 8) | p[l4 + 3]!, flags: p[l4 + 13] ?? 0 };
+}
+
 test.serial('no random or mutated packet crosses a boundary, and the kernel agrees with the model', (t) => {
   let private_passed = 0;
+  let tunnel_passed = 0;
   let resolver_passed = 0;
   let tcRuns = 0;
   let refused = 0;
   let dropped = 0;
   fc.assert(
-    fc.property(fc.oneof({ arbitrary: arbRandom, weight: 5 }, { arbitrary: arbNearAllowed, weight: 4 }, { arbitrary: arbNearResolver, weight: 1 }), ([hook, iface, ingressPlace, spec, mutation]) => {
+    fc.property(
+      fc.oneof({ arbitrary: arbRandom, weight: 4 }, { arbitrary: arbNearAllowed, weight: 4 }, { arbitrary: arbNearTunnel, weight: 4 }, { arbitrary: arbNearResolver, weight: 1 }),
+      ([hook, iface, ingressPlace, spec, mutation]) => {
       const packet = mutate(ipv6Packet(spec), mutation);
       const { ifindex, ingress } = place(hook, iface, ingressPlace);
       let seen;
@@ -226,6 +286,20 @@ test.serial('no random or mutated packet crosses a boundary, and the kernel agre
         if (hook === 'to_endpoint' && ingressPlace !== 'node') throw new Error(`to_endpoint: the resolver's address passed from ${ingressPlace}`);
         return;
       }
+      if (seen.counted.reason === 'pass_tunnel' || seen.counted.reason === 'pass_tunnel_reply') {
+        // Tunnels, independent of the model: a gateway member and a tenant member of this region, and the tenant's end is a tunnel's.
+        tunnel_passed++;
+        const a = addresses(packet)!;
+        const fromGateway = seen.counted.reason === 'pass_tunnel';
+        const [gw, ep] = fromGateway ? [a.src, a.dst] : [a.dst, a.src];
+        const g = fx.model.endpoints.get(hex(gw));
+        const e = fx.model.endpoints.get(hex(ep));
+        if (!g || g.workspace !== 0 || !e || e.workspace === 0 || !e.i6pn || !g.i6pn || g.region !== R1 || e.region !== R1) throw new Error(`${hook}: ${seen.counted.reason} between ${hex(a.src)} and ${hex(a.dst)}`);
+        const l4 = plainPorts(packet);
+        if (l4 && !fx.model.tunnels!.has(tunnelKey(hex(ep), l4.proto, fromGateway ? l4.dst : l4.src))) throw new Error(`${hook}: ${seen.counted.reason} to a port no tunnel names`);
+        if (l4 && !fromGateway && l4.proto === 6 && (l4.flags & 0x12) === 0x02) throw new Error(`${hook}: a tenant's SYN reached a gateway`);
+        return;
+      }
       if (seen.counted.reason !== 'pass_private') return;
       // Isolation, independent of the model: both ends live members with i6pn, same workspace and region.
       private_passed++;
@@ -244,6 +318,7 @@ test.serial('no random or mutated packet crosses a boundary, and the kernel agre
       const d = fx.model.endpoints.get(hex(a.dst));
       if (!s || !d || !s.i6pn || !d.i6pn) throw new Error(`${hook}: passed a non-member`);
       if (s.workspace !== d.workspace || s.region !== d.region || s.region !== R1) throw new Error(`${hook}: crossed a boundary`);
+      if (s.workspace === 0) throw new Error(`${hook}: a gateway's packet passed as private traffic`);
       if (Buffer.from(a.src).readUInt32BE(2) !== Buffer.from(a.dst).readUInt32BE(2)) throw new Error(`${hook}: workspace bits differ`);
       // Source binding, independent of the model: a private packet leaves by a node exit only from where its source is proven.
       if (hook === 'to_endpoint' && !boundHere(ingressPlace) && !(ingressPlace === 'uplink' && !s.local)) {
@@ -253,9 +328,10 @@ test.serial('no random or mutated packet crosses a boundary, and the kernel agre
     { numRuns: 4000, maxSkipsPerRun: 1 },
   );
   t.true(resolver_passed > 20, `only ${resolver_passed} DNS packets passed to or from the resolver`);
-  t.log(`${private_passed} passed as private, ${resolver_passed} as DNS with the resolver, ${dropped} dropped, ${refused} refused by the skb test runner; ${tcRuns} from_fabric packets also through its TC flavour`);
+  t.log(`${private_passed} passed as private, ${tunnel_passed} through tunnels, ${resolver_passed} as DNS with the resolver, ${dropped} dropped, ${refused} refused by the skb test runner; ${tcRuns} from_fabric packets also through its TC flavour`);
   t.true(tcRuns > 500, `only ${tcRuns} from_fabric packets through the TC flavour`);
   // The generator must reach both outcomes, or the property proves little.
   t.true(private_passed > 200, `only ${private_passed} private passes generated`);
+  t.true(tunnel_passed > 20, `only ${tunnel_passed} tunnel passes generated`);
   t.true(dropped > 1000, `only ${dropped} drops generated`);
 });

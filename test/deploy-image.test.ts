@@ -107,7 +107,7 @@ const ignorePatterns = (text: string) =>
 
 // ---------------------------------------------------------------- checks
 
-const REQUIRED_SOURCES = ["package.json", "package-lock.json", "tsconfig.json", "Makefile", "bpf/", "lib/", "agent/", "controller/"];
+const REQUIRED_SOURCES = ["package.json", "package-lock.json", "tsconfig.json", "Makefile", "bpf/", "lib/", "agent/", "controller/", "gateway/"];
 const BUILD_TOOLS = ["clang", "llvm", "libbpf-dev", "bpftool", "make"];
 
 function aptPackages(stage: Stage): string[] {
@@ -186,7 +186,7 @@ function dockerfileProblems(text: string, ignore: string, exists: (p: string) =>
   const entry = runtime.instructions.filter((i) => i.cmd === "ENTRYPOINT").at(-1)?.args ?? "";
   check(/^\[.*"\/usr\/local\/bin\/i6pn-agent"\]$/.test(entry), "runtime: ENTRYPOINT [\"/usr/local/bin/i6pn-agent\"] (exec form: SIGTERM reaches the agent)");
   const installed = rtCopies.filter((c) => !c.from).flatMap((c) => c.sources.map((s) => (c.dest.endsWith("/") ? c.dest + s.split("/").pop() : c.dest)));
-  for (const bin of ["/usr/local/bin/i6pn-agent", "/usr/local/bin/i6pnctl", "/usr/local/bin/i6pn-node-region"]) check(installed.includes(bin), `runtime must install ${bin}`);
+  for (const bin of ["/usr/local/bin/i6pn-agent", "/usr/local/bin/i6pnctl", "/usr/local/bin/i6pn-gateway", "/usr/local/bin/i6pn-node-region"]) check(installed.includes(bin), `runtime must install ${bin}`);
 
   // Sources from the build context: they exist, and the ignore file lets them through.
   const patterns = ignorePatterns(ignore);
@@ -264,7 +264,7 @@ test("the DaemonSet runs the scripts the image installs, and the image tag is th
   t.is(region.command[0], "i6pn-node-region");
   t.regex(dockerfile, /COPY deploy\/image\/i6pn-node-region\.cjs \/usr\/local\/bin\/i6pn-node-region\n/);
   t.is(pod.containers[0].command, undefined, "the agent container uses the image's ENTRYPOINT");
-  for (const script of ["i6pn-agent", "i6pnctl"]) t.is(spawnSync("sh", ["-n", join(root, "deploy/image", script)]).status, 0, script);
+  for (const script of ["i6pn-agent", "i6pnctl", "i6pn-gateway"]) t.is(spawnSync("sh", ["-n", join(root, "deploy/image", script)]).status, 0, script);
   t.is(spawnSync(process.execPath, ["--check", join(root, "deploy/image/i6pn-node-region.cjs")]).status, 0);
   t.is(pod.containers[0].image, `registry.example.com/i6pn:${version}`);
 });
@@ -349,11 +349,12 @@ test("the stages run without Docker: build compiles the copied files, prod-deps 
     [["dist/agent/main.js", "--help"], /Usage: i6pn-agent/],
     [["dist/agent/main.js", "teardown", "--help"], /Usage: i6pn-agent teardown/],
     [["dist/controller/cli.js", "--help"], /Usage: i6pnctl/],
+    [["dist/gateway/main.js", "--help"], /Usage: i6pn-gateway/],
   ] as const) {
     const r = spawnSync(process.execPath, [...args], { cwd: app, encoding: "utf8", timeout: 60_000, env: { PATH: process.env["PATH"] ?? "" } });
     t.is(r.status, 0, `${args.join(" ")}: ${r.stderr}`);
     t.regex(r.stdout, expected);
   }
   const rt = roots.get("runtime") ?? "";
-  for (const bin of ["i6pn-agent", "i6pnctl", "i6pn-node-region"]) t.true(existsSync(join(rt, "usr/local/bin", bin)), bin);
+  for (const bin of ["i6pn-agent", "i6pnctl", "i6pn-gateway", "i6pn-node-region"]) t.true(existsSync(join(rt, "usr/local/bin", bin)), bin);
 });

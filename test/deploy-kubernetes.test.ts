@@ -1,4 +1,4 @@
-// The Kubernetes manifests of deploy/kubernetes/, checked offline: every YAML
+// The Kubernetes manifests of deploy/kubernetes/ (the tunnel gateway's in gateway/ too), checked offline: every YAML
 // parses, validates against the Kubernetes schemas (kubernetes-models), has no
 // unknown field (type-checked against kubernetes-models' interfaces, which
 // reject excess properties), and carries the settings the agent depends on.
@@ -13,6 +13,8 @@ import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import ts from "typescript";
 import { parse, parseAllDocuments } from "yaml";
+import { isGatewayAddress, parseAddress } from "../lib/address.js";
+import { isValidIfname, isValidName } from "../lib/schema.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const k8sDir = join(root, "deploy/kubernetes");
@@ -508,4 +510,79 @@ test("mount-bpffs mounts bpffs where /sys/fs/bpf has none, and leaves a mounted 
   t.is(r.status, 0, r.stderr);
   t.deepEqual(r.stdout.trim().split("\n"), ["before: sysfs", "mounted bpffs on /sys/fs/bpf", "after: bpf_fs", "bpffs already mounted on /sys/fs/bpf", "mounts: 1"]);
   t.is(hostFs(), hostBefore, "the host's /sys/fs/bpf is as it was");
+});
+
+// ---------------------------------------------------------------- the tunnel gateway (deploy/kubernetes/gateway/)
+
+
+/** The environment variables i6pn-gateway reads (its --help lists each flag's). */
+function gatewayEnvVars(): Set<string> {
+  const help = spawnSync(process.execPath, ["--import=tsx", join(root, "gateway/main.ts"), "--help"], { encoding: "utf8", timeout: 60_000 });
+  // The help wraps at 80 columns: one line of it, then "(env: NAME)".
+  return new Set([...help.stdout.replace(/\s+/g, " ").matchAll(/env: (I6PN_\w+)/g)].map((m) => m[1]!));
+}
+
+/** What is wrong with the gateway's DaemonSet, ConfigMaps and Service; empty when nothing is. */
+function gatewayProblems(ds: Obj, cm: Obj, regs: Obj, svc: Obj, envVars: Set<string>): string[] {
+  const p: string[] = [];
+  const pod = ds["spec"]["template"]["spec"] as Obj;
+  if (pod["hostNetwork"] !== false) p.push("the gateway must have its own network namespace (hostNetwork false): the host's stack is no proven source");
+  if (pod["nodeSelector"]?.["i6pn.dev/gateway"] !== "true") p.push('the gateway runs on gateway nodes only (nodeSelector i6pn.dev/gateway: "true")');
+  if (pod["automountServiceAccountToken"] !== false) p.push("the gateway needs no API token");
+  const gw = (pod["containers"] as Obj[]).find((c) => c["name"] === "gateway");
+  const init = (pod["initContainers"] as Obj[] | undefined)?.find((c) => c["name"] === "i6pn-veth");
+  if (!gw || !init) return [...p, "containers gateway and init container i6pn-veth are required"];
+  const sc = gw["securityContext"] ?? {};
+  if (sc["privileged"] || sc["allowPrivilegeEscalation"] !== false || sc["runAsNonRoot"] !== true) p.push("the gateway container must be non-root, unprivileged, without privilege escalation");
+  if (JSON.stringify(sc["capabilities"]) !== JSON.stringify({ drop: ["ALL"] })) p.push("the gateway container needs no capability: drop ALL, add none");
+  for (const c of [gw, init]) if (c["image"] !== IMAGE) p.push(`${c["name"]}: image must be ${IMAGE}`);
+  if (gw["readinessProbe"]?.["httpGet"]?.["path"] !== "/readyz" || gw["livenessProbe"]?.["httpGet"]?.["path"] !== "/healthz") p.push("readinessProbe /readyz and livenessProbe /healthz");
+  const envNames = [...(gw["env"] as Obj[]).map((e) => e["name"] as string), ...Object.keys(cm["data"] ?? {})];
+  for (const n of envNames) if (n.startsWith("I6PN_") && !envVars.has(n)) p.push(`${n} is not a variable of i6pn-gateway`);
+  const node = (gw["env"] as Obj[]).findIndex((e) => e["name"] === "I6PN_NODE");
+  const creds = (gw["env"] as Obj[]).findIndex((e) => e["name"] === "I6PN_NATS_CREDS");
+  if (node < 0 || node > creds || (gw["env"] as Obj[])[node]?.["valueFrom"]?.["fieldRef"]?.["fieldPath"] !== "spec.nodeName") p.push("I6PN_NODE (spec.nodeName) must come before I6PN_NATS_CREDS, which names its node's creds");
+  // The Service carries exactly the ports the gateways hand out.
+  const m = /^(\d+)-(\d+)$/.exec(cm["data"]?.["I6PN_GATEWAY_PORTS"] ?? "");
+  const range = m ? Array.from({ length: Number(m[2]) - Number(m[1]) + 1 }, (_, i) => Number(m[1]) + i) : [];
+  const ports = (svc["spec"]["ports"] as Obj[]).map((x) => x["port"] as number);
+  if (range.length === 0 || JSON.stringify(ports) !== JSON.stringify(range) || (svc["spec"]["ports"] as Obj[]).some((x) => x["targetPort"] !== x["port"] || x["protocol"] !== "TCP")) p.push(`the Service's ports must be I6PN_GATEWAY_PORTS (${cm["data"]?.["I6PN_GATEWAY_PORTS"]}), each to the same port`);
+  if (svc["spec"]["type"] !== "LoadBalancer" || svc["spec"]["externalTrafficPolicy"] !== "Local") p.push("the Service is a LoadBalancer with externalTrafficPolicy Local");
+  for (const [k, v] of Object.entries(svc["spec"]["selector"] ?? {})) if (ds["spec"]["template"]["metadata"]["labels"][k] !== v) p.push(`the Service selects ${k}=${v}, which the pods do not carry`);
+  // Each registration: a gateway's address, an interface name, a region.
+  for (const [n, line] of Object.entries(regs["data"] ?? {})) {
+    const [address, ifname, region, ...rest] = String(line).split(/\s+/);
+    let ok = false;
+    try {
+      ok = isGatewayAddress(parseAddress(address ?? ""));
+    } catch {
+      ok = false;
+    }
+    if (!ok || !isValidIfname(ifname) || !isValidName(region) || rest.length) p.push(`registration of ${n}: "ADDRESS IFNAME REGION" with a gateway's address, got ${JSON.stringify(line)}`);
+  }
+  const script = (init["command"] as string[]).at(-1) ?? "";
+  if (spawnSync("sh", ["-n"], { input: script, encoding: "utf8" }).status !== 0) p.push("the init script does not parse");
+  return p;
+}
+
+test("gateway: its own namespace, gateway nodes, an unprivileged relay, the Service's ports its --ports, registrations that parse", (t) => {
+  const args = [find("DaemonSet", "i6pn-gateway"), find("ConfigMap", "i6pn-gateway"), find("ConfigMap", "i6pn-gateway-registrations"), find("Service", "i6pn-gateway")] as const;
+  const envVars = gatewayEnvVars();
+  t.true(envVars.has("I6PN_GATEWAY_PORTS") && envVars.has("I6PN_NATS_URL"), [...envVars].join(" "));
+  t.deepEqual(gatewayProblems(...args, envVars), []);
+  const [ds, cm, regs, svc] = args;
+  const gwOf = (o: Obj) => (o["spec"]["template"]["spec"]["containers"] as Obj[]).find((c) => c["name"] === "gateway") as Obj;
+  const mutants: [string, () => unknown[], RegExp][] = [
+    ["host network", () => { const o = structuredClone(ds); o["spec"]["template"]["spec"]["hostNetwork"] = true; return [o, cm, regs, svc]; }, /hostNetwork/],
+    ["privileged relay", () => { const o = structuredClone(ds); gwOf(o)["securityContext"]["privileged"] = true; return [o, cm, regs, svc]; }, /unprivileged/],
+    ["a capability", () => { const o = structuredClone(ds); gwOf(o)["securityContext"]["capabilities"]["add"] = ["NET_ADMIN"]; return [o, cm, regs, svc]; }, /drop ALL/],
+    ["ports", () => { const o = structuredClone(cm); o["data"]["I6PN_GATEWAY_PORTS"] = "20000-20009"; return [ds, o, regs, svc]; }, /Service's ports/],
+    ["an unknown variable", () => { const o = structuredClone(cm); o["data"]["I6PN_GATEWAY_PORT"] = "1"; return [ds, o, regs, svc]; }, /I6PN_GATEWAY_PORT is not/],
+    ["a tenant's address", () => { const o = structuredClone(regs); o["data"]["gw-node-1"] = "fdaa:1:2:3::4 i6gx eu-west"; return [ds, cm, o, svc]; }, /registration of gw-node-1/],
+    ["any node", () => { const o = structuredClone(ds); delete o["spec"]["template"]["spec"]["nodeSelector"]["i6pn.dev/gateway"]; return [o, cm, regs, svc]; }, /gateway nodes/],
+  ];
+  for (const [what, make, expected] of mutants) {
+    const [a, b, c, d] = make() as [Obj, Obj, Obj, Obj];
+    t.regex(gatewayProblems(a, b, c, d, envVars).join("\n"), expected, `${what} went unnoticed`);
+  }
 });

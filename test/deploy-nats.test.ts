@@ -18,10 +18,11 @@ import { fileURLToPath } from "node:url";
 import { connect, credsAuthenticator, nkeys, PermissionViolationError, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
-import { AGENT_BUCKETS, agentBuckets, agentPermissions, assertNodeName, assertRegionName, BUCKETS, credsFile, init, issueAgent, issueController } from "../deploy/nats/i6pn-nats-auth.js";
-import { agentInboxPrefix, ENDPOINTS_HISTORY, endpointsBucket, LEGACY_ENDPOINTS_BUCKET } from "../lib/schema.js";
+import { AGENT_BUCKETS, agentBuckets, agentPermissions, assertNodeName, assertRegionName, BUCKETS, credsFile, gatewayPermissions, init, issueAgent, issueController, issueGateway } from "../deploy/nats/i6pn-nats-auth.js";
+import { agentInboxPrefix, ENDPOINTS_HISTORY, endpointsBucket, GATEWAYS_BUCKET, gatewayKey, LEGACY_ENDPOINTS_BUCKET, tunnelsBucket } from "../lib/schema.js";
 import { EVENTS_STREAM, eventsFilter, eventsSubject } from "../lib/events.js";
 import { ensureEventsStream } from "../lib/store.js";
+import { formatAddress, makeGatewayAddress } from "../lib/address.js";
 import { natsServerBin, startConfiguredServer } from "./helpers/nats-server-bin.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -112,11 +113,58 @@ async function outcome(op: () => Promise<unknown>): Promise<string> {
 
 const R1 = endpointsBucket("r1");
 const R2 = endpointsBucket("r2");
+const T1 = tunnelsBucket("r1");
+const T2 = tunnelsBucket("r2");
+/** The gateway of r1 that checkGatewayPermissions connects as, and another one. */
+const GW = makeGatewayAddress(0x0a70, Uint8Array.of(1, 2, 3, 4, 5, 6));
+const OTHER_GW = makeGatewayAddress(0x0a70, Uint8Array.of(9, 9, 9, 9, 9, 9));
 
 /** The agents checkPermissions expects in dir/agents: node-a of r1, and node-u of r1 issued for the upgrade (--legacy-endpoints). */
 function issueAgents(dir: string): void {
   issueAgent(dir, "node-a", "r1");
   issueAgent(dir, "node-u", "r1", { legacyEndpoints: true });
+  issueGateway(dir, formatAddress(GW), "r1");
+}
+
+/**
+ * A gateway of r1 follows r1's tunnels (status, get, a watch from the first
+ * message) and writes and reads back its own record, and nothing else: not
+ * r2's tunnels, not another gateway's record, not the endpoints.
+ */
+async function checkGatewayPermissions(t: ExecutionContext, dir: string, ep: Endpoint, buckets: Map<string, KV>) {
+  const tunnel = JSON.stringify({ v: 1, id: "0123456789ab" });
+  await buckets.get(T1)!.put("w1.e1.tcp.80", tunnel);
+  await buckets.get(T2)!.put("w2.e2.tcp.80", tunnel);
+  const gw = await connectAs(t, ep, join(dir, "gateways", `${Buffer.from(GW).toString("hex")}.creds`), "i6pn-gateway");
+  const gkvm = new Kvm(gw);
+  const tunnels = await gkvm.open(T1);
+  t.is((await tunnels.status()).values, 1);
+  const watch = await tunnels.watch({ resumeFromRevision: 1 });
+  for await (const e of watch) {
+    t.is(`${e.key}=${e.string()}`, `w1.e1.tcp.80=${tunnel}`);
+    break;
+  }
+  watch.stop();
+  const own = gatewayKey("r1", GW);
+  // Its own record back (after a restart): by direct get, the one read of that bucket it may make.
+  const records = await gkvm.open(GATEWAYS_BUCKET, { allow_direct: true });
+  t.is(await outcome(() => records.put(own, "{}")), "ok");
+  t.is((await records.get(own))?.string(), "{}");
+  await buckets.get(GATEWAYS_BUCKET)!.put(gatewayKey("r1", OTHER_GW), "other");
+  const otherTunnels = await gkvm.open(T2).catch(() => null);
+  const denied: [string, () => Promise<unknown>, string][] = [
+    ["write another gateway's record", () => records.put(gatewayKey("r1", OTHER_GW), "{}"), `$KV.${GATEWAYS_BUCKET}.${gatewayKey("r1", OTHER_GW)}`],
+    ["read another gateway's record", () => gw.request(`$JS.API.DIRECT.GET.KV_${GATEWAYS_BUCKET}.$KV.${GATEWAYS_BUCKET}.${gatewayKey("r1", OTHER_GW)}`, "", { timeout: 2000 }), `$JS.API.DIRECT.GET.KV_${GATEWAYS_BUCKET}.$KV.${GATEWAYS_BUCKET}.${gatewayKey("r1", OTHER_GW)}`],
+    ["write a tunnel", () => tunnels.put("w1.e1.tcp.81", tunnel), `$KV.${T1}.w1.e1.tcp.81`],
+    ["delete a tunnel", () => tunnels.delete("w1.e1.tcp.80"), `$KV.${T1}.w1.e1.tcp.80`],
+    ["read another region's tunnels", () => (otherTunnels ? otherTunnels.status() : gkvm.open(T2)), `$JS.API.STREAM.INFO.KV_${T2}`],
+    ["read the endpoints", () => gkvm.open(R1).then((kv) => kv.status()), `$JS.API.STREAM.INFO.KV_${R1}`],
+    ["get a tunnel (it watches, it does not get)", () => tunnels.get("w1.e1.tcp.80"), `$JS.API.STREAM.MSG.GET.KV_${T1}`],
+    ["write a heartbeat", () => gw.request(`$KV.i6pn_nodes.node-a`, "x", { timeout: 2000 }), "$KV.i6pn_nodes.node-a"],
+  ];
+  for (const [what, op, subject] of denied) t.is(PERMISSION.exec(await outcome(op))?.[1], subject, `gateway could ${what}`);
+  t.is((await buckets.get(GATEWAYS_BUCKET)!.get(gatewayKey("r1", OTHER_GW)))?.string(), "other");
+  t.is((await buckets.get(T1)!.get("w1.e1.tcp.81")), null);
 }
 
 /**
@@ -130,7 +178,7 @@ async function checkPermissions(t: ExecutionContext, dir: string, controllerEp: 
   const kvm = new Kvm(ctl);
   const buckets = new Map<string, KV>();
   for (const b of BUCKETS) buckets.set(b, await until(`create ${b}`, () => kvm.create(b, { history: 1, replicas }), 60_000));
-  for (const b of [R1, R2]) buckets.set(b, await until(`create ${b}`, () => kvm.create(b, { history: ENDPOINTS_HISTORY, replicas }), 60_000));
+  for (const b of [R1, R2, T1, T2]) buckets.set(b, await until(`create ${b}`, () => kvm.create(b, { history: ENDPOINTS_HISTORY, replicas }), 60_000));
   const legacy = await until(`create ${LEGACY_ENDPOINTS_BUCKET}`, () => kvm.create(LEGACY_ENDPOINTS_BUCKET, { history: 5, replicas }), 60_000);
   const endpoints = buckets.get(R1)!;
   const nodes = buckets.get("i6pn_nodes")!;
@@ -172,8 +220,17 @@ async function checkPermissions(t: ExecutionContext, dir: string, controllerEp: 
   t.true(await jsm.consumers.delete(stream, created.name));
   for (const b of agentBuckets("r1")) t.truthy(await (await akvm.open(b)).status(), `agent opens ${b}`);
   t.deepEqual(agentBuckets("r1").filter((b) => !(AGENT_BUCKETS as readonly string[]).includes(b)), [R1]);
-  // The controller's ledgers, other regions' endpoints and the first layout's bucket are closed to it, even for reading.
-  for (const b of [...BUCKETS.filter((x) => !(AGENT_BUCKETS as readonly string[]).includes(x)), R2, LEGACY_ENDPOINTS_BUCKET]) {
+  // Its region's tunnels: a watch from the first message (agent/tunnels.ts).
+  await buckets.get(T1)!.put("w1.e1.tcp.80", entry);
+  const tw = await (await akvm.open(T1)).watch({ resumeFromRevision: 1 });
+  for await (const e of tw) {
+    t.is(e.key, "w1.e1.tcp.80");
+    break;
+  }
+  tw.stop();
+  // The controller's ledgers, the gateways' records, other regions' endpoints and tunnels and the first layout's bucket are closed to it, even for reading.
+  t.is((await (await akvm.open(T1)).status()).values, 1);
+  for (const b of [...BUCKETS.filter((x) => !(AGENT_BUCKETS as readonly string[]).includes(x)), R2, T2, LEGACY_ENDPOINTS_BUCKET]) {
     const message = await outcome(() => akvm.open(b).then((kv) => kv.status()));
     t.is(PERMISSION.exec(message)?.[1], `$JS.API.STREAM.INFO.KV_${b}`, `agent reads ${b}: ${message}`);
   }
@@ -240,6 +297,7 @@ async function checkPermissions(t: ExecutionContext, dir: string, controllerEp: 
   t.is(await outcome(() => endpoints.put("w1.e2", entry)), "ok");
   t.is(await outcome(() => nodes.put("node-a.x", "x")), "ok");
   t.true(agent.isClosed() === false, "permission errors do not close the agent's connection");
+  await checkGatewayPermissions(t, dir, agentEp, buckets);
 }
 
 /** The subject of the next publish the server refused on this connection (it says so asynchronously), or null within `ms`. */
@@ -364,7 +422,16 @@ test.serial("agent permissions: node and region names with wildcards or spaces a
   t.deepEqual(agentPermissions("a", "eu-west").sub.allow, ["_INBOX.i6pn-agent.a.>"]);
 });
 
-test.serial("an agent's JWT fits the server's default 4 KB CONNECT line with room to spare", (t) => {
+test.serial("gateway permissions: one region's tunnels, its own record; a gateway's address only", (t) => {
+  const perms = gatewayPermissions(formatAddress(GW), "eu-west");
+  t.deepEqual(perms.pub.allow.filter((s) => s.startsWith("$KV.")), [`$KV.${GATEWAYS_BUCKET}.eu-west.${Buffer.from(GW).toString("hex")}`]);
+  t.deepEqual([...new Set(perms.pub.allow.flatMap((s) => /KV_i6pn_\w+[^.]*/.exec(s) ?? []))].sort(), [`KV_${GATEWAYS_BUCKET}`, "KV_i6pn_tunnels_eu-west"]);
+  t.false(perms.pub.allow.some((s) => /\$JS\.API\.STREAM\.(CREATE|UPDATE|DELETE|PURGE|MSG\.DELETE)/.test(s)));
+  for (const bad of ["fdaa:1:2:3::4", "fdaa::6a7e:1:2:3", "2001:db8::1", "nope", "fdaa::a70:6a7e:*"]) t.throws(() => gatewayPermissions(bad, "eu-west"), { message: /gateway/ }, bad);
+  t.throws(() => gatewayPermissions(formatAddress(GW), "eu.>"), { message: /not an i6pn region name/ });
+});
+
+test.serial("an agent's JWT fits the server's default 4 KB CONNECT line; the upgrade's fits the deploy's 8 KB", (t) => {
   const dir = tempDir(t);
   init(dir);
   const longest = `${"n".repeat(30)}.${"m".repeat(32)}`; // 63 characters, the longest node name
@@ -372,11 +439,14 @@ test.serial("an agent's JWT fits the server's default 4 KB CONNECT line with roo
   // Issued for the upgrade, 9 more subjects (the first layout's bucket): a
   // smaller margin, for a while; the single-server test connects with it.
   // The longest names weigh twice more since the events subject and the
-  // inbox prefix (2,960 and 3,456 bytes).
-  for (const [legacyEndpoints, bound] of [[false, 3100], [true, 3600]] as const) {
+  // inbox prefix, and the region's tunnels (issue 15) took 5 subjects, about
+  // 330 bytes at the longest names.
+  // With the upgrade's 9 more subjects the CONNECT line passes 4 KB: deploy/nats/nats-server.conf sets max_control_line 8192.
+  for (const [legacyEndpoints, bound] of [[false, 3450], [true, 4400]] as const) {
     const jwt = /-----\n(\S+)\n------END NATS USER JWT/.exec(readFileSync(issueAgent(dir, longest, region, { legacyEndpoints }), "utf8"))?.[1] ?? "";
     t.true(jwt.length > 500, "no JWT found");
-    t.true(jwt.length < bound, `agent JWT is ${jwt.length} bytes; the CONNECT line (JWT, signature, options) must stay under max_control_line 4096`);
+    t.true(jwt.length < bound, `agent JWT is ${jwt.length} bytes; the CONNECT line (JWT, signature, options) must stay under max_control_line (4096 by default, 8192 in deploy/nats)`);
+    t.log(`longest names${legacyEndpoints ? ', for the upgrade' : ''}: ${jwt.length} bytes`);
   }
 });
 
@@ -410,13 +480,14 @@ test.serial("single server: an agent reads membership, writes its heartbeat, and
   issueAgents(dir);
   issueController(dir);
   const port = await freePort();
-  writeFileSync(join(dir, "server.conf"), `listen: 127.0.0.1:${port}\njetstream { store_dir: "${join(dir, "js")}" }\ninclude ./auth.conf\n`);
+  // max_control_line as deploy/nats/nats-server.conf sets it (the largest credentials, issued for the upgrade, need more than the default 4 KB).
+  writeFileSync(join(dir, "server.conf"), `listen: 127.0.0.1:${port}\nmax_control_line: 8192\njetstream { store_dir: "${join(dir, "js")}" }\ninclude ./auth.conf\n`);
   const proc = startServer(t, join(dir, "server.conf"), dir, join(dir, "server.log"));
   const ep = { servers: `nats://127.0.0.1:${port}` };
   await until("nats-server up", () => connectAs(t, ep, join(dir, "controller.creds"), "probe").then((nc) => nc.close()), 90_000);
   await checkPermissions(t, dir, ep, ep, 1);
   await checkEventPermissions(t, dir, ep, ep, 1);
-  // The largest agent JWT there is (longest node and region names, issued for the upgrade) passes the default max_control_line.
+  // The largest agent JWT there is (longest node and region names, issued for the upgrade) passes the configured max_control_line.
   const largest = issueAgent(dir, `${"n".repeat(30)}.${"m".repeat(32)}`, `r${"e".repeat(30)}`, { legacyEndpoints: true });
   const big = await connectAs(t, ep, largest, "largest");
   t.is(await outcome(() => big.flush()), "ok");

@@ -60,7 +60,7 @@ test('keys', (t) => {
   t.is(regionIdKey(0xa70), 'id.0a70');
   t.is(workspaceIdKey(1), 'id.00000001');
   t.is(ifnameKey('node-a', 'veth0'), 'node-a.7665746830');
-  t.deepEqual([...BUCKETS], ['i6pn_regions', 'i6pn_workspaces', 'i6pn_addresses', 'i6pn_ifnames', 'i6pn_nodes', 'i6pn_names', 'i6pn_clusters']);
+  t.deepEqual([...BUCKETS], ['i6pn_regions', 'i6pn_workspaces', 'i6pn_addresses', 'i6pn_ifnames', 'i6pn_nodes', 'i6pn_names', 'i6pn_clusters', 'i6pn_gateways']);
   t.is(nameKey('eu-west', WS, 'web-1'), 'eu-west.51373ebf.web-1');
   t.is(clusterKey('eu-west', WS, 'trainer'), 'eu-west.51373ebf.trainer');
   t.is(LEGACY_ENDPOINTS_BUCKET, 'i6pn_endpoints');
@@ -77,6 +77,7 @@ test('the bucket table: names, what an agent may do with each, and the KV subjec
       ['i6pn_nodes', 'read, own key'],
       ['i6pn_names', 'none'],
       ['i6pn_clusters', 'none'],
+      ['i6pn_gateways', 'none'],
     ],
   );
   const ep = endpointsBucketSpec('eu-west');
@@ -129,7 +130,10 @@ test('endpoint entries that break the schema', (t) => {
     [{ ...record(), ifname: 'this-name-is-too-long' }, /^ifname: must be a Linux interface name/],
     [{ ...record(), ifname: 'a/b' }, /^ifname: /],
     [{ ...record(), node: 'Node_A' }, /^node: /],
-    [{ ...record(), workspaceId: 0 }, /^workspaceId: must be a non-zero 32-bit/],
+    [{ ...record(), workspaceId: 0 }, /^workspaceId: workspace id 0 is infrastructure: a gateway/],
+    [{ ...record(), role: 'gateway' }, /^workspaceId: workspace id 0 is infrastructure: a gateway/],
+    [{ ...record(), workspaceId: 0x1_0000_0000 }, /^workspaceId: /],
+    [{ ...record(), role: 'router' }, /^role: /],
     [{ ...record(), regionId: 70000 }, /^regionId: /],
     [{ ...record(), i6pn: 'yes' }, /^i6pn: /],
     [{ ...record(), createdAt: 'yesterday' }, /^createdAt: /],

@@ -53,9 +53,13 @@ export const Reason = {
   PASS_FORWARD: 23,
   PASS_RESOLVER: 24,
   DROP_RESOLVER_NOT_DNS: 25,
+  PASS_TUNNEL: 26,
+  PASS_TUNNEL_REPLY: 27,
+  DROP_NOT_TUNNELED: 28,
+  DROP_TO_GATEWAY: 29,
 } as const;
 export type ReasonValue = (typeof Reason)[keyof typeof Reason];
-export const REASON_MAX = 26;
+export const REASON_MAX = 30;
 export const REASON_NAMES = [
   'pass_private',
   'pass_not_private',
@@ -83,6 +87,10 @@ export const REASON_NAMES = [
   'pass_forward',
   'pass_resolver',
   'resolver_not_dns',
+  'pass_tunnel',
+  'pass_tunnel_reply',
+  'not_tunneled',
+  'to_gateway',
 ] as const;
 export type ReasonName = (typeof REASON_NAMES)[number];
 
@@ -200,6 +208,21 @@ export const structs = {
       ring_full: { offset: 8, size: 8, kind: 'u64' },
     },
   },
+  i6pn_tunnel_key: {
+    size: 20,
+    fields: {
+      addr: { offset: 0, size: 16, kind: 'bytes' },
+      proto: { offset: 16, size: 1, kind: 'u8' },
+      pad: { offset: 17, size: 1, kind: 'u8' },
+      port: { offset: 18, size: 2, kind: 'u16' },
+    },
+  },
+  i6pn_tunnel: {
+    size: 8,
+    fields: {
+      id: { offset: 0, size: 8, kind: 'u64' },
+    },
+  },
 } as const;
 
 export type StructName = keyof typeof structs;
@@ -208,8 +231,9 @@ export type StructName = keyof typeof structs;
 export const maps = {
   endpoints: { type: 1, keySize: 16, valueSize: 16, maxEntries: 65536 },
   local_ifaces: { type: 1, keySize: 4, valueSize: 20, maxEntries: 4096 },
+  tunnels: { type: 1, keySize: 20, valueSize: 8, maxEntries: 16384 },
   config: { type: 2, keySize: 4, valueSize: 24, maxEntries: 1 },
-  counters: { type: 6, keySize: 4, valueSize: 16, maxEntries: 312 },
+  counters: { type: 6, keySize: 4, valueSize: 16, maxEntries: 360 },
   drop_events: { type: 27, keySize: 0, valueSize: 0, maxEntries: 262144 },
   event_budget: { type: 6, keySize: 4, valueSize: 16, maxEntries: 1 },
   event_stats: { type: 6, keySize: 4, valueSize: 16, maxEntries: 1 },

@@ -117,6 +117,16 @@ export interface LocalIface {
   sealed: boolean;
 }
 
+/** A tunneled (endpoint address, protocol, port): what the region's gateways may reach (the tunnels map). */
+export interface TunnelEntry {
+  addr: Uint8Array;
+  /** IP protocol number (6: TCP). */
+  proto: number;
+  port: number;
+  /** The tunnel's 48-bit id (lib/schema.ts), for reading the map back. */
+  id: number;
+}
+
 export interface CounterRow {
   hook: HookName;
   verdict: VerdictName;
@@ -326,6 +336,19 @@ function validateEndpoint(e: Endpoint, i: number): void {
   checkUint(e.ifindex, 32, `endpoint ${i} ifindex`);
 }
 
+/** struct i6pn_tunnel_key: the address, the protocol and the port (host byte order, as the program compares it). */
+function encodeTunnelKey(t: Omit<TunnelEntry, 'id'>): Buffer {
+  checkAddr(t.addr, 'tunnel');
+  checkUint(t.port, 16, 'tunnel port');
+  if (!Number.isInteger(t.proto) || t.proto < 0 || t.proto > 255) throw new RangeError(`tunnel protocol must be an IP protocol number, got ${t.proto}`);
+  const F = S.i6pn_tunnel_key.fields;
+  const k = Buffer.alloc(S.i6pn_tunnel_key.size);
+  k.set(t.addr, F.addr.offset);
+  k.writeUInt8(t.proto, F.proto.offset);
+  k.writeUInt16LE(t.port, F.port.offset);
+  return k;
+}
+
 function decodeDropEvent(b: Buffer): DropEvent {
   const F = S.i6pn_drop_event.fields;
   // A record of another layout (an older agent's programs, before an upgrade replaced them) is not misread.
@@ -369,6 +392,7 @@ export class Dataplane {
   private readonly fromFabricTc: BpfProgram;
   private readonly endpoints: MapFd;
   private readonly localIfaces: MapFd;
+  private readonly tunnels: MapFd;
   private readonly config: MapFd;
   private readonly syncState: MapFd;
   private readonly counters: MapFd;
@@ -387,6 +411,7 @@ export class Dataplane {
     this.fromFabricTc = object.program(FROM_FABRIC_TC);
     this.endpoints = object.map('endpoints').handle();
     this.localIfaces = object.map('local_ifaces').handle();
+    this.tunnels = object.map('tunnels').handle();
     this.config = object.map('config').handle();
     this.syncState = object.map('sync_state').handle();
     this.counters = object.map('counters').handle();
@@ -735,6 +760,35 @@ export class Dataplane {
         addr: new Uint8Array(v.subarray(F.addr.offset, F.addr.offset + 16)),
         i6pn: (flags & abi.EndpointFlag.I6PN) !== 0,
         sealed: (flags & abi.EndpointFlag.SEALED) !== 0,
+      });
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------ tunnels
+
+  /** Add or replace a tunneled (address, protocol, port). */
+  setTunnel(t: TunnelEntry): void {
+    const v = Buffer.alloc(S.i6pn_tunnel.size);
+    if (!Number.isSafeInteger(t.id) || t.id < 0) throw new RangeError(`tunnel id must be a non-negative integer, got ${t.id}`);
+    v.writeBigUInt64LE(BigInt(t.id), S.i6pn_tunnel.fields.id.offset);
+    this.tunnels.update(encodeTunnelKey(t), v);
+  }
+
+  /** false if it was not there. */
+  deleteTunnel(t: Omit<TunnelEntry, 'id'>): boolean {
+    return this.tunnels.delete(encodeTunnelKey(t));
+  }
+
+  listTunnels(): TunnelEntry[] {
+    const F = S.i6pn_tunnel_key.fields;
+    const out: TunnelEntry[] = [];
+    for (const [k, v] of this.tunnels.entriesBatch()) {
+      out.push({
+        addr: new Uint8Array(k.subarray(F.addr.offset, F.addr.offset + 16)),
+        proto: k.readUInt8(F.proto.offset),
+        port: k.readUInt16LE(F.port.offset),
+        id: Number(v.readBigUInt64LE(S.i6pn_tunnel.fields.id.offset)),
       });
     }
     return out;

@@ -74,6 +74,8 @@ const STRUCTS = [
   'i6pn_drop_event',
   'i6pn_event_budget',
   'i6pn_event_stats',
+  'i6pn_tunnel_key',
+  'i6pn_tunnel',
 ] as const;
 
 export class AbiError extends Error {

@@ -5,12 +5,16 @@
 //   agent <node> of <region>
 //                 reads the buckets it follows (regions and nodes: get, watch,
 //                 keys; its own region's endpoints bucket i6pn_endpoints_<region>,
-//                 also with a pull consumer, and no other region's), writes
+//                 also with a pull consumer, and no other region's; its own
+//                 region's tunnels bucket i6pn_tunnels_<region>), writes
 //                 one key only, its heartbeat $KV.i6pn_nodes.<node>, publishes
 //                 its drop events on one subject only, i6pn.events.<region>.<node>,
 //                 and subscribes only below its own inbox prefix
 //                 (_INBOX.i6pn-agent.<node>), so it reads no reply meant for
 //                 another client: no other region's membership, no event;
+//   gateway <address> of <region>
+//                 reads its region's tunnels bucket and its own record, and
+//                 writes one key only, that record $KV.i6pn_gateways.<region>.<address hex>;
 //   controller    reads, writes and creates every i6pn_* bucket and the
 //                 I6PN_EVENTS stream, and alone subscribes to the drop events
 //                 (i6pn.events.>: who talks to whom, tenant metadata) for
@@ -26,6 +30,7 @@
 //
 //   node --import=tsx deploy/nats/i6pn-nats-auth.ts init DIR
 //   node --import=tsx deploy/nats/i6pn-nats-auth.ts agent DIR --region REGION [--legacy-endpoints] NODE [NODE...]
+//   node --import=tsx deploy/nats/i6pn-nats-auth.ts gateway DIR --region REGION ADDRESS [ADDRESS...]
 //   node --import=tsx deploy/nats/i6pn-nats-auth.ts controller DIR
 //
 // The JWTs are the NATS v2 format (what nsc writes): header
@@ -36,11 +41,15 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { nkeys } from "@nats-io/transport-node";
 import { EVENTS_SUBJECT_PREFIX, eventsSubject } from "../../lib/events.js";
+import { formatAddress, isGatewayAddress, parseAddress } from "../../lib/address.js";
 import {
   agentInboxPrefix,
   BUCKET_TABLE,
   BUCKETS,
   endpointsBucketSpec,
+  GATEWAYS_BUCKET,
+  gatewayKey,
+  tunnelsBucket,
   isValidName,
   isValidNodeName,
   kvStream,
@@ -124,6 +133,23 @@ function kvReadSubjects(bucket: string): string[] {
 }
 
 /**
+ * What following a bucket with a KV watch needs (agent/tunnels.ts: the
+ * region's tunnels), and no get: its status, an ordered push consumer from
+ * the first message, its flow control. Five subjects, where kvReadSubjects
+ * takes nine: every agent's JWT carries them (see AGENT_BUCKETS).
+ */
+function kvWatchSubjects(bucket: string): string[] {
+  const stream = kvStream(bucket);
+  return [
+    `$JS.API.STREAM.INFO.${stream}`,
+    `$JS.API.CONSUMER.CREATE.${stream}.>`,
+    `$JS.API.CONSUMER.INFO.${stream}.*`,
+    `$JS.API.CONSUMER.DELETE.${stream}.*`,
+    `$JS.FC.${stream}.>`,
+  ];
+}
+
+/**
  * What the agent's reader of its region's endpoints bucket needs besides:
  * a pull consumer over the whole stream, whose batches it asks for.
  */
@@ -141,6 +167,7 @@ export function agentPermissions(node: string, region: string, opts: AgentOption
         "$JS.API.INFO",
         ...agentBuckets(region, opts).flatMap(kvReadSubjects),
         ...pullConsumerSubjects(endpoints),
+        ...kvWatchSubjects(tunnelsBucket(region)), // its region's tunnels, into the tunnels map
         kvSubject(HEARTBEAT_BUCKET, nodeKey(node)), // its own heartbeat key, nothing else
         eventsSubject(region, node), // its own drop events, nothing else
       ],
@@ -149,6 +176,42 @@ export function agentPermissions(node: string, region: string, opts: AgentOption
     // inboxes, not `_INBOX.>`: that would let it read every other client's
     // replies (another region's membership, the operator's event deliveries).
     sub: { allow: [`${agentInboxPrefix(node)}.>`] },
+  };
+}
+
+/** A gateway's address becomes a subject in its permissions: it must be a gateway's (fdaa:0:0:<region>:6a7e::/80). */
+export function assertGatewayAddress(address: string): Uint8Array {
+  let a: Uint8Array;
+  try {
+    a = parseAddress(address);
+  } catch (err) {
+    throw new Error(`gateway address ${JSON.stringify(address)}: ${(err as Error).message}`);
+  }
+  if (!isGatewayAddress(a)) throw new Error(`${address} is not a gateway's address (fdaa:0:0:<region>:6a7e::/80, as \`i6pnctl gateway add\` prints it)`);
+  return a;
+}
+
+/**
+ * A tunnel gateway of `region` at `address` (i6pnctl gateway add): it follows
+ * its region's tunnels and writes (and reads back, after a restart) its own
+ * record; nothing else of the store.
+ */
+export function gatewayPermissions(address: string, region: string): Permissions {
+  assertRegionName(region);
+  const addr = assertGatewayAddress(address);
+  const key = gatewayKey(region, addr);
+  const stream = kvStream(GATEWAYS_BUCKET);
+  return {
+    pub: {
+      allow: [
+        "$JS.API.INFO",
+        ...kvWatchSubjects(tunnelsBucket(region)),
+        `$JS.API.STREAM.INFO.${stream}`, // open the bucket
+        `$JS.API.DIRECT.GET.${stream}.${kvSubject(GATEWAYS_BUCKET, key)}`, // its own record, and no other
+        kvSubject(GATEWAYS_BUCKET, key),
+      ],
+    },
+    sub: { allow: ["_INBOX.>"] },
   };
 }
 
@@ -306,6 +369,14 @@ function parseAgentArgs(args: string[]): { region: string; nodes: string[]; opts
   return { region, nodes, opts };
 }
 
+/** Writes DIR/gateways/<address hex>.creds for a gateway of `region`. */
+export function issueGateway(dir: string, address: string, region: string): string {
+  const permissions = gatewayPermissions(address, region);
+  mkdirSync(join(dir, "gateways"), { recursive: true, mode: 0o700 });
+  const a = parseAddress(address);
+  return issueUser(dir, `i6pn-gateway@${formatAddress(a)}`, permissions, join(dir, "gateways", `${Buffer.from(a).toString("hex")}.creds`));
+}
+
 /** Writes DIR/controller.creds. */
 export function issueController(dir: string): string {
   return issueUser(dir, "i6pnctl", controllerPermissions(), join(dir, "controller.creds"));
@@ -313,7 +384,7 @@ export function issueController(dir: string): string {
 
 function main(argv: string[]): number {
   const [command, dir, ...rest] = argv;
-  const usage = "usage: i6pn-nats-auth.ts init DIR | agent DIR --region REGION [--legacy-endpoints] NODE [NODE...] | controller DIR";
+  const usage = "usage: i6pn-nats-auth.ts init DIR | agent DIR --region REGION [--legacy-endpoints] NODE [NODE...] | gateway DIR --region REGION ADDRESS [ADDRESS...] | controller DIR";
   if (!command || !dir) {
     console.error(usage);
     return 2;
@@ -330,6 +401,15 @@ function main(argv: string[]): number {
         for (const node of nodes) assertNodeName(node);
         assertRegionName(region);
         for (const node of nodes) console.log(`wrote ${issueAgent(dir, node, region, opts)} (region ${region}${opts.legacyEndpoints ? `, and ${LEGACY_ENDPOINTS_BUCKET} until the upgrade is finished` : ""})`);
+        return 0;
+      }
+      case "gateway": {
+        const i = rest.indexOf("--region");
+        const region = i >= 0 ? rest[i + 1] : undefined;
+        const addresses = rest.filter((_, j) => i < 0 || (j !== i && j !== i + 1));
+        if (region === undefined) throw new Error("gateway: --region REGION is required: a gateway reads its own region's tunnels only");
+        if (addresses.length === 0) throw new Error("gateway: name at least one gateway address (i6pnctl gateway add prints it)");
+        for (const a of addresses) console.log(`wrote ${issueGateway(dir, a, region)} (region ${region})`);
         return 0;
       }
       case "controller":

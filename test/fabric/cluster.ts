@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Counters, scrapeMetrics } from './counters.js';
 import { mapLimit, run } from './exec.js';
-import { Fabric, type FabricEndpoint, type FabricNode } from './fabric.js';
+import { Fabric, type FabricEndpoint, type FabricGateway, type FabricNode } from './fabric.js';
 import { addressBytes, modelOracle } from './policy.js';
 import { ProbeDaemon } from './probes.js';
 import { addressIn, planAddresses } from './provision.js';
@@ -27,6 +27,10 @@ import { type Endpoint, type EndpointSpec, type Topology, defaultTopology, endpo
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BPF_OBJECT = join(REPO_ROOT, 'build/bpf/i6pn.bpf.o');
 const AGENT_MAIN = join(REPO_ROOT, 'agent/main.ts');
+const GATEWAY_MAIN = join(REPO_ROOT, 'gateway/main.ts');
+export const GATEWAY_METRICS_PORT = 9466;
+/** The public ports a fabric gateway hands out. */
+export const GATEWAY_PORTS = { first: 20000, last: 20099 };
 const STATIC_DATAPLANE = fileURLToPath(new URL('./static-dataplane.ts', import.meta.url));
 
 export const AGENT_METRICS_PORT = 9465;
@@ -64,6 +68,8 @@ export interface ClusterOptions {
 export class Cluster {
   readonly daemons = new Map<string, ProbeDaemon>();
   readonly agents = new Map<string, Service>();
+  /** Running i6pn-gateway processes, by gateway name. */
+  readonly gatewayServices = new Map<string, Service>();
   ctl?: Ctl;
   /** Endpoints removed from the store whose containers still run (the agents leave them alone). */
   readonly deregistered = new Set<string>();
@@ -267,6 +273,65 @@ export class Cluster {
     return { ...fe, readyAt };
   }
 
+  /**
+   * A tunnel gateway on `node`, as in production: registered (i6pnctl
+   * gateway add), its namespace made by the runtime (Fabric.addGateway), the
+   * node's agent binding its veth, then i6pn-gateway started in it.
+   */
+  async addGateway(name: string, nodeName: string): Promise<FabricGateway> {
+    if (!this.ctl) throw new Error('gateways need the agent dataplane (i6pnctl)');
+    const node = this.node(nodeName);
+    const reg = await this.ctl.gatewayAdd(node.region, node.name);
+    const gw = await this.fabric.addGateway({ name, node: node.name, region: node.region, ...reg });
+    // The agent binds and routes its veth (the gateway's packets pass nothing before).
+    await waitUntil(
+      `agent ${node.name} routes gateway ${name}`,
+      async () => (await run(['ip', '-6', 'route', 'show'], { netns: node.netns })).stdout.includes(`${gw.address} dev ${gw.ifname}`),
+      30_000,
+      this.agents.get(node.name),
+    );
+    await this.startGateway(name);
+    return gw;
+  }
+
+  /** i6pn-gateway in its namespace (again, after stopGateway: a restart). */
+  async startGateway(name: string): Promise<Service> {
+    const gw = this.fabric.gateways.get(name);
+    if (!gw || !this.nats) throw new Error(`no gateway ${name} (or no nats)`);
+    const argv = [
+      process.execPath,
+      ...(this.binaries === 'dist' ? [join(REPO_ROOT, 'dist/gateway/main.js')] : ['--import=tsx', GATEWAY_MAIN]),
+      '--nats', this.nats.url,
+      '--region', gw.region,
+      '--node', gw.node,
+      '--address', gw.address,
+      '--listen', gw.publicAddress,
+      '--ports', `${GATEWAY_PORTS.first}-${GATEWAY_PORTS.last}`,
+      '--metrics-addr', `[${gw.underlay}]:${GATEWAY_METRICS_PORT}`,
+      '--heartbeat-interval', '1',
+      '--log-level', 'debug',
+      ...(this.gatewayTls ? ['--tls-cert', this.gatewayTls.cert, '--tls-key', this.gatewayTls.key] : []),
+    ];
+    const svc = startService(this.fabric, `gateway-${name}`, argv, { netns: gw.netns, cmdlineMark: gw.netns, cwd: REPO_ROOT });
+    this.gatewayServices.set(name, svc);
+    await waitUntil(`gateway ${name} ready`, () => httpOk(`${this.gatewayMetricsUrl(name).replace(/metrics$/, 'readyz')}`), 30_000, svc);
+    return svc;
+  }
+
+  /** Certificate and key files a gateway started from now on terminates TLS with. */
+  gatewayTls?: { cert: string; key: string };
+
+  async stopGateway(name: string): Promise<void> {
+    await this.gatewayServices.get(name)?.stop();
+    this.gatewayServices.delete(name);
+  }
+
+  gatewayMetricsUrl(name: string): string {
+    const gw = this.fabric.gateways.get(name);
+    if (!gw) throw new Error(`no gateway ${name}`);
+    return `http://[${gw.underlay}]:${GATEWAY_METRICS_PORT}/metrics`;
+  }
+
   /** Stop nats-server (its store stays): the agents lose the store, the dataplane keeps its state. */
   async stopNats(): Promise<void> {
     await this.nats?.stop();
@@ -331,6 +396,7 @@ export class Cluster {
   async down(): Promise<void> {
     await Promise.all([...this.daemons.values()].map((d) => d.stop()));
     await this.prometheus?.stop();
+    await Promise.all([...this.gatewayServices.keys()].map((n) => this.stopGateway(n)));
     await Promise.all([...this.agents.keys()].map((n) => this.stopAgent(n)));
     await this.nats?.stop();
     await this.fabric.destroy();

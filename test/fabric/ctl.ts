@@ -35,6 +35,15 @@ interface EndpointJson {
   i6pn: boolean;
 }
 
+/** A tunnel as `i6pnctl tunnel list --json` shows it. */
+export interface TunnelJson {
+  id: string;
+  endpoint: string;
+  port: number;
+  tls: boolean;
+  public: Array<{ gateway: string; publicAddress: string; port: number; stale: boolean }>;
+}
+
 export class Ctl {
   /** Every provisioning command run (run()), for the demo to show and for debugging. */
   readonly history: string[] = [];
@@ -95,6 +104,29 @@ export class Ctl {
 
   async endpointRemove(address: string): Promise<void> {
     await this.run(['endpoint', 'remove', address]);
+  }
+
+  /** Registers a tunnel gateway of `region` on `node`; its address and interface name are i6pnctl's. */
+  async gatewayAdd(region: string, node: string): Promise<{ address: string; ifname: string }> {
+    const g = (await this.run(['gateway', 'add', '--region', region, '--node', node])) as { address: string; ifname: string; role?: string };
+    if (typeof g.address !== 'string' || g.role !== 'gateway') throw new Error(`i6pnctl gateway add returned ${JSON.stringify(g)}`);
+    return { address: g.address, ifname: g.ifname };
+  }
+
+  /** `tunnel create`; `wait`: until a gateway serves it (seconds). Returns the tunnel with where it is served. */
+  async tunnelCreate(endpoint: string, port: number, opts: { tls?: boolean; wait?: number } = {}): Promise<TunnelJson> {
+    const args = ['tunnel', 'create', '--endpoint', endpoint, '--port', String(port)];
+    if (opts.tls) args.push('--tls');
+    if (opts.wait !== undefined) args.push('--wait', String(opts.wait));
+    return (await this.run(args)) as TunnelJson;
+  }
+
+  async tunnelRemove(id: string): Promise<void> {
+    await this.run(['tunnel', 'remove', id]);
+  }
+
+  async tunnelList(): Promise<TunnelJson[]> {
+    return ((await this.run(['tunnel', 'list'])) as { tunnels: TunnelJson[] }).tunnels;
   }
 
   /** A whole topology: regions, workspaces, then every endpoint (a few i6pnctl at a time). */

@@ -20,6 +20,7 @@ import { sleep } from './exec.js';
 import { decodeDropEvent, type DropEventRecord } from '../../lib/events.js';
 import { eventLine } from '../../controller/observe.js';
 import { STATE_ROOT, destroyRunSync, leftoverRuns, readRunState } from './state.js';
+import { HTTP_PORT, OTHER_PORT, pageSha256, peer, servePeer, tcpProbe, tunnelTopology, url } from './tunnels.js';
 
 const DEMO_FILE = join(STATE_ROOT, 'demo');
 const t0 = Date.now();
@@ -76,7 +77,7 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
     destroyRunSync(old);
   }
   rmSync(DEMO_FILE, { force: true });
-  STEPS = dataplane === 'agent' ? 11 : dataplane === 'static' ? 8 : 7;
+  STEPS = dataplane === 'agent' ? 13 : dataplane === 'static' ? 8 : 7;
   // Ctrl-C while building: the fabric's own handler removes what exists and exits;
   // before there is a fabric, this one exits.
   const onInterrupt = (): void => {
@@ -89,7 +90,8 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
   if (dataplane === 'static') say('        (no agent: the harness loads the BPF programs and fills their maps itself)');
   // `make demo` builds first: run the built agent and i6pnctl, as an operator would.
   const built = existsSync(join(REPO_ROOT, 'dist/agent/main.js')) && existsSync(join(REPO_ROOT, 'dist/controller/cli.js'));
-  const cluster = await Cluster.up({ dataplane, mode, nats: true, step, binaries: built ? 'dist' : 'source' });
+  const withGateway = dataplane === 'agent';
+  const cluster = await Cluster.up({ dataplane, mode, nats: true, step, binaries: built ? 'dist' : 'source', ...(withGateway ? { topology: tunnelTopology } : {}) });
   writeFileSync(DEMO_FILE, cluster.fabric.runId + '\n');
   const nodes = [...cluster.fabric.nodes.keys()];
 
@@ -116,6 +118,7 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
   const events = dataplane === 'agent' ? await dropEvents(cluster, matrixStart) : null;
 
   const f = cluster.fabric;
+  const tunnelLines = withGateway ? await tunnelDemo(cluster) : [];
   say('');
   say(renderMatrix(result, { title: `Who reaches whom (rows: from, columns: to; ${mode} mode, policy model as the expectation):` }));
   say('');
@@ -131,6 +134,7 @@ async function up(dataplane: DataplaneKind, mode: EnforcementMode): Promise<void
     say('');
   }
   if (dataplane === 'agent') await discovery(cluster);
+  for (const l of tunnelLines) say(l);
   say('Endpoints:');
   for (const e of matrixEndpoints) {
     const note = cluster.deregistered.has(e.name) ? '  (removed from the store, container running: veth sealed)' : e.i6pn ? '' : '  (no i6pn)';
@@ -252,6 +256,47 @@ async function discovery(cluster: Cluster): Promise<void> {
   say('');
 }
 
+/**
+ * The one way in: a gateway on ams-gw, a tunnel to a1's HTTP server, the page
+ * fetched from the internet namespace, and the walls around it. Returns the
+ * lines to print.
+ */
+async function tunnelDemo(c: Cluster): Promise<string[]> {
+  step('tunnel gateway gw1 on ams-gw (i6pnctl gateway add; its namespace: i6pn veth, underlay, public link to the internet namespace)');
+  const gw = await c.addGateway('gw1', 'ams-gw');
+  const a1 = c.fabric.endpoint('a1');
+  const a2 = c.fabric.endpoint('a2');
+  await servePeer(c, 'a1');
+  step(`tunnel to a1's HTTP server (port ${HTTP_PORT}); fetching a page from the internet namespace, then the walls`);
+  const t0 = Date.now();
+  const tunnel = await c.ctl!.tunnelCreate(a1.address, HTTP_PORT, { wait: 10 });
+  const port = tunnel.public[0]!.port;
+  const page = JSON.parse(await peer(c.fabric.internetNetns, 'http', url('http', gw.publicAddress, port))) as { status: number; length: number; sha256: string };
+  const fetchedMs = Date.now() - t0;
+  const exact = page.sha256 === pageSha256();
+  const inet = c.fabric.internetNetns;
+  const walls: Array<[string, string, string]> = [
+    [`the same container's other port (${OTHER_PORT}): no public port`, await tcpProbe(inet, gw.publicAddress, OTHER_PORT), 'refused'],
+    [`another container (a2): no public port (${HTTP_PORT})`, await tcpProbe(inet, gw.publicAddress, HTTP_PORT), 'refused'],
+    [`a1's private address directly, port ${HTTP_PORT}`, await tcpProbe(inet, a1.address, HTTP_PORT), 'timeout'],
+    [`a2's private address directly, port ${HTTP_PORT}`, await tcpProbe(inet, a2.address, HTTP_PORT), 'timeout'],
+    [`from the gateway's own address, a1 port ${OTHER_PORT}`, await tcpProbe(gw.netns, a1.address, OTHER_PORT), 'timeout'],
+  ];
+  const lines = [
+    `Tunnel ${tunnel.id}: a1 [${a1.address}]:${HTTP_PORT}  ->  public [${gw.publicAddress}]:${port} at gateway ${gw.address}`,
+    `  from the internet namespace: GET ${url('http', gw.publicAddress, port)} -> ${page.status}, ${page.length} bytes, ${exact ? 'byte for byte the page a1 serves' : 'NOT the page a1 serves'} (${fetchedMs} ms after \`i6pnctl tunnel create --wait\` started, a process of its own)`,
+    ...walls.map(([what, got, want]) => `  ${got === want ? 'unreachable' : 'REACHED'}: ${what} (${got})`),
+    `  (timeouts are drops: the internet routes fdaa::/16 to the gateway; the gateway node's dataplane drops them as "outside",`,
+    `   and the gateway's own probe as "not_tunneled": ${c.metricsUrl('ams-gw')})`,
+    `  i6pnctl tunnel list --nats ${c.nats!.url}`,
+    `  make demo-shell NODE=inet     a shell on the internet: curl -g 'http://[${gw.publicAddress}]:${port}/page' | head -c 64`,
+    '',
+  ];
+  const bad = walls.filter(([, got, want]) => got !== want);
+  if (!exact || page.status !== 200 || bad.length) throw new Error(`the tunnel demo failed: ${[...lines].join('\n')}`);
+  return lines;
+}
+
 function usage(): never {
   process.stderr.write('usage: demo.ts up [--dataplane agent|static|none] [--mode enforce|monitor] | down | netns NAME\n');
   process.exit(2);
@@ -277,7 +322,7 @@ try {
     if (!id) throw new Error('no demo is running (make demo)');
     const s = readRunState(id);
     const name = rest[0];
-    const ns = [`i6pn-${id}-${name}`, `i6pn-${id}-c-${name}`].find((n) => s?.netns.includes(n));
+    const ns = [`i6pn-${id}-${name}`, `i6pn-${id}-c-${name}`, `i6pn-${id}-gw-${name}`].find((n) => s?.netns.includes(n));
     if (!ns) throw new Error(`no node or container ${name} in the demo; nodes: ${(s?.info['nodes'] as Array<{ name: string }> | undefined)?.map((n) => n.name).join(', ')}`);
     say(ns);
   } else usage();

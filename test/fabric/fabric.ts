@@ -58,6 +58,27 @@ export interface FabricEndpoint extends Endpoint {
   gatewayMac: string;
 }
 
+/**
+ * A tunnel gateway's namespace, with three legs: its i6pn veth to its node
+ * (eth0, its private address: made as a container's), the underlay (up0: NATS
+ * and the metrics scrape, as a pod network would carry them) and its public
+ * link to the internet namespace (pub0).
+ */
+export interface FabricGateway {
+  name: string;
+  node: string;
+  region: string;
+  address: string;
+  ifname: string;
+  netns: string;
+  /** Its address on the underlay (metrics). */
+  underlay: string;
+  /** Its public address, on pub0. */
+  publicAddress: string;
+  /** The internet namespace's own address on the same link. */
+  clientAddress: string;
+}
+
 /** Interface names inside namespaces need no run id: namespaces are per run. */
 const UPLINK = 'up0';
 const BRIDGE = 'br0';
@@ -90,6 +111,9 @@ export class Fabric {
   readonly mgmtLink: string;
   readonly nodes = new Map<string, FabricNode>();
   readonly endpoints = new Map<string, FabricEndpoint>();
+  readonly gateways = new Map<string, FabricGateway>();
+  /** The namespace that stands for the internet (made with the first gateway). */
+  readonly internetNetns: string;
   readonly routeLocal: boolean;
   private readonly log: (msg: string) => void;
   private destroyed = false;
@@ -105,6 +129,7 @@ export class Fabric {
     this.routeLocal = opts.routeLocal;
     this.log = opts.log ?? (() => {});
     this.fabricNetns = `${NETNS_PREFIX}${this.runId}-fabric`;
+    this.internetNetns = `${NETNS_PREFIX}${this.runId}-inet`;
     this.mgmtLink = `i6pn${this.runId}`;
     this.mgmtAddress = `${this.underlayPrefix}fe`;
     if (!opts.detached) {
@@ -198,27 +223,13 @@ export class Fabric {
    */
   async addEndpoint(ep: Endpoint): Promise<FabricEndpoint> {
     if (this.endpoints.has(ep.name)) throw new Error(`fabric: endpoint ${ep.name} exists`);
-    if (ep.ifname.length > 15) throw new Error(`fabric: ifname ${ep.ifname} is longer than 15 characters`);
-    const node = this.node(ep.node);
     const netns = `${NETNS_PREFIX}${this.runId}-c-${ep.name}`;
-    await this.addNetns(netns);
-    await sysctls(netns, CONTAINER_SYSCTLS);
-    await ipBatch([`link add ${ep.ifname} netns ${node.netns} type veth peer name ${CONTAINER_IF} netns ${netns}`]);
-    await ipBatch([`addr add ${GATEWAY_LL}/64 dev ${ep.ifname} nodad`, `link set ${ep.ifname} up`], node.netns);
-    await ipBatch(
-      [
-        `addr add ${ep.address}/128 dev ${CONTAINER_IF} nodad`,
-        `link set ${CONTAINER_IF} up`,
-        `route replace default via ${GATEWAY_LL} dev ${CONTAINER_IF}`,
-      ],
-      netns,
-    );
+    const gatewayMac = await this.makeContainer(ep, netns, 'default');
     if (ep.i6pn) {
       // What `ip netns exec` binds over /etc/resolv.conf: getent, dig and libc in the container use the node resolver.
       mkdirSync(netnsConfigDir(netns), { recursive: true });
       writeFileSync(`${netnsConfigDir(netns)}/resolv.conf`, containerResolvConf());
     }
-    const gatewayMac = await linkMac(node.netns, ep.ifname);
     const fe: FabricEndpoint = { ...ep, netns, gatewayMac };
     this.endpoints.set(ep.name, fe);
     if (this.routeLocal) await this.routeLocalEndpoint(fe);
@@ -227,13 +238,68 @@ export class Fabric {
     return fe;
   }
 
+  /**
+   * A namespace with an i6pn veth to its node, as the runtime makes it: the
+   * host side named as registered (fe80::1 on it), the address on eth0, a
+   * route to `via` through the node. Returns the MAC of the host side.
+   */
+  private async makeContainer(ep: Pick<Endpoint, 'node' | 'ifname' | 'address'>, netns: string, via: string): Promise<string> {
+    if (ep.ifname.length > 15) throw new Error(`fabric: ifname ${ep.ifname} is longer than 15 characters`);
+    const node = this.node(ep.node);
+    await this.addNetns(netns);
+    await sysctls(netns, CONTAINER_SYSCTLS);
+    await ipBatch([`link add ${ep.ifname} netns ${node.netns} type veth peer name ${CONTAINER_IF} netns ${netns}`]);
+    await ipBatch([`addr add ${GATEWAY_LL}/64 dev ${ep.ifname} nodad`, `link set ${ep.ifname} up`], node.netns);
+    await ipBatch([`addr add ${ep.address}/128 dev ${CONTAINER_IF} nodad`, `link set ${CONTAINER_IF} up`, `route replace ${via} via ${GATEWAY_LL} dev ${CONTAINER_IF}`], netns);
+    return linkMac(node.netns, ep.ifname);
+  }
+
+  /**
+   * A tunnel gateway, as its runtime makes it (FabricGateway): its i6pn veth
+   * like a container's (its routes to fdaa::/16 through its node), a leg on
+   * the underlay, and a public link to the internet namespace, which is made
+   * with the first gateway and routes fdaa::/16 to it. The gateway's
+   * namespace forwards: a packet from the internet to a private address is
+   * delivered to its i6pn veth, where the dataplane, not a missing route,
+   * stops it (from_endpoint: `outside`).
+   */
+  async addGateway(gw: { name: string; node: string; region: string; address: string; ifname: string }): Promise<FabricGateway> {
+    if (this.gateways.has(gw.name)) throw new Error(`fabric: gateway ${gw.name} exists`);
+    const n = this.gateways.size + 1;
+    const netns = `${NETNS_PREFIX}${this.runId}-gw-${gw.name}`;
+    await this.makeContainer(gw, netns, 'fdaa::/16');
+    await sysctls(netns, { 'net.ipv6.conf.all.forwarding': 1 });
+    // The underlay leg (NATS, metrics).
+    const underlay = `${this.underlayPrefix}${(0x100 + n).toString(16)}`;
+    const port = `g-${gw.name}`.slice(0, 15);
+    await ipBatch([`link add up0 netns ${netns} type veth peer name ${port} netns ${this.fabricNetns}`]);
+    await ipBatch([`link set ${port} master ${BRIDGE}`, `link set ${port} up`], this.fabricNetns);
+    await ipBatch([`addr add ${underlay}/64 dev up0 nodad`, 'link set up0 up'], netns);
+    // The public link.
+    if (!this.record.state.netns.includes(this.internetNetns)) {
+      await this.addNetns(this.internetNetns);
+      await sysctls(this.internetNetns, CONTAINER_SYSCTLS);
+    }
+    const net = `2001:db8:${this.runId}:${n.toString(16)}::`;
+    const [publicAddress, clientAddress] = [`${net}1`, `${net}2`];
+    const inetIf = `gw${n}`;
+    await ipBatch([`link add pub0 netns ${netns} type veth peer name ${inetIf} netns ${this.internetNetns}`]);
+    await ipBatch([`addr add ${publicAddress}/64 dev pub0 nodad`, 'link set pub0 up'], netns);
+    await ipBatch([`addr add ${clientAddress}/64 dev ${inetIf} nodad`, `link set ${inetIf} up`, ...(n === 1 ? [`route replace fdaa::/16 via ${publicAddress} dev ${inetIf}`] : [])], this.internetNetns);
+    const fg: FabricGateway = { ...gw, netns, underlay, publicAddress, clientAddress };
+    this.gateways.set(gw.name, fg);
+    await this.routeRemote(fg);
+    this.record.setInfo('gateways', [...this.gateways.values()]);
+    return fg;
+  }
+
   /** The /128 from the node to its endpoint's veth; idempotent (the agent installs the same). */
   async routeLocalEndpoint(ep: FabricEndpoint): Promise<void> {
     await ipBatch([`route replace ${ep.address}/128 dev ${ep.ifname}`], this.node(ep.node).netns);
   }
 
   /** Every other node reaches this endpoint through the owner's underlay address. */
-  private async routeRemote(ep: FabricEndpoint): Promise<void> {
+  private async routeRemote(ep: Pick<FabricEndpoint, 'node' | 'address'>): Promise<void> {
     const owner = this.node(ep.node);
     await Promise.all(
       [...this.nodes.values()]

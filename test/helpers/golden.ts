@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { Dataplane, type HookName, type ReasonName, type VerdictName } from '../../agent/bpf/dataplane.js';
 import { parseIpv6, privateAddress } from '../tools/packet.js';
 import { I6PN_OBJECT } from '../fixtures/binding-helpers.js';
-import type { ModelMember, ModelState } from '../../lib/policy.js';
+import { tunnelKey, type ModelMember, type ModelState } from '../../lib/policy.js';
 import { runPacket } from '../tools/run-packet.js';
 
 export const W1 = 0x5137_3ebf;
@@ -19,7 +19,9 @@ export const R2 = 0x0b80;
 export const NODE = 7;
 export const OTHER_NODE = 9;
 
-const addr = (w: number, r: number, e: number) => privateAddress(w, r, e);
+const addr = (w: number, r: number, e: number | bigint) => privateAddress(w, r, e);
+/** A gateway's address: workspace 0, the region, 0x6a7e then 48 bits (lib/address.ts makeGatewayAddress). */
+const gatewayAddr = (r: number, e: number) => privateAddress(0, r, (0x6a7en << 48n) | BigInt(e));
 
 /** The membership every golden case runs against (this node is in R1). */
 export const M = {
@@ -45,7 +47,26 @@ export const M = {
   inconsistent: addr(W1, R1, 0x77),
   /** local, i6pn, removed: its veth is sealed (the address is what the veth stays bound to) */
   sealed: addr(W1, R1, 0x5e),
+  /** a tunnel gateway of this region, local; its veth is the fixture's sixth */
+  gateway: gatewayAddr(R1, 0x1),
+  /** a tunnel gateway of this region on another node */
+  remoteGateway: gatewayAddr(R1, 0x2),
+  /** a gateway of another region (not in this node's maps) */
+  otherRegionGateway: gatewayAddr(R2, 0x3),
+  /** an address of workspace 0 that is no member */
+  unknownGateway: gatewayAddr(R1, 0x99),
 } as const;
+
+/** The tunneled port of every tunnel of the fixture (TCP). */
+export const TUNNEL_PORT = 8080;
+/** The tunnels map of every golden case: (member, TCP, TUNNEL_PORT) for these, and otherWorkspace's 443. */
+export const TUNNELS: ReadonlyArray<{ addr: Uint8Array; proto: number; port: number }> = [
+  { addr: M.local, proto: 6, port: TUNNEL_PORT },
+  { addr: M.remote, proto: 6, port: TUNNEL_PORT },
+  { addr: M.localNoI6pn, proto: 6, port: TUNNEL_PORT },
+  { addr: M.remoteNoI6pn, proto: 6, port: TUNNEL_PORT },
+  { addr: M.otherWorkspace, proto: 6, port: 443 },
+];
 
 /** A non-private address of the node itself (on the uplink stand-in): forwarding never reaches it. */
 export const NODE_ADDRESS = '2001:db8:ffff::1';
@@ -55,7 +76,8 @@ export interface Fixture {
   model: ModelState;
   /** ifindex of each local endpoint's veth */
   /** uplink: the node's uplink (config.uplink_ifindex); sealed: the veth of a revoked endpoint */
-  ifindex: { local: number; local2: number; localNoI6pn: number; unregistered: number; uplink: number; sealed: number };
+  /** gateway: the veth of the local tunnel gateway */
+  ifindex: { local: number; local2: number; localNoI6pn: number; unregistered: number; uplink: number; sealed: number; gateway: number };
   close(): void;
 }
 
@@ -84,6 +106,7 @@ export async function openFixture(tag: string): Promise<Fixture> {
     unregistered: ifindexOf(names[2]!),
     uplink: ifindexOf(names[3]!),
     sealed: ifindexOf(names[4]!),
+    gateway: ifindexOf(names[5]!),
   };
   const dp = await Dataplane.open({ object: I6PN_OBJECT });
   dp.setConfig({ node: NODE, region: R1, mode: 'enforce', eventsPerSec: 0, uplinkIfindex: ifindex.uplink });
@@ -97,6 +120,8 @@ export async function openFixture(tag: string): Promise<Fixture> {
     [M.otherWorkspace, { workspace: W2, region: R1, i6pn: true, local: false }, 0],
     [M.otherWorkspaceLocal, { workspace: W2, region: R1, i6pn: true, local: true }, 0],
     [M.inconsistent, { workspace: W2, region: R1, i6pn: true, local: false }, 0],
+    [M.gateway, { workspace: 0, region: R1, i6pn: true, local: true }, ifindex.gateway],
+    [M.remoteGateway, { workspace: 0, region: R1, i6pn: true, local: false }, 0],
   ];
   const res = dp.upsertEndpoints(
     members.map(([a, m, ifi]) => ({
@@ -113,6 +138,8 @@ export async function openFixture(tag: string): Promise<Fixture> {
   dp.setLocalIface(ifindex.local2, { addr: M.local2, i6pn: true });
   dp.setLocalIface(ifindex.localNoI6pn, { addr: M.localNoI6pn, i6pn: false });
   dp.setLocalIface(ifindex.sealed, { addr: M.sealed, i6pn: true, sealed: true });
+  dp.setLocalIface(ifindex.gateway, { addr: M.gateway, i6pn: true });
+  TUNNELS.forEach((t, i) => dp.setTunnel({ ...t, id: i + 1 }));
 
   const model: ModelState = {
     endpoints: new Map(members.map(([a, m, ifi]) => [hex(a), { ...m, ifindex: ifi }])),
@@ -121,11 +148,13 @@ export async function openFixture(tag: string): Promise<Fixture> {
       [ifindex.local2, { addr: hex(M.local2), i6pn: true }],
       [ifindex.localNoI6pn, { addr: hex(M.localNoI6pn), i6pn: false }],
       [ifindex.sealed, { addr: hex(M.sealed), i6pn: true, sealed: true }],
+      [ifindex.gateway, { addr: hex(M.gateway), i6pn: true }],
     ]),
     region: R1,
     uplink: ifindex.uplink,
     forward: false,
     nodeAddresses: new Set([hex(parseIpv6(NODE_ADDRESS))]),
+    tunnels: new Set(TUNNELS.map((t) => tunnelKey(hex(t.addr), t.proto, t.port))),
   };
   return {
     dp,
