@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
 import { isIP } from 'node:net';
-import { RESOLVER_ADDRESS } from '../lib/address.js';
+import { RESOLVER_ADDRESS, formatAddress, parseAddress } from '../lib/address.js';
 import { assertIfname, assertName, assertNodeName } from '../lib/schema.js';
 import { LOG_LEVELS, type LogLevel } from './log.js';
 
@@ -141,21 +141,25 @@ export function parseZone(s: string): string {
   return z;
 }
 
-/** An upstream resolver: ADDRESS, IPV4:PORT or [IPV6]:PORT (port 53 when not given). Addresses only: no name to resolve first. */
+/**
+ * An upstream resolver: ADDRESS, IPV4:PORT or [IPV6]:PORT (port 53 when not
+ * given). Addresses only: no name to resolve first. An IPv6 address in its
+ * canonical text, which is how the kernel reports the source of its answers.
+ */
 export function parseUpstream(s: string): { host: string; port: number } {
   const t = s.trim();
-  if (isIP(t)) return { host: t, port: 53 };
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(t);
+  const m = isIP(t) ? [t, t.includes(':') ? t : undefined, t.includes(':') ? undefined : t, '53'] : /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(t);
   const host = m?.[1] ?? m?.[2] ?? '';
   const port = Number(m?.[3]);
   if (!m || !isIP(host) || !(port >= 1 && port <= 65535)) throw new Error(`expected an address, IPV4:PORT or [IPV6]:PORT, got ${JSON.stringify(s)}`);
-  return { host, port };
+  return { host: isIP(host) === 6 ? formatAddress(parseAddress(host)) : host, port };
 }
 
 /**
  * The node's resolvers, from resolv.conf: its `nameserver` lines, less the
  * node resolver itself (a node whose resolv.conf points at it would ask
- * itself forever). A missing file gives none.
+ * itself forever) and link-local ones (a zone id: not an address of this
+ * namespace's routing). A missing file gives none.
  */
 export function upstreamsFromResolvConf(path = RESOLV_CONF): Array<{ host: string; port: number }> {
   let text: string;
@@ -167,8 +171,8 @@ export function upstreamsFromResolvConf(path = RESOLV_CONF): Array<{ host: strin
   const out: Array<{ host: string; port: number }> = [];
   for (const line of text.split('\n')) {
     const m = /^\s*nameserver\s+(\S+)/.exec(line);
-    const host = m?.[1]?.replace(/%.*$/, '');
-    if (host && isIP(host) && host !== RESOLVER_ADDRESS) out.push({ host, port: 53 });
+    const host = m?.[1];
+    if (host && !host.includes('%') && isIP(host) && host !== RESOLVER_ADDRESS) out.push(parseUpstream(host));
   }
   return out;
 }

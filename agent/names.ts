@@ -104,10 +104,10 @@ export class NamesIndex {
 
   /**
    * An entry applied to the map. `fields` null: it has no name and no
-   * cluster, or no i6pn (nothing to answer). `i6pn` and `addr` keep the
-   * peers of a workspace served here.
+   * cluster, or no i6pn (nothing to answer). `i6pn` and the address (16
+   * bytes of `addrs` at `at`) keep the peers of a workspace served here.
    */
-  applied(key: string, workspace: number, i6pn: boolean, addr: Uint8Array, fields: NameFields | null): void {
+  applied(key: string, workspace: number, i6pn: boolean, addrs: Uint8Array, at: number, fields: NameFields | null): void {
     const before = this.byKey.get(key);
     if (fields) this.setNamed(key, workspace, fields, before);
     else if (before) this.unsetNamed(key, before);
@@ -115,7 +115,7 @@ export class NamesIndex {
     if (peers) {
       if (i6pn) {
         if (!peers.members.has(key)) {
-          peers.members.set(key, fields?.address ?? formatAddress(addr));
+          peers.members.set(key, fields?.address ?? formatAddress(addrs.subarray(at, at + 16)));
           peers.sorted = null;
           this.generation_++;
         }

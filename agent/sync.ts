@@ -517,7 +517,7 @@ export class MembershipSync {
         }
         if (this.putLive[i]) m.applyLatency.observe(Math.max(0, (now - this.putCreated[i]!) / 1000));
         this.known.set(id, this.putRevision[i]!, mark, this.putI6pn[i] === 1);
-        o.names?.applied(this.putKey[i]!, id.workspace, this.putI6pn[i] === 1, this.putKeys.subarray(i * 16, i * 16 + 16), named);
+        o.names?.applied(this.putKey[i]!, id.workspace, this.putI6pn[i] === 1, this.putKeys, i * 16, named);
         if (r !== null) {
           const key = `${o.region}.${this.putKey[i]}`;
           const prev = this.locals.get(key);

@@ -5,6 +5,10 @@
  */
 import test from 'ava';
 import * as dns from 'dns-packet';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseUpstream, parseZone, upstreamsFromResolvConf } from '../agent/config.js';
 import { formatAddress, makeEndpointAddress } from '../lib/address.js';
 import { NamesIndex, type Querier } from '../agent/names.js';
 import { EndpointTable } from '../agent/table.js';
@@ -25,7 +29,7 @@ function fixture(): { names: NamesIndex; q1: Querier; q2: Querier; dark: Querier
   const put = (ws: number, n: number, fields: { name?: string; cluster?: string; rank?: number } | null, i6pn = true): void => {
     table.set({ workspace: ws, hi: 0, lo: n }, 1, false, i6pn);
     const address = addr(ws, n);
-    names.applied(keyOf(ws, n), ws, i6pn, new Uint8Array(16), fields ? { address, name: fields.name ?? null, cluster: fields.cluster ?? null, rank: fields.rank ?? -1 } : null);
+    names.applied(keyOf(ws, n), ws, i6pn, new Uint8Array(16), 0, fields ? { address, name: fields.name ?? null, cluster: fields.cluster ?? null, rank: fields.rank ?? -1 } : null);
   };
   put(W1, 1, null);
   put(W1, 2, { name: 'web' });
@@ -191,7 +195,7 @@ test('an answer asked again is the kept one with the new id, until the index cha
   t.deepEqual(data(again.packet), data(first.packet));
   t.deepEqual({ ...again.packet, id: 0 }, { ...first.packet, id: 0 });
   // The endpoint is renamed (the sync applies its new entry): the kept answer goes.
-  names.applied(keyOf(W1, 2), W1, true, new Uint8Array(16), { address: addr(W1, 2), name: 'web-2', cluster: null, rank: -1 });
+  names.applied(keyOf(W1, 2), W1, true, new Uint8Array(16), 0, { address: addr(W1, 2), name: 'web-2', cluster: null, rank: -1 });
   t.is(rcode(ask(r, q1.address, 'web.i6pn.local', 'AAAA', 'udp', { id: 3 }).packet), 'NXDOMAIN');
   t.deepEqual(data(ask(r, q1.address, 'web-2.i6pn.local').packet), [addr(W1, 2)]);
   // Removed from the map: gone from _peers at once, too.
@@ -202,4 +206,18 @@ test('an answer asked again is the kept one with the new id, until the index cha
   t.false(after.includes(addr(W1, 3)));
   // Another querier, the same question: its own answer.
   t.deepEqual(data(ask(r, fixture().q2.address, '_peers.i6pn.local', 'AAAA', 'tcp').packet), [addr(W2, 2), addr(W2, 3)], 'its own workspace\'s peers');
+});
+
+test('--dns-zone and --dns-upstream are checked at the edge: upstreams in the canonical text the kernel reports answers from', (t) => {
+  t.deepEqual(parseUpstream('fd69:0400::fe'), { host: 'fd69:400::fe', port: 53 });
+  t.deepEqual(parseUpstream('[2001:DB8::1]:5353'), { host: '2001:db8::1', port: 5353 });
+  t.deepEqual(parseUpstream('10.0.0.2:5353'), { host: '10.0.0.2', port: 5353 });
+  t.throws(() => parseUpstream('dns.example:53'), { message: /expected an address, IPV4:PORT or \[IPV6\]:PORT/ });
+  t.throws(() => parseUpstream('[::1]:99999'));
+  t.is(parseZone('I6PN.Local.'), 'i6pn.local');
+  t.throws(() => parseZone('bad_zone'), { message: /expected a domain name/ });
+  const conf = join(mkdtempSync(join(tmpdir(), 'i6pn-resolv-')), 'resolv.conf');
+  writeFileSync(conf, '# a node\nnameserver 10.255.255.53\nnameserver fdaa::53\nnameserver fe80::1%eth0\nsearch example\n');
+  t.deepEqual(upstreamsFromResolvConf(conf), [{ host: '10.255.255.53', port: 53 }], 'never itself, no link-local one');
+  t.deepEqual(upstreamsFromResolvConf('/nonexistent/resolv.conf'), []);
 });
