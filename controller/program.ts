@@ -755,16 +755,6 @@ Prints one address per line.
     if (t > Date.now() + 1000) throw new InvalidArgumentError('--since is in the future.');
     return new Date(t);
   };
-  /** An address (any spelling) or an endpoint name, as its canonical address. */
-  const addressOf = async (s: Store, v: string): Promise<string> => {
-    try {
-      return formatAddress(parseAddress(v));
-    } catch {
-      const r = await findEndpointByName(s, v);
-      if (!r) throw new StoreError('not-found', `no live endpoint is named ${JSON.stringify(v)}`, 'list endpoints with `i6pnctl endpoint list`, or pass an address');
-      return r.address;
-    }
-  };
   jsonOption(
     leaf(
       program,
@@ -911,12 +901,18 @@ interface CommandKit {
   withStore: <T>(cmd: Command, fn: (store: Store) => Promise<T>) => Promise<T>;
 }
 
-/** --endpoint takes an address; names are not in this store (they come with endpoint names, issue 13). */
-function checkEndpointRef(v: string): void {
+/**
+ * An endpoint as the operator names it: an address (any spelling), its name
+ * in DNS, <node>/<ifname> or <region>.<workspace id>.<endpoint id>
+ * (findEndpointByName), as its canonical address.
+ */
+async function addressOf(s: Store, v: string): Promise<string> {
   try {
-    parseAddress(v);
+    return formatAddress(parseAddress(v));
   } catch {
-    throw new StoreError('invalid', `--endpoint ${JSON.stringify(v)} is not an address`, "pass the endpoint's private address (fdaa:…), as `i6pnctl endpoint list` prints it");
+    const r = await findEndpointByName(s, v);
+    if (!r) throw new StoreError('not-found', `no live endpoint is named ${JSON.stringify(v)}`, 'list endpoints with `i6pnctl endpoint list`, or pass an address');
+    return r.address;
   }
 }
 
@@ -1004,7 +1000,8 @@ to the endpoint's private address and this port. \`tunnel list\` shows where.
 The dataplane then lets the region's gateways reach exactly this (address,
 protocol, port), and nothing else of the endpoint.
 
---endpoint takes the endpoint's address (endpoint names are not in the store yet).
+--endpoint takes the endpoint's address or its name (endpoint add --name;
+refused when another workspace or region uses the same name).
 The endpoint must be live, a tenant's, with i6pn; one tunnel per endpoint,
 protocol and port. --tls: the gateway terminates TLS with its certificate.
 
@@ -1014,7 +1011,7 @@ Prints the id alone, for scripts: id=$(i6pnctl tunnel create ...).
       ['i6pnctl tunnel create --endpoint fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f --port 8080', 'i6pnctl tunnel create --endpoint fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f --port 443 --tls --json'],
     ),
   )
-    .requiredOption('--endpoint <address>', "the endpoint's private address")
+    .requiredOption('--endpoint <address|name>', "the endpoint's private address, or its name")
     .requiredOption('--port <port>', 'its port to expose (1-65535)', parsePort)
     .addOption(new Option('--proto <proto>', 'transport protocol').choices([...TUNNEL_PROTOCOLS]).default('tcp'))
     .option('--region <name>', "the endpoint's region (checked, when given)")
@@ -1022,9 +1019,8 @@ Prints the id alone, for scripts: id=$(i6pnctl tunnel create ...).
     .option('--wait <seconds>', 'wait until a gateway serves it, at most this long', parsePositiveInt('--wait', 3600))
     .action(async (o: { endpoint: string; port: number; proto: TunnelProtocol; region?: string; tls?: boolean; wait?: number; json?: boolean }, cmd: Command) => {
       check({ region: o.region });
-      checkEndpointRef(o.endpoint);
       const t = await withStore(cmd, async (s) => {
-        const created = await createTunnel(s, { endpoint: o.endpoint, port: o.port, proto: o.proto, tls: o.tls ?? false, ...(o.region !== undefined ? { region: o.region } : {}) });
+        const created = await createTunnel(s, { endpoint: await addressOf(s, o.endpoint), port: o.port, proto: o.proto, tls: o.tls ?? false, ...(o.region !== undefined ? { region: o.region } : {}) });
         if (o.wait === undefined) return { ...created, public: [], refused: [] } as TunnelStatus;
         const until = Date.now() + o.wait * 1000;
         for (;;) {

@@ -111,6 +111,8 @@ import {
   locateEndpointKey,
   nameKey,
   nameRecord,
+  isValidDnsLabel,
+  type NameRecord,
   nodeRecord,
   parseEndpointKey,
   regionIdKey,
@@ -1417,8 +1419,16 @@ export async function findEndpointByName(store: Store, name: string): Promise<En
     key = decodeOrThrow<IfnameRecord>(ifnameRecord, IFNAMES_BUCKET, claim).endpointKey;
   } else if (parseEndpointKey(name)) {
     key = name;
+  } else if (isValidDnsLabel(name)) {
+    // Its name in DNS (endpoint add --name): unique in a workspace and region, so it names one endpoint only when no other workspace or region uses it.
+    const claims = await readAll(store.names, `*.*.${name}`);
+    if (claims.length === 0) return null;
+    if (claims.length > 1) {
+      throw new StoreError('invalid', `${claims.length} endpoints are named ${JSON.stringify(name)} (in other workspaces or regions)`, 'pass its address, <node>/<ifname> or <region>.<workspace id>.<endpoint id>');
+    }
+    key = decodeOrThrow<NameRecord>(nameRecord, NAMES_BUCKET, claims[0]!).endpointKey;
   } else {
-    throw new StoreError('invalid', `${JSON.stringify(name)} is not an endpoint address or name`, 'pass an address, <region>.<workspace id>.<endpoint id>, or <node>/<ifname>');
+    throw new StoreError('invalid', `${JSON.stringify(name)} is not an endpoint address or name`, 'pass an address, its name, <region>.<workspace id>.<endpoint id>, or <node>/<ifname>');
   }
   const region = parseEndpointKey(key)?.region;
   if (region === undefined || !(await getRegion(store, region))) return null;

@@ -26,6 +26,7 @@ import {
   createCluster,
   createWorkspace,
   deleteWorkspace,
+  findEndpointByName,
   getEndpoint,
   getWorkspace,
   listEndpoints,
@@ -503,6 +504,20 @@ test.serial('20 concurrent adds of one name in one workspace and region: exactly
   t.is((await addEndpoint(store, { workspace: other.ws, region: at.region, node: at.nodeA, ifname: 'veth99', name: 'web' })).name, 'web');
   t.is((await addEndpoint(store, { workspace: at.ws, region: r2.name, node: at.nodeA, ifname: 'veth98', name: 'web' })).name, 'web');
   await expectStoreError(t, addEndpoint(store, { workspace: at.ws, region: at.region, node: at.nodeA, ifname: 'veth97', name: 'Web_1' }), 'invalid', 'invalid endpoint name "Web_1" (use a DNS label: a lowercase letter, then up to 62 lowercase letters, digits or dashes, not ending with a dash)');
+});
+
+test('an endpoint is found by its name in DNS (observe, explain, tunnel create), unless another workspace or region uses it too', async (t) => {
+  const { store } = t.context;
+  const at = await setup(store);
+  const other = await setup(store);
+  const label = name('n');
+  const a = await addEndpoint(store, { workspace: at.ws, region: at.region, node: at.nodeA, ifname: 'vethn1', name: label });
+  t.is((await findEndpointByName(store, label))?.address, a.address);
+  t.is(await findEndpointByName(store, `${label}-x`), null);
+  await addEndpoint(store, { workspace: other.ws, region: at.region, node: other.nodeA, ifname: 'vethn2', name: label });
+  await expectStoreError(t, findEndpointByName(store, label), 'invalid', `2 endpoints are named "${label}" (in other workspaces or regions) (pass its address, <node>/<ifname> or <region>.<workspace id>.<endpoint id>)`);
+  await removeEndpoint(store, a.address);
+  t.not((await findEndpointByName(store, label))?.address, a.address, 'a removed endpoint frees its name');
 });
 
 test('a removed endpoint frees its name; rename claims the new name, frees the old one, and refuses a taken one', async (t) => {
