@@ -130,7 +130,8 @@ test.serial('explain: what it cannot answer is a usage error (exit 2), one line'
   const { ep } = t.context;
   const cases: Array<[string[], string]> = [
     [['explain', 'ams-1/ep-zz', 'ams-1/ep-a1'], 'i6pnctl: error: no live endpoint is named "ams-1/ep-zz" — list endpoints with `i6pnctl endpoint list`, or pass an address\n'],
-    [['explain', 'ams-1/ep-a1', 'not-an-endpoint'], 'i6pnctl: error: "not-an-endpoint" is not an endpoint address or name — pass an address, <region>.<workspace id>.<endpoint id>, or <node>/<ifname>\n'],
+    [['explain', 'ams-1/ep-a1', 'Not_An_Endpoint'], 'i6pnctl: error: "Not_An_Endpoint" is not an endpoint address or name — pass an address, its name, <region>.<workspace id>.<endpoint id>, or <node>/<ifname>\n'],
+    [['explain', 'ams-1/ep-a1', 'nobody-has-this-name'], 'i6pnctl: error: no live endpoint is named "nobody-has-this-name" — list endpoints with `i6pnctl endpoint list`, or pass an address\n'],
     [['explain', 'fdaa:1:2:3::4', ep.a1.address], 'i6pnctl: error: no endpoint was ever registered with fdaa:1:2:3::4 — FROM must be an endpoint that i6pnctl registered (live or removed)\n'],
     [['explain', '2001:db8::1', ep.a1.address], 'i6pnctl: error: 2001:db8::1 is not an i6pn address (not in fdaa::/16) — FROM must be an endpoint that i6pnctl registered (live or removed)\n'],
     [['explain', 'ams-1/ep-a1', ep.a1.address], `i6pnctl: error: ${ep.a1.address} is both FROM and TO — a packet to itself never leaves its container; name two endpoints\n`],

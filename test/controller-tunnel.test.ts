@@ -160,7 +160,8 @@ test('bad tunnels get one-line errors: unknown, removed, no-i6pn and gateway end
     [['--endpoint', ep, '--port', '65536'], 2, 'i6pnctl: error: option \'--port <port>\' argument \'65536\' is invalid. port "65536" is out of range: use a whole number from 1 to 65535. — see `i6pnctl tunnel create --help`'],
     [['--endpoint', ep, '--port', '80', '--proto', 'udp'], 2, 'i6pnctl: error: option \'--proto <proto>\' argument \'udp\' is invalid. Allowed choices are tcp. — see `i6pnctl tunnel create --help`'],
     [['--endpoint', ep, '--port', '80', '--region', 'elsewhere'], 2, `i6pnctl: error: endpoint ${ep} is in region ${region}, not elsewhere — leave --region out, or pass --region ${region}`],
-    [['--endpoint', 'acme-web', '--port', '80'], 2, 'i6pnctl: error: --endpoint "acme-web" is not an address — pass the endpoint\'s private address (fdaa:…), as `i6pnctl endpoint list` prints it'],
+    [['--endpoint', 'acme-web', '--port', '80'], 1, 'i6pnctl: error: no live endpoint is named "acme-web" — list endpoints with `i6pnctl endpoint list`, or pass an address'],
+    [['--endpoint', 'Acme_Web', '--port', '80'], 2, 'i6pnctl: error: "Acme_Web" is not an endpoint address or name — pass an address, its name, <region>.<workspace id>.<endpoint id>, or <node>/<ifname>'],
     [['--endpoint', '2001:db8::1', '--port', '80'], 2, 'i6pnctl: error: address 2001:db8::1 is not an i6pn address (not in fdaa::/16) — pass an address printed by `i6pnctl endpoint add` or `endpoint list`'],
   ];
   for (const [args, code, line] of cases) {
