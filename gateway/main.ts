@@ -13,7 +13,7 @@
  * their ports (its last record). SIGTERM closes every listener.
  */
 import { formatAddress } from '../lib/address.js';
-import { GATEWAYS_BUCKET, decodeRecord, gatewayKey, gatewayRecord, tunnelsBucket } from '../lib/schema.js';
+import { GATEWAYS_BUCKET, decodeRecord, gatewayInboxPrefix, gatewayKey, gatewayRecord, tunnelsBucket } from '../lib/schema.js';
 import { ConfigError } from '../agent/config.js';
 import { startHttp } from '../agent/http.js';
 import { createLogger } from '../agent/log.js';
@@ -36,6 +36,7 @@ async function run(cfg: GatewayConfig): Promise<void> {
     servers: cfg.nats,
     creds: cfg.creds,
     name: `i6pn-gateway@${cfg.address}`,
+    inboxPrefix: gatewayInboxPrefix(cfg.addr), // the only inbox its credentials may subscribe to
     log: storeLog,
     onConnected: (up) => metrics.natsConnected.set(up ? 1 : 0),
     onReconnect: () => follower?.resume(),

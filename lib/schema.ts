@@ -382,6 +382,13 @@ export function agentInboxPrefix(node: string): string {
 
 export const gatewayKey = (region: string, addr: Uint8Array): string => `${region}.${addressHex(addr)}`;
 
+/**
+ * Where the gateway at `addr` receives replies: like an agent's
+ * (agentInboxPrefix), its own, so that it reads no other client's (the
+ * operator's reads of every workspace, another gateway's record).
+ */
+export const gatewayInboxPrefix = (addr: Uint8Array): string => `_INBOX.i6pn-gateway.${addressHex(addr)}`;
+
 /** A tunnel's key in its region's bucket: `<workspace id>.<endpoint id>.<proto>.<port>`, the claim of (endpoint, protocol, port). */
 export function tunnelBucketKey(record: Pick<TunnelRecord, 'endpoint' | 'proto' | 'port'>): string {
   const addr = parseAddress(record.endpoint);

@@ -19,7 +19,7 @@ import { connect, credsAuthenticator, nkeys, PermissionViolationError, type Nats
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { AGENT_BUCKETS, agentBuckets, agentPermissions, assertNodeName, assertRegionName, BUCKETS, credsFile, gatewayPermissions, init, issueAgent, issueController, issueGateway } from "../deploy/nats/i6pn-nats-auth.js";
-import { agentInboxPrefix, ENDPOINTS_HISTORY, endpointsBucket, GATEWAYS_BUCKET, gatewayKey, LEGACY_ENDPOINTS_BUCKET, tunnelsBucket } from "../lib/schema.js";
+import { agentInboxPrefix, ENDPOINTS_HISTORY, gatewayInboxPrefix, endpointsBucket, GATEWAYS_BUCKET, gatewayKey, LEGACY_ENDPOINTS_BUCKET, tunnelsBucket } from "../lib/schema.js";
 import { EVENTS_STREAM, eventsFilter, eventsSubject } from "../lib/events.js";
 import { ensureEventsStream } from "../lib/store.js";
 import { formatAddress, makeGatewayAddress } from "../lib/address.js";
@@ -87,11 +87,11 @@ function serverInfo(port: number): Promise<string> {
 interface Endpoint { servers: string; tls?: { caFile: string } }
 
 /** `agent`: an agent's connection, with the inbox prefix its credentials allow (as agent/store-client.ts connects). */
-async function connectAs(t: ExecutionContext, ep: Endpoint, creds: string, name: string, agent?: { node: string }): Promise<NatsConnection> {
+async function connectAs(t: ExecutionContext, ep: Endpoint, creds: string, name: string, inboxPrefix?: string): Promise<NatsConnection> {
   const nc = await connect({
     servers: ep.servers,
     name,
-    ...(agent ? { inboxPrefix: agentInboxPrefix(agent.node) } : {}),
+    ...(inboxPrefix !== undefined ? { inboxPrefix } : {}),
     authenticator: credsAuthenticator(readFileSync(creds)),
     ...(ep.tls ? { tls: ep.tls } : {}),
     maxReconnectAttempts: 0,
@@ -135,7 +135,11 @@ async function checkGatewayPermissions(t: ExecutionContext, dir: string, ep: End
   const tunnel = JSON.stringify({ v: 1, id: "0123456789ab" });
   await buckets.get(T1)!.put("w1.e1.tcp.80", tunnel);
   await buckets.get(T2)!.put("w2.e2.tcp.80", tunnel);
-  const gw = await connectAs(t, ep, join(dir, "gateways", `${Buffer.from(GW).toString("hex")}.creds`), "i6pn-gateway");
+  const gw = await connectAs(t, ep, join(dir, "gateways", `${Buffer.from(GW).toString("hex")}.creds`), "i6pn-gateway", gatewayInboxPrefix(GW));
+  // Replies reach it on its own inbox only: not every client's, not an agent's, not another gateway's.
+  for (const subject of ["_INBOX.>", "_INBOX.i6pn-agent.node-a.>", `${gatewayInboxPrefix(OTHER_GW)}.>`, ">"]) {
+    t.is(await subscribeOutcome(gw, subject), `denied ${subject}`, `the gateway subscribed to ${subject}`);
+  }
   const gkvm = new Kvm(gw);
   const tunnels = await gkvm.open(T1);
   t.is((await tunnels.status()).values, 1);
@@ -188,7 +192,7 @@ async function checkPermissions(t: ExecutionContext, dir: string, controllerEp: 
   await legacy.put("r1.w1.e1", entry);
   await nodes.put("node-b", "controller wrote node-b");
 
-  const agent = await connectAs(t, agentEp, join(dir, "agents/node-a.creds"), "i6pn-agent@node-a", { node: "node-a" });
+  const agent = await connectAs(t, agentEp, join(dir, "agents/node-a.creds"), "i6pn-agent@node-a", agentInboxPrefix("node-a"));
   const akvm = new Kvm(agent);
   const aEndpoints = await akvm.open(R1);
   const aNodes = await akvm.open("i6pn_nodes");
@@ -270,7 +274,7 @@ async function checkPermissions(t: ExecutionContext, dir: string, controllerEp: 
   // Issued for the upgrade (--legacy-endpoints), an agent also reads the first
   // layout's bucket as the agents before 0.2.0 do (a filtered, ordered push
   // consumer), and still writes none of it and reads no other region's bucket.
-  const upgrading = await connectAs(t, agentEp, join(dir, "agents/node-u.creds"), "i6pn-agent@node-u", { node: "node-u" });
+  const upgrading = await connectAs(t, agentEp, join(dir, "agents/node-u.creds"), "i6pn-agent@node-u", agentInboxPrefix("node-u"));
   const ukvm = new Kvm(upgrading);
   const uLegacy = await ukvm.open(LEGACY_ENDPOINTS_BUCKET);
   t.is((await uLegacy.get("r1.w1.e1"))?.string(), entry);
@@ -349,7 +353,7 @@ async function checkEventPermissions(t: ExecutionContext, dir: string, controlle
   await ensureEventsStream(await jetstreamManager(ctl), { replicas });
   const live = ctl.subscribe(eventsFilter({}));
   await ctl.flush();
-  const agent = await connectAs(t, agentEp, join(dir, "agents/node-a.creds"), "i6pn-agent@node-a", { node: "node-a" });
+  const agent = await connectAs(t, agentEp, join(dir, "agents/node-a.creds"), "i6pn-agent@node-a", agentInboxPrefix("node-a"));
   const own = eventsSubject("r1", "node-a");
   const denied = nextPublishDenied(agent, 5000);
   agent.publish(own, '{"v":1,"mine":true}');
@@ -429,6 +433,7 @@ test.serial("gateway permissions: one region's tunnels, its own record; a gatewa
   t.false(perms.pub.allow.some((s) => /\$JS\.API\.STREAM\.(CREATE|UPDATE|DELETE|PURGE|MSG\.DELETE)/.test(s)));
   for (const bad of ["fdaa:1:2:3::4", "fdaa::6a7e:1:2:3", "2001:db8::1", "nope", "fdaa::a70:6a7e:*"]) t.throws(() => gatewayPermissions(bad, "eu-west"), { message: /gateway/ }, bad);
   t.throws(() => gatewayPermissions(formatAddress(GW), "eu.>"), { message: /not an i6pn region name/ });
+  t.deepEqual(perms.sub.allow, [`_INBOX.i6pn-gateway.${Buffer.from(GW).toString("hex")}.>`]);
 });
 
 test.serial("an agent's JWT fits the server's default 4 KB CONNECT line; the upgrade's fits the deploy's 8 KB", (t) => {

@@ -44,6 +44,7 @@ import { EVENTS_SUBJECT_PREFIX, eventsSubject } from "../../lib/events.js";
 import { formatAddress, isGatewayAddress, parseAddress } from "../../lib/address.js";
 import {
   agentInboxPrefix,
+  gatewayInboxPrefix,
   BUCKET_TABLE,
   BUCKETS,
   endpointsBucketSpec,
@@ -211,7 +212,7 @@ export function gatewayPermissions(address: string, region: string): Permissions
         kvSubject(GATEWAYS_BUCKET, key),
       ],
     },
-    sub: { allow: ["_INBOX.>"] },
+    sub: { allow: [`${gatewayInboxPrefix(addr)}.>`] }, // its own replies, as an agent's (agentPermissions)
   };
 }
 
