@@ -25,7 +25,10 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { natsServerBin } from '../test/helpers/nats-server-bin.js';
 import { freePort, startNats } from '../test/helpers/nats.js';
-import { addEndpoint, addRegion, connectStore, createWorkspace } from '../lib/store.js';
+import { addEndpoint } from '../controller/store/endpoints.js';
+import { addRegion } from '../controller/store/regions.js';
+import { connectStore } from '../lib/store.js';
+import { createWorkspace } from '../controller/store/workspaces.js';
 import { PREFIX, addNs, addVeth, benchMain, cpuSeconds, inNs, nsSh, onCleanup, rerunInside, sh, sleep, spawnIn, sweepStale } from './lib/netns.js';
 import { REPO_DIR, log, median, percentile, printTable, saveSection, secondsSince, type Table } from './lib/results.js';
 

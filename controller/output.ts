@@ -5,7 +5,11 @@
  */
 import { regionIdHex, workspaceIdHex } from '../lib/address.js';
 import type { ClusterRecord, EndpointRecord, RegionRecord, WorkspaceRecord } from '../lib/schema.js';
-import type { GatewayStatus, InvalidEntry, MigrateConflict, MigrateReport, NodeStatus, TunnelStatus } from '../lib/store.js';
+import { type GatewayStatus } from './store/gateways.js';
+import { type InvalidEntry } from '../lib/store.js';
+import { type MigrateConflict, type MigrateReport } from './store/migrate.js';
+import { type NodeStatus } from './store/nodes.js';
+import { type TunnelStatus } from './store/tunnels.js';
 import type { ExplainedEnd, Explanation } from './explain.js';
 
 export interface Io {

@@ -1,45 +1,20 @@
 /**
  * i6pnctl's command surface: the one module that knows the CLI parser
- * (commander). Each action parses its flags, calls lib/store.ts and prints
- * through ./output.ts. `run(argv)` returns the exit code instead of exiting,
+ * (commander). Each action parses its flags, calls the store's aggregates
+ * (./store/, on lib/store.ts) and prints through ./output.ts. `run(argv)` returns the exit code instead of exiting,
  * so that it can be driven in-process.
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import {
-  DEFAULT_NATS_URL,
-  DEFAULT_STALE_AFTER_MS,
-  StoreError,
-  addEndpoint,
-  addGateway,
-  addRegion,
-  createTunnel,
-  listGateways,
-  listTunnels,
-  removeGateway,
-  removeTunnel,
-  type TunnelStatus,
-  connectStore,
-  findEndpointByName,
-  createCluster,
-  createWorkspace,
-  deleteCluster,
-  deleteWorkspace,
-  getWorkspace,
-  listClusters,
-  listEndpoints,
-  listNodes,
-  listRegions,
-  listWorkspaces,
-  migrateEndpoints,
-  peersOf,
-  removeEndpoint,
-  renameEndpoint,
-  showCluster,
-  swapClusterRanks,
-  workspaceEndpointCounts,
-  type Store,
-} from '../lib/store.js';
+import { DEFAULT_NATS_URL, StoreError, connectStore, getWorkspace, type Store } from '../lib/store.js';
+import { DEFAULT_STALE_AFTER_MS, listNodes } from './store/nodes.js';
+import { addEndpoint, findEndpointByName, listEndpoints, peersOf, removeEndpoint, renameEndpoint } from './store/endpoints.js';
+import { addGateway, listGateways, removeGateway } from './store/gateways.js';
+import { addRegion, listRegions } from './store/regions.js';
+import { createTunnel, listTunnels, removeTunnel, type TunnelStatus } from './store/tunnels.js';
+import { createCluster, deleteCluster, listClusters, showCluster, swapClusterRanks } from './store/clusters.js';
+import { createWorkspace, deleteWorkspace, listWorkspaces, workspaceEndpointCounts } from './store/workspaces.js';
+import { migrateEndpoints } from './store/migrate.js';
 import { formatAddress, parseAddress } from '../lib/address.js';
 import { HOOK_NAMES, REASON_NAMES } from '../agent/bpf/abi.generated.js';
 import { InvalidNameError, TUNNEL_PROTOCOLS, assertDnsLabel, assertIfname, assertName, assertNodeName, type TunnelProtocol } from '../lib/schema.js';
