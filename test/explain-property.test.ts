@@ -26,7 +26,7 @@ import { addRegion } from '../controller/store/regions.js';
 import { connectStore, type Store } from '../lib/store.js';
 import { createWorkspace } from '../controller/store/workspaces.js';
 import { explain } from '../controller/explain.js';
-import { I6PN_OBJECT } from './fixtures/binding-helpers.js';
+import { I6PN_OBJECT } from './helpers/binding.js';
 import { observe } from './helpers/golden.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
 
