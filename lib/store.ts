@@ -28,7 +28,7 @@ import { nanos, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import type { z } from 'zod';
 import { CredsError, connectNats, openBucket, type BucketSettings } from './nats.js';
-import { randomEndpointBits, randomRegionId, randomWorkspaceId } from './address.js';
+import { parseAddress, randomEndpointBits, randomRegionId, randomWorkspaceId } from './address.js';
 import {
   BUCKET_TABLE,
   bucketOfKvStream,
@@ -40,7 +40,10 @@ import {
   REGIONS_BUCKET,
   WORKSPACES_BUCKET,
   InvalidNameError,
+  assertDnsLabel,
+  assertIfname,
   assertName,
+  assertNodeName,
   decodeRecord,
   endpointsBucket,
   regionIdKey,
@@ -269,7 +272,7 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
     // bucket made by hand still work); a new one only for a registered region.
     const openEndpoints = (region: string): Promise<KV> =>
       cached(endpointBuckets, region, async () => {
-        assertNameOrInvalid('region', region);
+        checkInput({ region });
         const existing = await bindExisting(endpointsBucket(region));
         if (existing) return existing;
         await requireRegion(store, region);
@@ -278,7 +281,7 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
     const tunnelBuckets = new Map<string, Promise<KV>>();
     const openTunnels = (region: string): Promise<KV> =>
       cached(tunnelBuckets, region, async () => {
-        assertNameOrInvalid('region', region);
+        checkInput({ region });
         const bucket = tunnelsBucket(region);
         const existing = await bindExisting(bucket);
         if (existing) return existing;
@@ -478,23 +481,55 @@ export async function readNamed<T extends { name: string }>(
 
 // ---------------------------------------------------------------- input
 
-export function assertNameOrInvalid(kind: 'region' | 'workspace', name: string): void {
-  try {
-    assertName(kind, name);
-  } catch (e) {
-    throw invalidInput(e);
-  }
+/** What the store's operations take, as an operator or a runtime gives it. */
+export interface StoreInput {
+  region?: string | undefined;
+  workspace?: string | undefined;
+  node?: string | undefined;
+  nodes?: readonly string[];
+  ifname?: string | undefined;
+  /** Any IPv6 address: parsed here; an operation that needs an i6pn one says so. */
+  address?: string | undefined;
+  /** An endpoint's DNS name. */
+  name?: string | undefined;
+  cluster?: string | undefined;
 }
 
-export function invalidInput(e: unknown): StoreError {
-  if (e instanceof InvalidNameError) return new StoreError('invalid', e.what, `use ${e.rule}`);
-  return new StoreError('invalid', (e as Error).message, 'see --help');
+/**
+ * The one check of input: StoreError 'invalid' (what is wrong, and the rule)
+ * for the first bad field. Every operation of the store runs it on what it
+ * is given; i6pnctl runs it before connecting as well, so that a typo is a
+ * usage error even when NATS is down.
+ */
+export function checkInput(input: StoreInput): void {
+  try {
+    if (input.name !== undefined) assertDnsLabel('endpoint', input.name);
+    if (input.cluster !== undefined) assertDnsLabel('cluster', input.cluster);
+    if (input.region !== undefined) assertName('region', input.region);
+    if (input.workspace !== undefined) assertName('workspace', input.workspace);
+    if (input.node !== undefined) assertNodeName(input.node);
+    for (const n of input.nodes ?? []) assertNodeName(n);
+    if (input.ifname !== undefined) assertIfname(input.ifname);
+  } catch (e) {
+    if (e instanceof InvalidNameError) throw new StoreError('invalid', e.what, `use ${e.rule}`);
+    throw e;
+  }
+  if (input.address !== undefined) parseAddressInput(input.address);
+}
+
+/** An address as given (any IPv6 spelling), or StoreError 'invalid'. */
+export function parseAddressInput(address: string): Uint8Array {
+  try {
+    return parseAddress(address);
+  } catch (e) {
+    throw new StoreError('invalid', (e as Error).message, 'pass an endpoint address such as fdaa:1234:5678:a70:1b9d:3a11:71f2:5f0f');
+  }
 }
 
 // ---------------------------------------------------------------- regions and workspaces by name and id
 
 export async function getRegion(store: Pick<Store, 'regions'>, name: string): Promise<RegionRecord | null> {
-  assertNameOrInvalid('region', name);
+  checkInput({ region: name });
   const e = await getLive(store.regions, regionNameKey(name));
   return e ? decodeOrThrow<RegionRecord>(regionRecord, REGIONS_BUCKET, e) : null;
 }
@@ -512,7 +547,7 @@ export async function regionById(store: Store, id: number): Promise<RegionRecord
 }
 
 export async function getWorkspace(store: Store, name: string): Promise<{ record: WorkspaceRecord; revision: number } | null> {
-  assertNameOrInvalid('workspace', name);
+  checkInput({ workspace: name });
   const e = await getLive(store.workspaces, workspaceNameKey(name));
   return e ? { record: decodeOrThrow<WorkspaceRecord>(workspaceRecord, WORKSPACES_BUCKET, e), revision: e.revision } : null;
 }

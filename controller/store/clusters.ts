@@ -8,8 +8,6 @@ import {
   CLUSTERS_BUCKET,
   MAX_CLUSTER_SIZE,
   SCHEMA_VERSION,
-  assertDnsLabel,
-  assertNodeName,
   clusterKey,
   clusterRecord,
   decodeRecord,
@@ -27,7 +25,7 @@ import {
   getLive,
   readAll,
   decodeOrThrow,
-  invalidInput,
+  checkInput,
   requireRegion,
   requireWorkspace,
 } from '../../lib/store.js';
@@ -60,12 +58,7 @@ export async function createCluster(
     throw new StoreError('invalid', `invalid cluster size ${opts.size}`, `use --size with a whole number from 1 to ${MAX_CLUSTER_SIZE}`);
   }
   if (opts.nodes.length === 0) throw new StoreError('invalid', 'no nodes to place the cluster on', 'pass --nodes a,b,c');
-  try {
-    for (const n of opts.nodes) assertNodeName(n);
-    if (opts.name !== undefined) assertDnsLabel('cluster', opts.name);
-  } catch (e) {
-    throw invalidInput(e);
-  }
+  checkInput({ nodes: opts.nodes, cluster: opts.name });
   const at = await resolve(store, opts.workspace, opts.region);
   let claim: { key: string; revision: number } | null = null;
   if (opts.name !== undefined) {
@@ -121,11 +114,7 @@ export interface ClusterRef {
 
 /** A named cluster's record and its revision; StoreError 'not-found' when there is none. */
 async function requireCluster(store: Store, ref: ClusterRef): Promise<{ at: Resolved; record: ClusterRecord; revision: number }> {
-  try {
-    assertDnsLabel('cluster', ref.name);
-  } catch (e) {
-    throw invalidInput(e);
-  }
+  checkInput({ cluster: ref.name });
   const at = await resolve(store, ref.workspace, ref.region);
   const e = await getLive(store.clusters, clusterKey(at.region.name, at.workspace.id, ref.name));
   if (!e) {

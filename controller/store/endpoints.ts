@@ -48,9 +48,6 @@ import {
   SCHEMA_VERSION,
   addressKey,
   addressRecord,
-  assertDnsLabel,
-  assertIfname,
-  assertNodeName,
   decodeRecord,
   endpointBucketKey,
   endpointKey,
@@ -80,8 +77,8 @@ import {
   getLive,
   readAll,
   decodeOrThrow,
-  assertNameOrInvalid,
-  invalidInput,
+  checkInput,
+  parseAddressInput,
   requireRegion,
   requireWorkspace,
 } from '../../lib/store.js';
@@ -118,21 +115,14 @@ export interface Membership {
 export type Resolved = { workspace: Pick<WorkspaceRecord, 'name' | 'id'>; region: RegionRecord };
 
 export async function resolve(store: Store, workspace: string, region: string): Promise<Resolved> {
-  assertNameOrInvalid('workspace', workspace);
-  assertNameOrInvalid('region', region);
+  checkInput({ workspace, region });
   const [w, r] = await Promise.all([requireWorkspace(store, workspace), requireRegion(store, region)]);
   return { workspace: w.record, region: r };
 }
 
 /** Steps 1–3 of registration (with the name's claim), each undone if a later one fails. */
 export async function register(store: Store, at: Resolved, spec: EndpointSpec, member?: Membership): Promise<EndpointRecord> {
-  try {
-    assertNodeName(spec.node);
-    if (typeof spec.ifname === 'string') assertIfname(spec.ifname);
-    if (spec.name !== undefined) assertDnsLabel('endpoint', spec.name);
-  } catch (e) {
-    throw invalidInput(e);
-  }
+  checkInput({ node: spec.node, ifname: typeof spec.ifname === 'string' ? spec.ifname : undefined, name: spec.name });
   const endpoints = await store.endpoints(at.region.name);
   const tries = 16;
   for (let i = 0; i < tries; i++) {
@@ -286,13 +276,7 @@ export async function addEndpoint(store: Store, spec: EndpointSpec): Promise<End
  * undoes the claim. Returns the endpoint as it is now.
  */
 export async function renameEndpoint(store: Store, address: string, name: string | null): Promise<EndpointRecord> {
-  if (name !== null) {
-    try {
-      assertDnsLabel('endpoint', name);
-    } catch (e) {
-      throw invalidInput(e);
-    }
-  }
+  if (name !== null) checkInput({ name });
   await requireRegionLayout(store, 'renaming an endpoint');
   const { key, addr, state } = await endpointKeyOfAddress(store, address);
   if (state === 'removed') throw new StoreError('not-found', `endpoint ${formatAddress(addr)} was removed`, 'list live endpoints with `i6pnctl endpoint list`');
@@ -317,12 +301,7 @@ export async function renameEndpoint(store: Store, address: string, name: string
 }
 
 export function parseAddressArg(address: string): Uint8Array {
-  let addr: Uint8Array;
-  try {
-    addr = parseAddress(address);
-  } catch (e) {
-    throw new StoreError('invalid', (e as Error).message, 'pass an endpoint address such as fdaa:1234:5678:a70:1b9d:3a11:71f2:5f0f');
-  }
+  const addr = parseAddressInput(address);
   if (!isPrivate(addr)) throw new StoreError('invalid', `address ${address} is not an i6pn address (not in fdaa::/16)`, 'pass an address printed by `i6pnctl endpoint add` or `endpoint list`');
   return addr;
 }
@@ -368,12 +347,7 @@ export type AddressLookup =
  * without a lookup; one that is not an address is StoreError 'invalid'.
  */
 export async function lookupAddress(store: Store, address: string): Promise<AddressLookup> {
-  let addr: Uint8Array;
-  try {
-    addr = parseAddress(address);
-  } catch (e) {
-    throw new StoreError('invalid', (e as Error).message, 'pass an IPv6 address such as fdaa:1234:5678:a70:1b9d:3a11:71f2:5f0f');
-  }
+  const addr = parseAddressInput(address);
   const canonical = formatAddress(addr);
   if (!isPrivate(addr)) return { state: 'unknown', address: canonical };
   const e = await getLive(store.addresses, addressKey(addr));
@@ -399,12 +373,7 @@ export async function findEndpointByName(store: Store, name: string): Promise<En
   if (slash >= 0) {
     const node = name.slice(0, slash);
     const ifname = name.slice(slash + 1);
-    try {
-      assertNodeName(node);
-      assertIfname(ifname);
-    } catch (e) {
-      throw invalidInput(e);
-    }
+    checkInput({ node, ifname });
     const claim = await getLive(store.ifnames, ifnameKey(node, ifname));
     if (!claim) return null;
     key = decodeOrThrow<IfnameRecord>(ifnameRecord, IFNAMES_BUCKET, claim).endpointKey;
@@ -524,13 +493,7 @@ export async function listEndpoints(store: Store, filter: EndpointFilter = {}): 
   let wsHex = '*';
   if (filter.workspace !== undefined) wsHex = workspaceIdHex((await requireWorkspace(store, filter.workspace)).record.id);
   if (filter.region !== undefined) await requireRegion(store, filter.region);
-  if (filter.node !== undefined) {
-    try {
-      assertNodeName(filter.node);
-    } catch (e) {
-      throw invalidInput(e);
-    }
-  }
+  checkInput({ node: filter.node });
   // One region's bucket, or every one's; one wildcard filter per keys call (nats-server 2.9 takes no more).
   const { valid, invalid } = validateEndpoints(
     await endpointEntries(store, { ...(filter.region !== undefined ? { region: filter.region } : {}), ...(wsHex !== '*' ? { workspace: wsHex } : {}) }),

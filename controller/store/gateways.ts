@@ -13,7 +13,7 @@ import {
   decodeRecord,
   type EndpointRecord,
 } from '../../lib/schema.js';
-import { StoreError, type Store, type InvalidEntry, readAll, assertNameOrInvalid, requireRegion } from '../../lib/store.js';
+import { StoreError, type Store, type InvalidEntry, readAll, checkInput, requireRegion } from '../../lib/store.js';
 import { endpointEntries, validateEndpoints, sortEndpoints } from './endpoint-entries.js';
 import { register, parseAddressArg, getEndpoint, removeEndpoint } from './endpoints.js';
 import { DEFAULT_STALE_AFTER_MS } from './nodes.js';
@@ -41,7 +41,7 @@ export function gatewayIfname(address: Uint8Array): string {
 
 /** Register a gateway of `region` on `node`; prints its new address. */
 export async function addGateway(store: Store, spec: GatewaySpec): Promise<EndpointRecord> {
-  assertNameOrInvalid('region', spec.region);
+  checkInput({ region: spec.region });
   const region = await requireRegion(store, spec.region);
   return register(store, { workspace: { name: INFRA_WORKSPACE_NAME, id: INFRA_WORKSPACE_ID }, region }, {
     workspace: INFRA_WORKSPACE_NAME,

@@ -14,14 +14,14 @@ import {
   regionRecord,
   type RegionRecord,
 } from '../../lib/schema.js';
-import { StoreError, type Store, type InvalidEntry, isConflict, reasonOf, enc, getLive, readNamed, assertNameOrInvalid } from '../../lib/store.js';
+import { StoreError, type Store, type InvalidEntry, isConflict, reasonOf, enc, getLive, readNamed, checkInput } from '../../lib/store.js';
 
 /**
  * Register a region under a new 16-bit id (random unless `id` is given). The
  * id key is claimed first, then the name key; a taken name releases the id.
  */
 export async function addRegion(store: Store, name: string, opts: { id?: number } = {}): Promise<RegionRecord> {
-  assertNameOrInvalid('region', name);
+  checkInput({ region: name });
   if (opts.id !== undefined && !isRegionId(opts.id)) {
     throw new StoreError('invalid', `invalid region id ${opts.id}`, 'use a number from 1 to 65535');
   }

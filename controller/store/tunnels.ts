@@ -20,7 +20,7 @@ import {
   type EndpointRecord,
   type RegionRecord,
 } from '../../lib/schema.js';
-import { StoreError, type Store, type InvalidEntry, isConflict, enc, getLive, readAll, assertNameOrInvalid, requireRegion } from '../../lib/store.js';
+import { StoreError, type Store, type InvalidEntry, isConflict, enc, getLive, readAll, checkInput, requireRegion } from '../../lib/store.js';
 import { listRegions } from './regions.js';
 import { parseAddressArg, getEndpoint } from './endpoints.js';
 import { DEFAULT_STALE_AFTER_MS } from './nodes.js';
@@ -70,7 +70,7 @@ function checkTunnelInput(spec: TunnelSpec): TunnelProtocol {
   if (!Number.isInteger(spec.port) || spec.port < 1 || spec.port > 65535) {
     throw new StoreError('invalid', `port ${spec.port} is out of range`, 'use a port from 1 to 65535');
   }
-  if (spec.region !== undefined) assertNameOrInvalid('region', spec.region);
+  if (spec.region !== undefined) checkInput({ region: spec.region });
   return proto;
 }
 
@@ -145,7 +145,7 @@ export async function listTunnels(
   store: Store,
   filter: { region?: string; endpoint?: string; staleAfterMs?: number } = {},
 ): Promise<{ tunnels: TunnelStatus[]; invalid: InvalidEntry[] }> {
-  if (filter.region !== undefined) assertNameOrInvalid('region', filter.region);
+  if (filter.region !== undefined) checkInput({ region: filter.region });
   const endpoint = filter.endpoint === undefined ? undefined : formatAddress(parseAddressArg(filter.endpoint));
   const invalid: InvalidEntry[] = [];
   const now = Date.now();

@@ -15,7 +15,7 @@ import {
   type EndpointRecord,
   type WorkspaceRecord,
 } from '../../lib/schema.js';
-import { StoreError, type Store, type InvalidEntry, isConflict, enc, readAll, readNamed, assertNameOrInvalid, requireWorkspace } from '../../lib/store.js';
+import { StoreError, type Store, type InvalidEntry, isConflict, enc, readAll, readNamed, checkInput, requireWorkspace } from '../../lib/store.js';
 import { endpointRefs, endpointEntries, validateEndpoints } from './endpoint-entries.js';
 import { removeEndpointByKey } from './endpoints.js';
 
@@ -25,7 +25,7 @@ import { removeEndpointByKey } from './endpoints.js';
  * key is marked deleted, so the id stays burnt and is never reused.
  */
 export async function createWorkspace(store: Store, name: string): Promise<WorkspaceRecord> {
-  assertNameOrInvalid('workspace', name);
+  checkInput({ workspace: name });
   if (name === INFRA_WORKSPACE_NAME) {
     throw new StoreError('invalid', `workspace name ${JSON.stringify(name)} is reserved (the tunnel gateways' workspace 0)`, 'choose another name');
   }
