@@ -142,8 +142,6 @@ export interface StoreOptions {
    * is found by the connection, not by this.
    */
   requestTimeout?: number;
-  /** Keep trying until the first connection succeeds (the agent), instead of failing fast (the CLI). */
-  waitOnFirstConnect?: boolean;
   /** Random source for ids and addresses (default: crypto). */
   random?: Partial<RandomSource>;
 }
@@ -212,7 +210,6 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
       creds: opts.creds,
       name: opts.name ?? 'i6pn',
       timeout: opts.timeout ?? 5000,
-      waitOnFirstConnect: opts.waitOnFirstConnect ?? false,
     });
   } catch (e) {
     if (e instanceof CredsError) throw new StoreError('invalid', e.message, 'set --creds or I6PN_NATS_CREDS to a readable .creds file');
