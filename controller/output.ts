@@ -57,6 +57,13 @@ export function warnInvalid(io: Io, invalid: InvalidEntry[], outcome = 'not list
   }
 }
 
+/** What a list command read: its invalid entries warned on stderr, then all of it as JSON, or `table` for people. */
+export function listing<R extends { invalid: InvalidEntry[] }>(io: Io, r: R, asJson: boolean | undefined, table: (r: R) => void): void {
+  warnInvalid(io, r.invalid);
+  if (asJson) json(io, r);
+  else table(r);
+}
+
 /** Endpoints that `migrate` found with another value in their region's bucket. */
 export function warnConflicts(io: Io, conflicts: MigrateConflict[]): void {
   for (const c of conflicts) {

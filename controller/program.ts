@@ -30,6 +30,7 @@ import {
   gatewaysTable,
   tunnelsTable,
   json,
+  listing,
   keyValues,
   migrateText,
   nodesTable,
@@ -257,9 +258,7 @@ Prints the region's name and id. --json: {"v":1,"name":"eu-west","id":2672}`,
     ),
   ).action(async (o: { json?: boolean }, cmd: Command) => {
     const r = await withStore(cmd, (s) => listRegions(s));
-    warnInvalid(io, r.invalid);
-    if (o.json) json(io, r);
-    else regionsTable(io, r.regions);
+    listing(io, r, o.json, (l) => regionsTable(io, l.regions));
   });
 
   // ------------------------------------------------------------ workspace
@@ -298,9 +297,7 @@ Prints the id and the subnet.
     ),
   ).action(async (o: { json?: boolean }, cmd: Command) => {
     const r = await withStore(cmd, (s) => listWorkspaces(s));
-    warnInvalid(io, r.invalid);
-    if (o.json) json(io, r);
-    else workspacesTable(io, r.workspaces);
+    listing(io, r, o.json, (l) => workspacesTable(io, l.workspaces));
   });
 
   jsonOption(
@@ -459,9 +456,7 @@ An invalid entry is named by its bucket and its key in that bucket.`,
           ...(o.node !== undefined ? { node: o.node } : {}),
         }),
       );
-      warnInvalid(io, r.invalid);
-      if (o.json) json(io, r);
-      else endpointsTable(io, r.endpoints);
+      listing(io, r, o.json, (l) => endpointsTable(io, l.endpoints));
     });
 
   // ------------------------------------------------------------ cluster
@@ -525,9 +520,7 @@ since creation leaves its rank empty (not listed). Exit 1 when there is no such 
   ).action(async (name: string, o: { json?: boolean; workspace: string; region: string }, cmd: Command) => {
     checkInput({ workspace: o.workspace, region: o.region, cluster: name });
     const r = await withStore(cmd, (s) => showCluster(s, { workspace: o.workspace, region: o.region, name }));
-    warnInvalid(io, r.invalid);
-    if (o.json) json(io, r);
-    else clusterMembersTable(io, r.cluster, r.members);
+    listing(io, r, o.json, (l) => clusterMembersTable(io, l.cluster, l.members));
   });
 
   jsonOption(
@@ -545,9 +538,7 @@ since creation leaves its rank empty (not listed). Exit 1 when there is no such 
     .action(async (o: { json?: boolean; workspace?: string; region?: string }, cmd: Command) => {
       checkInput(o);
       const r = await withStore(cmd, (s) => listClusters(s, { ...(o.workspace !== undefined ? { workspace: o.workspace } : {}), ...(o.region !== undefined ? { region: o.region } : {}) }));
-      warnInvalid(io, r.invalid);
-      if (o.json) json(io, r);
-      else clustersTable(io, r.clusters);
+      listing(io, r, o.json, (l) => clustersTable(io, l.clusters));
     });
 
   jsonOption(
@@ -615,9 +606,7 @@ and its dataplane keeps enforcing the last state it knew.
     .action(async (o: { json?: boolean; region?: string; staleAfter: number }, cmd: Command) => {
       checkInput({ region: o.region });
       const r = await withStore(cmd, (s) => listNodes(s, { staleAfterMs: o.staleAfter * 1000, ...(o.region !== undefined ? { region: o.region } : {}) }));
-      warnInvalid(io, r.invalid);
-      if (o.json) json(io, r);
-      else nodesTable(io, r.nodes);
+      listing(io, r, o.json, (l) => nodesTable(io, l.nodes));
     });
 
   // ------------------------------------------------------------ migrate
@@ -678,9 +667,9 @@ Prints one address per line.
   ).action(async (address: string, o: { json?: boolean }, cmd: Command) => {
     checkInput({ address });
     const r = await withStore(cmd, (s) => peersOf(s, address));
-    warnInvalid(io, r.invalid);
-    if (o.json) json(io, r);
-    else for (const p of r.peers) io.out(`${p.address}\n`);
+    listing(io, r, o.json, (l) => {
+      for (const p of l.peers) io.out(`${p.address}\n`);
+    });
   });
 
   // ------------------------------------------------------------ observe
@@ -912,9 +901,7 @@ Prints the address alone, for scripts: gw=$(i6pnctl gateway add ...).
     .action(async (o: { region?: string; json?: boolean }, cmd: Command) => {
       checkInput({ region: o.region });
       const r = await withStore(cmd, (s) => listGateways(s, o.region !== undefined ? { region: o.region } : {}));
-      warnInvalid(io, r.invalid);
-      if (o.json) json(io, r);
-      else gatewaysTable(io, r.gateways);
+      listing(io, r, o.json, (l) => gatewaysTable(io, l.gateways));
     });
 
   jsonOption(
@@ -998,9 +985,7 @@ Prints the id alone, for scripts: id=$(i6pnctl tunnel create ...).
     .action(async (o: { region?: string; endpoint?: string; json?: boolean }, cmd: Command) => {
       checkInput({ region: o.region, address: o.endpoint });
       const r = await withStore(cmd, (s) => listTunnels(s, { ...(o.region !== undefined ? { region: o.region } : {}), ...(o.endpoint !== undefined ? { endpoint: o.endpoint } : {}) }));
-      warnInvalid(io, r.invalid);
-      if (o.json) json(io, r);
-      else tunnelsTable(io, r.tunnels);
+      listing(io, r, o.json, (l) => tunnelsTable(io, l.tunnels));
     });
 
   jsonOption(
