@@ -69,6 +69,24 @@ bpffs:
 test: build bpffs
 	npx ava
 
+## unit: the tests that need neither root nor the kernel nor a server, in seconds, for an
+## edit loop (no build: tsx runs the sources). `make unit SERVERS=1` adds the root-free
+## tests that start nats-server or promtool (from make deps): the store and i6pnctl
+## against a real server, a minute or two. As root they run as nobody, so a test that
+## starts to need root or the kernel fails here and belongs out of these lists. Left out
+## though root-free: deploy-nats (a minute of server configurations), deploy-image
+## (builds the image's stages).
+UNIT_TESTS := address schema agent-decode agent-table agent-names agent-resolver \
+  binding-packet binding-layout
+UNIT_SERVER_TESTS := agent-events controller-cli controller-store controller-migrate \
+  controller-observe controller-tunnel deploy-observability deploy-fleet
+UNIT_FILES = $(patsubst %,test/%.test.ts,$(UNIT_TESTS) $(if $(SERVERS),$(UNIT_SERVER_TESTS)))
+.PHONY: unit
+unit:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME=/nonexistent node_modules/.bin/ava $(UNIT_FILES); \
+	else node_modules/.bin/ava $(UNIT_FILES); fi
+
 demo: build bpffs
 	bash test/fabric/demo.sh up
 

@@ -36,7 +36,8 @@ import { endpointIdOf, workspaceIdHex } from '../lib/address.js';
 import { ENDPOINTS_HISTORY, NODES_BUCKET, REGIONS_BUCKET, endpointsBucket } from '../lib/schema.js';
 import { freePort, startNats } from '../test/helpers/nats.js';
 import { natsServerBin } from '../test/helpers/nats-server-bin.js';
-import { PREFIX, addNs, addVeth, benchMain, cpuSeconds, onCleanup, rerunInside, sh, sleep, spawnIn, sweepStale } from './lib/netns.js';
+import { PREFIX, addNs, addVeth, benchMain, cpuSeconds, onCleanup, rerunInside, sh, spawnIn, sweepStale } from './lib/netns.js';
+import { sleep } from '../test/fabric/exec.js';
 import { endpointEntry, publishAll as publishRegion, randomAddresses, waitStored as waitRegionStored, type BenchRegion } from './lib/region.js';
 import { REPO_DIR, log, percentile, printTable, ratio, saveSection, secondsSince, type Goal, type Table } from './lib/results.js';
 

@@ -26,7 +26,8 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { RESOLVER_ADDRESS, formatAddress } from '../lib/address.js';
 import { ENDPOINTS_HISTORY, NODES_BUCKET, REGIONS_BUCKET, endpointsBucket } from '../lib/schema.js';
 import { freePort, startNats } from '../test/helpers/nats.js';
-import { PREFIX, addNs, addVeth, benchMain, nsSh, onCleanup, rerunInside, sh, sleep, spawnIn, sweepStale } from './lib/netns.js';
+import { PREFIX, addNs, addVeth, benchMain, nsSh, onCleanup, rerunInside, sh, spawnIn, sweepStale } from './lib/netns.js';
+import { sleep } from '../test/fabric/exec.js';
 import { FIRST_WORKSPACE, endpointEntry, publishAll, randomAddresses, waitStored, type BenchRegion } from './lib/region.js';
 import { REPO_DIR, log, percentile, printTable, ratio, saveSection, secondsSince, type Goal, type Table } from './lib/results.js';
 

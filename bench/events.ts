@@ -25,8 +25,12 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { natsServerBin } from '../test/helpers/nats-server-bin.js';
 import { freePort, startNats } from '../test/helpers/nats.js';
-import { addEndpoint, addRegion, connectStore, createWorkspace } from '../lib/store.js';
-import { PREFIX, addNs, addVeth, benchMain, cpuSeconds, inNs, nsSh, onCleanup, rerunInside, sh, sleep, spawnIn, sweepStale } from './lib/netns.js';
+import { addEndpoint } from '../controller/store/endpoints.js';
+import { addRegion } from '../controller/store/regions.js';
+import { connectStore } from '../lib/store.js';
+import { createWorkspace } from '../controller/store/workspaces.js';
+import { PREFIX, addNs, addVeth, benchMain, cpuSeconds, nsSh, onCleanup, rerunInside, sh, spawnIn, sweepStale } from './lib/netns.js';
+import { sleep } from '../test/fabric/exec.js';
 import { REPO_DIR, log, median, percentile, printTable, saveSection, secondsSince, type Table } from './lib/results.js';
 
 const AGENT = join(REPO_DIR, 'dist/agent/main.js');
@@ -245,7 +249,7 @@ async function outside(): Promise<void> {
   addVeth(ns, 'ep1', CONTAINER, 'eth0');
   const bpffs = `/sys/fs/bpf/${PREFIX}-events`;
   onCleanup(() => {
-    sh(inNs(ns, [process.execPath, AGENT, 'teardown', '--bpffs', bpffs]), { allowFail: true });
+    nsSh(ns, [process.execPath, AGENT, 'teardown', '--bpffs', bpffs], { allowFail: true });
     rmSync(bpffs, { recursive: true, force: true });
   });
   await rerunInside(ns, join(REPO_DIR, 'bench/events.ts'), { I6PN_BENCH_BPFFS: bpffs, I6PN_BENCH_CONTAINER: CONTAINER });

@@ -15,7 +15,8 @@
  */
 import { join } from 'node:path';
 
-import { addNs, addVeth, cleanup, mac, nsSh, spawnIn, sleep, sweepStale } from './lib/netns.js';
+import { addNs, addVeth, cleanup, mac, nsSh, spawnIn, sweepStale } from './lib/netns.js';
+import { sleep } from '../test/fabric/exec.js';
 import { REPO_DIR, log, median, percentile, printTable, ratio, saveSection, secondsSince, type Goal, type Table } from './lib/results.js';
 import type { DropArgs, DropResult, Variant } from './fabric/drop.js';
 import type { NodeArgs } from './fabric/node.js';

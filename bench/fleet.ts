@@ -59,7 +59,8 @@ import { MembershipFollower } from '../agent/watch.js';
 import { endpointIdOf, formatAddress, workspaceIdHex, writeEndpointAddress } from '../lib/address.js';
 import { ENDPOINTS_HISTORY, agentInboxPrefix, endpointsBucket } from '../lib/schema.js';
 import { startNats } from '../test/helpers/nats.js';
-import { cleanup, onCleanup, sh, sleep, spawnIn } from './lib/netns.js';
+import { cleanup, onCleanup, sh, spawnIn } from './lib/netns.js';
+import { sleep } from '../test/fabric/exec.js';
 import { REPO_DIR, log, printTable, saveSection, secondsSince, type Goal, type Table } from './lib/results.js';
 
 const SIZES = (process.env.I6PN_BENCH_FLEET_N ?? '100,1000').split(',').map(Number).filter((n) => n > 0);

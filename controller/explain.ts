@@ -14,7 +14,8 @@
 import { isPrivate, parseAddress, regionOf, workspaceOf } from '../lib/address.js';
 import { FleetModel, describeStep, firstDrop, type EndFacts, type FleetEndpoint, type PathStep } from '../lib/policy.js';
 import { endpointKey } from '../lib/schema.js';
-import { StoreError, findEndpointByName, lookupAddress, regionById, workspaceById, type Store } from '../lib/store.js';
+import { StoreError, regionById, workspaceById, type Store } from '../lib/store.js';
+import { findEndpointByName, lookupAddress } from './store/endpoints.js';
 
 /** One end as the store says it. */
 export interface ExplainedEnd {

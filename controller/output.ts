@@ -5,7 +5,11 @@
  */
 import { regionIdHex, workspaceIdHex } from '../lib/address.js';
 import type { ClusterRecord, EndpointRecord, RegionRecord, WorkspaceRecord } from '../lib/schema.js';
-import type { GatewayStatus, InvalidEntry, MigrateConflict, MigrateReport, NodeStatus, TunnelStatus } from '../lib/store.js';
+import { type GatewayStatus } from './store/gateways.js';
+import { type InvalidEntry } from '../lib/store.js';
+import { type MigrateConflict, type MigrateReport } from './store/migrate.js';
+import { type NodeStatus } from './store/nodes.js';
+import { type TunnelStatus } from './store/tunnels.js';
 import type { ExplainedEnd, Explanation } from './explain.js';
 
 export interface Io {
@@ -51,6 +55,13 @@ export function warnInvalid(io: Io, invalid: InvalidEntry[], outcome = 'not list
   for (const i of invalid) {
     io.err(`i6pnctl: warning: invalid entry ${i.bucket}/${i.key} (${i.reason}: ${i.message}) — ${outcome}; fix or delete it, only i6pnctl should write the store\n`);
   }
+}
+
+/** What a list command read: its invalid entries warned on stderr, then all of it as JSON, or `table` for people. */
+export function listing<R extends { invalid: InvalidEntry[] }>(io: Io, r: R, asJson: boolean | undefined, table: (r: R) => void): void {
+  warnInvalid(io, r.invalid);
+  if (asJson) json(io, r);
+  else table(r);
 }
 
 /** Endpoints that `migrate` found with another value in their region's bucket. */

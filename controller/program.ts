@@ -1,48 +1,23 @@
 /**
  * i6pnctl's command surface: the one module that knows the CLI parser
- * (commander). Each action parses its flags, calls lib/store.ts and prints
- * through ./output.ts. `run(argv)` returns the exit code instead of exiting,
+ * (commander). Each action parses its flags, calls the store's aggregates
+ * (./store/, on lib/store.ts) and prints through ./output.ts. `run(argv)` returns the exit code instead of exiting,
  * so that it can be driven in-process.
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import {
-  DEFAULT_NATS_URL,
-  DEFAULT_STALE_AFTER_MS,
-  StoreError,
-  addEndpoint,
-  addGateway,
-  addRegion,
-  createTunnel,
-  listGateways,
-  listTunnels,
-  removeGateway,
-  removeTunnel,
-  type TunnelStatus,
-  connectStore,
-  findEndpointByName,
-  createCluster,
-  createWorkspace,
-  deleteCluster,
-  deleteWorkspace,
-  getWorkspace,
-  listClusters,
-  listEndpoints,
-  listNodes,
-  listRegions,
-  listWorkspaces,
-  migrateEndpoints,
-  peersOf,
-  removeEndpoint,
-  renameEndpoint,
-  showCluster,
-  swapClusterRanks,
-  workspaceEndpointCounts,
-  type Store,
-} from '../lib/store.js';
+import { DEFAULT_NATS_URL, StoreError, checkInput, connectStore, getWorkspace, type Store } from '../lib/store.js';
+import { DEFAULT_STALE_AFTER_MS, listNodes } from './store/nodes.js';
+import { addEndpoint, findEndpointByName, listEndpoints, peersOf, removeEndpoint, renameEndpoint } from './store/endpoints.js';
+import { addGateway, listGateways, removeGateway } from './store/gateways.js';
+import { addRegion, listRegions } from './store/regions.js';
+import { createTunnel, listTunnels, removeTunnel, type TunnelStatus } from './store/tunnels.js';
+import { createCluster, deleteCluster, listClusters, showCluster, swapClusterRanks } from './store/clusters.js';
+import { createWorkspace, deleteWorkspace, listWorkspaces, workspaceEndpointCounts } from './store/workspaces.js';
+import { migrateEndpoints } from './store/migrate.js';
 import { formatAddress, parseAddress } from '../lib/address.js';
 import { HOOK_NAMES, REASON_NAMES } from '../agent/bpf/abi.generated.js';
-import { InvalidNameError, TUNNEL_PROTOCOLS, assertDnsLabel, assertIfname, assertName, assertNodeName, type TunnelProtocol } from '../lib/schema.js';
+import { TUNNEL_PROTOCOLS, type TunnelProtocol } from '../lib/schema.js';
 import { endLabel, explain } from './explain.js';
 import { eventLine, observe, type EventFilter } from './observe.js';
 import {
@@ -55,6 +30,7 @@ import {
   gatewaysTable,
   tunnelsTable,
   json,
+  listing,
   keyValues,
   migrateText,
   nodesTable,
@@ -165,35 +141,6 @@ function oneLineErrors(cmd: Command, io: Io): Command {
   });
 }
 
-/**
- * Input is checked before connecting, so that a typo is reported as a usage
- * error (exit 2) even when NATS is down. lib/store.ts checks again.
- */
-function check(input: {
-  region?: string | undefined;
-  workspace?: string | undefined;
-  node?: string | undefined;
-  nodes?: string[];
-  ifname?: string | undefined;
-  address?: string | undefined;
-  name?: string | undefined;
-  cluster?: string | undefined;
-}): void {
-  try {
-    if (input.name !== undefined) assertDnsLabel('endpoint', input.name);
-    if (input.cluster !== undefined) assertDnsLabel('cluster', input.cluster);
-    if (input.region !== undefined) assertName('region', input.region);
-    if (input.workspace !== undefined) assertName('workspace', input.workspace);
-    if (input.node !== undefined) assertNodeName(input.node);
-    for (const n of input.nodes ?? []) assertNodeName(n);
-    if (input.ifname !== undefined) assertIfname(input.ifname);
-    if (input.address !== undefined) parseAddress(input.address);
-  } catch (e) {
-    if (e instanceof InvalidNameError) throw new StoreError('invalid', e.what, `use ${e.rule}`);
-    throw new StoreError('invalid', (e as Error).message, 'pass an endpoint address such as fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f');
-  }
-}
-
 function parsePositiveInt(what: string, max: number) {
   return (v: string): number => {
     if (!/^[0-9]+$/.test(v)) throw new InvalidArgumentError(`${what} must be a whole number from 1 to ${max}.`);
@@ -294,7 +241,7 @@ Prints the region's name and id. --json: {"v":1,"name":"eu-west","id":2672}`,
       return n;
     })
     .action(async (name: string, o: { json?: boolean; id?: number }, cmd: Command) => {
-      check({ region: name });
+      checkInput({ region: name });
       const r = await withStore(cmd, (s) => addRegion(s, name, o.id !== undefined ? { id: o.id } : {}));
       if (o.json) json(io, r);
       else keyValues(io, [['region', r.name], ['id', `${regionIdText(r.id)} (${r.id})`]]);
@@ -311,9 +258,7 @@ Prints the region's name and id. --json: {"v":1,"name":"eu-west","id":2672}`,
     ),
   ).action(async (o: { json?: boolean }, cmd: Command) => {
     const r = await withStore(cmd, (s) => listRegions(s));
-    warnInvalid(io, r.invalid);
-    if (o.json) json(io, r);
-    else regionsTable(io, r.regions);
+    listing(io, r, o.json, (l) => regionsTable(io, l.regions));
   });
 
   // ------------------------------------------------------------ workspace
@@ -334,7 +279,7 @@ Prints the id and the subnet.
       ['i6pnctl workspace create acme', 'i6pnctl workspace create acme --json'],
     ),
   ).action(async (name: string, o: { json?: boolean }, cmd: Command) => {
-    check({ workspace: name });
+    checkInput({ workspace: name });
     const w = await withStore(cmd, (s) => createWorkspace(s, name));
     if (o.json) json(io, w);
     else keyValues(io, [['workspace', w.name], ['id', `${workspaceIdText(w.id)} (${w.id})`], ['subnet', w.subnet]]);
@@ -352,9 +297,7 @@ Prints the id and the subnet.
     ),
   ).action(async (o: { json?: boolean }, cmd: Command) => {
     const r = await withStore(cmd, (s) => listWorkspaces(s));
-    warnInvalid(io, r.invalid);
-    if (o.json) json(io, r);
-    else workspacesTable(io, r.workspaces);
+    listing(io, r, o.json, (l) => workspacesTable(io, l.workspaces));
   });
 
   jsonOption(
@@ -368,7 +311,7 @@ Prints the id and the subnet.
       ['i6pnctl workspace show acme', 'i6pnctl workspace show acme --json'],
     ),
   ).action(async (name: string, o: { json?: boolean }, cmd: Command) => {
-    check({ workspace: name });
+    checkInput({ workspace: name });
     const r = await withStore(cmd, async (s) => {
       const w = await getWorkspace(s, name);
       if (!w) throw new StoreError('not-found', `unknown workspace ${JSON.stringify(name)}`, 'list workspaces with `i6pnctl workspace list`');
@@ -402,7 +345,7 @@ taken forever; the name can be used again by a new workspace.
   )
     .option('--force', 'remove the workspace\'s endpoints, then the workspace')
     .action(async (name: string, o: { json?: boolean; force?: boolean }, cmd: Command) => {
-      check({ workspace: name });
+      checkInput({ workspace: name });
       const r = await withStore(cmd, (s) => deleteWorkspace(s, name, { force: o.force === true }));
       if (o.json) json(io, r);
       else io.out(`deleted workspace ${r.workspace.name} (${workspaceIdText(r.workspace.id)}, ${r.workspace.subnet}) and ${r.removedEndpoints.length} endpoint${r.removedEndpoints.length === 1 ? '' : 's'}\n`);
@@ -441,7 +384,7 @@ Prints the address alone, for scripts: addr=$(i6pnctl endpoint add ...).
     .option('--no-i6pn', 'register without private networking (reaches no fdaa:: address)')
     .option('--name <name>', 'its DNS name, unique in the workspace and region (a lowercase DNS label)')
     .action(async (o: { json?: boolean; workspace: string; region: string; node: string; ifname: string; i6pn: boolean; name?: string }, cmd: Command) => {
-      check(o);
+      checkInput(o);
       const e = await withStore(cmd, (s) =>
         addEndpoint(s, { workspace: o.workspace, region: o.region, node: o.node, ifname: o.ifname, i6pn: o.i6pn, ...(o.name !== undefined ? { name: o.name } : {}) }),
       );
@@ -464,7 +407,7 @@ The resolvers answer the new name within a second and the old one no more.
     .option('--clear', 'remove the endpoint\'s name')
     .action(async (address: string, name: string | undefined, o: { json?: boolean; clear?: boolean }, cmd: Command) => {
       if ((name === undefined) === (o.clear !== true)) throw new StoreError('invalid', 'pass either a name or --clear', 'see `i6pnctl endpoint rename --help`');
-      check({ address, ...(name !== undefined ? { name } : {}) });
+      checkInput({ address, ...(name !== undefined ? { name } : {}) });
       const e = await withStore(cmd, (s) => renameEndpoint(s, address, name ?? null));
       if (o.json) json(io, e);
       else io.out(e.name !== undefined ? `${e.address} is named ${e.name}\n` : `${e.address} has no name\n`);
@@ -481,7 +424,7 @@ never handed out again. The interface name on its node becomes free.
       ['i6pnctl endpoint remove fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f'],
     ),
   ).action(async (address: string, o: { json?: boolean }, cmd: Command) => {
-    check({ address });
+    checkInput({ address });
     const e = await withStore(cmd, (s) => removeEndpoint(s, address));
     if (o.json) json(io, e);
     else io.out(`removed endpoint ${e.address} (workspace ${e.workspace}, region ${e.region}, node ${e.node}, ${e.ifname})\n`);
@@ -505,7 +448,7 @@ An invalid entry is named by its bucket and its key in that bucket.`,
     .option('--region <name>', 'only this region')
     .option('--node <name>', 'only this node')
     .action(async (o: { json?: boolean; workspace?: string; region?: string; node?: string }, cmd: Command) => {
-      check(o);
+      checkInput(o);
       const r = await withStore(cmd, (s) =>
         listEndpoints(s, {
           ...(o.workspace !== undefined ? { workspace: o.workspace } : {}),
@@ -513,9 +456,7 @@ An invalid entry is named by its bucket and its key in that bucket.`,
           ...(o.node !== undefined ? { node: o.node } : {}),
         }),
       );
-      warnInvalid(io, r.invalid);
-      if (o.json) json(io, r);
-      else endpointsTable(io, r.endpoints);
+      listing(io, r, o.json, (l) => endpointsTable(io, l.endpoints));
     });
 
   // ------------------------------------------------------------ cluster
@@ -552,7 +493,7 @@ Prints one line per endpoint, in rank order: address, node, interface name.
     .option('--no-i6pn', 'register without private networking')
     .option('--name <name>', 'name the cluster (a lowercase DNS label): its members get ranks 0..size-1')
     .action(async (o: { json?: boolean; workspace: string; region: string; size: number; nodes: string[]; i6pn: boolean; name?: string }, cmd: Command) => {
-      check({ ...o, name: undefined, cluster: o.name });
+      checkInput({ ...o, name: undefined, cluster: o.name });
       const eps = await withStore(cmd, (s) =>
         createCluster(s, { workspace: o.workspace, region: o.region, size: o.size, nodes: o.nodes, i6pn: o.i6pn, ...(o.name !== undefined ? { name: o.name } : {}) }),
       );
@@ -577,11 +518,9 @@ since creation leaves its rank empty (not listed). Exit 1 when there is no such 
       ),
     ),
   ).action(async (name: string, o: { json?: boolean; workspace: string; region: string }, cmd: Command) => {
-    check({ workspace: o.workspace, region: o.region, cluster: name });
+    checkInput({ workspace: o.workspace, region: o.region, cluster: name });
     const r = await withStore(cmd, (s) => showCluster(s, { workspace: o.workspace, region: o.region, name }));
-    warnInvalid(io, r.invalid);
-    if (o.json) json(io, r);
-    else clusterMembersTable(io, r.cluster, r.members);
+    listing(io, r, o.json, (l) => clusterMembersTable(io, l.cluster, l.members));
   });
 
   jsonOption(
@@ -597,11 +536,9 @@ since creation leaves its rank empty (not listed). Exit 1 when there is no such 
     .option('--workspace <name>', 'only this workspace')
     .option('--region <name>', 'only this region')
     .action(async (o: { json?: boolean; workspace?: string; region?: string }, cmd: Command) => {
-      check(o);
+      checkInput(o);
       const r = await withStore(cmd, (s) => listClusters(s, { ...(o.workspace !== undefined ? { workspace: o.workspace } : {}), ...(o.region !== undefined ? { region: o.region } : {}) }));
-      warnInvalid(io, r.invalid);
-      if (o.json) json(io, r);
-      else clustersTable(io, r.clusters);
+      listing(io, r, o.json, (l) => clustersTable(io, l.clusters));
     });
 
   jsonOption(
@@ -618,7 +555,7 @@ are rewritten one after the other, so for a moment both may hold one rank.
       ),
     ),
   ).action(async (name: string, ra: string, rb: string, o: { json?: boolean; workspace: string; region: string }, cmd: Command) => {
-    check({ workspace: o.workspace, region: o.region, cluster: name });
+    checkInput({ workspace: o.workspace, region: o.region, cluster: name });
     const rank = (v: string): number => {
       if (!/^[0-9]{1,5}$/.test(v)) throw new StoreError('invalid', `rank ${JSON.stringify(v)} is not a whole number`, 'pass two ranks, e.g. 0 3');
       return Number(v);
@@ -643,7 +580,7 @@ handed out again), then the cluster; its name is free again.
       ),
     ),
   ).action(async (name: string, o: { json?: boolean; workspace: string; region: string }, cmd: Command) => {
-    check({ workspace: o.workspace, region: o.region, cluster: name });
+    checkInput({ workspace: o.workspace, region: o.region, cluster: name });
     const r = await withStore(cmd, (s) => deleteCluster(s, { workspace: o.workspace, region: o.region, name }));
     if (o.json) json(io, r);
     else io.out(`deleted cluster ${r.cluster.name} and ${r.removedEndpoints.length} endpoint${r.removedEndpoints.length === 1 ? '' : 's'}\n`);
@@ -667,11 +604,9 @@ and its dataplane keeps enforcing the last state it knew.
     .option('--region <name>', 'only nodes of this region')
     .option('--stale-after <seconds>', 'heartbeat age that marks a node stale', parsePositiveInt('--stale-after', 86_400), DEFAULT_STALE_AFTER_MS / 1000)
     .action(async (o: { json?: boolean; region?: string; staleAfter: number }, cmd: Command) => {
-      check({ region: o.region });
+      checkInput({ region: o.region });
       const r = await withStore(cmd, (s) => listNodes(s, { staleAfterMs: o.staleAfter * 1000, ...(o.region !== undefined ? { region: o.region } : {}) }));
-      warnInvalid(io, r.invalid);
-      if (o.json) json(io, r);
-      else nodesTable(io, r.nodes);
+      listing(io, r, o.json, (l) => nodesTable(io, l.nodes));
     });
 
   // ------------------------------------------------------------ migrate
@@ -730,11 +665,11 @@ Prints one address per line.
       ['i6pnctl peers fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f', 'i6pnctl peers fdaa:5137:3ebf:a70:1b9d:3a11:71f2:5f0f --json'],
     ),
   ).action(async (address: string, o: { json?: boolean }, cmd: Command) => {
-    check({ address });
+    checkInput({ address });
     const r = await withStore(cmd, (s) => peersOf(s, address));
-    warnInvalid(io, r.invalid);
-    if (o.json) json(io, r);
-    else for (const p of r.peers) io.out(`${p.address}\n`);
+    listing(io, r, o.json, (l) => {
+      for (const p of l.peers) io.out(`${p.address}\n`);
+    });
   });
 
   // ------------------------------------------------------------ observe
@@ -809,7 +744,7 @@ Needs the operator's (controller's) NATS credentials: agents cannot read events.
         o: { json?: boolean; workspace?: string; region?: string; node?: string; reason?: Set<string>; hook?: Set<string>; from?: string; to?: string; since?: Date; last?: number; follow?: boolean },
         cmd: Command,
       ) => {
-        check(o);
+        checkInput(o);
         if (o.follow && o.since === undefined && o.last === undefined) {
           throw new StoreError('invalid', '--follow goes with --since or --last', 'without them observe follows live events anyway');
         }
@@ -946,7 +881,7 @@ Prints the address alone, for scripts: gw=$(i6pnctl gateway add ...).
     .requiredOption('--node <name>', 'the node it runs on (a gateway node of the region)')
     .option('--ifname <ifname>', 'host-side interface name of its veth (default "i6g" + 12 hex digits of its id)')
     .action(async (o: { region: string; node: string; ifname?: string; json?: boolean }, cmd: Command) => {
-      check({ region: o.region, node: o.node, ifname: o.ifname });
+      checkInput({ region: o.region, node: o.node, ifname: o.ifname });
       const g = await withStore(cmd, (s) => addGateway(s, { region: o.region, node: o.node, ...(o.ifname !== undefined ? { ifname: o.ifname } : {}) }));
       if (o.json) json(io, g);
       else io.out(`${g.address}\n`);
@@ -964,11 +899,9 @@ Prints the address alone, for scripts: gw=$(i6pnctl gateway add ...).
   )
     .option('--region <name>', 'only this region')
     .action(async (o: { region?: string; json?: boolean }, cmd: Command) => {
-      check({ region: o.region });
+      checkInput({ region: o.region });
       const r = await withStore(cmd, (s) => listGateways(s, o.region !== undefined ? { region: o.region } : {}));
-      warnInvalid(io, r.invalid);
-      if (o.json) json(io, r);
-      else gatewaysTable(io, r.gateways);
+      listing(io, r, o.json, (l) => gatewaysTable(io, l.gateways));
     });
 
   jsonOption(
@@ -981,7 +914,7 @@ with it; its node's agent seals its veth. --json: the removed registration.`,
       ['i6pnctl gateway remove fdaa::a70:6a7e:1b9d:3a11:71f2'],
     ),
   ).action(async (address: string, o: { json?: boolean }, cmd: Command) => {
-    check({ address });
+    checkInput({ address });
     const g = await withStore(cmd, (s) => removeGateway(s, address));
     if (o.json) json(io, g);
     else io.out(`removed gateway ${g.address} (region ${g.region}, node ${g.node})\n`);
@@ -1018,7 +951,7 @@ Prints the id alone, for scripts: id=$(i6pnctl tunnel create ...).
     .option('--tls', 'the gateway terminates TLS with its certificate and relays plain TCP')
     .option('--wait <seconds>', 'wait until a gateway serves it, at most this long', parsePositiveInt('--wait', 3600))
     .action(async (o: { endpoint: string; port: number; proto: TunnelProtocol; region?: string; tls?: boolean; wait?: number; json?: boolean }, cmd: Command) => {
-      check({ region: o.region });
+      checkInput({ region: o.region });
       const t = await withStore(cmd, async (s) => {
         const created = await createTunnel(s, { endpoint: await addressOf(s, o.endpoint), port: o.port, proto: o.proto, tls: o.tls ?? false, ...(o.region !== undefined ? { region: o.region } : {}) });
         if (o.wait === undefined) return { ...created, public: [], refused: [] } as TunnelStatus;
@@ -1050,11 +983,9 @@ Prints the id alone, for scripts: id=$(i6pnctl tunnel create ...).
     .option('--region <name>', 'only this region')
     .option('--endpoint <address>', "only this endpoint's")
     .action(async (o: { region?: string; endpoint?: string; json?: boolean }, cmd: Command) => {
-      check({ region: o.region, address: o.endpoint });
+      checkInput({ region: o.region, address: o.endpoint });
       const r = await withStore(cmd, (s) => listTunnels(s, { ...(o.region !== undefined ? { region: o.region } : {}), ...(o.endpoint !== undefined ? { endpoint: o.endpoint } : {}) }));
-      warnInvalid(io, r.invalid);
-      if (o.json) json(io, r);
-      else tunnelsTable(io, r.tunnels);
+      listing(io, r, o.json, (l) => tunnelsTable(io, l.tunnels));
     });
 
   jsonOption(

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import * as abi from '../agent/bpf/abi.generated.js';
 import { AbiError, generateAbi } from '../agent/bpf/gen-abi.js';
 import { BpfObject, MapType } from '../agent/bpf/libbpf.js';
-import { I6PN_OBJECT, REPO_ROOT, compileFixture, removeFixtureBuilds } from './fixtures/binding-helpers.js';
+import { I6PN_OBJECT, REPO_ROOT, compileFixture, removeFixtureBuilds } from './helpers/binding.js';
 
 const GENERATED = join(REPO_ROOT, 'agent', 'bpf', 'abi.generated.ts');
 

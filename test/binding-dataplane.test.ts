@@ -13,7 +13,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { Dataplane, DataplaneError, LibbpfError, TC_HANDLE, TC_PRIORITY, type Endpoint } from '../agent/bpf/dataplane.js';
 import { ipv4Packet, ipv6Packet, privateAddress } from './tools/packet.js';
 import { HOOK_NAMES, REASON_NAMES, VERDICT_NAMES } from '../agent/bpf/abi.generated.js';
-import { I6PN_OBJECT, createVethPair, pinDirFor, removePinDir, sh, xdpProgIdOf } from './fixtures/binding-helpers.js';
+import { I6PN_OBJECT, createVethPair, pinDirFor, removePinDir, sh, xdpProgIdOf } from './helpers/binding.js';
 import { runLiveFrames, runPacket } from './tools/run-packet.js';
 import { reconcileTunnelMap, type Tunnel } from '../agent/tunnels.js';
 

@@ -38,7 +38,7 @@ import {
   removePinDir,
   sh,
   xdpProgIdOf,
-} from './fixtures/binding-helpers.js';
+} from './helpers/binding.js';
 
 let MINI = '';
 let REJECTED = '';

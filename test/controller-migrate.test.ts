@@ -25,23 +25,12 @@ import {
   type RegionRecord,
   type WorkspaceRecord,
 } from '../lib/schema.js';
-import {
-  StoreError,
-  addEndpoint,
-  addRegion,
-  compareVersions,
-  connectStore,
-  createCluster,
-  createWorkspace,
-  deleteWorkspace,
-  getEndpoint,
-  listEndpoints,
-  migrateEndpoints,
-  peersOf,
-  removeEndpoint,
-  workspaceEndpointCounts,
-  type Store,
-} from '../lib/store.js';
+import { StoreError, connectStore, type Store } from '../lib/store.js';
+import { addEndpoint, getEndpoint, listEndpoints, peersOf, removeEndpoint } from '../controller/store/endpoints.js';
+import { addRegion } from '../controller/store/regions.js';
+import { compareVersions, migrateEndpoints } from '../controller/store/migrate.js';
+import { createCluster } from '../controller/store/clusters.js';
+import { createWorkspace, deleteWorkspace, workspaceEndpointCounts } from '../controller/store/workspaces.js';
 import { run } from '../controller/program.js';
 import { REPO_ROOT, ctl, startNats, type NatsServer } from './helpers/nats.js';
 

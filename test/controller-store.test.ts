@@ -1,5 +1,5 @@
 /**
- * lib/store.ts against a real nats-server with JetStream: uniqueness under
+ * The store (lib/store.ts, controller/store/) against a real nats-server with JetStream: uniqueness under
  * concurrency, collisions forced through the random source, never-reused ids
  * and addresses, invalid entries, unreachable servers. In-process, for speed;
  * test/controller-cli.test.ts covers the command surface.
@@ -18,31 +18,20 @@ import {
   workspaceIdKey,
   workspaceRecord,
 } from '../lib/schema.js';
+import { StoreError, connectStore, getWorkspace, type RandomSource, type Store } from '../lib/store.js';
 import {
-  StoreError,
   addEndpoint,
-  addRegion,
-  connectStore,
-  createCluster,
-  createWorkspace,
-  deleteWorkspace,
   findEndpointByName,
   getEndpoint,
-  getWorkspace,
   listEndpoints,
-  listNodes,
-  listRegions,
-  listClusters,
-  listWorkspaces,
   peersOf,
   removeEndpoint,
   renameEndpoint,
-  deleteCluster,
-  showCluster,
-  swapClusterRanks,
-  type RandomSource,
-  type Store,
-} from '../lib/store.js';
+} from '../controller/store/endpoints.js';
+import { addRegion, listRegions } from '../controller/store/regions.js';
+import { createCluster, listClusters, deleteCluster, showCluster, swapClusterRanks } from '../controller/store/clusters.js';
+import { createWorkspace, deleteWorkspace, listWorkspaces } from '../controller/store/workspaces.js';
+import { listNodes } from '../controller/store/nodes.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
 
 const test = anyTest as TestFn<{ nats: NatsServer; store: Store }>;

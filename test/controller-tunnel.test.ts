@@ -9,7 +9,11 @@ import { randomBytes } from 'node:crypto';
 import anyTest, { type TestFn } from 'ava';
 import { GATEWAY_TAG, isGatewayAddress, parseAddress, regionOf, workspaceOf } from '../lib/address.js';
 import { GATEWAY_ROLE, gatewayKey, tunnelBucketKey, tunnelsBucket, validateEndpointEntry, validateTunnelEntry, type GatewayRecord, type TunnelRecord } from '../lib/schema.js';
-import { addEndpoint, addRegion, connectStore, createWorkspace, type Store, type TunnelStatus } from '../lib/store.js';
+import { addEndpoint } from '../controller/store/endpoints.js';
+import { addRegion } from '../controller/store/regions.js';
+import { connectStore, type Store } from '../lib/store.js';
+import { createWorkspace } from '../controller/store/workspaces.js';
+import { type TunnelStatus } from '../controller/store/tunnels.js';
 import { ctl, startNats, type NatsServer } from './helpers/nats.js';
 import { cli, oneLine } from './helpers/cli.js';
 

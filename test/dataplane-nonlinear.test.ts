@@ -18,7 +18,7 @@ import { ipv4Packet, ipv6, ipv6Packet, type Ipv6Spec } from './tools/packet.js';
 import type { ReasonName } from '../agent/bpf/dataplane.js';
 import { decide, type Reason } from '../lib/policy.js';
 import { M, R1, openFixture, type Fixture } from './helpers/golden.js';
-import { compileFixture, ifindexOf, removeFixtureBuilds } from './fixtures/binding-helpers.js';
+import { compileFixture, ifindexOf, removeFixtureBuilds } from './helpers/binding.js';
 import { runPacket } from './tools/run-packet.js';
 
 const TAP = `i6nl${process.pid % 100000}`;

@@ -33,7 +33,8 @@ import { acquireFabricLock } from './fabric/state.js';
 import { waitUntil } from './fabric/services.js';
 import { ECHO_PORT, HTTP_PORT, OTHER_PORT, PAGE_SIZE, holdConnection, pageSha256, peer, servePeer, tcpProbe, tunnelTopology, url } from './fabric/tunnels.js';
 import type { TunnelJson } from './fabric/ctl.js';
-import { connectStore, listTunnels, type Store } from '../lib/store.js';
+import { connectStore, type Store } from '../lib/store.js';
+import { listTunnels } from '../controller/store/tunnels.js';
 
 let releaseLock: (() => void) | undefined;
 let c: Cluster;

@@ -21,9 +21,12 @@ import { nodeId } from '../agent/sync.js';
 import { formatAddress, makeEndpointAddress, parseAddress, regionOf, workspaceOf } from '../lib/address.js';
 import { firstDrop } from '../lib/policy.js';
 import type { EndpointRecord } from '../lib/schema.js';
-import { addEndpoint, addRegion, connectStore, createWorkspace, removeEndpoint, type Store } from '../lib/store.js';
+import { addEndpoint, removeEndpoint } from '../controller/store/endpoints.js';
+import { addRegion } from '../controller/store/regions.js';
+import { connectStore, type Store } from '../lib/store.js';
+import { createWorkspace } from '../controller/store/workspaces.js';
 import { explain } from '../controller/explain.js';
-import { I6PN_OBJECT } from './fixtures/binding-helpers.js';
+import { I6PN_OBJECT } from './helpers/binding.js';
 import { observe } from './helpers/golden.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
 

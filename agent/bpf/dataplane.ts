@@ -211,14 +211,9 @@ export class DataplaneError extends Error {
 
 // ---------------------------------------------------------------- names, layouts
 
-export const PROGRAMS = {
-  from_fabric: 'from_fabric',
-  from_endpoint: 'from_endpoint',
-  to_endpoint: 'to_endpoint',
-  to_fabric: 'to_fabric',
-} as const;
 /** from_fabric's decision at TC ingress of the uplink (counted as from_fabric). */
 const FROM_FABRIC_TC = 'from_fabric_tc';
+/** Each hook's program, named as the hook in bpf/i6pn.bpf.c. */
 const HOOK_PROGRAMS: readonly HookName[] = abi.HOOK_NAMES;
 
 /** TC filter slot reserved for i6pn on every endpoint veth: priority 1 runs first. */
@@ -407,7 +402,7 @@ export class Dataplane {
   private constructor(object: BpfObject, pinDir: string | undefined) {
     this.object = object;
     this.pinDir = pinDir;
-    this.programs = new Map(HOOK_PROGRAMS.map((h) => [h, object.program(PROGRAMS[h])]));
+    this.programs = new Map(HOOK_PROGRAMS.map((h) => [h, object.program(h)]));
     this.fromFabricTc = object.program(FROM_FABRIC_TC);
     this.endpoints = object.map('endpoints').handle();
     this.localIfaces = object.map('local_ifaces').handle();
@@ -440,7 +435,7 @@ export class Dataplane {
     if (opts.maxLocalIfaces !== undefined) checkUint(opts.maxLocalIfaces, 32, 'maxLocalIfaces');
     const object = BpfObject.open(opts.object);
     try {
-      for (const name of HOOK_PROGRAMS) object.program(PROGRAMS[name]);
+      for (const name of HOOK_PROGRAMS) object.program(name);
       object.program(FROM_FABRIC_TC);
       if (opts.maxEndpoints) object.map('endpoints').setMaxEntries(opts.maxEndpoints);
       if (opts.maxLocalIfaces) object.map('local_ifaces').setMaxEntries(opts.maxLocalIfaces);

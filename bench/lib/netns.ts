@@ -1,10 +1,12 @@
 /**
  * Network namespaces and processes for the benches: every name carries the
  * prefix `i6b<pid>` so two runs never collide, and everything made here is
- * removed at exit, on an error and on SIGINT/SIGTERM.
+ * removed at exit, on an error and on SIGINT/SIGTERM. Commands run through
+ * the fabric's toolkit (test/fabric/exec.ts), synchronously.
  */
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { inNetns, runSync } from '../../test/fabric/exec.js';
 
 export const PREFIX = `i6b${process.pid}`;
 
@@ -15,20 +17,12 @@ let hooked = false;
 
 /** Run a command, throw with its stderr on failure; returns stdout. */
 export function sh(argv: readonly string[], opts: { input?: string; allowFail?: boolean } = {}): string {
-  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8', input: opts.input, maxBuffer: 256 << 20 });
-  if (r.status !== 0 && !opts.allowFail) {
-    throw new Error(`command failed (exit ${r.status ?? r.signal}): ${argv.join(' ')}\n${(r.stderr || r.stdout || '').trim()}`);
-  }
-  return r.stdout ?? '';
+  return runSync(argv, opts).stdout;
 }
 
-/** argv run inside a namespace. nsenter, not `ip netns exec` (which remounts /sys and hides bpffs). */
-export function inNs(ns: string, argv: readonly string[]): string[] {
-  return ['nsenter', `--net=/run/netns/${ns}`, '--', ...argv];
-}
-
+/** `sh` inside a namespace. */
 export function nsSh(ns: string, argv: readonly string[], opts: { input?: string; allowFail?: boolean } = {}): string {
-  return sh(inNs(ns, argv), opts);
+  return runSync(argv, { ...opts, netns: ns }).stdout;
 }
 
 /** A new namespace `<prefix>-<name>` with loopback up. */
@@ -69,7 +63,7 @@ export function mac(ns: string, dev: string): Uint8Array {
 export function spawnIn(ns: string | null, argv: readonly string[], opts: { stdio?: 'pipe' | 'inherit' | 'ignore'; env?: NodeJS.ProcessEnv } = {}): ChildProcess {
   hookExit();
   // The parent-death signal takes the child (and what it execs) down with this process, even on SIGKILL.
-  const full = ['setpriv', '--pdeathsig', 'KILL', ...(ns ? inNs(ns, argv) : argv)];
+  const full = ['setpriv', '--pdeathsig', 'KILL', ...inNetns(ns ?? undefined, argv)];
   const child = spawn(full[0]!, full.slice(1), { stdio: opts.stdio ?? 'pipe', env: opts.env ?? process.env });
   children.add(child);
   child.on('exit', () => children.delete(child));
@@ -167,7 +161,4 @@ export function sweepStale(): void {
   }
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 

@@ -9,7 +9,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { endpointIdOf, formatAddress, workspaceIdHex } from '../../lib/address.js';
 import { endpointsBucket } from '../../lib/schema.js';
-import { sleep } from './netns.js';
+import { sleep } from '../../test/fabric/exec.js';
 
 export interface BenchRegion {
   name: string;

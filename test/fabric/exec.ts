@@ -1,9 +1,11 @@
 /**
- * Running the real tools (ip, sysctl, ping, python3, nsenter) for the test
- * fabric. One module owns process spawning so that every command the harness
- * runs is logged the same way and fails with the command line in its message.
+ * Running the real tools (ip, sysctl, ping, python3, nsenter) in network
+ * namespaces, for the test fabric and the benches (bench/lib/netns.ts builds
+ * its run-scoped namespaces on this). One module owns process spawning so
+ * that every command is entered into its namespace the same way and fails
+ * with the command line in its message.
  */
-import { execFile, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { execFile, spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 
 export interface RunResult {
   stdout: string;
@@ -67,6 +69,20 @@ export function run(argv: readonly string[], opts: RunOptions = {}): Promise<Run
     );
     if (opts.input !== undefined) child.stdin?.end(opts.input);
   });
+}
+
+/**
+ * `run`, synchronously: for code that cannot wait (cleanup at exit, the
+ * benches' setup). Same options, same CommandError.
+ */
+export function runSync(argv: readonly string[], opts: Pick<RunOptions, 'netns' | 'input' | 'allowFail' | 'env'> = {}): RunResult {
+  const full = inNetns(opts.netns, argv);
+  const [cmd, ...args] = full;
+  if (!cmd) throw new Error('runSync: empty argv');
+  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input, maxBuffer: 256 << 20, env: opts.env ?? process.env });
+  const result = { stdout: r.stdout ?? '', stderr: r.stderr ?? '', code: r.status ?? -1 };
+  if (result.code !== 0 && !opts.allowFail) throw new CommandError(full, result);
+  return result;
 }
 
 /** `ip` with -batch: many changes in one process, stops at the first error. */

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Dataplane, type HookName, type ReasonName, type VerdictName } from '../../agent/bpf/dataplane.js';
 import { parseIpv6, privateAddress } from '../tools/packet.js';
-import { I6PN_OBJECT } from '../fixtures/binding-helpers.js';
+import { I6PN_OBJECT } from './binding.js';
 import { tunnelKey, type ModelMember, type ModelState } from '../../lib/policy.js';
 import { runPacket } from '../tools/run-packet.js';
 
