@@ -108,22 +108,47 @@ static __always_inline int i6pn_parse_l3(void *data, void *data_end, struct i6pn
 	return I6PN_PARSE_IPV6;
 }
 
-static __always_inline int i6pn_is_ext_hdr(__u8 nh)
+/*
+ * The one table of IPv6 extension headers (RFC 8200 and IANA's "IPv6
+ * Extension Header Types"), and what the chain walk does with each: walk it
+ * (options, AH, fragment), or drop the packet (routing, and the headers we do
+ * not understand). Anything else ends the chain: an upper layer (TCP, UDP,
+ * ICMPv6, ESP, no next header, ...).
+ */
+enum i6pn_ext_hdr {
+	I6PN_EXT_NONE = 0,     /* not an extension header: the upper layer */
+	I6PN_EXT_OPTIONS = 1,  /* hop-by-hop, destination options: length in 8 octets, minus one */
+	I6PN_EXT_AH = 2,       /* authentication header: length in 4 octets, minus two */
+	I6PN_EXT_FRAGMENT = 3, /* fixed 8 bytes */
+	I6PN_EXT_ROUTING = 4,  /* denied: see i6pn_walk_ext_hdrs */
+	I6PN_EXT_DENIED = 5,   /* mobility, HIP, shim6, experimental: not on the allow-list */
+};
+
+static __always_inline enum i6pn_ext_hdr i6pn_ext_hdr(__u8 nh)
 {
 	switch (nh) {
 	case IPPROTO_HOPOPTS:
-	case IPPROTO_ROUTING:
-	case IPPROTO_FRAGMENT:
-	case IPPROTO_AH:
 	case IPPROTO_DSTOPTS:
+		return I6PN_EXT_OPTIONS;
+	case IPPROTO_AH:
+		return I6PN_EXT_AH;
+	case IPPROTO_FRAGMENT:
+		return I6PN_EXT_FRAGMENT;
+	case IPPROTO_ROUTING:
+		return I6PN_EXT_ROUTING;
 	case I6PN_NEXTHDR_MOBILITY:
 	case I6PN_NEXTHDR_HIP:
 	case I6PN_NEXTHDR_SHIM6:
 	case I6PN_NEXTHDR_EXP1:
 	case I6PN_NEXTHDR_EXP2:
-		return 1;
+		return I6PN_EXT_DENIED;
 	}
-	return 0;
+	return I6PN_EXT_NONE;
+}
+
+static __always_inline int i6pn_is_ext_hdr(__u8 nh)
+{
+	return i6pn_ext_hdr(nh) != I6PN_EXT_NONE;
 }
 
 /*
@@ -143,23 +168,24 @@ static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, struct
 		__u8 *h;
 		__u32 len;
 
-		switch (nh) {
-		case IPPROTO_HOPOPTS:
-		case IPPROTO_DSTOPTS:
-		case IPPROTO_AH:
+		const enum i6pn_ext_hdr kind = i6pn_ext_hdr(nh);
+
+		switch (kind) {
+		case I6PN_EXT_OPTIONS:
+		case I6PN_EXT_AH:
 			if (off > I6PN_MAX_HDR_OFFSET)
 				return I6PN_DROP_EXT_HDR_LIMIT;
 			h = data + off;
 			if ((void *)(h + 2) > data_end)
 				return I6PN_DROP_TRUNCATED;
-			len = nh == IPPROTO_AH ? ((__u32)h[1] + 2) * 4 : ((__u32)h[1] + 1) * 8;
+			len = kind == I6PN_EXT_AH ? ((__u32)h[1] + 2) * 4 : ((__u32)h[1] + 1) * 8;
 			nh = h[0];
 			off += len;
 			/* The whole header must be there, not just its first bytes. */
 			if (data + off > data_end)
 				return I6PN_DROP_TRUNCATED;
 			break;
-		case IPPROTO_FRAGMENT:
+		case I6PN_EXT_FRAGMENT:
 			if (off > I6PN_MAX_HDR_OFFSET)
 				return I6PN_DROP_EXT_HDR_LIMIT;
 			h = data + off;
@@ -177,21 +203,17 @@ static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, struct
 			nh = h[0];
 			off += 8;
 			break;
-		case IPPROTO_ROUTING:
+		case I6PN_EXT_ROUTING:
 			/*
 			 * Attack: a routing header's segments would steer the packet,
 			 * after our check of the fixed header's destination, into
 			 * another workspace or region.
 			 */
 			return I6PN_DROP_ROUTING_HEADER;
-		case I6PN_NEXTHDR_MOBILITY:
-		case I6PN_NEXTHDR_HIP:
-		case I6PN_NEXTHDR_SHIM6:
-		case I6PN_NEXTHDR_EXP1:
-		case I6PN_NEXTHDR_EXP2:
+		case I6PN_EXT_DENIED:
 			/* Headers we do not understand could change where it goes. */
 			return I6PN_DROP_EXT_HDR_DENIED;
-		default:
+		case I6PN_EXT_NONE:
 			/* upper layer (TCP, UDP, ICMPv6, ESP, no next header, ...) */
 			pkt->upper = nh;
 			pkt->upper_off = off;
