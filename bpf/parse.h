@@ -44,11 +44,11 @@ struct i6pn_pkt {
 	__u32 deliver_to; /* a passed private packet's destination veth, when bound on this node, else 0 */
 };
 
-/* Outcome of the L2/L3 parse when it did not produce an IPv6 packet. */
-enum i6pn_parse {
-	I6PN_PARSE_IPV6 = 0,
-	I6PN_PARSE_NOT_IPV6 = 1, /* IPv4, ARP, ...: not ours */
-};
+/*
+ * What a step of a decision returns besides an enum i6pn_reason (a verdict):
+ * no verdict yet, go on. The convention is in the header of policy.h.
+ */
+#define I6PN_CONTINUE I6PN_REASON_MAX
 
 static __always_inline int i6pn_is_vlan(__u16 proto_be)
 {
@@ -56,9 +56,10 @@ static __always_inline int i6pn_is_vlan(__u16 proto_be)
 }
 
 /*
- * Parse Ethernet, VLAN tags and the fixed IPv6 header.
- * Returns I6PN_PARSE_IPV6 (pkt filled), I6PN_PARSE_NOT_IPV6, or a negative
- * i6pn_reason to drop with.
+ * Parse Ethernet, VLAN tags and the fixed IPv6 header. Returns
+ * I6PN_CONTINUE for an IPv6 packet (pkt filled), I6PN_PASS_NOT_PRIVATE for
+ * anything else (IPv4, ARP, ...: not ours, pkt untouched), or the reason to
+ * drop with.
  */
 static __always_inline int i6pn_parse_l3(void *data, void *data_end, struct i6pn_pkt *pkt)
 {
@@ -68,7 +69,7 @@ static __always_inline int i6pn_parse_l3(void *data, void *data_end, struct i6pn
 
 	/* A frame too short for its Ethernet header may hide anything. */
 	if ((void *)(eth + 1) > data_end)
-		return -I6PN_DROP_TRUNCATED;
+		return I6PN_DROP_TRUNCATED;
 	proto = eth->h_proto;
 
 #pragma unroll
@@ -81,7 +82,7 @@ static __always_inline int i6pn_parse_l3(void *data, void *data_end, struct i6pn
 		if (!i6pn_is_vlan(proto))
 			break;
 		if ((void *)(vh + 1) > data_end)
-			return -I6PN_DROP_TRUNCATED;
+			return I6PN_DROP_TRUNCATED;
 		proto = vh->proto;
 		off += sizeof(*vh);
 	}
@@ -90,22 +91,22 @@ static __always_inline int i6pn_parse_l3(void *data, void *data_end, struct i6pn
 	 * private packet. We cannot prove it is not ours, so it is dropped.
 	 */
 	if (i6pn_is_vlan(proto))
-		return -I6PN_DROP_VLAN_DEPTH;
+		return I6PN_DROP_VLAN_DEPTH;
 	if (proto != bpf_htons(ETH_P_IPV6))
-		return I6PN_PARSE_NOT_IPV6;
+		return I6PN_PASS_NOT_PRIVATE;
 
 	struct ipv6hdr *ip6 = data + off;
 
 	if ((void *)(ip6 + 1) > data_end)
-		return -I6PN_DROP_TRUNCATED;
+		return I6PN_DROP_TRUNCATED;
 	if (ip6->version != 6)
-		return -I6PN_DROP_MALFORMED;
+		return I6PN_DROP_MALFORMED;
 	__builtin_memcpy(&pkt->src, &ip6->saddr, sizeof(pkt->src));
 	__builtin_memcpy(&pkt->dst, &ip6->daddr, sizeof(pkt->dst));
 	pkt->nexthdr = ip6->nexthdr;
 	pkt->hop_limit = ip6->hop_limit;
 	pkt->l4_off = off + sizeof(*ip6);
-	return I6PN_PARSE_IPV6;
+	return I6PN_CONTINUE;
 }
 
 /*
@@ -154,9 +155,9 @@ static __always_inline int i6pn_is_ext_hdr(__u8 nh)
 /*
  * Walk the extension header chain of a private packet from the allow-list
  * (hop-by-hop, destination options, fragment, AH), at most I6PN_MAX_EXT_HDRS
- * headers. Returns 0 when the chain ends in an upper-layer header (or a
- * non-first fragment), with pkt->upper and pkt->upper_off set, else the
- * i6pn_reason to drop with.
+ * headers. Returns I6PN_CONTINUE when the chain ends in an upper-layer
+ * header (or a non-first fragment), with pkt->upper and pkt->upper_off set,
+ * else the reason to drop with.
  */
 static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, struct i6pn_pkt *pkt)
 {
@@ -198,7 +199,7 @@ static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, struct
 			if ((((__u16)h[2] << 8 | h[3]) & 0xfff8) != 0) {
 				pkt->upper = IPPROTO_FRAGMENT;
 				pkt->upper_off = off;
-				return 0;
+				return I6PN_CONTINUE;
 			}
 			nh = h[0];
 			off += 8;
@@ -217,7 +218,7 @@ static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, struct
 			/* upper layer (TCP, UDP, ICMPv6, ESP, no next header, ...) */
 			pkt->upper = nh;
 			pkt->upper_off = off;
-			return 0;
+			return I6PN_CONTINUE;
 		}
 	}
 	/* Attack: a chain longer than we walk could hide a routing header. */
@@ -225,7 +226,7 @@ static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, struct
 		return I6PN_DROP_EXT_HDR_LIMIT;
 	pkt->upper = nh;
 	pkt->upper_off = off;
-	return 0;
+	return I6PN_CONTINUE;
 }
 
 #endif /* I6PN_PARSE_H */
