@@ -116,7 +116,7 @@ static __always_inline int i6pn_parse_l3(void *data, void *data_end, struct i6pn
  * not understand). Anything else ends the chain: an upper layer (TCP, UDP,
  * ICMPv6, ESP, no next header, ...).
  */
-enum i6pn_ext_hdr {
+enum i6pn_ext_kind {
 	I6PN_EXT_NONE = 0,     /* not an extension header: the upper layer */
 	I6PN_EXT_OPTIONS = 1,  /* hop-by-hop, destination options: length in 8 octets, minus one */
 	I6PN_EXT_AH = 2,       /* authentication header: length in 4 octets, minus two */
@@ -125,7 +125,7 @@ enum i6pn_ext_hdr {
 	I6PN_EXT_DENIED = 5,   /* mobility, HIP, shim6, experimental: not on the allow-list */
 };
 
-static __always_inline enum i6pn_ext_hdr i6pn_ext_hdr(__u8 nh)
+static __always_inline enum i6pn_ext_kind i6pn_ext_hdr(__u8 nh)
 {
 	switch (nh) {
 	case IPPROTO_HOPOPTS:
@@ -169,7 +169,7 @@ static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, struct
 		__u8 *h;
 		__u32 len;
 
-		const enum i6pn_ext_hdr kind = i6pn_ext_hdr(nh);
+		const enum i6pn_ext_kind kind = i6pn_ext_hdr(nh);
 
 		switch (kind) {
 		case I6PN_EXT_OPTIONS:
