@@ -77,40 +77,64 @@ static __always_inline int i6pn_tc_pass(const struct i6pn_config *cfg, int reaso
 	return TC_ACT_OK;
 }
 
-/* One veth hook: `to_endpoint` is a constant at each call. */
-static __always_inline int i6pn_tc_veth(struct __sk_buff *skb, __u32 hook, const int to_endpoint)
+/* The decision of one TC hook. `hook` is a constant at each call: each program keeps only its own. */
+static __always_inline int i6pn_tc_decide(struct __sk_buff *skb, const __u32 hook, const struct i6pn_config *cfg,
+					  struct i6pn_pkt *pkt)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	switch (hook) {
+	case I6PN_HOOK_FROM_FABRIC:
+		return i6pn_decide_from_fabric(data, data_end, cfg, pkt);
+	case I6PN_HOOK_FROM_ENDPOINT:
+		return i6pn_decide_veth(skb, data, data_end, skb->ifindex, skb->ingress_ifindex, cfg, pkt, 0);
+	case I6PN_HOOK_TO_ENDPOINT:
+		return i6pn_decide_veth(skb, data, data_end, skb->ifindex, skb->ingress_ifindex, cfg, pkt, 1);
+	default:
+		return i6pn_decide_to_fabric(data, data_end, skb->ingress_ifindex, pkt);
+	}
+}
+
+/*
+ * Every TC hook: the config (once per packet), the decision, once more after
+ * a pull when a read stopped at the linear end (see I6PN_PULL_LEN), the count,
+ * the action. What enters the node (from_endpoint, from_fabric) may take the
+ * local fast path; what leaves it (to_endpoint, to_fabric) just goes on.
+ */
+static __always_inline int i6pn_tc(struct __sk_buff *skb, const __u32 hook)
 {
 	const struct i6pn_config *cfg = i6pn_config();
 	struct i6pn_pkt pkt = {};
 	int reason;
 
 	if (!cfg)
-		return TC_ACT_SHOT;
-	reason = i6pn_decide_veth(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->ifindex,
-				  skb->ingress_ifindex, cfg, &pkt, to_endpoint);
+		return TC_ACT_SHOT; /* cannot happen (an array's entry 0); fail closed */
+	reason = i6pn_tc_decide(skb, hook, cfg, &pkt);
 	if (i6pn_pull_again(skb, reason, &pkt)) {
 		__builtin_memset(&pkt, 0, sizeof(pkt));
-		reason = i6pn_decide_veth(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->ifindex,
-					  skb->ingress_ifindex, cfg, &pkt, to_endpoint);
+		reason = i6pn_tc_decide(skb, hook, cfg, &pkt);
 	}
-	if (!i6pn_verdict(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, 1, cfg, hook, reason, &pkt, skb->ifindex,
-			  skb->len))
+	if (!i6pn_verdict(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, 1, cfg, hook, reason, &pkt,
+			  skb->ifindex, skb->len))
 		return TC_ACT_SHOT;
-	return to_endpoint ? TC_ACT_OK : i6pn_tc_pass(cfg, reason, &pkt);
+	if (hook == I6PN_HOOK_TO_ENDPOINT || hook == I6PN_HOOK_TO_FABRIC)
+		return TC_ACT_OK;
+	return i6pn_tc_pass(cfg, reason, &pkt);
 }
 
 /* TC ingress on an endpoint's host-side veth: what the container sends. */
 SEC("tc")
 int from_endpoint(struct __sk_buff *skb)
 {
-	return i6pn_tc_veth(skb, I6PN_HOOK_FROM_ENDPOINT, 0);
+	return i6pn_tc(skb, I6PN_HOOK_FROM_ENDPOINT);
 }
 
 /* TC egress on the same veth: what reaches the container, from any path. */
 SEC("tc")
 int to_endpoint(struct __sk_buff *skb)
 {
-	return i6pn_tc_veth(skb, I6PN_HOOK_TO_ENDPOINT, 1);
+	return i6pn_tc(skb, I6PN_HOOK_TO_ENDPOINT);
 }
 
 /*
@@ -122,44 +146,14 @@ int to_endpoint(struct __sk_buff *skb)
 SEC("tc")
 int from_fabric_tc(struct __sk_buff *skb)
 {
-	const struct i6pn_config *cfg = i6pn_config();
-	struct i6pn_pkt pkt = {};
-	int reason;
-
-	if (!cfg)
-		return TC_ACT_SHOT;
-	reason = i6pn_decide_from_fabric((void *)(long)skb->data, (void *)(long)skb->data_end, cfg, &pkt);
-	if (i6pn_pull_again(skb, reason, &pkt)) {
-		__builtin_memset(&pkt, 0, sizeof(pkt));
-		reason = i6pn_decide_from_fabric((void *)(long)skb->data, (void *)(long)skb->data_end, cfg, &pkt);
-	}
-	if (!i6pn_verdict(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, 1, cfg, I6PN_HOOK_FROM_FABRIC, reason,
-			  &pkt, skb->ifindex, skb->len))
-		return TC_ACT_SHOT;
-	return i6pn_tc_pass(cfg, reason, &pkt);
+	return i6pn_tc(skb, I6PN_HOOK_FROM_FABRIC);
 }
 
 /* TC egress on the uplink: private packets leave only from their source's own veth. */
 SEC("tc")
 int to_fabric(struct __sk_buff *skb)
 {
-	const struct i6pn_config *cfg = i6pn_config();
-	struct i6pn_pkt pkt = {};
-	int reason;
-
-	if (!cfg)
-		return TC_ACT_SHOT;
-	reason = i6pn_decide_to_fabric((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ingress_ifindex,
-				       &pkt);
-	if (i6pn_pull_again(skb, reason, &pkt)) {
-		__builtin_memset(&pkt, 0, sizeof(pkt));
-		reason = i6pn_decide_to_fabric((void *)(long)skb->data, (void *)(long)skb->data_end,
-					       skb->ingress_ifindex, &pkt);
-	}
-	return i6pn_verdict(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, 1, cfg, I6PN_HOOK_TO_FABRIC, reason,
-			    &pkt, skb->ifindex, skb->len)
-		       ? TC_ACT_OK
-		       : TC_ACT_SHOT;
+	return i6pn_tc(skb, I6PN_HOOK_TO_FABRIC);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -254,7 +254,8 @@ struct i6pn_event_stats {
 /*
  * Carries every enum and the event layout into BTF (the ring buffer and enum
  * constants are otherwise invisible to it), so the agent's generated ABI module
- * cannot drift from this header. The map is never read or written.
+ * cannot drift from this header. The map is never read or written, nor
+ * created in the kernel (see maps.h).
  */
 struct i6pn_abi {
 	enum i6pn_hook hook;

@@ -77,7 +77,11 @@ struct {
 	__uint(max_entries, 1);
 } sync_state SEC(".maps");
 
-/* BTF carrier for the ABI (see struct i6pn_abi); never read or written. */
+/*
+ * BTF carrier for the ABI (see struct i6pn_abi); never read or written, and
+ * never created in the kernel: the agent turns its autocreate off before
+ * load (agent/bpf/dataplane.ts). Only its type in the object's BTF matters.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);

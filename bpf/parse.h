@@ -44,11 +44,11 @@ struct i6pn_pkt {
 	__u32 deliver_to; /* a passed private packet's destination veth, when bound on this node, else 0 */
 };
 
-/* Outcome of the L2/L3 parse when it did not produce an IPv6 packet. */
-enum i6pn_parse {
-	I6PN_PARSE_IPV6 = 0,
-	I6PN_PARSE_NOT_IPV6 = 1, /* IPv4, ARP, ...: not ours */
-};
+/*
+ * What a step of a decision returns besides an enum i6pn_reason (a verdict):
+ * no verdict yet, go on. The convention is in the header of policy.h.
+ */
+#define I6PN_CONTINUE I6PN_REASON_MAX
 
 static __always_inline int i6pn_is_vlan(__u16 proto_be)
 {
@@ -56,9 +56,10 @@ static __always_inline int i6pn_is_vlan(__u16 proto_be)
 }
 
 /*
- * Parse Ethernet, VLAN tags and the fixed IPv6 header.
- * Returns I6PN_PARSE_IPV6 (pkt filled), I6PN_PARSE_NOT_IPV6, or a negative
- * i6pn_reason to drop with.
+ * Parse Ethernet, VLAN tags and the fixed IPv6 header. Returns
+ * I6PN_CONTINUE for an IPv6 packet (pkt filled), I6PN_PASS_NOT_PRIVATE for
+ * anything else (IPv4, ARP, ...: not ours, pkt untouched), or the reason to
+ * drop with.
  */
 static __always_inline int i6pn_parse_l3(void *data, void *data_end, struct i6pn_pkt *pkt)
 {
@@ -68,7 +69,7 @@ static __always_inline int i6pn_parse_l3(void *data, void *data_end, struct i6pn
 
 	/* A frame too short for its Ethernet header may hide anything. */
 	if ((void *)(eth + 1) > data_end)
-		return -I6PN_DROP_TRUNCATED;
+		return I6PN_DROP_TRUNCATED;
 	proto = eth->h_proto;
 
 #pragma unroll
@@ -81,7 +82,7 @@ static __always_inline int i6pn_parse_l3(void *data, void *data_end, struct i6pn
 		if (!i6pn_is_vlan(proto))
 			break;
 		if ((void *)(vh + 1) > data_end)
-			return -I6PN_DROP_TRUNCATED;
+			return I6PN_DROP_TRUNCATED;
 		proto = vh->proto;
 		off += sizeof(*vh);
 	}
@@ -90,48 +91,73 @@ static __always_inline int i6pn_parse_l3(void *data, void *data_end, struct i6pn
 	 * private packet. We cannot prove it is not ours, so it is dropped.
 	 */
 	if (i6pn_is_vlan(proto))
-		return -I6PN_DROP_VLAN_DEPTH;
+		return I6PN_DROP_VLAN_DEPTH;
 	if (proto != bpf_htons(ETH_P_IPV6))
-		return I6PN_PARSE_NOT_IPV6;
+		return I6PN_PASS_NOT_PRIVATE;
 
 	struct ipv6hdr *ip6 = data + off;
 
 	if ((void *)(ip6 + 1) > data_end)
-		return -I6PN_DROP_TRUNCATED;
+		return I6PN_DROP_TRUNCATED;
 	if (ip6->version != 6)
-		return -I6PN_DROP_MALFORMED;
+		return I6PN_DROP_MALFORMED;
 	__builtin_memcpy(&pkt->src, &ip6->saddr, sizeof(pkt->src));
 	__builtin_memcpy(&pkt->dst, &ip6->daddr, sizeof(pkt->dst));
 	pkt->nexthdr = ip6->nexthdr;
 	pkt->hop_limit = ip6->hop_limit;
 	pkt->l4_off = off + sizeof(*ip6);
-	return I6PN_PARSE_IPV6;
+	return I6PN_CONTINUE;
 }
 
-static __always_inline int i6pn_is_ext_hdr(__u8 nh)
+/*
+ * The one table of IPv6 extension headers (RFC 8200 and IANA's "IPv6
+ * Extension Header Types"), and what the chain walk does with each: walk it
+ * (options, AH, fragment), or drop the packet (routing, and the headers we do
+ * not understand). Anything else ends the chain: an upper layer (TCP, UDP,
+ * ICMPv6, ESP, no next header, ...).
+ */
+enum i6pn_ext_kind {
+	I6PN_EXT_NONE = 0,     /* not an extension header: the upper layer */
+	I6PN_EXT_OPTIONS = 1,  /* hop-by-hop, destination options: length in 8 octets, minus one */
+	I6PN_EXT_AH = 2,       /* authentication header: length in 4 octets, minus two */
+	I6PN_EXT_FRAGMENT = 3, /* fixed 8 bytes */
+	I6PN_EXT_ROUTING = 4,  /* denied: see i6pn_walk_ext_hdrs */
+	I6PN_EXT_DENIED = 5,   /* mobility, HIP, shim6, experimental: not on the allow-list */
+};
+
+static __always_inline enum i6pn_ext_kind i6pn_ext_hdr(__u8 nh)
 {
 	switch (nh) {
 	case IPPROTO_HOPOPTS:
-	case IPPROTO_ROUTING:
-	case IPPROTO_FRAGMENT:
-	case IPPROTO_AH:
 	case IPPROTO_DSTOPTS:
+		return I6PN_EXT_OPTIONS;
+	case IPPROTO_AH:
+		return I6PN_EXT_AH;
+	case IPPROTO_FRAGMENT:
+		return I6PN_EXT_FRAGMENT;
+	case IPPROTO_ROUTING:
+		return I6PN_EXT_ROUTING;
 	case I6PN_NEXTHDR_MOBILITY:
 	case I6PN_NEXTHDR_HIP:
 	case I6PN_NEXTHDR_SHIM6:
 	case I6PN_NEXTHDR_EXP1:
 	case I6PN_NEXTHDR_EXP2:
-		return 1;
+		return I6PN_EXT_DENIED;
 	}
-	return 0;
+	return I6PN_EXT_NONE;
+}
+
+static __always_inline int i6pn_is_ext_hdr(__u8 nh)
+{
+	return i6pn_ext_hdr(nh) != I6PN_EXT_NONE;
 }
 
 /*
  * Walk the extension header chain of a private packet from the allow-list
  * (hop-by-hop, destination options, fragment, AH), at most I6PN_MAX_EXT_HDRS
- * headers. Returns 0 when the chain ends in an upper-layer header (or a
- * non-first fragment), with pkt->upper and pkt->upper_off set, else the
- * i6pn_reason to drop with.
+ * headers. Returns I6PN_CONTINUE when the chain ends in an upper-layer
+ * header (or a non-first fragment), with pkt->upper and pkt->upper_off set,
+ * else the reason to drop with.
  */
 static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, struct i6pn_pkt *pkt)
 {
@@ -143,23 +169,24 @@ static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, struct
 		__u8 *h;
 		__u32 len;
 
-		switch (nh) {
-		case IPPROTO_HOPOPTS:
-		case IPPROTO_DSTOPTS:
-		case IPPROTO_AH:
+		const enum i6pn_ext_kind kind = i6pn_ext_hdr(nh);
+
+		switch (kind) {
+		case I6PN_EXT_OPTIONS:
+		case I6PN_EXT_AH:
 			if (off > I6PN_MAX_HDR_OFFSET)
 				return I6PN_DROP_EXT_HDR_LIMIT;
 			h = data + off;
 			if ((void *)(h + 2) > data_end)
 				return I6PN_DROP_TRUNCATED;
-			len = nh == IPPROTO_AH ? ((__u32)h[1] + 2) * 4 : ((__u32)h[1] + 1) * 8;
+			len = kind == I6PN_EXT_AH ? ((__u32)h[1] + 2) * 4 : ((__u32)h[1] + 1) * 8;
 			nh = h[0];
 			off += len;
 			/* The whole header must be there, not just its first bytes. */
 			if (data + off > data_end)
 				return I6PN_DROP_TRUNCATED;
 			break;
-		case IPPROTO_FRAGMENT:
+		case I6PN_EXT_FRAGMENT:
 			if (off > I6PN_MAX_HDR_OFFSET)
 				return I6PN_DROP_EXT_HDR_LIMIT;
 			h = data + off;
@@ -172,30 +199,26 @@ static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, struct
 			if ((((__u16)h[2] << 8 | h[3]) & 0xfff8) != 0) {
 				pkt->upper = IPPROTO_FRAGMENT;
 				pkt->upper_off = off;
-				return 0;
+				return I6PN_CONTINUE;
 			}
 			nh = h[0];
 			off += 8;
 			break;
-		case IPPROTO_ROUTING:
+		case I6PN_EXT_ROUTING:
 			/*
 			 * Attack: a routing header's segments would steer the packet,
 			 * after our check of the fixed header's destination, into
 			 * another workspace or region.
 			 */
 			return I6PN_DROP_ROUTING_HEADER;
-		case I6PN_NEXTHDR_MOBILITY:
-		case I6PN_NEXTHDR_HIP:
-		case I6PN_NEXTHDR_SHIM6:
-		case I6PN_NEXTHDR_EXP1:
-		case I6PN_NEXTHDR_EXP2:
+		case I6PN_EXT_DENIED:
 			/* Headers we do not understand could change where it goes. */
 			return I6PN_DROP_EXT_HDR_DENIED;
-		default:
+		case I6PN_EXT_NONE:
 			/* upper layer (TCP, UDP, ICMPv6, ESP, no next header, ...) */
 			pkt->upper = nh;
 			pkt->upper_off = off;
-			return 0;
+			return I6PN_CONTINUE;
 		}
 	}
 	/* Attack: a chain longer than we walk could hide a routing header. */
@@ -203,7 +226,7 @@ static __always_inline int i6pn_walk_ext_hdrs(void *data, void *data_end, struct
 		return I6PN_DROP_EXT_HDR_LIMIT;
 	pkt->upper = nh;
 	pkt->upper_off = off;
-	return 0;
+	return I6PN_CONTINUE;
 }
 
 #endif /* I6PN_PARSE_H */

@@ -71,6 +71,35 @@
  * The TypeScript model in lib/policy.ts states the same rules; the golden
  * and property tests hold the programs to it, and `i6pnctl explain` answers
  * from it.
+ *
+ * Conventions of bpf/ (parse.h, this file, i6pn.bpf.c):
+ *
+ *   - A step of a decision returns an int that is either an enum
+ *     i6pn_reason, the packet's verdict (a pass or a drop, final), or
+ *     I6PN_CONTINUE (parse.h): no verdict yet, the caller goes on to its
+ *     next check. A caller hands a verdict up unchanged:
+ *
+ *         r = i6pn_walk_ext_hdrs(data, data_end, pkt);
+ *         if (r != I6PN_CONTINUE)
+ *                 return r;
+ *
+ *     Nothing is negative, and 0 is I6PN_PASS_PRIVATE, never "no error".
+ *     The i6pn_decide_* functions, and the last steps they end in
+ *     (i6pn_members_agree, i6pn_tunnel_rule), always return a verdict; only
+ *     i6pn_verdict() turns it into pass (1) or drop (0), counting it.
+ *   - Predicates (i6pn_addr_*, i6pn_is_*, i6pn_icmp_error_about,
+ *     i6pn_l4_port_is) return 0 or 1; accessors return a value
+ *     (i6pn_ext_hdr, i6pn_class_of, i6pn_icmp_type: -1 for none).
+ *   - The config is looked up once per packet, by the program's entry point
+ *     (i6pn.bpf.c), and the same pointer goes to the decision and to
+ *     i6pn_verdict(); a pull and a second decision reuse it.
+ *   - Helpers are static __always_inline and take offsets or copies, never
+ *     hand a pointer into the packet out; every read is checked against
+ *     data_end; loops are bounded (I6PN_MAX_VLAN_TAGS, I6PN_MAX_EXT_HDRS);
+ *     a check that exists for security says which attack it stops.
+ *   - One table per idea: extension headers in i6pn_ext_hdr() (parse.h),
+ *     reasons, hooks and verdicts in i6pn.h (the agent's copy generated from
+ *     BTF).
  */
 #ifndef I6PN_POLICY_H
 #define I6PN_POLICY_H
@@ -82,7 +111,6 @@
 #define AF_INET6 10
 #endif
 
-#define I6PN_CONTINUE I6PN_REASON_MAX /* sentinel: no verdict yet */
 #define I6PN_NSEC_PER_SEC 1000000000ULL
 
 /* Where a quoted or upper-layer header may start at most (bounds the verifier); a mask. */
@@ -344,7 +372,7 @@ static __always_inline int i6pn_mixed_at_uplink(void *data, void *data_end, stru
 	if (i6pn_addr_private(&pkt->src))
 		return I6PN_DROP_OUTSIDE;
 	r = i6pn_walk_ext_hdrs(data, data_end, pkt);
-	if (r)
+	if (r != I6PN_CONTINUE)
 		return r;
 	return i6pn_icmp_error_about(data, data_end, pkt, &pkt->dst) ? I6PN_PASS_ICMP_ERROR : I6PN_DROP_OUTSIDE;
 }
@@ -354,10 +382,8 @@ static __always_inline int i6pn_parse_at_uplink(void *data, void *data_end, stru
 {
 	int r = i6pn_parse_l3(data, data_end, pkt);
 
-	if (r == I6PN_PARSE_NOT_IPV6)
-		return I6PN_PASS_NOT_PRIVATE;
-	if (r < 0)
-		return -r;
+	if (r != I6PN_CONTINUE)
+		return r; /* a drop, or not IPv6: pass_not_private */
 	if (i6pn_class_of(pkt) == I6PN_CLASS_PUBLIC)
 		return I6PN_PASS_NOT_PRIVATE;
 	return I6PN_CONTINUE;
@@ -393,7 +419,7 @@ static __always_inline int i6pn_decide_from_fabric(void *data, void *data_end, c
 	if (i6pn_region_bits(&pkt->dst) != cfg->region)
 		return I6PN_DROP_NOT_LOCAL;
 	r = i6pn_walk_ext_hdrs(data, data_end, pkt);
-	if (r)
+	if (r != I6PN_CONTINUE)
 		return r;
 
 	dst = bpf_map_lookup_elem(&endpoints, &pkt->dst);
@@ -466,7 +492,7 @@ static __always_inline int i6pn_veth_not_private(void *ctx, void *data, void *da
 	int r = i6pn_walk_ext_hdrs(data, data_end, pkt);
 	int type;
 
-	if (r)
+	if (r != I6PN_CONTINUE)
 		return r;
 	type = i6pn_icmp_type(data, data_end, pkt);
 	if (!to_endpoint) {
@@ -552,7 +578,7 @@ static __always_inline int i6pn_resolver_veth(void *data, void *data_end, __u32 
 {
 	int r = i6pn_walk_ext_hdrs(data, data_end, pkt);
 
-	if (r)
+	if (r != I6PN_CONTINUE)
 		return r;
 	if (to_endpoint) {
 		if (!i6pn_addr_eq(&pkt->dst, &iface->addr))
@@ -583,13 +609,15 @@ static __always_inline int i6pn_decide_veth(void *ctx, void *data, void *data_en
 {
 	struct i6pn_local_iface *iface;
 	int r = i6pn_parse_l3(data, data_end, pkt);
+	/* Not IPv6: not ours at the uplink, but a veth carries i6pn only (non_private, below). */
+	const int ipv6 = r == I6PN_CONTINUE;
 	int cls = I6PN_CLASS_PUBLIC;
 	int resolver = 0;
 	int tunnel = 0;
 
-	if (r < 0)
-		return -r;
-	if (r == I6PN_PARSE_IPV6) {
+	if (!ipv6 && r != I6PN_PASS_NOT_PRIVATE)
+		return r;
+	if (ipv6) {
 		cls = i6pn_class_of(pkt);
 		/* The node resolver's side of the packet: the destination going in, the source going out. */
 		resolver = cls == I6PN_CLASS_PRIVATE && i6pn_addr_resolver(to_endpoint ? &pkt->src : &pkt->dst);
@@ -608,14 +636,14 @@ static __always_inline int i6pn_decide_veth(void *ctx, void *data, void *data_en
 	/* A revoked endpoint's veth: nothing in, nothing out, until it is gone. */
 	if (iface->flags & I6PN_EP_SEALED)
 		return I6PN_DROP_SEALED;
-	if (r == I6PN_PARSE_NOT_IPV6)
+	if (!ipv6)
 		return I6PN_DROP_NON_PRIVATE;
 	if (cls != I6PN_CLASS_PRIVATE)
 		return i6pn_veth_not_private(ctx, data, data_end, ifindex, cfg, iface, pkt, cls, to_endpoint);
 	if (resolver)
 		return i6pn_resolver_veth(data, data_end, ingress, iface, pkt, to_endpoint);
 	r = i6pn_walk_ext_hdrs(data, data_end, pkt);
-	if (r)
+	if (r != I6PN_CONTINUE)
 		return r;
 	if (to_endpoint) {
 		/* Only the veth's own endpoint is reachable through it. */

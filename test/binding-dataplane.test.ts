@@ -8,13 +8,14 @@
  * the plumbing.
  */
 import test from 'ava';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 
 import { Dataplane, DataplaneError, LibbpfError, TC_HANDLE, TC_PRIORITY, type Endpoint } from '../agent/bpf/dataplane.js';
 import { ipv4Packet, ipv6Packet, privateAddress } from './tools/packet.js';
 import { HOOK_NAMES, REASON_NAMES, VERDICT_NAMES } from '../agent/bpf/abi.generated.js';
 import { I6PN_OBJECT, createVethPair, pinDirFor, removePinDir, sh, xdpProgIdOf } from './helpers/binding.js';
 import { runLiveFrames, runPacket } from './tools/run-packet.js';
+import { BpfObject, mapInfoByFd } from '../agent/bpf/libbpf.js';
 import { reconcileTunnelMap, type Tunnel } from '../agent/tunnels.js';
 
 const REGION = 7;
@@ -73,6 +74,38 @@ test('open pins every map, config round-trips, programs report verified instruct
   t.deepEqual(Object.keys(insns).sort(), ['from_endpoint', 'from_fabric', 'from_fabric_tc', 'to_endpoint', 'to_fabric']);
   for (const [prog, n] of Object.entries(insns)) t.true(n > 0 && n < 1_000_000, `${prog}: ${n}`);
   t.log('verified instructions', insns);
+});
+
+/** The kernel's names of the BPF maps this process holds an fd of. */
+function mapsHeldHere(): string[] {
+  const names: string[] = [];
+  for (const fd of readdirSync('/proc/self/fd')) {
+    let target = '';
+    try {
+      target = readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue; // the directory's own fd, closed by now
+    }
+    if (target === 'anon_inode:bpf-map') names.push(mapInfoByFd(Number(fd), `fd ${fd}`).name);
+  }
+  return names;
+}
+
+// Serial: no other test of this file holds maps meanwhile.
+test.serial('the BTF carrier i6pn_abi is not created in the kernel (a plain load of the object would create it)', async (t) => {
+  const { dp } = await openTemp(t, { pin: false });
+  const held = mapsHeldHere();
+  t.true(held.includes('endpoints') && held.includes('config'), `the Dataplane's maps are seen: ${held.join(' ')}`);
+  t.false(held.includes('i6pn_abi'), `held: ${held.join(' ')}`);
+  t.true(dp.verifiedInstructions().from_fabric > 0, 'the programs loaded without it');
+  // The control: without setAutocreate(false), libbpf creates it.
+  const plain = BpfObject.open(I6PN_OBJECT);
+  try {
+    plain.load();
+    t.true(mapsHeldHere().includes('i6pn_abi'), 'a plain load creates i6pn_abi: the check above can fail');
+  } finally {
+    plain.close();
+  }
 });
 
 test('a second open on the same pinDir adopts the maps and their contents; a capacity change is refused', async (t) => {

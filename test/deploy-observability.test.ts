@@ -10,6 +10,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parse, stringify } from "yaml";
 
+import * as abi from "../agent/bpf/abi.generated.js";
+
 const root = fileURLToPath(new URL("..", import.meta.url));
 const promDir = join(root, "deploy/prometheus");
 const rulesFile = join(promDir, "i6pn-rules.yaml");
@@ -31,6 +33,38 @@ interface Catalogue {
   defaultMetrics: { prefix: string; metrics: { name: string; type: string }[] };
 }
 const catalogue = JSON.parse(readFileSync(join(root, "deploy/metrics.json"), "utf8")) as Catalogue;
+
+/**
+ * The catalogue's label lists that are the dataplane's enums, against the ABI
+ * generated from the object's BTF (agent/bpf/abi.generated.ts, itself checked
+ * against the object by test/abi.test.ts): a hook, verdict, mode or map label
+ * anywhere, and the reason of every metric labelled by hook and reason (the
+ * BPF counters; the agent's own metrics have reasons of their own). Each must
+ * list exactly the ABI's names in its order (a subset, for maps), so a reason
+ * added to bpf/i6pn.h cannot be forgotten here. Returns the problems and the
+ * [metric, label] pairs checked.
+ */
+function abiLabelProblems(metrics: CatalogueMetric[]): { problems: string[]; checked: string[] } {
+  const problems: string[] = [];
+  const checked: string[] = [];
+  const exactly = (m: CatalogueMetric, label: string, want: readonly string[]) => {
+    checked.push(`${m.name}{${label}}`);
+    const got = m.labels[label];
+    if (!got || got.join() !== want.join()) problems.push(`${m.name}{${label}} is [${got?.join(", ") ?? "open"}], the ABI says [${want.join(", ")}]`);
+  };
+  for (const m of metrics) {
+    if ("hook" in m.labels) exactly(m, "hook", abi.HOOK_NAMES);
+    if ("verdict" in m.labels) exactly(m, "verdict", abi.VERDICT_NAMES);
+    if ("mode" in m.labels) exactly(m, "mode", abi.MODE_NAMES);
+    if ("hook" in m.labels && "reason" in m.labels) exactly(m, "reason", abi.REASON_NAMES);
+    if ("map" in m.labels) {
+      checked.push(`${m.name}{map}`);
+      const unknown = (m.labels["map"] ?? ["(open)"]).filter((name) => !(name in abi.maps));
+      if (unknown.length) problems.push(`${m.name}{map} names no map of the object: ${unknown.join(", ")}`);
+    }
+  }
+  return { problems, checked };
+}
 
 /** Every series name a scrape of the agent can hold, mapped to its catalogue entry. */
 function seriesNames(): Map<string, CatalogueMetric | undefined> {
@@ -183,16 +217,25 @@ test("the catalogue is well formed: unique i6pn_ names, known types, counters en
     // promtool check metrics rejects a non-counter named *_total
     t.is(m.type === "counter", m.name.endsWith("_total"), `${m.name}: only counters end in _total`);
   }
-  // The reasons are the BPF ABI's enum, lower-cased (bpf/i6pn.h is the source).
-  const header = readFileSync(join(root, "bpf/i6pn.h"), "utf8");
-  const enumBody = /enum i6pn_reason \{([\s\S]*?)\};/.exec(header)?.[1] ?? "";
-  const abiReasons = [...enumBody.matchAll(/I6PN_(?:PASS|DROP)_([A-Z0-9_]+)\s*=/g)].map((m) => {
-    const raw = m[0].startsWith("I6PN_PASS_") ? `pass_${m[1]}` : m[1];
-    return (raw ?? "").toLowerCase();
-  });
-  const packets = catalogue.metrics.find((m) => m.name === "i6pn_packets_total");
-  t.true(abiReasons.length >= 17, "could not read enum i6pn_reason from bpf/i6pn.h");
-  t.deepEqual(packets?.labels["reason"], abiReasons);
+});
+
+test("every label list of the catalogue that is a dataplane enum is the generated ABI's: hooks, verdicts, reasons, modes, maps", (t) => {
+  const { problems, checked } = abiLabelProblems(catalogue.metrics);
+  t.deepEqual(problems, []);
+  for (const pair of ["i6pn_packets_total{reason}", "i6pn_bytes_total{reason}", "i6pn_packets_total{hook}", "i6pn_bytes_total{verdict}", "i6pn_attached_hooks{hook}", "i6pn_agent_info{mode}", "i6pn_map_entries{map}"]) {
+    t.true(checked.includes(pair), `${pair} is checked (checked: ${checked.join(" ")})`);
+  }
+});
+
+test("the ABI label check finds a forgotten reason, a reordered hook, an unknown map and an open list", (t) => {
+  const edit = (name: string, label: string, values: string[] | null) =>
+    catalogue.metrics.map((m) => (m.name === name ? { ...m, labels: { ...m.labels, [label]: values } } : m));
+  const reasons = [...abi.REASON_NAMES];
+  t.regex(abiLabelProblems(edit("i6pn_bytes_total", "reason", reasons.slice(0, -1))).problems.join(), /i6pn_bytes_total\{reason\}.*the ABI says/);
+  t.regex(abiLabelProblems(edit("i6pn_attached_hooks", "hook", [...abi.HOOK_NAMES].reverse())).problems.join(), /i6pn_attached_hooks\{hook\}/);
+  t.regex(abiLabelProblems(edit("i6pn_map_capacity", "map", ["endpoints", "routes"])).problems.join(), /names no map of the object: routes/);
+  t.regex(abiLabelProblems(edit("i6pn_packets_total", "verdict", null)).problems.join(), /i6pn_packets_total\{verdict\} is \[open\]/);
+  t.deepEqual(abiLabelProblems(edit("i6pn_dns_dropped_total", "reason", ["anything"])).problems, [], "an agent-side reason is not the ABI's");
 });
 
 // ---------------------------------------------------------------- Prometheus rules

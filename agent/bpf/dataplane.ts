@@ -237,8 +237,12 @@ interface MapSpec {
   valueSize: number;
   /** Required max_entries: an array's index space is part of the ABI; hash maps and the ring buffer are sized at load. */
   maxEntries?: number;
-  /** Every map is pinned but the BTF carrier, which no program reads. */
-  pin: boolean;
+  /**
+   * Created in the kernel and pinned: every map but the BTF carrier i6pn_abi,
+   * which exists only to carry bpf/i6pn.h's enums into the object's BTF for
+   * gen-abi.ts, and which no program reads.
+   */
+  create: boolean;
 }
 
 /** The maps this agent was built against (bpf/maps.h through the BTF; see gen-abi.ts). */
@@ -249,7 +253,7 @@ const MAP_SPECS: MapSpec[] = (Object.entries(abi.maps) as Array<[abi.MapName, (t
     keySize: m.keySize,
     valueSize: m.valueSize,
     maxEntries: m.type === MapType.ARRAY || m.type === MapType.PERCPU_ARRAY ? m.maxEntries : undefined,
-    pin: name !== 'i6pn_abi',
+    create: name !== 'i6pn_abi',
   }),
 );
 
@@ -439,11 +443,14 @@ export class Dataplane {
       object.program(FROM_FABRIC_TC);
       if (opts.maxEndpoints) object.map('endpoints').setMaxEntries(opts.maxEndpoints);
       if (opts.maxLocalIfaces) object.map('local_ifaces').setMaxEntries(opts.maxLocalIfaces);
-      for (const spec of MAP_SPECS) checkObjectMap(object.map(spec.name), spec, opts.object);
+      for (const spec of MAP_SPECS) {
+        checkObjectMap(object.map(spec.name), spec, opts.object);
+        if (!spec.create) object.map(spec.name).setAutocreate(false);
+      }
       if (opts.pinDir) {
         mkdirSync(opts.pinDir, { recursive: true });
         for (const spec of MAP_SPECS) {
-          if (!spec.pin) continue;
+          if (!spec.create) continue;
           const map = object.map(spec.name);
           const path = join(opts.pinDir, spec.name);
           if (existsSync(path)) checkPinnedMap(path, map);

@@ -9,7 +9,8 @@
  *   node --import=tsx agent/bpf/gen-abi.ts build/bpf/i6pn.bpf.o agent/bpf/abi.generated.ts
  *
  * Any expected type or constant missing from the BTF fails the build: the
- * enums reach the BTF through the never-used `i6pn_abi` map (see i6pn.h).
+ * enums reach the BTF through the never-used `i6pn_abi` map (see i6pn.h),
+ * which the Dataplane does not create in the kernel.
  */
 import { execFileSync } from 'node:child_process';
 import { renameSync, writeFileSync } from 'node:fs';

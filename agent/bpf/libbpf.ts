@@ -120,6 +120,7 @@ const f = {
   map_max_entries: lib.func('uint32_t bpf_map__max_entries(bpf_map *map)'),
   map_set_max_entries: lib.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t max_entries)'),
   map_set_pin_path: lib.func('int bpf_map__set_pin_path(bpf_map *map, const char *path)'),
+  map_set_autocreate: lib.func('int bpf_map__set_autocreate(bpf_map *map, bool autocreate)'),
   map_is_pinned: lib.func('bool bpf_map__is_pinned(bpf_map *map)'),
   map_pin: lib.func('int bpf_map__pin(bpf_map *map, const char *path)'),
   map_fd: lib.func('int bpf_map__fd(bpf_map *map)'),
@@ -665,6 +666,10 @@ export class BpfMap {
    */
   setPinPath(path: string | null): void {
     checkInt(f.map_set_pin_path(this.ptr, path) as number, 'bpf_map__set_pin_path', this.name);
+  }
+  /** Before load: false keeps the map out of the kernel (its BTF stays in the object); no program may use it. */
+  setAutocreate(on: boolean): void {
+    checkInt(f.map_set_autocreate(this.ptr, on) as number, 'bpf_map__set_autocreate', this.name);
   }
   get isPinned(): boolean {
     return f.map_is_pinned(this.ptr) as boolean;
