@@ -928,9 +928,14 @@ export class Dataplane {
 
   /** Instructions the verifier processed for each program (growth shows up in the build and bench). */
   verifiedInstructions(): Record<HookName | typeof FROM_FABRIC_TC, number> {
+    return this.perProgram((p) => p.info().verifiedInsns);
+  }
+
+  /** `f` of every loaded program, by hook (and from_fabric_tc). */
+  private perProgram(f: (prog: BpfProgram) => number): Record<HookName | typeof FROM_FABRIC_TC, number> {
     const out = {} as Record<HookName | typeof FROM_FABRIC_TC, number>;
-    for (const [hook, prog] of this.programs) out[hook] = prog.info().verifiedInsns;
-    out[FROM_FABRIC_TC] = this.fromFabricTc.info().verifiedInsns;
+    for (const [hook, prog] of this.programs) out[hook] = f(prog);
+    out[FROM_FABRIC_TC] = f(this.fromFabricTc);
     return out;
   }
 
@@ -1072,10 +1077,7 @@ export class Dataplane {
 
   /** Kernel ids of the loaded programs (to compare with endpointAttachment). */
   programIds(): Record<HookName | typeof FROM_FABRIC_TC, number> {
-    const out = {} as Record<HookName | typeof FROM_FABRIC_TC, number>;
-    for (const [hook, prog] of this.programs) out[hook] = prog.info().id;
-    out[FROM_FABRIC_TC] = this.fromFabricTc.info().id;
-    return out;
+    return this.perProgram((p) => p.info().id);
   }
 
   // ------------------------------------------------------------ life cycle
