@@ -11,6 +11,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import * as abi from './bpf/abi.generated.js';
+import type { InvalidReason } from '../lib/schema.js';
 import type { Logger } from './log.js';
 import { QUERY_TYPES, RCODES } from './resolver.js';
 
@@ -74,7 +75,8 @@ export const REASON_LABELS = abi.REASON_NAMES;
 
 export const MEMBERSHIP_RESULTS = ['applied', 'rejected', 'failed'] as const;
 export type MembershipResult = (typeof MEMBERSHIP_RESULTS)[number];
-export const REJECT_REASONS = ['json', 'schema', 'address', 'key'] as const;
+/** Why an entry was rejected (lib/schema.ts InvalidReason): one series each, from the start. */
+export const REJECT_REASONS = ['json', 'schema', 'address', 'key', 'region', 'too_large'] as const satisfies readonly InvalidReason[];
 export type RejectReason = (typeof REJECT_REASONS)[number];
 export const RECONCILE_RESULTS = ['ok', 'failed'] as const;
 /** Where a live read of the endpoints bucket started: after the pinned revision, or at the stream's start. */
@@ -224,7 +226,8 @@ export class AgentMetrics {
     });
     this.membershipRejected = new Counter({
       name: 'i6pn_membership_rejected_total',
-      help: 'Invalid membership entries, by what was wrong.',
+      help:
+        "Invalid entries of the region's endpoints bucket (never applied), by what was wrong: json (not JSON), schema (not the record), address (not the record's address), key (not the record's key), region (a record of another region), too_large (longer than a record can be; refused unparsed).",
       labelNames: ['reason'],
       registers,
     });

@@ -427,7 +427,7 @@ export class MembershipSync {
     const v = validateEndpointEntry(`${o.region}.${key}`, data);
     if (v.ok && v.record.region === o.region && v.record.regionId === o.regionId) return v.record;
     if (v.ok) {
-      this.reject(key, revision, 'address', `endpoint of region ${v.record.region} (id ${regionIdHex(v.record.regionId)}) in the bucket of region ${o.region} (id ${regionIdHex(o.regionId)})`);
+      this.reject(key, revision, 'region', `endpoint of region ${v.record.region} (id ${regionIdHex(v.record.regionId)}) in the bucket of region ${o.region} (id ${regionIdHex(o.regionId)})`);
     } else {
       this.reject(key, revision, v.reason, v.message);
     }
