@@ -31,6 +31,7 @@ export const METRIC_NAMES = [
   'i6pn_reconcile_total',
   'i6pn_reconcile_removed_total',
   'i6pn_nats_connected',
+  'i6pn_nats_disconnects_total',
   'i6pn_attached_hooks',
   'i6pn_veths',
   'i6pn_veths_sealed_total',
@@ -162,6 +163,7 @@ export class AgentMetrics {
   readonly reconciles: Counter<'result'>;
   readonly reconcileRemoved: Counter;
   readonly natsConnected: Gauge;
+  readonly natsDisconnects: Counter;
   readonly attachedHooks: Gauge<'hook'>;
   readonly veths: Gauge<'state'>;
   readonly vethsSealed: Counter<'reason'>;
@@ -266,6 +268,11 @@ export class AgentMetrics {
       registers,
     });
     this.natsConnected = new Gauge({ name: 'i6pn_nats_connected', help: '1 while connected to NATS, else 0.', registers });
+    this.natsDisconnects = new Counter({
+      name: 'i6pn_nats_disconnects_total',
+      help: 'Times the NATS connection was lost (the server closed it, e.g. a slow consumer cut off, or the network failed); the agent reconnects and reads what changed meanwhile, the dataplane frozen at its last state until then.',
+      registers,
+    });
     this.attachedHooks = new Gauge({
       name: 'i6pn_attached_hooks',
       help: 'Programs attached, by hook: from_fabric and to_fabric are 1 when the uplink XDP and TC egress programs are attached; the endpoint TC hooks count endpoint veths.',
@@ -393,6 +400,7 @@ export class AgentMetrics {
     this.unhookedEndpoints.set(0);
     this.lastRevision.set(0);
     this.natsConnected.set(0);
+    this.natsDisconnects.inc(0);
     this.heartbeatLastSuccess.set(0);
     this.reconcileRemoved.inc(0);
     this.mapFull.inc(0);
