@@ -624,13 +624,22 @@ async function endpointEntries(store: Store, sel: EndpointSelection): Promise<En
 type ValidEndpoint = { at: EndpointAt; record: EndpointRecord; addr: Uint8Array };
 
 /** Entries as the agents judge them; an invalid one is reported by its real bucket and key. */
-function validateEndpoints(entries: EndpointAt[]): { valid: ValidEndpoint[]; invalid: InvalidEntry[] } {
+/**
+ * The entries as the agents judge them: validateEndpointEntry, and the
+ * record's region id the one its region has in the regions bucket (an entry
+ * of region R carrying another region's id, address bits and all, is
+ * consistent in itself, but no agent of R applies it: reason region).
+ */
+async function validateEndpoints(store: Pick<Store, 'regions'>, entries: EndpointAt[]): Promise<{ valid: ValidEndpoint[]; invalid: InvalidEntry[] }> {
   const valid: ValidEndpoint[] = [];
   const invalid: InvalidEntry[] = [];
+  const regionIds = entries.length ? new Map((await listRegions(store)).regions.map((r) => [r.name, r.id])) : new Map<string, number>();
   for (const at of entries) {
     const v = validateEndpointEntry(at.logical, at.entry.value);
-    if (v.ok) valid.push({ at, record: v.record, addr: v.addr });
-    else invalid.push({ bucket: at.bucket, key: at.key, reason: v.reason, message: v.message });
+    if (!v.ok) invalid.push({ bucket: at.bucket, key: at.key, reason: v.reason, message: v.message });
+    else if (regionIds.get(v.record.region) !== v.record.regionId) {
+      invalid.push({ bucket: at.bucket, key: at.key, reason: 'region', message: `region ${v.record.region} has id ${regionIds.has(v.record.region) ? regionIdHex(regionIds.get(v.record.region)!) : '(none: not registered)'}, the record says ${regionIdHex(v.record.regionId)}` });
+    } else valid.push({ at, record: v.record, addr: v.addr });
   }
   return { valid, invalid };
 }
@@ -749,7 +758,7 @@ export async function addRegion(store: Store, name: string, opts: { id?: number 
   throw new StoreError('exhausted', 'no free region id after 64 random draws', 'the 16-bit region space is nearly full; pass --id');
 }
 
-export async function listRegions(store: Store): Promise<{ regions: RegionRecord[]; invalid: InvalidEntry[] }> {
+export async function listRegions(store: Pick<Store, 'regions'>): Promise<{ regions: RegionRecord[]; invalid: InvalidEntry[] }> {
   const regions: RegionRecord[] = [];
   const invalid: InvalidEntry[] = [];
   for (const e of await readAll(store.regions, 'name.*')) {
@@ -1185,7 +1194,7 @@ async function requireCluster(store: Store, ref: ClusterRef): Promise<{ at: Reso
 
 /** The live members of a named cluster, by rank (then address, should two ever share one). */
 async function clusterMembers(store: Store, at: Resolved, name: string): Promise<{ members: ValidEndpoint[]; invalid: InvalidEntry[] }> {
-  const { valid, invalid } = validateEndpoints(await endpointEntries(store, { region: at.region.name, workspace: workspaceIdHex(at.workspace.id) }));
+  const { valid, invalid } = await validateEndpoints(store, await endpointEntries(store, { region: at.region.name, workspace: workspaceIdHex(at.workspace.id) }));
   const members = valid.filter((v) => v.record.cluster === name && v.record.workspaceId === at.workspace.id);
   members.sort((a, b) => a.record.rank! - b.record.rank! || a.record.address.localeCompare(b.record.address));
   return { members, invalid };
@@ -1553,7 +1562,8 @@ export async function listEndpoints(store: Store, filter: EndpointFilter = {}): 
     }
   }
   // One region's bucket, or every one's; one wildcard filter per keys call (nats-server 2.9 takes no more).
-  const { valid, invalid } = validateEndpoints(
+  const { valid, invalid } = await validateEndpoints(
+    store,
     await endpointEntries(store, { ...(filter.region !== undefined ? { region: filter.region } : {}), ...(wsHex !== '*' ? { workspace: wsHex } : {}) }),
   );
   const endpoints = valid.map((e) => e.record).filter((r) => filter.node === undefined || r.node === filter.node);
@@ -1579,7 +1589,7 @@ export async function peersOf(store: Store, address: string): Promise<{ endpoint
   const invalid: InvalidEntry[] = [];
   // A gateway reaches tunneled ports only (`tunnel list`), no peer.
   if (endpoint.i6pn && endpoint.role !== GATEWAY_ROLE) {
-    const read = validateEndpoints(await endpointEntries(store, { region: endpoint.region, workspace: workspaceIdHex(workspaceOf(addr)) }));
+    const read = await validateEndpoints(store, await endpointEntries(store, { region: endpoint.region, workspace: workspaceIdHex(workspaceOf(addr)) }));
     invalid.push(...read.invalid);
     for (const v of read.valid) {
       if (v.record.address === endpoint.address || !v.record.i6pn) continue;
@@ -1629,7 +1639,7 @@ export async function listNodes(
 /** Counts of a workspace's endpoints per region (for `workspace show`). */
 export async function workspaceEndpointCounts(store: Store, workspace: WorkspaceRecord): Promise<{ total: number; byRegion: Record<string, number>; invalid: InvalidEntry[] }> {
   const byRegion: Record<string, number> = {};
-  const { valid, invalid } = validateEndpoints(await endpointEntries(store, { workspace: workspaceIdHex(workspace.id) }));
+  const { valid, invalid } = await validateEndpoints(store, await endpointEntries(store, { workspace: workspaceIdHex(workspace.id) }));
   for (const v of valid) byRegion[v.record.region] = (byRegion[v.record.region] ?? 0) + 1;
   return { total: valid.length, byRegion, invalid };
 }
@@ -1900,7 +1910,8 @@ const ageOf = (r: { heartbeatAt: string } | null, now: number): number | null =>
 
 export async function listGateways(store: Store, opts: { region?: string; staleAfterMs?: number } = {}): Promise<{ gateways: GatewayStatus[]; invalid: InvalidEntry[] }> {
   if (opts.region !== undefined) await requireRegion(store, opts.region);
-  const { valid, invalid } = validateEndpoints(
+  const { valid, invalid } = await validateEndpoints(
+    store,
     await endpointEntries(store, { ...(opts.region !== undefined ? { region: opts.region } : {}), workspace: workspaceIdHex(INFRA_WORKSPACE_ID) }),
   );
   const states = await gatewayStates(store, opts.region, invalid);

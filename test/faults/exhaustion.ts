@@ -191,7 +191,7 @@ export async function localIfacesFull(c: Cluster): Promise<PartResult & { recove
 }
 
 /** c. The ring buffer flooded with drop events. */
-export async function ringBufferFlood(c: Cluster, pps = 2000): Promise<PartResult & { dropped: number; sent: number; events: number; suppressed: number }> {
+export async function ringBufferFlood(c: Cluster, pps = 2000, eventsPerSec = EXHAUSTION_LIMITS.eventsPerSec): Promise<PartResult & { dropped: number; sent: number; events: number; suppressed: number }> {
   const problems: string[] = [];
   const alerts: Record<string, AlertState | null> = {};
   const series = {
@@ -216,7 +216,7 @@ export async function ringBufferFlood(c: Cluster, pps = 2000): Promise<PartResul
   if (d.drops < sent) problems.push(`${sent} flood packets sent, ${d.drops} cross_workspace drops counted`);
   if (d.budget <= 0) problems.push('no event suppressed past the budget: the flood did not exhaust it');
   // Every drop is an event or a suppressed one (on this node's hooks the flood's reason is counted once per packet).
-  const limit = EXHAUSTION_LIMITS.eventsPerSec * 2 /* CPUs */ * (tr.durationMs / 1000 + 2) * 2; /* every hook that drops on the way */
+  const limit = eventsPerSec * 2 /* CPUs */ * (tr.durationMs / 1000 + 2) * 2; /* every hook that drops on the way */
   if (d.events > limit) problems.push(`${d.events} events read in ${tr.durationMs} ms, more than the budget allows (${limit})`);
   const svc = c.agents.get(NODE)!;
   if (svc.pid !== pid || !svc.alive()) problems.push('the agent did not survive the flood');

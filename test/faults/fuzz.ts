@@ -351,6 +351,7 @@ export async function runFuzz(c: Cluster, o: FuzzOptions = {}): Promise<FuzzResu
       churn: cr,
       convergeMs,
       extra: { seed, garbageWrites: ops.filter((x) => x.reason).length, validWrites: ops.filter((x) => x.valid).length, fuzzMs },
+      violations: [...[...appliedInvalid].map((a) => `applied while invalid: ${a}`), ...problems.map((p) => `${p} (seed ${seed})`)],
     });
     return { seed, figures: f, expected, counted, expectedTunnels, countedTunnels, appliedInvalid: [...appliedInvalid], problems };
   } finally {
