@@ -14,7 +14,7 @@ let release: (() => void) | undefined;
 let c: Cluster | undefined;
 
 test.before(async () => {
-  release = await acquireFabricLock();
+  release = await acquireFabricLock(60 * 60_000);
   c = await upFaultCluster({ agentArgs: EXHAUSTION_AGENT_ARGS });
 });
 
