@@ -94,7 +94,7 @@ const enc = new TextEncoder();
 const bytes = (s: string): Uint8Array => enc.encode(s);
 
 /** The fuzzer's writes, all drawn from `rnd`. */
-function planOps(rnd: () => number, n: number, t: { record: EndpointRecord; regionId: number; other: { name: string; id: number } }): FuzzOp[] {
+export function planOps(rnd: () => number, n: number, t: { record: EndpointRecord; regionId: number; other: { name: string; id: number } }): FuzzOp[] {
   const int = (k: number): number => Math.floor(rnd() * k);
   const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]!;
   const randBytes = (k: number): Uint8Array => Uint8Array.from({ length: k }, () => int(256));
