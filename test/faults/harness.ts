@@ -58,7 +58,7 @@ export async function upFaultCluster(opts: { log?: (m: string) => void; agentArg
     dataplane: 'agent',
     natsCluster: 3,
     probes: false,
-    agentArgs: ['--heartbeat-interval', '1', ...(opts.agentArgs ?? [])],
+    agentArgs: ['--heartbeat-interval', '1', '--log-level', 'info', ...(opts.agentArgs ?? [])],
     ...opts,
   });
 }
@@ -153,7 +153,7 @@ class FlowDaemon {
   }
 
   async close(): Promise<void> {
-    if (this.child.exitCode !== null) return;
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
     const gone = new Promise<void>((r) => this.child.once('exit', () => r()));
     this.child.kill('SIGTERM');
     await gone;
