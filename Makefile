@@ -48,7 +48,13 @@ $(DEPS_STAMP): package.json package-lock.json
 ## build: BPF objects (BTF kept), the ABI module generated from their BTF, the TypeScript
 build: deps bpf ts
 
-bpf: $(BPF_OBJS) $(ABI_TS)
+bpf: $(BPF_OBJS) $(ABI_TS) $(BUILD)/bpf/i6pn-marker.bpf.o
+
+# The same programs with one more map (I6PN_BUILD_MARKER): the new build the
+# upgrade fault swaps in under traffic (test/faults/scenario-upgrade.ts). Not shipped.
+$(BUILD)/bpf/i6pn-marker.bpf.o: bpf/i6pn.bpf.c $(BPF_HDRS)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(BPF_CFLAGS) -DI6PN_BUILD_MARKER -c $< -o $@
 
 $(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS)
 	@mkdir -p $(dir $@)

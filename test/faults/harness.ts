@@ -79,6 +79,8 @@ export interface FlowSpec {
 
 export interface FlowResult {
   name: string;
+  from: string;
+  to: string;
   allowed: boolean;
   why: string;
   sent: number;
@@ -236,7 +238,7 @@ export class Traffic {
       const delivered = r?.distinct ?? 0;
       // The silence before the first arrival and after the last count as gaps too.
       const gap = r ? Math.max(r.longestGapMs, r.firstMs - this.startedAt, stoppedAt - r.lastMs) : stoppedAt - this.startedAt;
-      return { name: f.name, allowed: f.allowed, why: f.why, sent: s, delivered, lost: Math.max(0, s - delivered), longestGapMs: Math.round(gap) };
+      return { name: f.name, from: f.from, to: f.to, allowed: f.allowed, why: f.why, sent: s, delivered, lost: Math.max(0, s - delivered), longestGapMs: Math.round(gap) };
     });
     const allowed = flows.filter((f) => f.allowed);
     const forbidden = flows.filter((f) => !f.allowed);
