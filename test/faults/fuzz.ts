@@ -143,7 +143,7 @@ export function planOps(rnd: () => number, n: number, t: { record: EndpointRecor
       const e = fresh();
       const a = makeEndpointAddress(ws, t.regionId, randBytes(8));
       const bad = pick([
-        formatAddress(makeEndpointAddress(ws ^ 0x1, t.regionId, a.subarray(8))), // workspace bits
+        formatAddress(makeEndpointAddress((ws ^ 0x1) >>> 0, t.regionId, a.subarray(8))), // workspace bits
         formatAddress(makeEndpointAddress(ws, t.other.id, a.subarray(8))), // region bits
         formatAddress(a).toUpperCase(), // not canonical
         `fd00${formatAddress(a).slice(4)}`, // not fdaa::/16
@@ -168,7 +168,7 @@ export function planOps(rnd: () => number, n: number, t: { record: EndpointRecor
     },
     () => {
       const e = fresh();
-      put('a key of another workspace', `${workspaceIdHex(ws ^ 0x10)}.${e.key.slice(9)}`, json(e.record), 'key');
+      put('a key of another workspace', `${workspaceIdHex((ws ^ 0x10) >>> 0)}.${e.key.slice(9)}`, json(e.record), 'key');
     },
     () => {
       const e = fresh();
