@@ -12,7 +12,8 @@
  *   keys that are not <workspace id>.<endpoint id> (another region's
  *   key, upper case, extra labels) or name another workspace, and
  *   deletes/purges of such unknown keys                               → key
- *   values longer than any record, up to near the max payload          → too_large
+ *   values longer than any record, up to what the bucket takes         → too_large
+ *   values near the max payload (1 MiB): the bucket refuses them (16 KiB)
  *   valid records written straight into the bucket, some of them then
  *   overwritten with garbage (the store no longer vouches for them),
  *   deletes and purges of unknown well-formed keys                     → no rejection
@@ -27,7 +28,7 @@
  * fault. Everything the fuzzer writes comes from `seed`: a failure prints it,
  * and I6PN_FUZZ_SEED=<seed> replays the same garbage.
  */
-import { connectStore, getRegion, listEndpoints, type Store } from '../../lib/store.js';
+import { MAX_VALUE_BYTES, connectStore, getRegion, listEndpoints, type Store } from '../../lib/store.js';
 import { formatAddress, makeEndpointAddress, endpointIdOf, workspaceIdHex } from '../../lib/address.js';
 import { MAX_RECORD_BYTES, type EndpointRecord, type InvalidReason } from '../../lib/schema.js';
 import { readPinnedEndpoints } from '../helpers/agent-maps.js';
@@ -63,6 +64,8 @@ interface FuzzOp {
   reason: InvalidReason | null;
   /** A valid endpoint record: the address the agents must apply (until a later write of its key). */
   valid?: string;
+  /** Longer than the bucket takes (MAX_VALUE_BYTES): the server must refuse the write, so no agent sees it. */
+  serverRefuses?: boolean;
 }
 
 export interface FuzzOptions {
@@ -178,10 +181,12 @@ export function planOps(rnd: () => number, n: number, t: { record: EndpointRecor
     () => {
       const e = fresh();
       const text = JSON.stringify(e.record);
-      // A valid record padded past the bound with JSON white space, random kilobytes, or near the max payload (1 MiB).
-      const size = pick([MAX_RECORD_BYTES + 1, 64 * 1024, 1024 * 1024 - 8 * 1024]);
+      // A valid record padded past the bound with JSON white space, or random bytes: just past a record, just
+      // under what the bucket takes, or near the max payload (1 MiB), which the bucket itself refuses.
+      const size = pick([MAX_RECORD_BYTES + 1, MAX_VALUE_BYTES - 512, 1024 * 1024 - 8 * 1024]);
       const value = rnd() < 0.5 ? bytes(text + ' '.repeat(size - text.length)) : Uint8Array.from([0x7b, ...randBytes(size - 1)]);
-      put('longer than a record', e.key, value, 'too_large');
+      if (size > MAX_VALUE_BYTES) ops.push({ what: 'longer than the bucket takes', bucket: 'endpoints', op: 'put', key: e.key, value, reason: null, serverRefuses: true });
+      else put('longer than a record', e.key, value, 'too_large');
     },
     () => {
       const e = fresh();
@@ -195,7 +200,7 @@ export function planOps(rnd: () => number, n: number, t: { record: EndpointRecor
       put('tunnel: random bytes', key, Uint8Array.from([0xff, ...randBytes(1 + int(100))]), 'json', undefined, 'tunnels');
     },
     () => put('tunnel: not the record', `${fresh().key}.tcp.${1 + int(65535)}`, json({ v: 1, id: 'x' }), 'schema', undefined, 'tunnels'),
-    () => put('tunnel: longer than a record', `${fresh().key}.tcp.${1 + int(65535)}`, new Uint8Array(MAX_RECORD_BYTES + 1 + int(60_000)).fill(0x20), 'too_large', undefined, 'tunnels'),
+    () => put('tunnel: longer than a record', `${fresh().key}.tcp.${1 + int(65535)}`, new Uint8Array(MAX_RECORD_BYTES + 1 + int(MAX_VALUE_BYTES - MAX_RECORD_BYTES - 512)).fill(0x20), 'too_large', undefined, 'tunnels'),
   ];
   // Every kind at least once, then at random.
   kinds.forEach((k) => k());
@@ -282,8 +287,12 @@ export async function runFuzz(c: Cluster, o: FuzzOptions = {}): Promise<FuzzResu
         if (x.op === 'put') await b.put(x.key, x.value!);
         else if (x.op === 'delete') await b.delete(x.key);
         else await b.purge(x.key);
+        if (x.serverRefuses) {
+          problems.push(`the bucket took a value of ${x.value!.length} bytes (its limit is ${MAX_VALUE_BYTES})`);
+          x.reason = 'too_large';
+        }
       } catch (err) {
-        problems.push(`the fuzzer's ${x.op} of ${x.bucket}/${x.key} (${x.what}) failed: ${(err as Error).message}`);
+        if (!x.serverRefuses) problems.push(`the fuzzer's ${x.op} of ${x.bucket}/${x.key} (${x.what}) failed: ${(err as Error).message}`);
       }
       await sleep(o.intervalMs ?? 40);
     }
