@@ -166,7 +166,7 @@ export function planOps(rnd: () => number, n: number, t: { record: EndpointRecor
     },
     () => {
       const e = fresh();
-      const key = pick([`${t.other.name}.${e.key}`, e.key.toUpperCase(), `${e.key}.x`, `${wsHex}.${endpointIdOf(makeEndpointAddress(ws, t.regionId, randBytes(8)))}`.slice(0, 20)]);
+      const key = pick([`${t.other.name}.${e.key}`, `g${e.key.slice(1)}`, `${e.key}.x`, `${wsHex}.${endpointIdOf(makeEndpointAddress(ws, t.regionId, randBytes(8)))}`.slice(0, 20)]);
       put('a key that is not <workspace id>.<endpoint id>', key, json(e.record), 'key');
     },
     () => {
