@@ -12,10 +12,14 @@ import { summary, upFaultCluster } from './faults/harness.js';
 
 let release: (() => void) | undefined;
 let c: Cluster | undefined;
+/** How long the fault cluster took to come up (logged by the first test: the file's fixed cost). */
+let upMs = 0;
 
 test.before(async () => {
   release = await acquireFabricLock(60 * 60_000);
+  const t0 = Date.now();
   c = await upFaultCluster({ agentArgs: EXHAUSTION_AGENT_ARGS });
+  upMs = Date.now() - t0;
 });
 
 test.after.always(async () => {
@@ -34,6 +38,7 @@ function judge(t: ExecutionContext, r: PartResult): void {
 }
 
 test.serial('a. endpoints map full: logged, counted, alerted; the refused endpoint reaches nobody and nobody reaches it, nothing evicted; it gets in once there is room, without a restart', async (t) => {
+  t.log(`fault cluster up in ${upMs} ms`);
   const r = await endpointsMapFull(c!);
   judge(t, r);
   t.true(r.recoveryMs >= 0 && r.recoveryMs < 10_000, `recovered in ${r.recoveryMs} ms`);

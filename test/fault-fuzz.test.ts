@@ -12,10 +12,14 @@ import { summary, upFaultCluster } from './faults/harness.js';
 
 let release: (() => void) | undefined;
 let c: Cluster | undefined;
+/** How long the fault cluster took to come up (logged by the first test: the file's fixed cost). */
+let upMs = 0;
 
 test.before(async () => {
   release = await acquireFabricLock(60 * 60_000);
+  const t0 = Date.now();
   c = await upFaultCluster();
+  upMs = Date.now() - t0;
 });
 
 test.after.always(async () => {
@@ -27,6 +31,7 @@ test.after.always(async () => {
 });
 
 test.serial('fuzz: garbage in the store is rejected, counted by reason and never applied; the agents never restart; valid churn is enforced', async (t) => {
+  t.log(`fault cluster up in ${upMs} ms`);
   const r = await runFuzz(c!, { log: (m) => t.log(m) });
   const seed = `(seed ${r.seed}: I6PN_FUZZ_SEED=${r.seed} replays it)`;
   t.log(summary(r.figures));
