@@ -344,6 +344,21 @@ export class Churn {
 
   private watching = true;
 
+  /**
+   * Wait until `n` writes started at or after `since` are acknowledged; the
+   * ms from `since` to the first of them, or -1 if that did not happen
+   * within `timeoutMs` (the writer did not recover).
+   */
+  async ackedSince(since: number, n: number, timeoutMs: number): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const acked = this.records.filter((r) => r.startedAt >= since && r.ackedAt !== undefined);
+      if (acked.length >= n) return Math.min(...acked.map((r) => r.ackedAt!)) - since;
+      if (Date.now() > deadline) return -1;
+      await sleep(100);
+    }
+  }
+
   private async write(op: 'add' | 'remove', node: string, move: boolean, address?: string): Promise<WriteRecord> {
     const ctl = this.c.ctl!;
     const r: WriteRecord = { op, move, node, startedAt: Date.now(), ...(address ? { address } : {}) };
