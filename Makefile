@@ -25,7 +25,9 @@ NATS_DEB_VERSION := 2.10.27-1+b2
 NATS_DIR         := .deps/nats-server
 export NATS_SERVER_BIN := $(CURDIR)/$(NATS_DIR)/usr/sbin/nats-server
 
-.PHONY: deps deps-nats-server bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fleet bench-fabric bench-binding bench-events bench-dns bench-tunnel clean
+SOAK_MINUTES ?= 30
+
+.PHONY: soak deps deps-nats-server bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fleet bench-fabric bench-binding bench-events bench-dns bench-tunnel clean
 
 ## deps: install apt packages, npm modules and nats-server (idempotent, quick when done)
 deps: $(DEPS_STAMP) deps-nats-server
@@ -74,6 +76,11 @@ bpffs:
 ## test: everything, as root (kernel, namespaces, nats-server, prometheus)
 test: build bpffs
 	npx ava
+
+## soak: the fault scenarios (test/faults/scenario-*.ts) round after round for SOAK_MINUTES (default 30),
+## figures to bench/results/soak-<date>.{json,md}; not part of make test
+soak: build bpffs
+	SOAK_MINUTES=$(SOAK_MINUTES) node --import=tsx bench/soak.ts
 
 demo: build bpffs
 	bash test/fabric/demo.sh up
