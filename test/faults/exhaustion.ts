@@ -58,8 +58,8 @@ export interface PartResult {
 const REGION = 'ams';
 const NODE = 'ams-1';
 
-/** The JSON log lines of a service's log file whose msg starts with `prefix`. */
-function logLines(c: Cluster, node: string, prefix: string): Array<Record<string, unknown>> {
+/** The JSON log lines of an agent's log file whose msg starts with `prefix`. */
+export function logLines(c: Cluster, node: string, prefix: string): Array<Record<string, unknown>> {
   const text = readFileSync(c.agents.get(node)!.log, 'utf8');
   return text.split('\n').flatMap((l) => {
     try {

@@ -20,7 +20,7 @@
  *
  * What must hold on every agent of the region: the same process throughout;
  * no key ever applied while its value is invalid (the maps are sampled during
- * the run); each rejection counted once under its reason
+ * the run); each rejection counted and logged once under its reason
  * (i6pn_membership_rejected_total, i6pn_tunnels_rejected_total), and
  * I6pnMembershipRejected evaluated by Prometheus; at the end its map holds
  * exactly the valid records (the harness's maps == store, plus the fuzzer's
@@ -36,6 +36,7 @@ import type { Cluster } from '../fabric/cluster.js';
 import { sleep } from '../fabric/exec.js';
 import { Churn, Traffic, defaultFlows, figures, mapsVsStore, waitMapsEqualStore, type FaultFigures } from './harness.js';
 import { loadDeployRules, waitAlert } from './alerts.js';
+import { logLines } from './exhaustion.js';
 
 export const REJECT_REASONS: readonly InvalidReason[] = ['json', 'schema', 'address', 'key', 'region', 'too_large'];
 
@@ -257,6 +258,13 @@ export async function runFuzz(c: Cluster, o: FuzzOptions = {}): Promise<FuzzResu
     const kv = { endpoints: await store.endpoints(region), tunnels: await store.tunnels(region) };
 
     const pids = new Map(nodes.map((n) => [n, c.agents.get(n)!.pid]));
+    /** Rejections logged so far by an agent, per reason (endpoints or tunnels). */
+    const logged = (n: string, what: 'endpoint' | 'tunnel'): Record<string, number> => {
+      const out: Record<string, number> = Object.fromEntries(REJECT_REASONS.map((r) => [r, 0]));
+      for (const l of logLines(c, n, `invalid ${what} entry rejected`)) out[String(l['reason'])] = (out[String(l['reason'])] ?? 0) + 1;
+      return out;
+    };
+    const loggedBefore = new Map(nodes.map((n) => [n, [logged(n, 'endpoint'), logged(n, 'tunnel')] as const]));
     const before = new Map<string, [Record<string, number>, Record<string, number>]>();
     for (const n of nodes) before.set(n, [await countSeries(c, n, 'i6pn_membership_rejected_total'), await countSeries(c, n, 'i6pn_tunnels_rejected_total')]);
     await loadDeployRules(c);
@@ -319,6 +327,11 @@ export async function runFuzz(c: Cluster, o: FuzzOptions = {}): Promise<FuzzResu
         await sleep(250);
       }
       if (JSON.stringify(counted[n]) !== JSON.stringify(expected)) problems.push(`${n} counted ${JSON.stringify(counted[n])} endpoint rejections, expected ${JSON.stringify(expected)}`);
+      // And each logged once, with its reason.
+      const inLog = diff(logged(n, 'endpoint'), loggedBefore.get(n)![0]);
+      const inLogTunnels = diff(logged(n, 'tunnel'), loggedBefore.get(n)![1]);
+      if (JSON.stringify(inLog) !== JSON.stringify(expected)) problems.push(`${n} logged ${JSON.stringify(inLog)} endpoint rejections, expected ${JSON.stringify(expected)}`);
+      if (JSON.stringify(inLogTunnels) !== JSON.stringify(expectedTunnels)) problems.push(`${n} logged ${JSON.stringify(inLogTunnels)} tunnel rejections, expected ${JSON.stringify(expectedTunnels)}`);
       if (JSON.stringify(countedTunnels[n]) !== JSON.stringify(expectedTunnels)) problems.push(`${n} counted ${JSON.stringify(countedTunnels[n])} tunnel rejections, expected ${JSON.stringify(expectedTunnels)}`);
     }
 
