@@ -171,6 +171,10 @@ export class Cluster {
       this.binaries === 'dist' ? [process.execPath, join(REPO_ROOT, 'dist/controller/cli.js')] : ctlArgv(),
       this.natsCluster ? ['--kv-replicas', String(Math.min(3, this.natsCluster.servers.length))] : [],
     );
+    // On a fresh NATS cluster, one i6pnctl creates the fixed R3 buckets before
+    // several create the regions' at once (concurrent first creates of the same
+    // streams have timed out on a loaded machine).
+    if (this.natsCluster) await this.ctl.run(['region', 'list']);
     return this.ctl.provision(this.topology);
   }
 
