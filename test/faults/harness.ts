@@ -291,6 +291,8 @@ export interface ChurnReport {
   enforceMsMax: number;
   /** Longest run of failed writes (ms from the first failure to the next ack): the writer's outage. */
   longestWriteOutageMs: number;
+  /** The distinct errors of failed writes (i6pnctl's first line), at most five. */
+  errors: string[];
 }
 
 export interface ChurnOptions {
@@ -373,7 +375,9 @@ export class Churn {
       }
       r.ackedAt = Date.now();
     } catch (err) {
-      r.error = (err as Error).message.split('\n')[0]!.slice(0, 200);
+      // i6pnctl's own message (its stderr), else the error's.
+      const stderr = (err as { result?: { stderr?: string } }).result?.stderr?.trim();
+      r.error = (stderr || (err as Error).message).split('\n')[0]!.slice(0, 200);
     }
     return r;
   }
@@ -453,6 +457,7 @@ export class Churn {
       enforceMsP50: lat[Math.floor(lat.length / 2)] ?? 0,
       enforceMsMax: lat[lat.length - 1] ?? 0,
       longestWriteOutageMs: outage,
+      errors: [...new Set(this.records.flatMap((r) => (r.error === undefined ? [] : [r.error])))].slice(0, 5),
     };
   }
 }

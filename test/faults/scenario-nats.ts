@@ -59,6 +59,7 @@ async function leaderLoss(c: Cluster, log: (m: string) => void): Promise<FaultFi
     // The writers recovered by themselves: writes started after the last kill are acknowledged.
     const writeRecoverMs = await churn.ackedSince(killedAt, 2, 90_000);
     const cr = await churn.stop({ boundMs: 15_000 });
+    if (cr.failed) log(`${cr.failed} writes failed (retried as new ones): ${cr.errors.join(' | ')}`);
     const convergeMs = await waitMapsEqualStore(c, 60_000);
     const tr = await traffic.stop();
     return figures('leader-loss', {
@@ -93,6 +94,7 @@ async function outage(c: Cluster, log: (m: string) => void): Promise<FaultFigure
     const writeRecoverMs = await churn.ackedSince(upAt, 2, 90_000);
     log(`NATS down ${OUTAGE_S} s; writes acknowledged again ${writeRecoverMs} ms after the restart`);
     const cr = await churn.stop({ boundMs: OUTAGE_S * 1000 + 30_000 });
+    if (cr.failed) log(`${cr.failed} writes failed (retried as new ones): ${cr.errors.join(' | ')}`);
     const convergeMs = await waitMapsEqualStore(c, 60_000);
     const tr = await traffic.stop();
     return figures('nats-outage', {

@@ -36,10 +36,21 @@ export function alertExpr(): string {
 export async function partitionFromNats(c: Cluster, node: string): Promise<void> {
   const n = c.node(node);
   const ports = c.natsCluster ? c.natsCluster.servers.map((s) => s.clientPort).join(', ') : '4222';
+  const mgmt = c.fabric.mgmtAddress;
+  // Both ways: the node's packets to NATS and NATS's packets to the node.
   await run(['nft', '-f', '-'], {
     netns: n.netns,
-    input: `table inet ${TABLE} {\n chain out {\n  type filter hook output priority 0; policy accept;\n  ip6 daddr ${c.fabric.mgmtAddress} tcp dport { ${ports} } drop\n }\n}\n`,
+    input:
+      `table inet ${TABLE} {\n` +
+      ` chain out {\n  type filter hook output priority 0; policy accept;\n  ip6 daddr ${mgmt} tcp dport { ${ports} } drop\n }\n` +
+      ` chain in {\n  type filter hook input priority 0; policy accept;\n  ip6 saddr ${mgmt} tcp sport { ${ports} } drop\n }\n}\n`,
   });
+  if (!(await partitioned(c, node))) throw new Error(`the partition's nftables table ${TABLE} is not in ${n.netns} after nft -f`);
+}
+
+/** Whether the partition's table is in `node`'s namespace. */
+export async function partitioned(c: Cluster, node: string): Promise<boolean> {
+  return (await run(['nft', 'list', 'table', 'inet', TABLE], { netns: c.node(node).netns, allowFail: true })).code === 0;
 }
 
 export async function healPartition(c: Cluster, node: string): Promise<void> {
@@ -79,6 +90,18 @@ async function partition(c: Cluster, log: (m: string) => void): Promise<FaultFig
     const cutAt = Date.now();
     traffic.mark('partitioned');
     await partitionFromNats(c, NODE);
+    // The partition must hold all along (seen go away once, cause unknown): checked, and put back if gone.
+    let reapplied = 0;
+    let holding = true;
+    const keeper = (async () => {
+      while (holding) {
+        if (!(await partitioned(c, NODE))) {
+          reapplied++;
+          await partitionFromNats(c, NODE);
+        }
+        await sleep(200);
+      }
+    })();
     const [staleMs, alertMs] = await Promise.all([msUntil(() => staleNow(c, NODE), 30_000), msUntil(() => alertFiring(c, NODE), 30_000)]);
     if (staleMs < 0) {
       const ns = { netns: c.node(NODE).netns, allowFail: true };
@@ -88,6 +111,9 @@ async function partition(c: Cluster, log: (m: string) => void): Promise<FaultFig
     if (alertMs < 0) violations.push(`${ALERT} (${alertExpr()}) did not fire for ${NODE} within 30 s`);
     log(`${NODE} cut from NATS: STALE after ${staleMs} ms, ${ALERT} after ${alertMs} ms`);
     await sleep(1000);
+    holding = false;
+    await keeper;
+    if (reapplied) log(`the partition's table went away ${reapplied} times and was put back`);
     const healedAt = Date.now();
     traffic.mark('healed');
     await healPartition(c, NODE);
@@ -100,7 +126,7 @@ async function partition(c: Cluster, log: (m: string) => void): Promise<FaultFig
       traffic: tr,
       churn: cr,
       convergeMs,
-      extra: { partitionMs: healedAt - cutAt, staleMs, alertMs, freshMs },
+      extra: { partitionMs: healedAt - cutAt, staleMs, alertMs, freshMs, partitionReapplied: reapplied },
       violations,
     });
   } finally {
