@@ -304,6 +304,10 @@ export interface ChurnOptions {
   intervalMs?: number;
 }
 
+/** Churned endpoints' names (and so their ifnames) are unique across every Churn of a process and across runs. */
+const CHURN_RUN = Math.floor(Math.random() * 36 ** 4).toString(36).padStart(4, '0');
+let churnSeq = 0;
+
 /**
  * Membership churn through i6pnctl: adds, removes of endpoints whose add was
  * enforced, and moves. Churned endpoints have no container (their veths do
@@ -314,7 +318,6 @@ export class Churn {
   private running = false;
   private loop?: Promise<void>;
   private watcher?: Promise<void>;
-  private seq = 0;
   /** Acked adds, enforced and not yet removed: what a remove or a move may take. */
   private live: Array<{ address: string; node: string }> = [];
   private readonly nodes: string[];
@@ -367,7 +370,7 @@ export class Churn {
     this.records.push(r);
     try {
       if (op === 'add') {
-        const name = `ch${process.pid % 1000}${(this.seq++).toString(36)}`.slice(0, 11);
+        const name = `c${CHURN_RUN}${(churnSeq++).toString(36)}`;
         const ep = await ctl.endpointAdd({ name, workspace: this.o.workspace ?? 'acme', node, i6pn: true }, this.o.region);
         r.address = ep.address;
       } else {
