@@ -5,7 +5,7 @@
  * list` reports it STALE and the alert's expression fires in the fabric's
  * Prometheus; healed, it converges and is fresh again.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { REPO_ROOT, type Cluster } from '../fabric/cluster.js';
@@ -38,13 +38,14 @@ export async function partitionFromNats(c: Cluster, node: string): Promise<void>
   const ports = c.natsCluster ? c.natsCluster.servers.map((s) => s.clientPort).join(', ') : '4222';
   const mgmt = c.fabric.mgmtAddress;
   // Both ways: the node's packets to NATS and NATS's packets to the node.
-  await run(['nft', '-f', '-'], {
-    netns: n.netns,
-    input:
-      `table inet ${TABLE} {\n` +
+  const file = join(c.fabric.record.dir, `partition-${node}.nft`);
+  writeFileSync(
+    file,
+    `table inet ${TABLE} {\n` +
       ` chain out {\n  type filter hook output priority 0; policy accept;\n  ip6 daddr ${mgmt} tcp dport { ${ports} } drop\n }\n` +
       ` chain in {\n  type filter hook input priority 0; policy accept;\n  ip6 saddr ${mgmt} tcp sport { ${ports} } drop\n }\n}\n`,
-  });
+  );
+  await run(['nft', '-f', file], { netns: n.netns });
   if (!(await partitioned(c, node))) throw new Error(`the partition's nftables table ${TABLE} is not in ${n.netns} after nft -f`);
 }
 
