@@ -25,7 +25,9 @@ NATS_DEB_VERSION := 2.10.27-1+b2
 NATS_DIR         := .deps/nats-server
 export NATS_SERVER_BIN := $(CURDIR)/$(NATS_DIR)/usr/sbin/nats-server
 
-.PHONY: deps deps-nats-server bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fleet bench-fabric bench-binding bench-events bench-dns bench-tunnel clean
+SOAK_MINUTES ?= 30
+
+.PHONY: soak deps deps-nats-server bpffs build bpf ts test demo demo-down demo-shell bench bench-dataplane bench-agent bench-fleet bench-fabric bench-binding bench-events bench-dns bench-tunnel clean
 
 ## deps: install apt packages, npm modules and nats-server (idempotent, quick when done)
 deps: $(DEPS_STAMP) deps-nats-server
@@ -48,7 +50,13 @@ $(DEPS_STAMP): package.json package-lock.json
 ## build: BPF objects (BTF kept), the ABI module generated from their BTF, the TypeScript
 build: deps bpf ts
 
-bpf: $(BPF_OBJS) $(ABI_TS)
+bpf: $(BPF_OBJS) $(ABI_TS) $(BUILD)/bpf/i6pn-marker.bpf.o
+
+# The same programs with one more map (I6PN_BUILD_MARKER): the new build the
+# upgrade fault swaps in under traffic (test/faults/scenario-upgrade.ts). Not shipped.
+$(BUILD)/bpf/i6pn-marker.bpf.o: bpf/i6pn.bpf.c $(BPF_HDRS)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(BPF_CFLAGS) -DI6PN_BUILD_MARKER -c $< -o $@
 
 $(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS)
 	@mkdir -p $(dir $@)
@@ -86,6 +94,11 @@ unit:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME=/nonexistent node_modules/.bin/ava $(UNIT_FILES); \
 	else node_modules/.bin/ava $(UNIT_FILES); fi
+
+## soak: the fault scenarios (test/faults/scenario-*.ts) round after round for SOAK_MINUTES (default 30),
+## figures to bench/results/soak-<date>.{json,md}; not part of make test
+soak: build bpffs
+	SOAK_MINUTES=$(SOAK_MINUTES) node --import=tsx bench/soak.ts
 
 demo: build bpffs
 	bash test/fabric/demo.sh up

@@ -19,7 +19,7 @@
  */
 import { isCanonicalAddress } from '../lib/address.js';
 import { EndpointFlag } from './bpf/abi.generated.js';
-import { MAX_CLUSTER_SIZE, TIMESTAMP_PATTERN, SCHEMA_VERSION, type EndpointRecord } from '../lib/schema.js';
+import { MAX_CLUSTER_SIZE, MAX_RECORD_BYTES, TIMESTAMP_PATTERN, SCHEMA_VERSION, type EndpointRecord } from '../lib/schema.js';
 
 /** An endpoint named by a key of a region's bucket: workspace id and the 64-bit endpoint id's two halves. */
 export interface KeyParts {
@@ -292,6 +292,8 @@ function uintValue(b: Uint8Array, p: number, end: number): number {
  * region (name and id); false otherwise (ask validateEndpointEntry why).
  */
 export function decodeEndpoint(b: Uint8Array, id: KeyParts, ctx: DecodeContext, out: Decoded): boolean {
+  // A value longer than any record (white space can pad a valid one) is the schema's to refuse: too_large.
+  if (b.length > MAX_RECORD_BYTES) return false;
   let p = skipWs(b, 0);
   if (b[p++] !== 123 /* { */) return false;
   let seen = 0;

@@ -145,6 +145,7 @@ async function run(cfg: AgentConfig): Promise<void> {
     inboxPrefix: agentInboxPrefix(cfg.node),
     log: storeLog,
     onConnected: (up) => metrics.natsConnected.set(up ? 1 : 0),
+    onDisconnect: () => metrics.natsDisconnects.inc(),
     onReconnect: () => {
       publisher.flush();
       follower?.resume();
@@ -201,6 +202,7 @@ async function run(cfg: AgentConfig): Promise<void> {
     // Only a bound veth's ifindex goes into a map value (the attacher corrects it when it converges).
     ifindexOf: (ifname) => attacher!.boundIfindex(ifname),
     onLocalsChanged: () => void attacher!.schedule(),
+    onRoom: () => follower?.roomFreed(),
     metrics,
     log: log.child({ component: 'sync' }),
   });

@@ -11,6 +11,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import * as abi from './bpf/abi.generated.js';
+import type { InvalidReason } from '../lib/schema.js';
 import type { Logger } from './log.js';
 import { QUERY_TYPES, RCODES } from './resolver.js';
 
@@ -30,6 +31,7 @@ export const METRIC_NAMES = [
   'i6pn_reconcile_total',
   'i6pn_reconcile_removed_total',
   'i6pn_nats_connected',
+  'i6pn_nats_disconnects_total',
   'i6pn_attached_hooks',
   'i6pn_veths',
   'i6pn_veths_sealed_total',
@@ -74,7 +76,8 @@ export const REASON_LABELS = abi.REASON_NAMES;
 
 export const MEMBERSHIP_RESULTS = ['applied', 'rejected', 'failed'] as const;
 export type MembershipResult = (typeof MEMBERSHIP_RESULTS)[number];
-export const REJECT_REASONS = ['json', 'schema', 'address', 'key'] as const;
+/** Why an entry was rejected (lib/schema.ts InvalidReason): one series each, from the start. */
+export const REJECT_REASONS = ['json', 'schema', 'address', 'key', 'region', 'too_large'] as const satisfies readonly InvalidReason[];
 export type RejectReason = (typeof REJECT_REASONS)[number];
 export const RECONCILE_RESULTS = ['ok', 'failed'] as const;
 /** Where a live read of the endpoints bucket started: after the pinned revision, or at the stream's start. */
@@ -160,6 +163,7 @@ export class AgentMetrics {
   readonly reconciles: Counter<'result'>;
   readonly reconcileRemoved: Counter;
   readonly natsConnected: Gauge;
+  readonly natsDisconnects: Counter;
   readonly attachedHooks: Gauge<'hook'>;
   readonly veths: Gauge<'state'>;
   readonly vethsSealed: Counter<'reason'>;
@@ -224,7 +228,8 @@ export class AgentMetrics {
     });
     this.membershipRejected = new Counter({
       name: 'i6pn_membership_rejected_total',
-      help: 'Invalid membership entries, by what was wrong.',
+      help:
+        "Invalid entries of the region's endpoints bucket (never applied), by what was wrong: json (not JSON), schema (not the record), address (not the record's address), key (not the record's key), region (a record of another region), too_large (longer than a record can be; refused unparsed).",
       labelNames: ['reason'],
       registers,
     });
@@ -263,6 +268,11 @@ export class AgentMetrics {
       registers,
     });
     this.natsConnected = new Gauge({ name: 'i6pn_nats_connected', help: '1 while connected to NATS, else 0.', registers });
+    this.natsDisconnects = new Counter({
+      name: 'i6pn_nats_disconnects_total',
+      help: 'Times the NATS connection was lost (the server closed it, e.g. a slow consumer cut off, or the network failed); the agent reconnects and reads what changed meanwhile, the dataplane frozen at its last state until then.',
+      registers,
+    });
     this.attachedHooks = new Gauge({
       name: 'i6pn_attached_hooks',
       help: 'Programs attached, by hook: from_fabric and to_fabric are 1 when the uplink XDP and TC egress programs are attached; the endpoint TC hooks count endpoint veths.',
@@ -390,6 +400,7 @@ export class AgentMetrics {
     this.unhookedEndpoints.set(0);
     this.lastRevision.set(0);
     this.natsConnected.set(0);
+    this.natsDisconnects.inc(0);
     this.heartbeatLastSuccess.set(0);
     this.reconcileRemoved.inc(0);
     this.mapFull.inc(0);

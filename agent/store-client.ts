@@ -35,6 +35,8 @@ export interface AgentStoreOptions {
   log: Logger;
   /** Connection state changes (true: connected). */
   onConnected: (connected: boolean) => void;
+  /** The connection was lost (once per loss; reconnecting follows). */
+  onDisconnect?: () => void;
   /** The connection came back after a loss. */
   onReconnect: () => void;
   /** The server refused a publish to one of the events subjects (the credentials do not allow it). */
@@ -90,6 +92,7 @@ export class AgentStore {
         switch (s.type) {
           case 'disconnect':
             connected(false);
+            o.onDisconnect?.();
             o.log.warn({ server: s.server }, 'NATS connection lost; reconnecting (the dataplane keeps its last state)');
             break;
           case 'reconnect':

@@ -109,6 +109,12 @@ export interface SyncOptions {
   batchSize?: number;
   /** The resolver's names index, kept in the same batches (none: no resolver). */
   names?: NamesIndex;
+  /**
+   * Entries were refused for want of room and a delete has since freed some:
+   * read the region again (a reconcile) so they get in now, not at the next
+   * periodic reconcile.
+   */
+  onRoom?: () => void;
 }
 
 const hex8 = (n: number): string => (n >>> 0).toString(16).padStart(8, '0');
@@ -181,6 +187,8 @@ export class MembershipSync {
   private stream = 0n;
   /** Batches written so far. */
   private flushes = 0;
+  /** Entries refused because the map was full since the last full read or reconcile began. */
+  private waitingForRoom = 0;
 
   constructor(o: SyncOptions) {
     this.o = o;
@@ -230,6 +238,7 @@ export class MembershipSync {
     // Sized for the region at once: no rehash on the way (the table holds nothing a full read does not rebuild).
     if (this.known.size === 0 && expected > 0) this.known = new EndpointTable(expected);
     this.known.newEpoch();
+    this.waitingForRoom = 0;
     this.startedEmpty = this.known.size === 0 && this.o.map.endpointsEmpty();
     this.fullRead = true;
     this.o.names?.setComplete(false);
@@ -293,6 +302,7 @@ export class MembershipSync {
   beginReconcile(upTo: number): void {
     this.flush();
     this.known.newEpoch();
+    this.waitingForRoom = 0;
     this.reconciling = true;
     this.reconcileUpTo = upTo;
     this.liveDeleted = new Set();
@@ -427,7 +437,7 @@ export class MembershipSync {
     const v = validateEndpointEntry(`${o.region}.${key}`, data);
     if (v.ok && v.record.region === o.region && v.record.regionId === o.regionId) return v.record;
     if (v.ok) {
-      this.reject(key, revision, 'address', `endpoint of region ${v.record.region} (id ${regionIdHex(v.record.regionId)}) in the bucket of region ${o.region} (id ${regionIdHex(o.regionId)})`);
+      this.reject(key, revision, 'region', `endpoint of region ${v.record.region} (id ${regionIdHex(v.record.regionId)}) in the bucket of region ${o.region} (id ${regionIdHex(o.regionId)})`);
     } else {
       this.reject(key, revision, v.reason, v.message);
     }
@@ -463,10 +473,11 @@ export class MembershipSync {
     const m = o.metrics;
     const mark = this.fullRead || this.reconciling;
     let localsChanged = false;
+    let roomFreed = false;
 
     if (dels) {
       try {
-        o.map.deleteEndpointBatch(this.delKeys, dels);
+        roomFreed = o.map.deleteEndpointBatch(this.delKeys, dels) > 0;
         for (let i = 0; i < dels; i++) {
           const id = this.idAt(this.delKeys, i * 16);
           this.known.delete(id);
@@ -538,6 +549,7 @@ export class MembershipSync {
         }
       }
       if (full) {
+        this.waitingForRoom += full;
         o.log.error(
           { refused: full, capacity: 'see i6pn_map_capacity{map="endpoints"}' },
           'endpoints map is full: new endpoints stay unreachable (nothing was evicted); raise --max-endpoints (takes a teardown) or remove endpoints',
@@ -547,6 +559,10 @@ export class MembershipSync {
     this.recordPosition();
     this.updateGauges();
     if (localsChanged) this.localsChanged();
+    if (roomFreed && this.waitingForRoom > 0) {
+      o.log.info({ waiting: this.waitingForRoom }, 'room in the endpoints map again: reading the region for the endpoints it refused');
+      o.onRoom?.();
+    }
   }
 
   /** The local endpoints changed: the names index's queriers, then the attacher. */

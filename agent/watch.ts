@@ -49,6 +49,8 @@ export interface FollowerOptions {
 
 /** A reconcile this soon after a resume (or the interval, if shorter). */
 const RECONCILE_AFTER_RESUME_MS = 10_000;
+/** Deletes that free room in a full map come in bursts: one reconcile for the burst, this long after its first. */
+const RECONCILE_FOR_ROOM_MS = 1000;
 
 export class MembershipFollower {
   private readonly o: FollowerOptions;
@@ -68,6 +70,9 @@ export class MembershipFollower {
   private ending: Promise<void> | null = null;
   /** Ends the backoff early (a reconnect). */
   private wake: (() => void) | null = null;
+  /** A reconcile for the endpoints the full map refused: scheduled, or wanted again once the running one ends. */
+  private forRoom: NodeJS.Timeout | null = null;
+  private roomAgain = false;
 
   constructor(o: FollowerOptions) {
     this.o = o;
@@ -102,6 +107,28 @@ export class MembershipFollower {
     void this.reconcile();
   }
 
+  /**
+   * The full endpoints map has room again (MembershipSync onRoom): reconcile
+   * soon, so the endpoints it refused get in without waiting for the periodic
+   * reconcile or a restart. A reconcile under way may have read their keys
+   * before the room appeared: then another follows it.
+   */
+  roomFreed(): void {
+    if (this.stopped) return;
+    if (this.reconcileRunning) {
+      this.roomAgain = true;
+      return;
+    }
+    if (this.forRoom) return;
+    this.forRoom = setTimeout(() => {
+      this.forRoom = null;
+      // Not caught up yet (a read or a full read under way): ask again later.
+      if (this.reconcileRunning || !this.caughtUp || this.o.sync.inFullRead) this.roomFreed();
+      else this.requestReconcile();
+    }, RECONCILE_FOR_ROOM_MS);
+    this.forRoom.unref();
+  }
+
   /** The connection came back: start the live read again from the last revision, now (not after the backoff). */
   resume(): void {
     this.live?.stop();
@@ -113,6 +140,7 @@ export class MembershipFollower {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     if (this.soon) clearTimeout(this.soon);
+    if (this.forRoom) clearTimeout(this.forRoom);
     this.live?.stop();
     this.reconciler?.stop();
     this.wake?.();
@@ -309,6 +337,10 @@ export class MembershipFollower {
     } finally {
       this.reconciler = null;
       this.reconcileRunning = false;
+      if (this.roomAgain) {
+        this.roomAgain = false;
+        this.roomFreed();
+      }
     }
   }
 }

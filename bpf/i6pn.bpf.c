@@ -32,6 +32,34 @@ static __always_inline const struct i6pn_config *i6pn_config(void)
 	return bpf_map_lookup_elem(&config, &zero);
 }
 
+#ifdef I6PN_BUILD_MARKER
+/*
+ * A build with one more map, counting the packets its veth hooks see: the
+ * "new build" the upgrade fault (test/faults/scenario-upgrade.ts) swaps in
+ * under traffic, to show which programs are attached and that they run.
+ * Never in the shipped object.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} build_marker SEC(".maps");
+
+static __always_inline void i6pn_mark_build(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&build_marker, &zero);
+
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+#else
+static __always_inline void i6pn_mark_build(void)
+{
+}
+#endif
+
 /* XDP on the node's uplink: packets from other nodes, before any skb exists. */
 SEC("xdp")
 int from_fabric(struct xdp_md *ctx)
@@ -127,6 +155,7 @@ static __always_inline int i6pn_tc(struct __sk_buff *skb, const __u32 hook)
 SEC("tc")
 int from_endpoint(struct __sk_buff *skb)
 {
+	i6pn_mark_build();
 	return i6pn_tc(skb, I6PN_HOOK_FROM_ENDPOINT);
 }
 
@@ -134,6 +163,7 @@ int from_endpoint(struct __sk_buff *skb)
 SEC("tc")
 int to_endpoint(struct __sk_buff *skb)
 {
+	i6pn_mark_build();
 	return i6pn_tc(skb, I6PN_HOOK_TO_ENDPOINT);
 }
 

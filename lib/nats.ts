@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { StorageType } from '@nats-io/jetstream';
 import type { KV, Kvm } from '@nats-io/kv';
-import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, RequestError, type NatsConnection } from '@nats-io/transport-node';
 import type { BucketSpec } from './schema.js';
 
 export interface ConnectOptions {
@@ -78,8 +78,8 @@ export interface BucketSettings {
  * A bucket of the table, created with `settings` when it is not there (one
  * that is there is opened as it is: its settings are never changed).
  */
-export function openBucket(kvm: Kvm, spec: BucketSpec, settings: BucketSettings): Promise<KV> {
-  return kvm.create(spec.name, {
+export async function openBucket(kvm: Kvm, spec: BucketSpec, settings: BucketSettings): Promise<KV> {
+  const kv = await kvm.create(spec.name, {
     history: spec.history ?? settings.history,
     replicas: settings.replicas,
     storage: settings.storage === 'memory' ? StorageType.Memory : StorageType.File,
@@ -87,6 +87,27 @@ export function openBucket(kvm: Kvm, spec: BucketSpec, settings: BucketSettings)
     timeout: settings.timeout,
     description: spec.description,
   });
+  if (settings.replicas > 1) await untilDirectGetAnswers(kv, settings.timeout);
+  return kv;
+}
+
+/**
+ * A replicated stream that was just created answers direct gets only once its
+ * replicas have subscribed to them, a moment after the create returns; until
+ * then a get fails with "no responders". Wait for that (a get of a key that
+ * no bucket holds), so the first read after a create is an answer.
+ */
+async function untilDirectGetAnswers(kv: KV, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (let delay = 10; ; delay = Math.min(delay * 2, 250)) {
+    try {
+      await kv.get('i6pn-ready-probe');
+      return;
+    } catch (e) {
+      if (!(e instanceof RequestError && e.isNoResponders()) || Date.now() > deadline) throw e;
+    }
+    await new Promise((r) => setTimeout(r, delay));
+  }
 }
 
 /**

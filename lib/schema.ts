@@ -440,7 +440,20 @@ export function parseEndpointKey(key: string): { region: string; workspaceId: nu
 
 // ---------------------------------------------------------------- decoding
 
-export type InvalidReason = 'json' | 'schema' | 'address' | 'key';
+/**
+ * Why an entry was refused: not JSON (json), not the record (schema), an
+ * address that is not the record's (address), a key that is not the record's
+ * (key), a record of another region than its bucket's (region), a value longer
+ * than any record can be (too_large: refused before it is parsed).
+ */
+export type InvalidReason = 'json' | 'schema' | 'address' | 'key' | 'region' | 'too_large';
+/**
+ * The longest value an endpoint or tunnel entry can have: a record is a few
+ * hundred bytes at most (every string in it is bounded). Anything longer is
+ * refused unparsed, so a store full of megabyte values costs a reader no
+ * JSON.parse of each.
+ */
+export const MAX_RECORD_BYTES = 4096;
 export type Invalid = { ok: false; reason: InvalidReason; message: string };
 export type Decoded<T> = { ok: true; record: T } | Invalid;
 
@@ -474,6 +487,12 @@ export function decodeRecord<S extends z.ZodType>(schema: S, value: Uint8Array |
   return { ok: true, record: r.data as z.infer<S> };
 }
 
+/** A value (bytes or text) longer than MAX_RECORD_BYTES, refused before it is parsed. */
+function tooLarge(value: unknown): Invalid | null {
+  const n = value instanceof Uint8Array ? value.length : typeof value === 'string' ? Buffer.byteLength(value, 'utf8') : 0;
+  return n > MAX_RECORD_BYTES ? { ok: false, reason: 'too_large', message: `${n} bytes, more than a record can be (${MAX_RECORD_BYTES})` } : null;
+}
+
 export type EndpointEntry =
   | { ok: true; record: EndpointRecord; addr: Uint8Array }
   | Invalid;
@@ -485,6 +504,8 @@ export type EndpointEntry =
  * region, workspace and endpoint id as the record.
  */
 export function validateEndpointEntry(key: string, value: Uint8Array | string | unknown): EndpointEntry {
+  const big = tooLarge(value);
+  if (big) return big;
   const d = decodeRecord(endpointRecord, value);
   if (!d.ok) return d;
   const record = d.record;
@@ -521,7 +542,10 @@ export function validateEndpointEntry(key: string, value: Uint8Array | string | 
   if (!k) {
     return { ok: false, reason: 'key', message: `key ${JSON.stringify(key)} is not <region>.<workspace id 8 hex>.<endpoint id 16 hex>` };
   }
-  if (k.region !== record.region || k.workspaceId !== record.workspaceId || k.endpointId !== endpointIdOf(addr)) {
+  if (k.region !== record.region) {
+    return { ok: false, reason: 'region', message: `endpoint of region ${record.region} under a key of region ${k.region}` };
+  }
+  if (k.workspaceId !== record.workspaceId || k.endpointId !== endpointIdOf(addr)) {
     return { ok: false, reason: 'key', message: `key ${key} does not match the record (expected ${endpointKey(record)})` };
   }
   return { ok: true, record, addr };
@@ -611,6 +635,8 @@ export type TunnelEntry = { ok: true; record: TunnelRecord; addr: Uint8Array } |
  * the key the record's (endpoint, protocol, port).
  */
 export function validateTunnelEntry(region: string, regionId: number, key: string, value: Uint8Array | string | unknown): TunnelEntry {
+  const big = tooLarge(value);
+  if (big) return big;
   const d = decodeRecord(tunnelRecord, value);
   if (!d.ok) return d;
   const record = d.record;
@@ -627,7 +653,7 @@ export function validateTunnelEntry(region: string, regionId: number, key: strin
     return { ok: false, reason: 'address', message: `endpoint ${record.endpoint} is not in workspace ${workspaceIdHex(record.workspaceId)}, region ${regionIdHex(record.regionId)}` };
   }
   if (record.region !== region || record.regionId !== regionId) {
-    return { ok: false, reason: 'address', message: `tunnel of region ${record.region} (id ${regionIdHex(record.regionId)}) in the bucket of region ${region} (id ${regionIdHex(regionId)})` };
+    return { ok: false, reason: 'region', message: `tunnel of region ${record.region} (id ${regionIdHex(record.regionId)}) in the bucket of region ${region} (id ${regionIdHex(regionId)})` };
   }
   if (tunnelBucketKey(record) !== key) {
     return { ok: false, reason: 'key', message: `key ${JSON.stringify(key)} does not match the record (expected ${tunnelBucketKey(record)})` };

@@ -201,6 +201,13 @@ export function reasonOf(e: unknown): string {
  * replicas (default 1; 3 on a NATS cluster). An existing bucket is opened as
  * it is: its settings are not changed.
  */
+/**
+ * The largest value a bucket the store creates takes (the streams'
+ * max_msg_size): the server itself refuses anything longer, whoever writes
+ * it. Records are far smaller (lib/schema.ts MAX_RECORD_BYTES).
+ */
+export const MAX_VALUE_BYTES = 16 * 1024;
+
 export async function connectStore(opts: StoreOptions): Promise<Store> {
   const where = describeServers(opts.servers);
   let nc: NatsConnection;
@@ -222,7 +229,7 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
       history: opts.history ?? 5,
       replicas: opts.replicas ?? 1,
       storage: opts.storage ?? 'file',
-      maxValueSize: 16 * 1024,
+      maxValueSize: MAX_VALUE_BYTES,
       timeout: requestTimeout,
     };
     let jsm: Promise<JetStreamManager> | null = null;

@@ -12,6 +12,7 @@ import {
   clusterKey,
   nameKey,
   LEGACY_ENDPOINTS_BUCKET,
+  MAX_RECORD_BYTES,
   decodeRecord,
   endpointBucketKey,
   endpointKey,
@@ -166,7 +167,6 @@ test('endpoint entries whose address does not match', (t) => {
 test('endpoint entries whose key does not match the record', (t) => {
   const cases: [string, RegExp][] = [
     ['eu-west.51373ebf', /is not <region>\.<workspace id 8 hex>\.<endpoint id 16 hex>/],
-    ['us-east.51373ebf.1b9d3a1171f25f0f', /does not match the record \(expected eu-west\.51373ebf\.1b9d3a1171f25f0f\)/],
     ['eu-west.51373ebe.1b9d3a1171f25f0f', /does not match/],
     ['eu-west.51373ebf.1b9d3a1171f25f00', /does not match/],
   ];
@@ -175,6 +175,18 @@ test('endpoint entries whose key does not match the record', (t) => {
     t.like(r, { ok: false, reason: 'key' }, key);
     if (!r.ok) t.regex(r.message, message);
   }
+});
+
+test('an endpoint entry under a key of another region: region; a value longer than any record: too_large, unparsed', (t) => {
+  const r = validateEndpointEntry('us-east.51373ebf.1b9d3a1171f25f0f', record());
+  t.like(r, { ok: false, reason: 'region' });
+  if (!r.ok) t.regex(r.message, /endpoint of region eu-west under a key of region us-east/);
+  // A valid record padded with JSON white space past the bound is refused all the same, as are megabytes of garbage.
+  const text = JSON.stringify(record());
+  const padded = text + ' '.repeat(MAX_RECORD_BYTES);
+  t.like(validateEndpointEntry(KEY, padded), { ok: false, reason: 'too_large' });
+  t.like(validateEndpointEntry(KEY, new Uint8Array(1 << 20).fill(0x7b)), { ok: false, reason: 'too_large' });
+  t.like(validateEndpointEntry(KEY, text + ' '.repeat(MAX_RECORD_BYTES - text.length)), { ok: true });
 });
 
 test('name validators', (t) => {

@@ -125,7 +125,7 @@ async function requireCluster(store: Store, ref: ClusterRef): Promise<{ at: Reso
 
 /** The live members of a named cluster, by rank (then address, should two ever share one). */
 async function clusterMembers(store: Store, at: Resolved, name: string): Promise<{ members: ValidEndpoint[]; invalid: InvalidEntry[] }> {
-  const { valid, invalid } = validateEndpoints(await endpointEntries(store, { region: at.region.name, workspace: workspaceIdHex(at.workspace.id) }));
+  const { valid, invalid } = await validateEndpoints(store, await endpointEntries(store, { region: at.region.name, workspace: workspaceIdHex(at.workspace.id) }));
   const members = valid.filter((v) => v.record.cluster === name && v.record.workspaceId === at.workspace.id);
   members.sort((a, b) => a.record.rank! - b.record.rank! || a.record.address.localeCompare(b.record.address));
   return { members, invalid };

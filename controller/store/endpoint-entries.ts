@@ -19,9 +19,13 @@ import {
   endpointsBucket,
   locateEndpointKey,
   validateEndpointEntry,
+  REGIONS_BUCKET,
+  regionNameKey,
+  regionRecord,
   type EndpointRecord,
 } from '../../lib/schema.js';
-import { StoreError, type Store, type InvalidEntry, isConflict, isBucketGone, settleLimited, enc, getLive, keysOf } from '../../lib/store.js';
+import { regionIdHex } from '../../lib/address.js';
+import { StoreError, type Store, type InvalidEntry, isConflict, isBucketGone, settleLimited, enc, getLive, keysOf, readNamed } from '../../lib/store.js';
 
 /**
  * An operation on the first layout's bucket, which `migrate --finish` may
@@ -112,14 +116,31 @@ export async function endpointEntries(store: Store, sel: EndpointSelection): Pro
 
 export type ValidEndpoint = { at: EndpointAt; record: EndpointRecord; addr: Uint8Array };
 
-/** Entries as the agents judge them; an invalid one is reported by its real bucket and key. */
-export function validateEndpoints(entries: EndpointAt[]): { valid: ValidEndpoint[]; invalid: InvalidEntry[] } {
+/**
+ * The entries as the agents judge them: validateEndpointEntry, and the
+ * record's region id the one its region has in the regions bucket (an entry
+ * of region R carrying another region's id, address bits and all, is
+ * consistent in itself, but no agent of R applies it: reason region). An
+ * invalid one is reported by its real bucket and key.
+ */
+export async function validateEndpoints(store: Pick<Store, 'regions'>, entries: EndpointAt[]): Promise<{ valid: ValidEndpoint[]; invalid: InvalidEntry[] }> {
   const valid: ValidEndpoint[] = [];
   const invalid: InvalidEntry[] = [];
+  const regionIds = entries.length
+    ? new Map((await readNamed(store.regions, REGIONS_BUCKET, regionRecord, regionNameKey)).records.map((r) => [r.name, r.id]))
+    : new Map<string, number>();
   for (const at of entries) {
     const v = validateEndpointEntry(at.logical, at.entry.value);
-    if (v.ok) valid.push({ at, record: v.record, addr: v.addr });
-    else invalid.push({ bucket: at.bucket, key: at.key, reason: v.reason, message: v.message });
+    if (!v.ok) invalid.push({ bucket: at.bucket, key: at.key, reason: v.reason, message: v.message });
+    else if (regionIds.get(v.record.region) !== v.record.regionId) {
+      const registered = regionIds.get(v.record.region);
+      invalid.push({
+        bucket: at.bucket,
+        key: at.key,
+        reason: 'region',
+        message: `region ${v.record.region} has id ${registered !== undefined ? regionIdHex(registered) : '(none: not registered)'}, the record says ${regionIdHex(v.record.regionId)}`,
+      });
+    } else valid.push({ at, record: v.record, addr: v.addr });
   }
   return { valid, invalid };
 }

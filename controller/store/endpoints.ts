@@ -495,7 +495,8 @@ export async function listEndpoints(store: Store, filter: EndpointFilter = {}): 
   if (filter.region !== undefined) await requireRegion(store, filter.region);
   checkInput({ node: filter.node });
   // One region's bucket, or every one's; one wildcard filter per keys call (nats-server 2.9 takes no more).
-  const { valid, invalid } = validateEndpoints(
+  const { valid, invalid } = await validateEndpoints(
+    store,
     await endpointEntries(store, { ...(filter.region !== undefined ? { region: filter.region } : {}), ...(wsHex !== '*' ? { workspace: wsHex } : {}) }),
   );
   const endpoints = valid.map((e) => e.record).filter((r) => filter.node === undefined || r.node === filter.node);
@@ -515,7 +516,7 @@ export async function peersOf(store: Store, address: string): Promise<{ endpoint
   const invalid: InvalidEntry[] = [];
   // A gateway reaches tunneled ports only (`tunnel list`), no peer.
   if (endpoint.i6pn && endpoint.role !== GATEWAY_ROLE) {
-    const read = validateEndpoints(await endpointEntries(store, { region: endpoint.region, workspace: workspaceIdHex(workspaceOf(addr)) }));
+    const read = await validateEndpoints(store, await endpointEntries(store, { region: endpoint.region, workspace: workspaceIdHex(workspaceOf(addr)) }));
     invalid.push(...read.invalid);
     for (const v of read.valid) {
       if (v.record.address === endpoint.address || !v.record.i6pn) continue;

@@ -77,7 +77,8 @@ export const ageOf = (r: { heartbeatAt: string } | null, now: number): number | 
 
 export async function listGateways(store: Store, opts: { region?: string; staleAfterMs?: number } = {}): Promise<{ gateways: GatewayStatus[]; invalid: InvalidEntry[] }> {
   if (opts.region !== undefined) await requireRegion(store, opts.region);
-  const { valid, invalid } = validateEndpoints(
+  const { valid, invalid } = await validateEndpoints(
+    store,
     await endpointEntries(store, { ...(opts.region !== undefined ? { region: opts.region } : {}), workspace: workspaceIdHex(INFRA_WORKSPACE_ID) }),
   );
   const states = await gatewayStates(store, opts.region, invalid);

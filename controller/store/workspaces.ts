@@ -126,7 +126,7 @@ export async function deleteWorkspace(
 /** Counts of a workspace's endpoints per region (for `workspace show`). */
 export async function workspaceEndpointCounts(store: Store, workspace: WorkspaceRecord): Promise<{ total: number; byRegion: Record<string, number>; invalid: InvalidEntry[] }> {
   const byRegion: Record<string, number> = {};
-  const { valid, invalid } = validateEndpoints(await endpointEntries(store, { workspace: workspaceIdHex(workspace.id) }));
+  const { valid, invalid } = await validateEndpoints(store, await endpointEntries(store, { workspace: workspaceIdHex(workspace.id) }));
   for (const v of valid) byRegion[v.record.region] = (byRegion[v.record.region] ?? 0) + 1;
   return { total: valid.length, byRegion, invalid };
 }

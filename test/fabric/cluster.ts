@@ -20,6 +20,7 @@ import { addressBytes, modelOracle } from './policy.js';
 import { ProbeDaemon } from './probes.js';
 import { addressIn, planAddresses } from './provision.js';
 import { Ctl, ctlArgv } from './ctl.js';
+import { NatsCluster } from './nats-cluster.js';
 import { type Nats, type Prometheus, type Service, httpOk, startNats, startPrometheus, startService, waitUntil } from './services.js';
 import type { StaticLoad } from './static-dataplane.js';
 import { type Endpoint, type EndpointSpec, type Topology, defaultTopology, endpointIfname, validateTopology } from './topology.js';
@@ -63,6 +64,15 @@ export interface ClusterOptions {
    * than timing out).
    */
   dnsUpstream?: string;
+  /**
+   * A NATS cluster of this many servers (JetStream, routes between them)
+   * instead of one server; the store's buckets are then created with
+   * min(3, n) replicas (i6pnctl --kv-replicas) and every agent and i6pnctl
+   * gets all the servers' URLs. See test/fabric/nats-cluster.ts.
+   */
+  natsCluster?: number;
+  /** More agent flags for every agent this cluster starts (after the fabric's own: a later flag wins). */
+  agentArgs?: readonly string[];
 }
 
 export class Cluster {
@@ -74,8 +84,11 @@ export class Cluster {
   /** Endpoints removed from the store whose containers still run (the agents leave them alone). */
   readonly deregistered = new Set<string>();
   binaries: 'source' | 'dist' = 'source';
+  agentArgs: readonly string[] = [];
   dnsUpstream = 'none';
   nats?: Nats;
+  /** The servers, when Cluster.up was given natsCluster (then `nats` stands for all of them). */
+  natsCluster?: NatsCluster;
   prometheus?: Prometheus;
   oracle: ReturnType<typeof modelOracle>;
 
@@ -104,8 +117,14 @@ export class Cluster {
     const c = new Cluster(fabric, topology, opts.dataplane, opts.mode ?? 'enforce');
     c.binaries = opts.binaries ?? 'source';
     c.dnsUpstream = opts.dnsUpstream ?? 'none';
+    c.agentArgs = opts.agentArgs ?? [];
     try {
-      if (opts.nats ?? opts.dataplane === 'agent') {
+      if (opts.natsCluster !== undefined && opts.natsCluster > 1) {
+        step(`nats-server cluster of ${opts.natsCluster} with JetStream`);
+        c.natsCluster = await NatsCluster.start(fabric, opts.natsCluster);
+        c.nats = c.natsCluster.asNats();
+        log(`nats cluster at ${c.nats.url}`);
+      } else if (opts.nats ?? opts.dataplane === 'agent') {
         step('nats-server with JetStream');
         c.nats = await startNats(fabric);
         log(`nats at ${c.nats.url}`);
@@ -150,7 +169,12 @@ export class Cluster {
     this.ctl = new Ctl(
       this.nats.url,
       this.binaries === 'dist' ? [process.execPath, join(REPO_ROOT, 'dist/controller/cli.js')] : ctlArgv(),
+      this.natsCluster ? ['--kv-replicas', String(Math.min(3, this.natsCluster.servers.length))] : [],
     );
+    // On a fresh NATS cluster, one i6pnctl creates the fixed R3 buckets before
+    // several create the regions' at once (concurrent first creates of the same
+    // streams have timed out on a loaded machine).
+    if (this.natsCluster) await this.ctl.run(['region', 'list']);
     return this.ctl.provision(this.topology);
   }
 
@@ -182,6 +206,7 @@ export class Cluster {
       '--dns-upstream', this.dnsUpstream,
       '--log-level', 'debug',
       ...(opts.eventsPerSec !== undefined ? ['--events-per-sec', String(opts.eventsPerSec)] : []),
+      ...this.agentArgs,
       ...(opts.extraArgs ?? []),
     ];
     const svc = startService(this.fabric, `agent-${node.name}`, argv, { netns: node.netns, cmdlineMark: node.bpffs, cwd: REPO_ROOT });
@@ -340,6 +365,7 @@ export class Cluster {
   /** nats-server again, same address and store: the agents reconnect by themselves. */
   async restartNats(): Promise<void> {
     if (!this.nats) throw new Error('no nats');
+    if (this.natsCluster) return this.natsCluster.startAll();
     this.nats = await startNats(this.fabric);
   }
 

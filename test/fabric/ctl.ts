@@ -51,10 +51,12 @@ export class Ctl {
   constructor(
     readonly natsUrl: string,
     private readonly bin: readonly string[] = ctlArgv(),
+    /** Global flags before every command (e.g. `--kv-replicas 3` on a NATS cluster). */
+    private readonly globalArgs: readonly string[] = [],
   ) {}
 
   async run(args: readonly string[]): Promise<unknown> {
-    const argv = [...this.bin, '--nats', this.natsUrl, ...args, '--json'];
+    const argv = [...this.bin, '--nats', this.natsUrl, ...this.globalArgs, ...args, '--json'];
     this.history.push(`i6pnctl ${args.join(' ')}`);
     const r = await run(argv, { cwd: REPO_ROOT, timeoutMs: 60_000 });
     try {
@@ -66,14 +68,14 @@ export class Ctl {
 
   /** A command whose output is text (or JSON lines): its stdout and exit status. */
   async text(args: readonly string[]): Promise<{ stdout: string; code: number }> {
-    const r = await run([...this.bin, '--nats', this.natsUrl, ...args], { cwd: REPO_ROOT, timeoutMs: 60_000, allowFail: true });
+    const r = await run([...this.bin, '--nats', this.natsUrl, ...this.globalArgs, ...args], { cwd: REPO_ROOT, timeoutMs: 60_000, allowFail: true });
     if (r.code > 1) throw new Error(`i6pnctl ${args.join(' ')}: exit ${r.code}: ${r.stderr}`);
     return { stdout: r.stdout, code: r.code };
   }
 
   /** A command that runs until interrupted (`observe`). */
   start(args: readonly string[]): ChildProcess {
-    return startProcess([...this.bin, '--nats', this.natsUrl, ...args], { cwd: REPO_ROOT });
+    return startProcess([...this.bin, '--nats', this.natsUrl, ...this.globalArgs, ...args], { cwd: REPO_ROOT });
   }
 
   /** How an operator would type it here (the binary this Ctl runs). */

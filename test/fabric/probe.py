@@ -119,6 +119,18 @@ def do_sync(cmd):
     emit({"id": cmd["id"], "ok": True})
 
 
+def commands():
+    """The JSON commands on stdin, one a line (a bad line is answered and skipped). flow.py reads its own with it."""
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            yield json.loads(line)
+        except ValueError:
+            emit({"error": "bad command", "line": line})
+
+
 def main():
     tcp = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -129,15 +141,7 @@ def main():
     threading.Thread(target=serve_tcp, args=(tcp,), daemon=True).start()
     threading.Thread(target=serve_udp, args=(udp,), daemon=True).start()
     emit({"ready": True, "tcp": TCP_PORT, "udp": UDP_PORT})
-    for line in sys.stdin:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            cmd = json.loads(line)
-        except ValueError:
-            emit({"error": "bad command", "line": line})
-            continue
+    for cmd in commands():
         if cmd.get("op") == "sync":
             do_sync(cmd)
             continue
