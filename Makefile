@@ -84,7 +84,7 @@ test: build bpffs
 ## starts to need root or the kernel fails here and belongs out of these lists. Left out
 ## though root-free: deploy-nats (a minute of server configurations), deploy-image
 ## (builds the image's stages).
-UNIT_TESTS := address schema agent-decode agent-table agent-names agent-resolver \
+UNIT_TESTS := address schema nats-errors agent-decode agent-table agent-names agent-resolver \
   binding-packet binding-layout
 UNIT_SERVER_TESTS := agent-events controller-cli controller-store controller-migrate \
   controller-observe controller-tunnel deploy-observability deploy-fleet

@@ -16,6 +16,7 @@ import { createCluster, deleteCluster, listClusters, showCluster, swapClusterRan
 import { createWorkspace, deleteWorkspace, listWorkspaces, workspaceEndpointCounts } from './store/workspaces.js';
 import { migrateEndpoints } from './store/migrate.js';
 import { formatAddress, parseAddress } from '../lib/address.js';
+import { isConnectionFailure } from '../lib/nats.js';
 import { HOOK_NAMES, REASON_NAMES } from '../agent/bpf/abi.generated.js';
 import { TUNNEL_PROTOCOLS, type TunnelProtocol } from '../lib/schema.js';
 import { endLabel, explain } from './explain.js';
@@ -1039,7 +1040,7 @@ export async function run(argv: string[], io: Io = processIo): Promise<number> {
     const err = e as Error;
     if (process.env.I6PN_DEBUG) io.err(`${err?.stack ?? String(e)}\n`);
     const name = err?.name && err.name !== 'Error' ? `${err.name}: ` : '';
-    if (/timeout|TimeoutError|disconnect|CLOSED|connection/i.test(`${name}${err?.message ?? ''}`)) {
+    if (isConnectionFailure(e)) {
       io.err(errorLine(`NATS did not complete the request: ${name}${err?.message ?? String(e)}`, 'check that nats-server is up and reachable, then run the command again'));
       return EXIT.store;
     }

@@ -8,7 +8,18 @@
 import { readFileSync } from 'node:fs';
 import { StorageType } from '@nats-io/jetstream';
 import type { KV, Kvm } from '@nats-io/kv';
-import { connect, credsAuthenticator, RequestError, type NatsConnection } from '@nats-io/transport-node';
+import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
+import {
+  ClosedConnectionError,
+  connect,
+  ConnectionError,
+  credsAuthenticator,
+  DrainingConnectionError,
+  NoRespondersError,
+  RequestError,
+  TimeoutError,
+  type NatsConnection,
+} from '@nats-io/transport-node';
 import type { BucketSpec } from './schema.js';
 
 export interface ConnectOptions {
@@ -29,6 +40,41 @@ export interface ConnectOptions {
 }
 
 /** A credentials file that cannot be read. */
+/** `e` and its causes, outermost first (nats.js wraps: a RequestError around a NoRespondersError, ...). */
+function causes(e: unknown): unknown[] {
+  const out: unknown[] = [];
+  for (let c = e; c !== undefined && c !== null && out.length < 8; c = (c as { cause?: unknown }).cause) out.push(c);
+  return out;
+}
+
+/**
+ * Whether `e` says the server has no JetStream (for this account): nobody
+ * answers the JetStream API, or it answers that it is not enabled. By the
+ * errors' classes and API codes, not their messages. (nats.js's own
+ * JetStreamNotEnabled class is not exported: its name is what it offers.)
+ */
+export function isJetStreamMissing(e: unknown): boolean {
+  return causes(e).some(
+    (c) =>
+      c instanceof NoRespondersError ||
+      (c instanceof RequestError && c.isNoResponders()) ||
+      (c instanceof Error && c.name === 'JetStreamNotEnabled') ||
+      (c instanceof JetStreamApiError && c.code === JetStreamApiCodes.JetStreamNotEnabledForAccount),
+  );
+}
+
+/** Whether `e` is the connection failing a request: a timeout, a closed, draining or broken connection. */
+export function isConnectionFailure(e: unknown): boolean {
+  return causes(e).some(
+    (c) =>
+      c instanceof TimeoutError ||
+      c instanceof ClosedConnectionError ||
+      c instanceof DrainingConnectionError ||
+      c instanceof ConnectionError ||
+      (c instanceof RequestError && !c.isNoResponders()),
+  );
+}
+
 export class CredsError extends Error {
   override readonly name = 'CredsError';
   constructor(

@@ -27,7 +27,7 @@ import {
 import { nanos, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import type { z } from 'zod';
-import { CredsError, connectNats, openBucket, type BucketSettings } from './nats.js';
+import { CredsError, connectNats, isJetStreamMissing, openBucket, type BucketSettings } from './nats.js';
 import { parseAddress, randomEndpointBits, randomRegionId, randomWorkspaceId } from './address.js';
 import {
   BUCKET_TABLE,
@@ -343,7 +343,7 @@ export async function connectStore(opts: StoreOptions): Promise<Store> {
   } catch (e) {
     await nc.close().catch(() => undefined);
     const msg = reasonOf(e);
-    if (/jetstream not enabled|JetStreamNotEnabled|no responders/i.test(msg) || (e as Error)?.name === 'NoRespondersError') {
+    if (isJetStreamMissing(e)) {
       throw new StoreError(
         'jetstream',
         `NATS at ${where} has no JetStream: ${msg}`,
