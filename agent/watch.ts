@@ -19,6 +19,7 @@
  */
 import type { JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { isBucketGone } from '../lib/nats.js';
 import { endpointsBucket, kvStream, kvSubject } from '../lib/schema.js';
 import type { SyncState } from './bpf/dataplane.js';
 import type { Logger } from './log.js';
@@ -175,7 +176,7 @@ export class MembershipFollower {
     try {
       info = await jsm.streams.info(this.stream);
     } catch (err) {
-      if ((err as { code?: unknown; api_error?: { err_code?: number } }).api_error?.err_code === 10059 || /stream not found/i.test((err as Error).message)) {
+      if (isBucketGone(err)) {
         throw new Error(`the region's endpoints bucket ${this.stream.slice(3)} does not exist (no endpoint was ever added to region ${this.o.region}, or the store was not migrated: i6pnctl migrate); waiting for it`);
       }
       throw err;

@@ -63,6 +63,11 @@ export function isJetStreamMissing(e: unknown): boolean {
   );
 }
 
+/** The bucket's stream is not there (stream info, keys, destroy). */
+export function isBucketGone(e: unknown): boolean {
+  return e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound;
+}
+
 /** Whether `e` is the connection failing a request: a timeout, a closed, draining or broken connection. */
 export function isConnectionFailure(e: unknown): boolean {
   return causes(e).some(

@@ -27,7 +27,7 @@ import {
 import { nanos, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import type { z } from 'zod';
-import { CredsError, connectNats, isJetStreamMissing, openBucket, type BucketSettings } from './nats.js';
+import { CredsError, connectNats, isBucketGone, isJetStreamMissing, openBucket, type BucketSettings } from './nats.js';
 import { parseAddress, randomEndpointBits, randomRegionId, randomWorkspaceId } from './address.js';
 import {
   BUCKET_TABLE,
@@ -98,10 +98,7 @@ export function isConflict(e: unknown): boolean {
   );
 }
 
-/** The bucket's stream is not there (stream info, keys, destroy). */
-export function isBucketGone(e: unknown): boolean {
-  return e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound;
-}
+export { isBucketGone } from './nats.js';
 
 // ---------------------------------------------------------------- connection
 

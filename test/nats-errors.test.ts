@@ -6,7 +6,7 @@
 import test from 'ava';
 import { JetStreamApiError } from '@nats-io/jetstream';
 import { ClosedConnectionError, NoRespondersError, RequestError, TimeoutError } from '@nats-io/transport-node';
-import { isConnectionFailure, isJetStreamMissing } from '../lib/nats.js';
+import { isBucketGone, isConnectionFailure, isJetStreamMissing } from '../lib/nats.js';
 
 const noResponders = () => new RequestError('no responders: $JS.API.INFO', { cause: new NoRespondersError('$JS.API.INFO') });
 const notEnabled = () => Object.assign(new Error('jetstream is not enabled', { cause: noResponders() }), { name: 'JetStreamNotEnabled' });
@@ -30,4 +30,10 @@ test('the message decides nothing: errors that merely say "timeout", "connection
     t.false(isConnectionFailure(e), String(e));
     t.false(isJetStreamMissing(e), String(e));
   }
+});
+
+test('a bucket gone: the API code 10059 (stream not found), not a message', (t) => {
+  t.true(isBucketGone(new JetStreamApiError({ code: 404, err_code: 10059, description: 'stream not found' })));
+  t.false(isBucketGone(new JetStreamApiError({ code: 404, err_code: 10014, description: 'consumer not found' })));
+  t.false(isBucketGone(new Error('stream not found')));
 });
