@@ -355,7 +355,16 @@ export class MembershipSync {
 
   /** Whether a reconcile must re-read the region: the local endpoints are still the adopted ones. */
   get needsReconcile(): boolean {
-    return this.localsSeeded || this.forceFull;
+    return this.localsSeeded || this.forceFull || this.namesWaiting;
+  }
+
+  /**
+   * Whether the resolver waits for a read of the whole region: after a resume
+   * the names index holds nothing, and every name of the zone is SERVFAIL
+   * until a reconcile has read the region.
+   */
+  get namesWaiting(): boolean {
+    return this.o.names !== undefined && !this.o.names.complete;
   }
 
   /**

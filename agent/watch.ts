@@ -281,7 +281,9 @@ export class MembershipFollower {
     this.o.log.info({ endpoints: this.o.sync.size, revision: this.o.sync.lastRevision }, 'initial sync done');
     this.o.onInitialSync();
     if (!swept && this.o.sync.needsReconcile) {
-      this.soon = setTimeout(() => this.requestReconcile(), Math.min(RECONCILE_AFTER_RESUME_MS, this.o.reconcileIntervalMs));
+      // At once while the resolver answers SERVFAIL for want of it; otherwise a little later, the restart's own work done.
+      const delay = this.o.sync.namesWaiting ? 0 : Math.min(RECONCILE_AFTER_RESUME_MS, this.o.reconcileIntervalMs);
+      this.soon = setTimeout(() => this.requestReconcile(), delay);
       this.soon.unref();
     }
   }

@@ -341,7 +341,9 @@ test.serial('a sealed endpoint gets no answer (its veth drops everything); forwa
   t.deepEqual(aaaa(await dig('a1', ZONE)), [addr('a1')]);
   const early = await dig('a1', `web-2.${ZONE}`);
   t.true(['SERVFAIL', 'NOERROR'].includes(early.status), early.status);
+  const restarted = Date.now();
   await eventuallyDig('a1', `web-2.${ZONE}`, (d) => aaaa(d)[0] === addr('a2'), 30_000);
+  t.log(`names answered again ${Date.now() - restarted} ms after the restarted agent's first answer (a reconcile at once, not after 10 s)`);
   const out = await dig('a1', 'outside.example');
   t.is(out.status, 'NOERROR', out.raw);
   t.deepEqual(aaaa(out), ['2001:db8::77']);
