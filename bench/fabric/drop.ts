@@ -53,7 +53,7 @@ const TABLE = 'i6pn_bench';
 const wsId = (i: number): number => 0x1000_0000 + i;
 
 function nft(script: string): void {
-  execFileSync('nft', ['-f', '-'], { input: script, stdio: ['pipe', 'ignore', 'pipe'] });
+  execFileSync('/usr/sbin/nft', ['-f', '-'], { input: script, stdio: ['pipe', 'ignore', 'pipe'] });
 }
 
 function nftRuleset(workspaces: number): string {
@@ -74,7 +74,7 @@ function nftRuleset(workspaces: number): string {
 }
 
 function nftDrops(): number {
-  const j = JSON.parse(execFileSync('nft', ['-j', 'list', 'counter', 'ip6', TABLE, 'xws'], { encoding: 'utf8' })) as {
+  const j = JSON.parse(execFileSync('/usr/sbin/nft', ['-j', 'list', 'counter', 'ip6', TABLE, 'xws'], { encoding: 'utf8' })) as {
     nftables: { counter?: { packets: number } }[];
   };
   return j.nftables.find((x) => x.counter)?.counter?.packets ?? 0;
@@ -183,7 +183,7 @@ async function main(): Promise<void> {
         } finally {
           if (v === 'xdp') dp.detachUplink(dev);
           link?.close();
-          if (v === 'nftables') execFileSync('nft', ['delete', 'table', 'ip6', TABLE]);
+          if (v === 'nftables') execFileSync('/usr/sbin/nft', ['delete', 'table', 'ip6', TABLE]);
         }
       }
     }
